@@ -1,0 +1,161 @@
+//! `Backend::Doorbell`: the producer rings an eventfd from `notify()`, but
+//! only when the consumer is armed (a Dekker handshake on a shared flag), so
+//! a busy producer pays one fence and one atomic swap per `notify()`.
+//!
+//! Contract: a `notify()` that follows a write and comes after an ACK trips
+//! the wire; writes without `notify()` are not seen.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+
+use rustix::event::EventfdFlags;
+
+use crate::backend::memfd;
+use crate::sys::Mapping;
+use crate::{Error, Region};
+
+/// Size of the control memfd that holds the armed flag.
+pub(crate) const CONTROL_LEN: usize = 4096;
+/// Offset of the armed flag (a `u32`: 1 = the consumer wants a ring).
+pub(crate) const ARMED_OFFSET: usize = 0;
+
+pub(crate) mod protocol {
+    //! The armed-flag protocol, generic over its atomic so that loom can
+    //! check exactly this code (`--cfg memfd_tripwire_loom`).
+    //!
+    //! Consumer ACK: `armed = true; fence(SeqCst);` then it reads the data.
+    //! Producer `notify()`: (data written) `fence(SeqCst);` then it rings if
+    //! `armed.swap(false)` was true. With both fences, either the producer's
+    //! swap sees `true` (and rings), or the consumer's reads after its fence
+    //! see the producer's writes: no write is lost.
+
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+    /// An atomic flag plus the fence that goes with it.
+    pub trait Flag {
+        /// Stores the flag.
+        fn store_flag(&self, armed: bool);
+        /// Swaps the flag, returning the old value.
+        fn swap_flag(&self, armed: bool) -> bool;
+        /// A sequentially consistent fence.
+        fn fence();
+    }
+
+    impl Flag for std::sync::atomic::AtomicU32 {
+        fn store_flag(&self, armed: bool) {
+            self.store(armed as u32, Relaxed)
+        }
+        fn swap_flag(&self, armed: bool) -> bool {
+            self.swap(armed as u32, Relaxed) != 0
+        }
+        fn fence() {
+            std::sync::atomic::fence(SeqCst)
+        }
+    }
+
+    #[cfg(memfd_tripwire_loom)]
+    impl Flag for loom::sync::atomic::AtomicU32 {
+        fn store_flag(&self, armed: bool) {
+            self.store(armed as u32, Relaxed)
+        }
+        fn swap_flag(&self, armed: bool) -> bool {
+            self.swap(armed as u32, Relaxed) != 0
+        }
+        fn fence() {
+            loom::sync::atomic::fence(SeqCst)
+        }
+    }
+
+    /// Consumer side of an ACK: re-arm, then order later data reads after it.
+    pub fn arm<F: Flag>(flag: &F) {
+        flag.store_flag(true);
+        F::fence();
+    }
+
+    /// Producer side of `notify()`: should the doorbell be rung?
+    pub fn should_ring<F: Flag>(flag: &F) -> bool {
+        F::fence();
+        flag.swap_flag(false)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    memfd: OwnedFd,
+    eventfd: OwnedFd,
+    control_fd: OwnedFd,
+    control: Mapping,
+}
+
+impl Doorbell {
+    pub(crate) fn create(len: usize) -> Result<(Self, Region), Error> {
+        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
+        let map = Mapping::map_shared(memfd.as_fd(), len)
+            .map_err(|e| Error::io("mmap of the region", e))?;
+        let eventfd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| Error::io("eventfd", e))?;
+        let control_fd = memfd::create_sealed("memfd-tripwire-control", CONTROL_LEN)?;
+        let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
+            .map_err(|e| Error::io("mmap of the control page", e))?;
+        let wire = Doorbell {
+            memfd,
+            eventfd,
+            control_fd,
+            control,
+        };
+        protocol::arm(wire.armed());
+        Ok((wire, Region::new(map)))
+    }
+
+    fn armed(&self) -> &AtomicU32 {
+        self.control
+            .atomic_u32(ARMED_OFFSET)
+            .expect("the armed flag lies inside the control page")
+    }
+
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.eventfd.as_fd()
+    }
+
+    pub(crate) fn take(&mut self) -> io::Result<bool> {
+        if !drain_eventfd(self.eventfd.as_fd())? {
+            return Ok(false);
+        }
+        protocol::arm(self.armed());
+        Ok(true)
+    }
+
+    pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![
+            self.memfd.as_fd(),
+            self.eventfd.as_fd(),
+            self.control_fd.as_fd(),
+        ]
+    }
+}
+
+/// Reads a non-blocking eventfd: `true` if it was signalled (now reset).
+pub(crate) fn drain_eventfd(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut buf = [0u8; 8];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Adds one to an eventfd (never blocks: the counter cannot get near
+/// overflow, as every ring is followed by a drain before the next one).
+pub(crate) fn ring_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

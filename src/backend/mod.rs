@@ -1,0 +1,193 @@
+//! The mechanisms that turn writes into wake-ups, one file each, behind one
+//! small enum ([`Wire`]) that the public types drive.
+
+use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::{Error, Region};
+
+pub(crate) mod doorbell;
+pub(crate) mod kernel;
+pub(crate) mod memfd;
+pub(crate) mod poll;
+
+/// Which mechanism a tripwire should use. [`BackendKind`] is what it got.
+///
+/// | backend | sees | producer must | cost |
+/// |---|---|---|---|
+/// | `Kernel` | every store through any mapping | nothing | one fault per page per ACK; needs the RFC kernel |
+/// | `Doorbell` | stores followed by [`Producer::notify`](crate::Producer::notify) | call `notify()` | a fence per `notify()`, a syscall only when the consumer waits |
+/// | `Poll` | any change of the bytes, within one interval | nothing | a compare of the whole region per interval |
+///
+/// # Examples
+///
+/// ```
+/// use memfd_tripwire::{Backend, BackendKind, blocking::Tripwire};
+///
+/// let tw = Tripwire::builder(4096).backend(Backend::Doorbell).create().unwrap();
+/// assert_eq!(tw.backend(), BackendKind::Doorbell);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The real `memfd_tripwire` where the kernel has it; otherwise an error
+    /// that lists each backend tried, why it failed, and the explicit choices.
+    #[default]
+    Auto,
+    /// The `memfd_tripwire(2)` system call (RFC, syscall 472 on x86_64).
+    Kernel,
+    /// Cooperative: an eventfd the producer rings from
+    /// [`Producer::notify`](crate::Producer::notify) when the consumer is
+    /// armed. Writes without a `notify()` are not seen.
+    Doorbell,
+    /// A poller thread compares the region with a snapshot taken at each ACK,
+    /// every [`Builder::poll_interval`](crate::blocking::Builder::poll_interval)
+    /// (default 1 ms). Needs no cooperation; latency is up to one interval and
+    /// each interval costs a compare of the whole region.
+    Poll,
+}
+
+/// The mechanism a tripwire actually uses (never "auto").
+///
+/// ```
+/// use memfd_tripwire::BackendKind;
+/// assert_eq!(BackendKind::Doorbell.to_string(), "Doorbell");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// See [`Backend::Kernel`].
+    Kernel,
+    /// See [`Backend::Doorbell`].
+    Doorbell,
+    /// See [`Backend::Poll`].
+    Poll,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Kernel => "Kernel",
+            BackendKind::Doorbell => "Doorbell",
+            BackendKind::Poll => "Poll",
+        })
+    }
+}
+
+impl BackendKind {
+    /// The code used for this kind in the handshake frame.
+    pub(crate) fn wire_code(self) -> u16 {
+        match self {
+            BackendKind::Kernel => 1,
+            BackendKind::Doorbell => 2,
+            BackendKind::Poll => 3,
+        }
+    }
+
+    pub(crate) fn from_wire_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1 => BackendKind::Kernel,
+            2 => BackendKind::Doorbell,
+            3 => BackendKind::Poll,
+            _ => return None,
+        })
+    }
+}
+
+/// Options that only some backends read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) poll_interval: Duration,
+}
+
+/// The consumer's end of one mechanism.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    Kernel(kernel::Kernel),
+    Doorbell(doorbell::Doorbell),
+    Poll(poll::Poller),
+}
+
+impl Wire {
+    /// Creates the wire and maps its region.
+    pub(crate) fn create(
+        backend: Backend,
+        len: usize,
+        opts: Options,
+    ) -> Result<(Wire, Region), Error> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        match backend {
+            Backend::Kernel => kernel::Kernel::create(len).map(|(w, r)| (Wire::Kernel(w), r)),
+            Backend::Doorbell => {
+                doorbell::Doorbell::create(len).map(|(w, r)| (Wire::Doorbell(w), r))
+            }
+            Backend::Poll => {
+                poll::Poller::create(len, opts.poll_interval).map(|(w, r)| (Wire::Poll(w), r))
+            }
+            Backend::Auto => match kernel::Kernel::create(len) {
+                Ok((w, r)) => Ok((Wire::Kernel(w), r)),
+                Err(e) => Err(Error::NoBackend {
+                    tried: vec![(BackendKind::Kernel, unavailable_reason(e))],
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            Wire::Kernel(_) => BackendKind::Kernel,
+            Wire::Doorbell(_) => BackendKind::Doorbell,
+            Wire::Poll(_) => BackendKind::Poll,
+        }
+    }
+
+    /// The fd that becomes readable when the wire trips.
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Wire::Kernel(w) => w.wake_fd(),
+            Wire::Doorbell(w) => w.wake_fd(),
+            Wire::Poll(w) => w.wake_fd(),
+        }
+    }
+
+    /// If the wire is tripped, ACKs it (re-arms; prior writes become
+    /// visible) and returns `true`. A failed ACK leaves it tripped.
+    pub(crate) fn take(&mut self) -> io::Result<bool> {
+        match self {
+            Wire::Kernel(w) => w.take(),
+            Wire::Doorbell(w) => w.take(),
+            Wire::Poll(w) => w.take(),
+        }
+    }
+
+    /// Like [`take`](Wire::take), but also finds writes the mechanism has
+    /// not reported yet (the poller's next compare). Used once every
+    /// producer is gone, before reporting it.
+    pub(crate) fn take_final(&mut self) -> io::Result<bool> {
+        match self {
+            Wire::Poll(w) => w.take_final(),
+            _ => self.take(),
+        }
+    }
+
+    /// The fds a producer needs, in handshake order.
+    pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Wire::Kernel(w) => w.offer_fds(),
+            Wire::Doorbell(w) => w.offer_fds(),
+            Wire::Poll(w) => w.offer_fds(),
+        }
+    }
+}
+
+/// The sentence an `Auto` error gives for a backend's failure.
+fn unavailable_reason(e: Error) -> String {
+    match e {
+        Error::Unavailable { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}

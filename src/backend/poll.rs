@@ -1,0 +1,154 @@
+//! `Backend::Poll`: a poller thread compares the region with a snapshot
+//! taken at each ACK and trips the wire (an eventfd) on any difference.
+//!
+//! Needs no producer cooperation. Latency is up to one interval; each
+//! interval costs a copy and compare of the whole region (O(region)). A
+//! change that is undone within one interval is not seen.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustix::event::EventfdFlags;
+
+use crate::backend::doorbell::{drain_eventfd, ring_eventfd};
+use crate::backend::memfd;
+use crate::sys::Mapping;
+use crate::{Error, Region};
+
+#[derive(Debug)]
+pub(crate) struct Poller {
+    memfd: OwnedFd,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    map: Arc<Mapping>,
+    eventfd: OwnedFd,
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The region as it was at the last ACK.
+    snapshot: Vec<u8>,
+    /// Scratch for the current contents.
+    current: Vec<u8>,
+    /// `true` from an ACK until the poller trips the wire.
+    armed: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the buffers are fine.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compares once; trips the wire on a difference. Returns whether it did.
+    fn check(&self) -> io::Result<bool> {
+        let mut st = self.state();
+        if !st.armed {
+            return Ok(false);
+        }
+        let State {
+            snapshot, current, ..
+        } = &mut *st;
+        self.map
+            .read_into(0, current)
+            .expect("buffers are as long as the mapping");
+        if current == snapshot {
+            return Ok(false);
+        }
+        st.armed = false;
+        ring_eventfd(self.eventfd.as_fd())?;
+        Ok(true)
+    }
+
+    fn rearm(&self) {
+        let mut st = self.state();
+        let State { snapshot, .. } = &mut *st;
+        self.map
+            .read_into(0, snapshot)
+            .expect("buffers are as long as the mapping");
+        st.armed = true;
+    }
+}
+
+impl Poller {
+    pub(crate) fn create(len: usize, interval: Duration) -> Result<(Self, Region), Error> {
+        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
+        let map = Mapping::map_shared(memfd.as_fd(), len)
+            .map_err(|e| Error::io("mmap of the region", e))?;
+        let region = Region::new(map);
+        let eventfd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| Error::io("eventfd", e))?;
+        let shared = Arc::new(Shared {
+            map: region.mapping().clone(),
+            eventfd,
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                snapshot: vec![0; len],
+                current: vec![0; len],
+                armed: false,
+            }),
+        });
+        shared.rearm();
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("memfd-tripwire-poll".into())
+            .spawn(move || {
+                while !worker.stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(interval);
+                    // An eventfd write only fails if the fd is broken; the
+                    // consumer then sees the error from its own read.
+                    let _ = worker.check();
+                }
+            })
+            .map_err(|e| Error::io("spawning the poller thread", e))?;
+        Ok((
+            Poller {
+                memfd,
+                shared,
+                thread: Some(thread),
+            },
+            region,
+        ))
+    }
+
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.shared.eventfd.as_fd()
+    }
+
+    pub(crate) fn take(&mut self) -> io::Result<bool> {
+        if !drain_eventfd(self.shared.eventfd.as_fd())? {
+            return Ok(false);
+        }
+        self.shared.rearm();
+        Ok(true)
+    }
+
+    pub(crate) fn take_final(&mut self) -> io::Result<bool> {
+        self.shared.check()?;
+        self.take()
+    }
+
+    pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.memfd.as_fd()]
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The runtime-free [`Tripwire`]: poll it, wait on it, or register it with
+//! mio; the async [`crate::Tripwire`] is a thin layer over it.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::backend::{Options, Wire};
+use crate::peers::Peers;
+use crate::{Backend, BackendKind, Epoch, Error, Region};
+
+/// Configures and creates a [`Tripwire`]; from [`Tripwire::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use memfd_tripwire::{Backend, blocking::Tripwire};
+///
+/// let tw = Tripwire::builder(4096)
+///     .backend(Backend::Poll)
+///     .poll_interval(Duration::from_micros(500))
+///     .create()
+///     .unwrap();
+/// assert_eq!(tw.region().len(), 4096);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .create()"]
+pub struct Builder {
+    len: usize,
+    backend: Backend,
+    opts: Options,
+}
+
+impl Builder {
+    /// Which mechanism to use; [`Backend::Auto`] by default.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let b = Tripwire::builder(64).backend(Backend::Doorbell);
+    /// ```
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// How often [`Backend::Poll`] compares the region (default 1 ms);
+    /// ignored by the other backends.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// # use std::time::Duration;
+    /// let b = Tripwire::builder(64).backend(Backend::Poll).poll_interval(Duration::from_millis(5));
+    /// ```
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.opts.poll_interval = interval;
+        self
+    }
+
+    /// Creates the tripwire: its memory (zeroed), its wake-up fd, armed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroLength`] for a length of 0; [`Error::Unavailable`] when
+    /// the chosen backend cannot work on this kernel (with the reason);
+    /// [`Error::NoBackend`] from `Auto`, listing each backend it tried;
+    /// [`Error::Io`] when a system call fails.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, Error, blocking::Tripwire};
+    /// match Tripwire::builder(4096).create() {
+    ///     Ok(tw) => println!("using {}", tw.backend()),
+    ///     Err(e) => println!("no tripwire here: {e}"),
+    /// }
+    /// ```
+    pub fn create(self) -> Result<Tripwire, Error> {
+        let (wire, region) = Wire::create(self.backend, self.len, self.opts)?;
+        Ok(Tripwire {
+            wire,
+            region,
+            epoch: Epoch::ZERO,
+            peers: Peers::default(),
+        })
+    }
+}
+
+/// A tripwire's consumer end, without an async runtime.
+///
+/// A write into the [`region`](Tripwire::region) (on `Doorbell`: a
+/// [`Producer::notify`](crate::Producer::notify) after it) *trips* the wire.
+/// [`try_changed`](Tripwire::try_changed), [`wait`](Tripwire::wait) and
+/// [`wait_timeout`](Tripwire::wait_timeout) take a trip: they ACK it
+/// (re-arming the wire and making every earlier write visible) and return the
+/// new [`Epoch`]. Writes coalesce: each epoch stands for at least one change,
+/// possibly more. Nothing slips through: a write racing with the ACK is
+/// either visible once it returns or trips the wire again.
+///
+/// [`AsFd`]/[`AsRawFd`] give the wake-up fd (the tripwire itself on
+/// `Kernel`, an eventfd on the emulations), readable while tripped. With the
+/// `mio` feature it is a [`mio::event::Source`]. Wrap it in
+/// [`crate::Tripwire`] for `changed().await`.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use memfd_tripwire::{Backend, blocking::Tripwire};
+///
+/// let mut tw = Tripwire::builder(4096).backend(Backend::Poll).create()?;
+/// assert_eq!(tw.try_changed()?, None); // quiet
+/// tw.region().write(100, &1u8)?; // any write; here our own
+/// let epoch = tw.wait_timeout(Duration::from_secs(5))?.expect("tripped");
+/// assert_eq!(epoch.get(), 1);
+/// # Ok(()) }
+/// ```
+pub struct Tripwire {
+    wire: Wire,
+    region: Region,
+    epoch: Epoch,
+    peers: Peers,
+}
+
+impl fmt::Debug for Tripwire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tripwire")
+            .field("backend", &self.wire.kind())
+            .field("len", &self.region.len())
+            .field("epoch", &self.epoch)
+            .field("wake_fd", &self.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Tripwire {
+    /// Starts building a tripwire over `len` bytes of shared memory.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let tw = Tripwire::builder(4096).backend(Backend::Doorbell).create().unwrap();
+    /// ```
+    pub fn builder(len: usize) -> Builder {
+        Builder {
+            len,
+            backend: Backend::Auto,
+            opts: Options {
+                poll_interval: Duration::from_millis(1),
+            },
+        }
+    }
+
+    /// The backend in use (what `Auto` resolved to).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, BackendKind, blocking::Tripwire};
+    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(tw.backend(), BackendKind::Poll);
+    /// ```
+    pub fn backend(&self) -> BackendKind {
+        self.wire.kind()
+    }
+
+    /// The shared memory, as mapped in this process.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(tw.region().read::<u64>(0).unwrap(), 0);
+    /// ```
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The last epoch returned (zero before the first change).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, Epoch, blocking::Tripwire};
+    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(tw.epoch(), Epoch::ZERO);
+    /// ```
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Takes a pending trip without blocking: if the wire is tripped, ACKs
+    /// it and returns the new epoch; otherwise `None`.
+    ///
+    /// # Errors
+    ///
+    /// `BrokenPipe` (wrapping [`Error::PeerDied`]) once the tripwire was
+    /// [shared](Tripwire::share) and every producer has hung up; a pending
+    /// trip is always returned first. Otherwise the OS error of the poll or
+    /// ACK; a failed ACK leaves the wire tripped.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// assert!(tw.try_changed().unwrap().is_none());
+    /// ```
+    pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
+        if self.wire.take()? {
+            return Ok(Some(self.advance()));
+        }
+        if self.peers.all_gone()? {
+            // The producers' last writes happen before their sockets close:
+            // look once more, and let the mechanism report what it has not yet.
+            if self.wire.take_final()? {
+                return Ok(Some(self.advance()));
+            }
+            return Err(crate::error::peer_gone());
+        }
+        Ok(None)
+    }
+
+    fn advance(&mut self) -> Epoch {
+        self.epoch = self.epoch.next();
+        self.epoch
+    }
+
+    /// Blocks until the wire trips, then ACKs it and returns the new epoch.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_changed`](Tripwire::try_changed).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// tw.region().write(0, &1u8).unwrap();
+    /// let epoch = tw.wait().unwrap();
+    /// ```
+    pub fn wait(&mut self) -> io::Result<Epoch> {
+        loop {
+            if let Some(e) = self.try_changed()? {
+                return Ok(e);
+            }
+            self.block(None)?;
+        }
+    }
+
+    /// Like [`wait`](Tripwire::wait), but gives up after `timeout` and
+    /// returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_changed`](Tripwire::try_changed).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// assert_eq!(tw.wait_timeout(Duration::from_millis(10)).unwrap(), None);
+    /// ```
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<Epoch>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.try_changed()? {
+                return Ok(Some(e));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.block(Some(deadline - now))?;
+        }
+    }
+
+    /// Sleeps until the wake-up fd or the peer set is readable, or `timeout`.
+    fn block(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let wake = self.wire.wake_fd();
+        let peers = self.peers.fd();
+        let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
+        if let Some(p) = &peers {
+            fds.push(PollFd::new(p, PollFlags::IN));
+        }
+        let ts = timeout.map(|d| Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: d.subsec_nanos().into(),
+        });
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands the tripwire to a producer on the other end of `peer`, which
+    /// calls [`Producer::connect`](crate::Producer::connect). Sends the
+    /// memory fd and what the backend needs (`SCM_RIGHTS`), then waits for
+    /// the producer's verdict, so a failure on its side is reported here.
+    ///
+    /// Keeps `peer` open: when it hangs up, [`wait`](Tripwire::wait) and
+    /// friends report `BrokenPipe` (after any pending trip). A tripwire can be
+    /// shared with several producers; it reports `BrokenPipe` once all are
+    /// gone. A forked child that inherits the producer's socket hides the
+    /// producer's death until the child exits too.
+    ///
+    /// Blocks for the handshake; gives up after 10 s of silence.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handshake`] if the producer refuses or the exchange fails.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+    ///
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let producer = std::thread::spawn(move || Producer::connect(theirs));
+    /// let mut tw = Tripwire::builder(4096).backend(Backend::Poll).create()?;
+    /// tw.share(ours)?;
+    /// let producer = producer.join().unwrap()?;
+    /// assert_eq!(producer.backend(), tw.backend());
+    /// # Ok(()) }
+    /// ```
+    pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        crate::handoff::offer(
+            &peer,
+            self.wire.kind(),
+            self.region.len(),
+            &self.wire.offer_fds(),
+        )?;
+        self.peers.add(peer)
+    }
+
+    /// The fd that turns readable when a producer hangs up, once shared.
+    pub(crate) fn peers_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.peers.fd()
+    }
+}
+
+impl AsFd for Tripwire {
+    /// The wake-up fd: readable while the wire is tripped.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wire.wake_fd()
+    }
+}
+
+impl AsRawFd for Tripwire {
+    fn as_raw_fd(&self) -> RawFd {
+        self.wire.wake_fd().as_raw_fd()
+    }
+}
+
+/// Registers the wake-up fd and, once shared, the peer set under one token:
+/// an event means "call [`Tripwire::try_changed`] until it returns `None`".
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mio::{Events, Interest, Poll, Token};
+/// use memfd_tripwire::{Backend, blocking::Tripwire};
+///
+/// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create()?;
+/// let mut poll = Poll::new()?;
+/// poll.registry().register(&mut tw, Token(7), Interest::READABLE)?;
+/// tw.region().write(0, &1u8)?;
+/// let mut events = Events::with_capacity(4);
+/// poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))?;
+/// assert!(events.iter().any(|e| e.token() == Token(7)));
+/// assert!(tw.try_changed()?.is_some());
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "mio")]
+impl mio::event::Source for Tripwire {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.as_raw_fd()).register(registry, token, interests)?;
+        if let Some(p) = self.peers.fd() {
+            mio::unix::SourceFd(&p.as_raw_fd()).register(registry, token, interests)?;
+        }
+        Ok(())
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)?;
+        if let Some(p) = self.peers.fd() {
+            mio::unix::SourceFd(&p.as_raw_fd()).reregister(registry, token, interests)?;
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.as_raw_fd()).deregister(registry)?;
+        if let Some(p) = self.peers.fd() {
+            mio::unix::SourceFd(&p.as_raw_fd()).deregister(registry)?;
+        }
+        Ok(())
+    }
+}

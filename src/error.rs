@@ -1,0 +1,175 @@
+//! The crate's error type, for causes that are ours rather than the OS's.
+
+use std::fmt;
+use std::io;
+
+use crate::BackendKind;
+use crate::sys::mapping::AccessError;
+
+/// What went wrong, and where the message says what to do about it.
+///
+/// OS failures are carried as [`Error::Io`] with the operation that failed;
+/// everything else is a cause this crate detected itself. Converts into
+/// [`std::io::Error`] (with a fitting [`io::ErrorKind`]) for `?` in functions
+/// that return `io::Result`.
+///
+/// # Examples
+///
+/// ```
+/// use memfd_tripwire::{Error, blocking::Tripwire};
+///
+/// let err = Tripwire::builder(0).create().unwrap_err();
+/// assert!(matches!(err, Error::ZeroLength));
+/// let io: std::io::Error = err.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    Io {
+        /// The operation, e.g. `"mmap of the region"`.
+        op: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A region of zero bytes was asked for.
+    ZeroLength,
+    /// An access reached past the end of the region.
+    OutOfBounds {
+        /// Where the access started.
+        offset: usize,
+        /// How many bytes it covered.
+        len: usize,
+        /// The region's size.
+        size: usize,
+    },
+    /// An atomic was asked for at an offset that is not a multiple of its size.
+    Misaligned {
+        /// The offset asked for.
+        offset: usize,
+        /// The alignment the type needs.
+        align: usize,
+    },
+    /// A backend asked for by name cannot work here.
+    Unavailable {
+        /// The backend.
+        backend: BackendKind,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// [`Backend::Auto`](crate::Backend::Auto) found no backend that works
+    /// without producer cooperation; each one tried is listed with its cause.
+    NoBackend {
+        /// Each backend tried, with why it failed.
+        tried: Vec<(BackendKind, String)>,
+    },
+    /// An fd that should have been a `memfd_tripwire` file is something else.
+    NotATripwire {
+        /// What was found instead.
+        reason: String,
+    },
+    /// The handshake with the peer failed (malformed frame, wrong version,
+    /// unexpected fds, a producer-side setup error, a time-out, ...).
+    Handshake {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The peer process hung up (exited, crashed or closed its socket).
+    PeerDied,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, source: impl Into<io::Error>) -> Self {
+        Error::Io {
+            op,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn handshake(reason: impl Into<String>) -> Self {
+        Error::Handshake {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, source } => write!(f, "{op} failed: {source}"),
+            Error::ZeroLength => write!(f, "a tripwire needs a length of at least one byte"),
+            Error::OutOfBounds { offset, len, size } => write!(
+                f,
+                "access of {len} bytes at offset {offset} reaches past the end of the \
+                 {size}-byte region"
+            ),
+            Error::Misaligned { offset, align } => write!(
+                f,
+                "offset {offset} is not a multiple of {align}: atomics need natural alignment"
+            ),
+            Error::Unavailable { backend, reason } => {
+                write!(f, "backend {backend} is unavailable: {reason}")
+            }
+            Error::NoBackend { tried } => {
+                write!(f, "no backend can watch plain stores here (tried ")?;
+                for (i, (kind, why)) in tried.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, "; ")?;
+                    }
+                    write!(f, "{kind}: {why}")?;
+                }
+                write!(
+                    f,
+                    "); choose Backend::Doorbell (the producer calls Producer::notify after \
+                     writing) or Backend::Poll (no cooperation; latency = poll interval)"
+                )
+            }
+            Error::NotATripwire { reason } => {
+                write!(f, "not a memfd_tripwire file: {reason}")
+            }
+            Error::Handshake { reason } => write!(f, "tripwire handshake failed: {reason}"),
+            Error::PeerDied => write!(f, "the peer process hung up"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io { source, .. } => source.kind(),
+            Error::ZeroLength | Error::OutOfBounds { .. } | Error::Misaligned { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::Unavailable { .. } | Error::NoBackend { .. } => io::ErrorKind::Unsupported,
+            Error::NotATripwire { .. } | Error::Handshake { .. } => io::ErrorKind::InvalidData,
+            Error::PeerDied => io::ErrorKind::BrokenPipe,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl From<AccessError> for Error {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::OutOfBounds { offset, len, size } => {
+                Error::OutOfBounds { offset, len, size }
+            }
+            AccessError::Misaligned { offset, align } => Error::Misaligned { offset, align },
+        }
+    }
+}
+
+/// The error `changed()` and friends return once every producer hung up.
+pub(crate) fn peer_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, Error::PeerDied)
+}

@@ -1,0 +1,250 @@
+//! [`Producer`]: the writing side, in whatever process received the tripwire.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
+use crate::backend::{kernel, memfd};
+use crate::sys::Mapping;
+use crate::{BackendKind, Error, Region};
+
+/// The producer's end of a tripwire: its memory, and `notify()`.
+///
+/// Get one with [`Producer::connect`] over a `UnixStream` whose other end was
+/// passed to [`blocking::Tripwire::share`](crate::blocking::Tripwire::share)
+/// (any backend), or with [`Producer::from_fd`] from a raw `memfd_tripwire`
+/// fd that came from anywhere (a VFIO-user client, say; `Kernel` only).
+///
+/// Write through [`region`](Producer::region), then call
+/// [`notify`](Producer::notify). `notify()` is what `Backend::Doorbell`
+/// relies on; on every other backend it is a no-op, so code written against
+/// `Producer` works on all of them.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+/// use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+///
+/// let (ours, theirs) = UnixStream::pair()?;
+/// // Normally in another process, which got `theirs` by inheritance or SCM_RIGHTS.
+/// let producer = std::thread::spawn(move || Producer::connect(theirs));
+/// let mut tw = Tripwire::builder(4096).backend(Backend::Doorbell).create()?;
+/// tw.share(ours)?;
+/// let producer = producer.join().unwrap()?;
+///
+/// producer.region().write(0, &42u32)?;
+/// producer.notify()?;
+/// assert!(tw.wait_timeout(Duration::from_secs(5))?.is_some());
+/// assert_eq!(tw.region().read::<u32>(0)?, 42);
+/// # Ok(()) }
+/// ```
+pub struct Producer {
+    kind: BackendKind,
+    region: Region,
+    doorbell: Option<Bell>,
+    peer: Option<UnixStream>,
+}
+
+/// What a Doorbell producer rings.
+struct Bell {
+    control: Mapping,
+    eventfd: OwnedFd,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("backend", &self.kind)
+            .field("region", &self.region)
+            .field("connected", &self.peer.is_some())
+            .finish()
+    }
+}
+
+impl Producer {
+    /// Wraps a `memfd_tripwire` fd received from anywhere.
+    ///
+    /// The fd is checked before use (`/proc/self/fd` link
+    /// `anon_inode:memfd_tripwire`, `S_IFREG`, mode 0600) and its size must
+    /// already be set. [`notify`](Producer::notify) is a no-op. Without a
+    /// handshake socket there is no way to learn that the consumer died.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotATripwire`] if the fd is something else (it is closed, as
+    /// it is ours), [`Error::Io`] if mapping it fails.
+    ///
+    /// ```
+    /// use memfd_tripwire::{Error, Producer};
+    /// # fn main() -> std::io::Result<()> {
+    /// let not_a_tripwire = std::fs::File::open("/dev/null")?;
+    /// let err = Producer::from_fd(not_a_tripwire.into()).unwrap_err();
+    /// assert!(matches!(err, Error::NotATripwire { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn from_fd(fd: OwnedFd) -> Result<Producer, Error> {
+        let map = kernel::attach(&fd)?;
+        Ok(Producer {
+            kind: BackendKind::Kernel,
+            region: Region::new(map),
+            doorbell: None,
+            peer: None,
+        })
+    }
+
+    /// Receives a tripwire from a consumer that called
+    /// [`share`](crate::blocking::Tripwire::share) on the other end of
+    /// `sock`, and tells it whether attaching worked (so a failure here
+    /// surfaces on both sides). Keep the returned `Producer` for as long as
+    /// the pair works together: the socket's hang-up tells the consumer that
+    /// the producer is gone.
+    ///
+    /// Blocks for the handshake; gives up after 10 s of silence.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handshake`] for a malformed or unexpected frame, an fd that is
+    /// not what the backend needs (an unsealed or short memfd, a pipe, ...),
+    /// or a consumer that hangs up; [`Error::Io`] if mapping fails.
+    ///
+    /// ```no_run
+    /// // In a process started with the handshake socket as its stdin:
+    /// use std::os::fd::{AsFd, OwnedFd};
+    /// use std::os::unix::net::UnixStream;
+    /// # fn main() -> Result<(), memfd_tripwire::Error> {
+    /// let stdin: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    /// let producer = memfd_tripwire::Producer::connect(UnixStream::from(stdin))?;
+    /// producer.region().write(0, &1u64)?;
+    /// producer.notify().unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn connect(sock: UnixStream) -> Result<Producer, Error> {
+        let offer = crate::handoff::receive_offer(&sock)?;
+        let attached = Self::attach(offer);
+        crate::handoff::reply(&sock, attached.as_ref().map(|_| ()))?;
+        let mut producer = attached?;
+        producer.peer = Some(sock);
+        Ok(producer)
+    }
+
+    fn attach(offer: crate::handoff::Offer) -> Result<Producer, Error> {
+        let len = offer.len;
+        let mut fds = offer.fds.into_iter();
+        let mut next = || fds.next().expect("fd count checked by receive_offer");
+        let (region, doorbell) = match offer.kind {
+            BackendKind::Kernel => {
+                let fd = next();
+                let map = kernel::attach(&fd).map_err(|e| match e {
+                    Error::NotATripwire { reason } => {
+                        Error::handshake(format!("the Kernel offer's fd: {reason}"))
+                    }
+                    other => other,
+                })?;
+                if map.len() != len {
+                    return Err(Error::handshake(format!(
+                        "the tripwire has {} bytes, the frame says {len}",
+                        map.len()
+                    )));
+                }
+                (Region::new(map), None)
+            }
+            BackendKind::Poll => (map_memfd(&next(), len)?, None),
+            BackendKind::Doorbell => {
+                let region = map_memfd(&next(), len)?;
+                let eventfd = next();
+                check_link(&eventfd, "anon_inode:[eventfd]", "the doorbell")?;
+                let control_fd = next();
+                memfd::check_sealed(control_fd.as_fd(), CONTROL_LEN, "the control memfd")?;
+                let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
+                    .map_err(|e| Error::io("mmap of the control page", e))?;
+                (region, Some(Bell { control, eventfd }))
+            }
+        };
+        Ok(Producer {
+            kind: offer.kind,
+            region,
+            doorbell,
+            peer: None,
+        })
+    }
+
+    /// The backend the consumer chose.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Producer};
+    /// # fn check(p: &Producer) {
+    /// println!("writing through {}", p.backend());
+    /// # }
+    /// ```
+    pub fn backend(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The shared memory, as mapped in this process.
+    ///
+    /// ```
+    /// # use memfd_tripwire::Producer;
+    /// # fn f(p: &Producer) -> Result<(), memfd_tripwire::Error> {
+    /// p.region().write(0, &[1u8, 2, 3])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Tells the consumer that the region changed. Call it after writing.
+    ///
+    /// On `Doorbell` it costs a fence and an atomic swap, plus an eventfd
+    /// write when the consumer is waiting for one. On every other backend it
+    /// does nothing (the writes themselves are seen).
+    ///
+    /// # Errors
+    ///
+    /// `BrokenPipe` if it would ring the consumer but the consumer has hung
+    /// up. It never blocks. A consumer that dies while it is not waiting is
+    /// noticed at the next `notify()` that would ring.
+    ///
+    /// ```
+    /// # use memfd_tripwire::Producer;
+    /// # fn f(p: &Producer) -> std::io::Result<()> {
+    /// p.region().write(0, &7u64)?;
+    /// p.notify()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn notify(&self) -> io::Result<()> {
+        let Some(bell) = &self.doorbell else {
+            return Ok(());
+        };
+        let armed = bell
+            .control
+            .atomic_u32(doorbell::ARMED_OFFSET)
+            .expect("the armed flag lies inside the control page");
+        if !protocol::should_ring(armed) {
+            return Ok(());
+        }
+        if let Some(peer) = &self.peer
+            && kernel::is_readable(peer.as_fd())?
+        {
+            return Err(crate::error::peer_gone());
+        }
+        doorbell::ring_eventfd(bell.eventfd.as_fd())
+    }
+}
+
+fn map_memfd(fd: &OwnedFd, len: usize) -> Result<Region, Error> {
+    memfd::check_sealed(fd.as_fd(), len, "the region memfd")?;
+    let map =
+        Mapping::map_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap of the region", e))?;
+    Ok(Region::new(map))
+}
+
+fn check_link(fd: &OwnedFd, want: &str, what: &str) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    crate::sys::tripwire::check_fd_link(fd.as_raw_fd(), want)
+        .map_err(|why| Error::handshake(format!("{what} fd: {why}")))
+}

@@ -1,0 +1,116 @@
+//! Child-process roles: the same test binary, re-run with `ROLE_ENV` set.
+//! fd 0 is the handshake socket (or, for `from_fd_write`, the tripwire fd).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+
+pub const ROLE_ENV: &str = "MEMFD_TRIPWIRE_CHILD";
+
+fn env_u64(key: &str) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fail(&format!("child: missing or bad {key}")))
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("{msg}");
+    std::process::exit(2)
+}
+
+fn stdin_fd() -> OwnedFd {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap_or_else(|e| fail(&format!("child: dup stdin: {e}")))
+}
+
+fn connect() -> Producer {
+    Producer::connect(UnixStream::from(stdin_fd()))
+        .unwrap_or_else(|e| fail(&format!("child: connect: {e}")))
+}
+
+fn write_u64(p: &Producer, offset: usize, v: u64) {
+    p.region()
+        .write(offset, &v)
+        .unwrap_or_else(|e| fail(&format!("child: write: {e}")));
+    p.notify()
+        .unwrap_or_else(|e| fail(&format!("child: notify: {e}")));
+}
+
+/// Runs `role` and exits; never returns to the test harness.
+pub fn run(role: &str) -> ! {
+    // No orphan outlives its test by much, whatever happens to the parent.
+    let limit = Duration::from_secs(120) * crate::util::scale();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        fail("child: watchdog expired");
+    });
+    match role {
+        "write_once" => {
+            let p = connect();
+            write_u64(&p, env_u64("OFFSET") as usize, env_u64("VALUE"));
+        }
+        "from_fd_write" => {
+            let p = Producer::from_fd(stdin_fd())
+                .unwrap_or_else(|e| fail(&format!("child: from_fd: {e}")));
+            write_u64(&p, 0, env_u64("VALUE"));
+        }
+        "rounds" => {
+            // stdout is the sync socket: one byte from the parent per round.
+            let p = connect();
+            let mut sync = UnixStream::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .unwrap_or_else(|e| fail(&format!("child: dup stdout: {e}"))),
+            );
+            for i in 1..=env_u64("ROUNDS") {
+                write_u64(&p, 0, i);
+                let mut go = [0u8];
+                if sync.read_exact(&mut go).is_err() {
+                    fail("child: parent went away");
+                }
+            }
+        }
+        "writer_slot" => {
+            let p = connect();
+            let offset = (env_u64("SLOT") * env_u64("STRIDE")) as usize;
+            for v in 1..=env_u64("COUNT") {
+                write_u64(&p, offset, v);
+                if v % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        "write_then_linger" => {
+            let p = connect();
+            write_u64(&p, 0, env_u64("VALUE"));
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        "consumer_then_exit" => {
+            let backend = match std::env::var("BACKEND").as_deref() {
+                Ok("Kernel") => Backend::Kernel,
+                Ok("Doorbell") => Backend::Doorbell,
+                Ok("Poll") => Backend::Poll,
+                other => fail(&format!("child: bad BACKEND {other:?}")),
+            };
+            let mut tw = Tripwire::builder(4096)
+                .backend(backend)
+                .create()
+                .unwrap_or_else(|e| fail(&format!("child: create: {e}")));
+            tw.share(UnixStream::from(stdin_fd()))
+                .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
+        }
+        other => fail(&format!("child: unknown role {other}")),
+    }
+    std::process::exit(0)
+}

@@ -1,0 +1,577 @@
+//! The scenarios, each a property named after what it guards. Each runs on
+//! every backend unless its entry in [`ALL`] names one.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use memfd_tripwire::{BackendKind, Error, Producer, Tripwire, blocking};
+
+use crate::util::{
+    Ctx, Outcome, create, ensure, expect_trip, ms, pair, reap, runtime, share_with_child, spawn,
+};
+
+type Scenario = (&'static str, fn(&Ctx) -> Outcome, Option<BackendKind>);
+
+pub const ALL: &[Scenario] = &[
+    ("sequential_life_cycle", sequential_life_cycle, None),
+    (
+        "multi_page_each_page_trips",
+        multi_page_each_page_trips,
+        None,
+    ),
+    (
+        "first_write_to_untouched_page_trips",
+        first_write_to_untouched_page_trips,
+        None,
+    ),
+    (
+        "write_after_ack_trips_again",
+        write_after_ack_trips_again,
+        None,
+    ),
+    (
+        "cross_process_write_is_seen",
+        cross_process_write_is_seen,
+        None,
+    ),
+    ("cross_process_1000_rounds", cross_process_1000_rounds, None),
+    (
+        "no_lost_events_free_running_writer",
+        no_lost_events_free_running_writer,
+        None,
+    ),
+    (
+        "n_writer_processes_all_writes_visible",
+        n_writer_processes_all_writes_visible,
+        None,
+    ),
+    ("quiet_wire_stays_quiet", quiet_wire_stays_quiet, None),
+    (
+        "dropped_changed_loses_nothing",
+        dropped_changed_loses_nothing,
+        None,
+    ),
+    (
+        "cancelled_in_select_loses_nothing",
+        cancelled_in_select_loses_nothing,
+        None,
+    ),
+    ("stream_with_combinators", stream_with_combinators, None),
+    ("mio_source_reports_trip", mio_source_reports_trip, None),
+    ("bad_inputs_are_errors", bad_inputs_are_errors, None),
+    (
+        "producer_killed_pending_trip_then_broken_pipe",
+        producer_killed_pending_trip_then_broken_pipe,
+        None,
+    ),
+    (
+        "notify_after_consumer_died_errors",
+        notify_after_consumer_died_errors,
+        Some(BackendKind::Doorbell),
+    ),
+    (
+        "from_fd_inherited_producer",
+        from_fd_inherited_producer,
+        Some(BackendKind::Kernel),
+    ),
+    (
+        "second_ftruncate_is_refused",
+        second_ftruncate_is_refused,
+        Some(BackendKind::Kernel),
+    ),
+];
+
+const PAGE: usize = 4096;
+
+fn write(p: &Producer, offset: usize, v: u64) -> Result<(), String> {
+    p.region().write(offset, &v).map_err(|e| e.to_string())?;
+    p.notify().map_err(|e| format!("notify: {e}"))
+}
+
+fn quiet(tw: &mut blocking::Tripwire, what: &str) -> Outcome {
+    // Longer than a Poll interval, short enough to keep the suite quick.
+    let e = tw.wait_timeout(ms(30))?;
+    ensure(e.is_none(), || {
+        format!("{what}: tripped with no write ({e:?})")
+    })
+}
+
+fn sequential_life_cycle(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    ensure(tw.backend() == ctx.kind, || {
+        format!("backend {} != {}", tw.backend(), ctx.kind)
+    })?;
+    ensure(tw.try_changed()?.is_none(), || {
+        "fresh tripwire is tripped".into()
+    })?;
+    write(&p, 0, 0x41)?;
+    let e1 = tw
+        .wait_timeout(ms(5000))?
+        .ok_or("no trip after the first write")?;
+    ensure(tw.region().read::<u64>(0)? == 0x41, || {
+        "first write not visible after ACK".into()
+    })?;
+    quiet(&mut tw, "after the ACK")?;
+    write(&p, 0, 0x42)?;
+    let e2 = tw
+        .wait_timeout(ms(5000))?
+        .ok_or("no trip after the second write")?;
+    ensure(e1.get() == 1 && e2 > e1, || {
+        format!("epochs {e1:?}, {e2:?}")
+    })?;
+    ensure(tw.region().read::<u64>(0)? == 0x42, || {
+        "second write not visible".into()
+    })
+}
+
+fn multi_page_each_page_trips(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, 4 * PAGE)?;
+    for page in 0..4 {
+        write(&p, page * PAGE + 8, page as u64 + 1)?;
+        expect_trip(&mut tw, ms(5000), &format!("page {page}"))?;
+        let v = tw.region().read::<u64>(page * PAGE + 8)?;
+        ensure(v == page as u64 + 1, || format!("page {page}: read {v}"))?;
+        quiet(&mut tw, &format!("after page {page}"))?;
+    }
+    Ok(())
+}
+
+fn first_write_to_untouched_page_trips(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, 16 * PAGE)?;
+    write(&p, 15 * PAGE + 100, 7)?;
+    expect_trip(&mut tw, ms(5000), "write to the last, never-touched page")?;
+    ensure(tw.region().read::<u64>(15 * PAGE + 100)? == 7, || {
+        "value not visible".into()
+    })
+}
+
+fn write_after_ack_trips_again(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    runtime()?.block_on(async move {
+        let mut tw = Tripwire::new(tw)?;
+        let mut last = memfd_tripwire::Epoch::ZERO;
+        for i in 1..=20u64 {
+            write(&p, 0, i)?;
+            let e = tokio::time::timeout(ms(5000), tw.changed())
+                .await
+                .map_err(|_| format!("write {i} after an ACK did not trip"))??;
+            ensure(e > last, || format!("epoch went from {last:?} to {e:?}"))?;
+            last = e;
+            let v = tw.region().read::<u64>(0)?;
+            ensure(v == i, || format!("round {i}: read {v}"))?;
+        }
+        Ok(())
+    })
+}
+
+fn cross_process_write_is_seen(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, PAGE)?;
+    let child = share_with_child(
+        &mut tw,
+        "write_once",
+        &[("OFFSET", "16".into()), ("VALUE", "123456789".into())],
+    )?;
+    expect_trip(&mut tw, ms(10_000), "write from the child")?;
+    reap(child, "writer")?;
+    let v = tw.region().read::<u64>(16)?;
+    ensure(v == 123_456_789, || format!("read {v}"))
+}
+
+fn cross_process_1000_rounds(ctx: &Ctx) -> Outcome {
+    const ROUNDS: u64 = 1000;
+    let mut tw = create(ctx, PAGE)?;
+    let (sock, theirs) = UnixStream::pair()?;
+    let (ours, child_sync) = UnixStream::pair()?;
+    let child = spawn(
+        "rounds",
+        &[("ROUNDS", ROUNDS.to_string())],
+        sock.into(),
+        Some(child_sync.into()),
+    )?;
+    tw.share(theirs)?;
+    let mut ours = ours;
+    for i in 1..=ROUNDS {
+        // A trip can come before its store lands (the fault fires first):
+        // wait until the value is there, each wait bounded.
+        loop {
+            expect_trip(&mut tw, ms(10_000), &format!("round {i}"))?;
+            let v = tw.region().read::<u64>(0)?;
+            if v == i {
+                break;
+            }
+            ensure(v == i - 1, || format!("round {i}: read {v}"))?;
+        }
+        ours.write_all(&[1])?;
+    }
+    reap(child, "rounds")
+}
+
+fn no_lost_events_free_running_writer(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let run_for = ms(1000);
+    let writer = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || -> Result<(u64, Producer), String> {
+            let start = Instant::now();
+            let mut i = 0u64;
+            while start.elapsed() < run_for {
+                i += 1;
+                write(&p, 0, i)?;
+                // Every so often stop and insist that the last write is seen:
+                // a write lost to an ACK race would hang here.
+                if i % 256 == 0 {
+                    let deadline = Instant::now() + ms(5000);
+                    while seen.load(Ordering::Acquire) < i {
+                        if Instant::now() > deadline {
+                            return Err(format!(
+                                "write {i} never seen (consumer at {})",
+                                seen.load(Ordering::Acquire)
+                            ));
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            done.store(true, Ordering::Release);
+            Ok((i, p)) // the producer stays connected until the checks are done
+        })
+    };
+    let mut last = 0u64;
+    let mut trips = 0u64;
+    loop {
+        if tw.wait_timeout(ms(100))?.is_some() {
+            trips += 1;
+            let v = tw.region().read::<u64>(0)?;
+            ensure(v >= last, || format!("value went back from {last} to {v}"))?;
+            last = v;
+            seen.store(v, Ordering::Release);
+        } else if done.load(Ordering::Acquire) || writer.is_finished() {
+            break;
+        }
+    }
+    let (total, _producer) = writer.join().map_err(|_| "writer panicked")??;
+    // The writer is done: a final quiet period must leave the last value seen.
+    while tw.wait_timeout(ms(100))?.is_some() {
+        last = tw.region().read::<u64>(0)?;
+    }
+    eprintln!("  {}: {total} writes, {trips} trips", ctx.kind);
+    ensure(last == total, || {
+        format!("last write {total} never seen (saw {last})")
+    })
+}
+
+fn n_writer_processes_all_writes_visible(ctx: &Ctx) -> Outcome {
+    const WRITERS: u64 = 4;
+    let count: u64 = if ctx.kind == BackendKind::Poll {
+        500
+    } else {
+        5000
+    };
+    let mut tw = create(ctx, WRITERS as usize * PAGE)?;
+    let mut children = Vec::new();
+    for slot in 0..WRITERS {
+        children.push(share_with_child(
+            &mut tw,
+            "writer_slot",
+            &[
+                ("SLOT", slot.to_string()),
+                ("STRIDE", PAGE.to_string()),
+                ("COUNT", count.to_string()),
+            ],
+        )?);
+    }
+    let mut last = [0u64; WRITERS as usize];
+    let deadline = Instant::now() + ms(30_000);
+    let outcome = loop {
+        if Instant::now() > deadline {
+            break Err(format!("not done by the deadline; saw {last:?}"));
+        }
+        match tw.wait_timeout(ms(1000)) {
+            Ok(_) => {
+                for (slot, seen) in last.iter_mut().enumerate() {
+                    let v = tw.region().read::<u64>(slot * PAGE)?;
+                    if v < *seen || v > count {
+                        return Err(format!("slot {slot}: {v} after {seen}").into());
+                    }
+                    *seen = v;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
+            Err(e) => break Err(format!("wait: {e}")),
+        }
+    };
+    for c in children {
+        reap(c, "writer")?;
+    }
+    outcome?;
+    // Every writer has exited, and BrokenPipe came only after the last trip:
+    // every write must be visible now.
+    for slot in 0..WRITERS as usize {
+        let v = tw.region().read::<u64>(slot * PAGE)?;
+        ensure(v == count, || {
+            format!("slot {slot}: final value {v}, wrote {count}")
+        })?;
+    }
+    Ok(())
+}
+
+fn quiet_wire_stays_quiet(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    runtime()?.block_on(async move {
+        let mut tw = Tripwire::new(tw)?;
+        write(&p, 0, 1)?;
+        tokio::time::timeout(ms(5000), tw.changed())
+            .await
+            .map_err(|_| "no trip")??;
+        let _ = tw.region().read::<u64>(0)?; // reading must not trip it
+        let r = tokio::time::timeout(Duration::from_millis(200), tw.changed()).await;
+        ensure(r.is_err(), || {
+            format!("changed() returned {r:?} with no write")
+        })
+    })
+}
+
+fn dropped_changed_loses_nothing(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    runtime()?.block_on(async move {
+        let mut tw = Tripwire::new(tw)?;
+        {
+            let mut fut = tokio_test::task::spawn(tw.changed());
+            ensure(fut.poll().is_pending(), || {
+                "changed() ready with no write".into()
+            })?;
+        } // dropped mid-wait
+        write(&p, 0, 5)?;
+        // Start waiting again after the write; if that future has not taken
+        // the trip yet, drop it too: the trip must still be there afterwards.
+        let taken = {
+            let mut fut = tokio_test::task::spawn(tw.changed());
+            match fut.poll() {
+                std::task::Poll::Ready(r) => Some(r?),
+                std::task::Poll::Pending => None,
+            }
+        };
+        let e = match taken {
+            Some(e) => e,
+            None => tokio::time::timeout(ms(5000), tw.changed())
+                .await
+                .map_err(|_| "the trip was lost with the dropped future")??,
+        };
+        ensure(e.get() >= 1, || format!("epoch {e:?}"))?;
+        ensure(tw.region().read::<u64>(0)? == 5, || {
+            "value not visible".into()
+        })
+    })
+}
+
+fn cancelled_in_select_loses_nothing(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    const WRITES: u64 = 200;
+    let writer = std::thread::spawn(move || -> Result<(), String> {
+        for i in 1..=WRITES {
+            write(&p, 0, i)?;
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        Ok(())
+    });
+    let last = runtime()?.block_on(async move {
+        let mut tw = Tripwire::new(tw)?;
+        let mut last = 0;
+        let mut cancelled = 0u32;
+        let deadline = Instant::now() + ms(20_000);
+        while last < WRITES && Instant::now() < deadline {
+            tokio::select! {
+                r = tw.changed() => { r?; last = tw.region().read::<u64>(0)?; }
+                _ = tokio::time::sleep(Duration::from_micros(200)) => cancelled += 1,
+            }
+        }
+        eprintln!("  {}: {cancelled} changed() futures cancelled", ctx.kind);
+        Ok::<u64, libtest_mimic::Failed>(last)
+    })?;
+    writer.join().map_err(|_| "writer panicked")??;
+    ensure(last == WRITES, || {
+        format!("last value seen {last}, wrote {WRITES}")
+    })
+}
+
+fn stream_with_combinators(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let seen = seen.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 1..=3u64 {
+                write(&p, 0, i)?;
+                let deadline = Instant::now() + ms(5000);
+                while seen.load(Ordering::Acquire) < i {
+                    if Instant::now() > deadline {
+                        return Err(format!("change {i} not consumed"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        })
+    };
+    let tw = {
+        let rt = runtime()?;
+        let _guard = rt.enter();
+        (Tripwire::new(tw)?, rt)
+    };
+    let (tw, rt) = tw;
+    let values = rt.block_on(async move {
+        let region = tw.region().clone();
+        let stream = tw.into_stream();
+        let fut = stream
+            .map(|r| r.map(|e| (e, region.read::<u64>(0))))
+            .filter_map(|r| async move {
+                match r {
+                    Ok((e, Ok(v))) => Some((e, v)),
+                    _ => None,
+                }
+            })
+            .inspect(|&(_, v)| seen.store(v, Ordering::Release))
+            .take_while(|&(_, v)| std::future::ready(v <= 3))
+            .skip_while(|&(_, v)| std::future::ready(v == 0))
+            .take(3)
+            .collect::<Vec<_>>();
+        tokio::time::timeout(ms(20_000), fut)
+            .await
+            .map_err(|_| libtest_mimic::Failed::from("stream stalled"))
+    })?;
+    writer.join().map_err(|_| "writer panicked")??;
+    let vals: Vec<u64> = values.iter().map(|&(_, v)| v).collect();
+    ensure(vals == [1, 2, 3], || format!("values {vals:?}"))?;
+    ensure(values.windows(2).all(|w| w[0].0 < w[1].0), || {
+        format!("epochs not increasing: {values:?}")
+    })
+}
+
+fn mio_source_reports_trip(ctx: &Ctx) -> Outcome {
+    use mio::{Events, Interest, Poll, Token};
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut tw, Token(3), Interest::READABLE)?;
+    write(&p, 0, 9)?;
+    let mut events = Events::with_capacity(8);
+    let deadline = Instant::now() + ms(5000);
+    while events.is_empty() && Instant::now() < deadline {
+        poll.poll(&mut events, Some(ms(100)))?;
+    }
+    ensure(events.iter().any(|e| e.token() == Token(3)), || {
+        "no mio event".into()
+    })?;
+    // Readiness is a hint (a trip may be reported before the store lands):
+    // the level decides.
+    let e = tw.wait_timeout(ms(5000))?;
+    ensure(e.is_some(), || {
+        "mio said readable but the wire was not tripped".into()
+    })?;
+    poll.registry().deregister(&mut tw)?;
+    Ok(())
+}
+
+fn bad_inputs_are_errors(ctx: &Ctx) -> Outcome {
+    let zero = blocking::Tripwire::builder(0).backend(ctx.backend).create();
+    ensure(matches!(zero, Err(Error::ZeroLength)), || {
+        format!("zero length gave {zero:?}")
+    })?;
+    let (tw, p) = pair(ctx, PAGE)?;
+    let r = tw.region();
+    let oob = r.read::<u64>(PAGE - 4);
+    ensure(matches!(oob, Err(Error::OutOfBounds { .. })), || {
+        format!("read past end gave {oob:?}")
+    })?;
+    let oob = p.region().write(usize::MAX - 2, &1u32);
+    ensure(matches!(oob, Err(Error::OutOfBounds { .. })), || {
+        format!("write at usize::MAX gave {oob:?}")
+    })?;
+    let mis = r.atomic_u64(12);
+    ensure(matches!(mis, Err(Error::Misaligned { .. })), || {
+        format!("misaligned atomic gave {mis:?}")
+    })?;
+    let mis = r.atomic_u32(PAGE);
+    ensure(matches!(mis, Err(Error::OutOfBounds { .. })), || {
+        format!("atomic past end gave {mis:?}")
+    })?;
+    // A plain memfd is not a tripwire.
+    let memfd = rustix::fs::memfd_create("not-a-tripwire", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&memfd, PAGE as u64)?;
+    let bad = Producer::from_fd(memfd);
+    ensure(matches!(bad, Err(Error::NotATripwire { .. })), || {
+        format!("from_fd(memfd) gave {bad:?}")
+    })?;
+    // Nothing was lost: the pair still works.
+    write(&p, 0, 77)?;
+    let mut tw = tw;
+    expect_trip(&mut tw, ms(5000), "after the bad inputs")
+}
+
+fn producer_killed_pending_trip_then_broken_pipe(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, PAGE)?;
+    let mut child = share_with_child(&mut tw, "write_then_linger", &[("VALUE", "99".into())])?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    ensure(line.trim() == "ready", || format!("child said {line:?}"))?;
+    child.kill()?;
+    child.wait()?;
+    let first = tw.wait_timeout(ms(5000));
+    ensure(matches!(first, Ok(Some(_))), || {
+        format!("pending trip not reported first: {first:?}")
+    })?;
+    ensure(tw.region().read::<u64>(0)? == 99, || {
+        "the dead producer's write is not visible".into()
+    })?;
+    let then = tw.wait_timeout(ms(5000));
+    match then {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Err(format!("expected BrokenPipe after the trip, got {other:?}").into()),
+    }
+}
+
+fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "consumer_then_exit",
+        &[("BACKEND", ctx.kind.to_string())],
+        theirs.into(),
+        None,
+    )?;
+    let p = Producer::connect(ours)?;
+    reap(child, "consumer")?;
+    p.region().write(0, &1u64)?;
+    let r = p.notify();
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Err(format!("notify() to a dead consumer gave {other:?}").into()),
+    }
+}
+
+fn from_fd_inherited_producer(ctx: &Ctx) -> Outcome {
+    use std::os::fd::AsFd;
+    let mut tw = create(ctx, PAGE)?;
+    let fd = tw.as_fd().try_clone_to_owned()?; // the tripwire fd itself on Kernel
+    let child = spawn("from_fd_write", &[("VALUE", "4242".into())], fd, None)?;
+    expect_trip(&mut tw, ms(10_000), "write through an inherited fd")?;
+    reap(child, "from_fd writer")?;
+    let v = tw.region().read::<u64>(0)?;
+    ensure(v == 4242, || format!("read {v}"))
+}
+
+fn second_ftruncate_is_refused(ctx: &Ctx) -> Outcome {
+    use std::os::fd::AsFd;
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    let r = rustix::fs::ftruncate(tw.as_fd(), 2 * PAGE as u64);
+    ensure(r.is_err(), || {
+        "a second ftruncate of a tripwire succeeded".into()
+    })?;
+    write(&p, 0, 3)?;
+    expect_trip(&mut tw, ms(5000), "after the refused ftruncate")
+}
