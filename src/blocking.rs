@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -214,6 +215,37 @@ impl Tripwire {
         Ok(None)
     }
 
+    /// Like [`try_changed`](Tripwire::try_changed), and on a trip also
+    /// appends to `out` the byte ranges of the region that were written
+    /// since the previous ACK: exactly the written pages on `Userfault`
+    /// (which the ACK re-protects), the whole region on the backends that
+    /// cannot tell. Ranges are page-granular and merged where they touch.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_changed`](Tripwire::try_changed).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(8192).backend(Backend::Poll).create().unwrap();
+    /// tw.region().write(5000, &1u8).unwrap();
+    /// let mut pages = Vec::new();
+    /// while tw.try_changed_with_pages(&mut pages).unwrap().is_none() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// }
+    /// assert_eq!(pages, [0..8192]); // Poll cannot tell which page
+    /// ```
+    pub fn try_changed_with_pages(
+        &mut self,
+        out: &mut Vec<Range<usize>>,
+    ) -> io::Result<Option<Epoch>> {
+        let epoch = self.try_changed()?;
+        if epoch.is_some() {
+            self.wire.pages_into(self.region.len(), out);
+        }
+        Ok(epoch)
+    }
+
     fn advance(&mut self) -> Epoch {
         self.epoch = self.epoch.next();
         self.epoch
@@ -316,12 +348,13 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
-        crate::handoff::offer(
+        let extras = crate::handoff::offer(
             &peer,
             self.wire.kind(),
             self.region.len(),
             &self.wire.offer_fds(),
         )?;
+        self.wire.accept(extras.fds, extras.address)?;
         self.peers.add(peer)
     }
 

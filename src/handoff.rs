@@ -5,10 +5,13 @@
 //! ```text
 //! offer (consumer -> producer), 24 bytes + fds:
 //!   magic "MFDTWIRE" | version u16 | backend u16 | fd count u32 | region length u64
-//!   fds: Kernel [tripwire]; Doorbell [memfd, eventfd, control memfd]; Poll [memfd]
-//! reply (producer -> consumer), 16 bytes + message:
+//!   fds: Kernel [tripwire]; Doorbell [memfd, eventfd, control memfd];
+//!        Poll, Userfault [memfd]
+//! reply (producer -> consumer), 24 bytes + message + fds:
 //!   magic "MFDTWACK" | version u16 | status u16 (0 ok, 1 error) | message length u32
+//!   | address u64 (Userfault: the producer's mapping of the region; else 0)
 //!   message: UTF-8, at most 4096 bytes: why the producer could not attach
+//!   fds: Userfault [the producer's userfaultfd]; otherwise none
 //! ```
 //!
 //! Fds are received with `MSG_CMSG_CLOEXEC`; a truncated control message
@@ -22,7 +25,7 @@ use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -35,9 +38,11 @@ pub(crate) const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
 pub(crate) const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
 pub(crate) const VERSION: u16 = 1;
 const OFFER_LEN: usize = 24;
-const REPLY_LEN: usize = 16;
+const REPLY_LEN: usize = 24;
 const MAX_MESSAGE: usize = 4096;
-/// The most fds any frame carries; more arrive as `MSG_CTRUNC`.
+/// The most fds any frame carries; the receive buffer fits these (plus
+/// alignment slack): many more arrive as `MSG_CTRUNC`, a few more are caught
+/// by the fd-count check. Either way every fd received is closed.
 const MAX_FDS: usize = 4;
 /// How long one side waits for the other's frame.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,18 +55,27 @@ pub(crate) struct Offer {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
-/// Runs `f` with the handshake time-out set on `sock`, restoring it after.
-fn with_timeout<T>(sock: &UnixStream, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+/// Runs `f` with a deadline for the whole exchange (a peer that trickles
+/// bytes cannot stretch it), restoring the socket's own time-out after.
+fn with_timeout<T>(
+    sock: &UnixStream,
+    f: impl FnOnce(Instant) -> Result<T, Error>,
+) -> Result<T, Error> {
     let old = sock
         .read_timeout()
         .map_err(|e| Error::io("reading the socket's time-out", e))?;
-    sock.set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| Error::io("setting the handshake time-out", e))?;
-    let out = f();
+    let out = f(Instant::now() + TIMEOUT);
     let restored = sock.set_read_timeout(old);
     let out = out?;
     restored.map_err(|e| Error::io("restoring the socket's time-out", e))?;
     Ok(out)
+}
+
+/// What a producer sends back besides its verdict.
+#[derive(Debug, Default)]
+pub(crate) struct Extras<F> {
+    pub(crate) fds: Vec<F>,
+    pub(crate) address: u64,
 }
 
 /// Consumer side: sends the offer, waits for the producer's verdict.
@@ -70,8 +84,8 @@ pub(crate) fn offer(
     kind: BackendKind,
     len: usize,
     fds: &[BorrowedFd<'_>],
-) -> Result<(), Error> {
-    with_timeout(sock, || {
+) -> Result<Extras<OwnedFd>, Error> {
+    with_timeout(sock, |deadline| {
         let mut frame = [0u8; OFFER_LEN];
         frame[..8].copy_from_slice(&OFFER_MAGIC);
         frame[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -81,25 +95,20 @@ pub(crate) fn offer(
         send_frame(sock, &frame, fds)?;
 
         let mut hdr = [0u8; REPLY_LEN];
-        let fds = recv_frame(sock, &mut hdr)?;
-        if !fds.is_empty() {
-            return Err(Error::handshake(format!(
-                "the producer's reply carried {} unexpected fds (closed)",
-                fds.len()
-            )));
-        }
+        let fds = recv_frame(sock, &mut hdr, deadline)?;
         check_magic_version(&hdr, REPLY_MAGIC, "reply")?;
         let status = u16::from_le_bytes([hdr[10], hdr[11]]);
         let msg_len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]) as usize;
+        let address = u64::from_le_bytes(hdr[16..24].try_into().expect("8 bytes"));
         if msg_len > MAX_MESSAGE {
             return Err(Error::handshake(format!(
                 "the producer's message claims {msg_len} bytes (at most {MAX_MESSAGE})"
             )));
         }
         let mut msg = vec![0u8; msg_len];
-        read_rest(sock, &mut msg)?;
+        read_rest(sock, &mut msg, deadline)?;
         match status {
-            0 => Ok(()),
+            0 => Ok(Extras { fds, address }),
             1 => Err(Error::handshake(format!(
                 "the producer could not attach: {}",
                 String::from_utf8_lossy(&msg)
@@ -112,9 +121,9 @@ pub(crate) fn offer(
 /// Producer side: receives and checks the offer's frame (not yet its fds'
 /// contents: that is the backend's job, see `Producer::connect`).
 pub(crate) fn receive_offer(sock: &UnixStream) -> Result<Offer, Error> {
-    with_timeout(sock, || {
+    with_timeout(sock, |deadline| {
         let mut frame = [0u8; OFFER_LEN];
-        let fds = recv_frame(sock, &mut frame)?;
+        let fds = recv_frame(sock, &mut frame, deadline)?;
         check_magic_version(&frame, OFFER_MAGIC, "offer")?;
         let code = u16::from_le_bytes([frame[10], frame[11]]);
         let kind = BackendKind::from_wire_code(code)
@@ -128,7 +137,7 @@ pub(crate) fn receive_offer(sock: &UnixStream) -> Result<Offer, Error> {
             )));
         }
         let want = match kind {
-            BackendKind::Kernel | BackendKind::Poll => 1,
+            BackendKind::Kernel | BackendKind::Poll | BackendKind::Userfault => 1,
             BackendKind::Doorbell => 3,
         };
         if fds.len() != want {
@@ -146,9 +155,16 @@ pub(crate) fn receive_offer(sock: &UnixStream) -> Result<Offer, Error> {
 }
 
 /// Producer side: tells the consumer whether attaching worked.
-pub(crate) fn reply(sock: &UnixStream, outcome: Result<(), &Error>) -> Result<(), Error> {
+pub(crate) fn reply(
+    sock: &UnixStream,
+    outcome: Result<&Extras<BorrowedFd<'_>>, &Error>,
+) -> Result<(), Error> {
+    let (fds, address): (&[BorrowedFd<'_>], u64) = match outcome {
+        Ok(x) => (&x.fds, x.address),
+        Err(_) => (&[], 0),
+    };
     let msg = match outcome {
-        Ok(()) => String::new(),
+        Ok(_) => String::new(),
         Err(e) => {
             let mut m = e.to_string();
             while m.len() > MAX_MESSAGE {
@@ -162,8 +178,9 @@ pub(crate) fn reply(sock: &UnixStream, outcome: Result<(), &Error>) -> Result<()
     frame.extend_from_slice(&VERSION.to_le_bytes());
     frame.extend_from_slice(&(outcome.is_err() as u16).to_le_bytes());
     frame.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&address.to_le_bytes());
     frame.extend_from_slice(msg.as_bytes());
-    send_frame(sock, &frame, &[])
+    send_frame(sock, &frame, fds)
 }
 
 fn check_magic_version(frame: &[u8], magic: [u8; 8], what: &str) -> Result<(), Error> {
@@ -214,7 +231,8 @@ fn send_frame(sock: &UnixStream, frame: &[u8], fds: &[BorrowedFd<'_>]) -> Result
 }
 
 /// Receives exactly `buf.len()` bytes; the fds come with the first segment.
-fn recv_frame(sock: &UnixStream, buf: &mut [u8]) -> Result<Vec<OwnedFd>, Error> {
+fn recv_frame(sock: &UnixStream, buf: &mut [u8], deadline: Instant) -> Result<Vec<OwnedFd>, Error> {
+    arm(sock, deadline)?;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
@@ -247,23 +265,44 @@ fn recv_frame(sock: &UnixStream, buf: &mut [u8]) -> Result<Vec<OwnedFd>, Error> 
             "the peer hung up before sending its frame",
         ));
     }
-    read_rest(sock, &mut buf[msg.bytes..])?;
+    read_rest(sock, &mut buf[msg.bytes..], deadline)?;
     Ok(fds)
 }
 
-fn read_rest(mut sock: &UnixStream, buf: &mut [u8]) -> Result<(), Error> {
-    sock.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            Error::handshake("the peer hung up in the middle of its frame (truncated)")
+fn read_rest(mut sock: &UnixStream, mut buf: &mut [u8], deadline: Instant) -> Result<(), Error> {
+    while !buf.is_empty() {
+        arm(sock, deadline)?;
+        match sock.read(buf) {
+            Ok(0) => {
+                return Err(Error::handshake(
+                    "the peer hung up in the middle of its frame (truncated)",
+                ));
+            }
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(peer_error("receiving the handshake frame", e)),
         }
-        _ => peer_error("receiving the handshake frame", e),
-    })
+    }
+    Ok(())
+}
+
+/// Sets the socket's read time-out to what is left before `deadline`.
+fn arm(sock: &UnixStream, deadline: Instant) -> Result<(), Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(peer_error(
+            "receiving the handshake frame",
+            io::ErrorKind::TimedOut.into(),
+        ));
+    }
+    sock.set_read_timeout(Some(left))
+        .map_err(|e| Error::io("setting the handshake time-out", e))
 }
 
 fn peer_error(op: &str, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::handshake(format!(
-            "{op}: the peer sent nothing for {} s",
+            "{op}: the peer did not complete its frame within {} s",
             TIMEOUT.as_secs()
         )),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {

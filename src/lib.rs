@@ -39,10 +39,11 @@
 //! | backend | what is seen | who cooperates | cost | where |
 //! |---|---|---|---|---|
 //! | [`Kernel`](Backend::Kernel) | every store through any mapping | nobody | a page fault per written page per ACK | the RFC kernel (syscall 472) |
+//! | [`Userfault`](Backend::Userfault) | every store through the producer's mapping, and which pages | the producer registers at handshake ([`Producer::connect`] does it) | a stalled store (~15–35 µs) per written page per ACK | Linux >= 5.19 |
 //! | [`Doorbell`](Backend::Doorbell) | stores followed by [`Producer::notify`] | the producer calls `notify()` | a fence per `notify()`; an eventfd write only when the consumer waits | every Linux |
 //! | [`Poll`](Backend::Poll) | any change of the bytes | nobody | a compare of the whole region per interval; latency up to one interval | every Linux |
 //!
-//! [`Backend::Auto`] picks `Kernel` and otherwise fails with an error that
+//! [`Backend::Auto`] picks `Kernel`, then `Userfault`, and otherwise fails with an error that
 //! names each backend tried and why, and the explicit choices.
 //!
 //! # What is not promised

@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
-use crate::backend::{kernel, memfd};
+use crate::backend::{kernel, memfd, userfault};
+use crate::handoff::Extras;
 use crate::sys::Mapping;
 use crate::{BackendKind, Error, Region};
 
@@ -124,18 +125,37 @@ impl Producer {
     /// # Ok(()) }
     /// ```
     pub fn connect(sock: UnixStream) -> Result<Producer, Error> {
-        let offer = crate::handoff::receive_offer(&sock)?;
+        let offer = match crate::handoff::receive_offer(&sock) {
+            Ok(offer) => offer,
+            Err(e) => {
+                // Best effort: tell the consumer why (a newer backend code, a
+                // version mismatch, ...). A peer that hung up gets nothing.
+                let _ = crate::handoff::reply(&sock, Err(&e));
+                return Err(e);
+            }
+        };
         let attached = Self::attach(offer);
-        crate::handoff::reply(&sock, attached.as_ref().map(|_| ()))?;
-        let mut producer = attached?;
+        let extras = attached.as_ref().map(|(_, uffd)| Extras {
+            fds: uffd.iter().map(|(fd, _)| fd.as_fd()).collect(),
+            address: uffd.as_ref().map_or(0, |(_, addr)| *addr as u64),
+        });
+        crate::handoff::reply(&sock, extras.as_ref().map_err(|e| *e))?;
+        drop(extras);
+        // Userfault: the uffd went to the consumer and no copy stays here, so
+        // the consumer's death releases any store blocked in a fault.
+        let (mut producer, _uffd) = attached?;
         producer.peer = Some(sock);
         Ok(producer)
     }
 
-    fn attach(offer: crate::handoff::Offer) -> Result<Producer, Error> {
+    /// Maps what the offer carries; for Userfault also registers the mapping
+    /// and returns the uffd and the mapping's address to send back.
+    #[allow(clippy::type_complexity)]
+    fn attach(offer: crate::handoff::Offer) -> Result<(Producer, Option<(OwnedFd, usize)>), Error> {
         let len = offer.len;
         let mut fds = offer.fds.into_iter();
         let mut next = || fds.next().expect("fd count checked by receive_offer");
+        let mut uffd = None;
         let (region, doorbell) = match offer.kind {
             BackendKind::Kernel => {
                 let fd = next();
@@ -154,6 +174,12 @@ impl Producer {
                 (Region::new(map), None)
             }
             BackendKind::Poll => (map_memfd(&next(), len)?, None),
+            BackendKind::Userfault => {
+                let region = map_memfd(&next(), len)?;
+                let map = region.mapping();
+                uffd = Some((userfault::register(map)?, map.addr()));
+                (region, None)
+            }
             BackendKind::Doorbell => {
                 let region = map_memfd(&next(), len)?;
                 let eventfd = next();
@@ -165,12 +191,13 @@ impl Producer {
                 (region, Some(Bell { control, eventfd }))
             }
         };
-        Ok(Producer {
+        let producer = Producer {
             kind: offer.kind,
             region,
             doorbell,
             peer: None,
-        })
+        };
+        Ok((producer, uffd))
     }
 
     /// The backend the consumer chose.
@@ -227,12 +254,15 @@ impl Producer {
         if !protocol::should_ring(armed) {
             return Ok(());
         }
+        // Ring first: the check costs a syscall that should not delay the
+        // wake-up, and ringing a dead consumer's eventfd is harmless.
+        doorbell::ring_eventfd(bell.eventfd.as_fd())?;
         if let Some(peer) = &self.peer
             && kernel::is_readable(peer.as_fd())?
         {
             return Err(crate::error::peer_gone());
         }
-        doorbell::ring_eventfd(bell.eventfd.as_fd())
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -128,8 +129,47 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Epoch>> {
+        self.poll_take(cx, |tw| tw.try_changed())
+    }
+
+    /// [`changed`](Tripwire::changed), and also appends to `out` the byte
+    /// ranges written since the previous ACK (exactly the written pages on
+    /// `Userfault`, the whole region elsewhere); see
+    /// [`blocking::Tripwire::try_changed_with_pages`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`changed`](Tripwire::changed): `out` is only
+    /// appended to in the poll that returns the epoch.
+    ///
+    /// # Errors
+    ///
+    /// As [`changed`](Tripwire::changed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let tw = blocking::Tripwire::builder(4096).backend(Backend::Poll).create().unwrap();
+    /// let mut tw = Tripwire::new(tw)?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// let mut pages = Vec::new();
+    /// tw.changed_with_pages(&mut pages).await?;
+    /// assert_eq!(pages, [0..4096]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn changed_with_pages(&mut self, out: &mut Vec<Range<usize>>) -> io::Result<Epoch> {
+        std::future::poll_fn(|cx| self.poll_take(cx, |tw| tw.try_changed_with_pages(out))).await
+    }
+
+    /// The level-checking loop: never trusts readiness, so no edge is lost.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<Epoch>>,
+    ) -> Poll<io::Result<Epoch>> {
         loop {
-            if let Some(epoch) = self.inner.get_mut().try_changed()? {
+            if let Some(epoch) = take(self.inner.get_mut())? {
                 return Poll::Ready(Ok(epoch));
             }
             // Not tripped: sleep on readiness, then look at the level again.

@@ -77,6 +77,25 @@ impl Mapping {
         self.len
     }
 
+    /// The mapping's address in this process (for userfaultfd ranges).
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// `madvise(MADV_DONTFORK)`: a forked child gets no copy of the mapping.
+    pub(crate) fn dont_fork(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this live mapping; DONTFORK only
+        // changes what fork() copies, not this process's view of it.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxDontFork,
+            )
+        }?;
+        Ok(())
+    }
+
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<(), AccessError> {
         let end = offset.checked_add(len);
         if end.is_none_or(|end| end > self.len) {

@@ -11,5 +11,6 @@ pub(crate) mod mapping;
 #[cfg(feature = "tokio")]
 pub(crate) mod reactor;
 pub(crate) mod tripwire;
+pub(crate) mod uffd;
 
 pub(crate) use mapping::Mapping;

@@ -99,6 +99,7 @@ pub fn run(role: &str) -> ! {
         "consumer_then_exit" => {
             let backend = match std::env::var("BACKEND").as_deref() {
                 Ok("Kernel") => Backend::Kernel,
+                Ok("Userfault") => Backend::Userfault,
                 Ok("Doorbell") => Backend::Doorbell,
                 Ok("Poll") => Backend::Poll,
                 other => fail(&format!("child: bad BACKEND {other:?}")),
@@ -109,6 +110,13 @@ pub fn run(role: &str) -> ! {
                 .unwrap_or_else(|e| fail(&format!("child: create: {e}")));
             tw.share(UnixStream::from(stdin_fd()))
                 .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
+            if std::env::var_os("LINGER").is_some() {
+                println!("ready");
+                let _ = std::io::stdout().flush();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
         }
         other => fail(&format!("child: unknown role {other}")),
     }

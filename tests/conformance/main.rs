@@ -6,7 +6,7 @@
 //! is what `run-in-vm` needs: it ships exactly one binary into the VM.
 //!
 //! Environment:
-//! - `TRIPWIRE_REQUIRE=kernel,doorbell,poll`: a required backend that is
+//! - `TRIPWIRE_REQUIRE=kernel,userfault,doorbell,poll`: a required backend that is
 //!   unavailable fails its tests instead of skipping them.
 //! - `TRIPWIRE_TIME_SCALE=N`: multiply every time-out (slow emulated VMs).
 
@@ -20,6 +20,7 @@ use memfd_tripwire::{Backend, BackendKind, Error, blocking::Tripwire};
 /// The backends under test, with the name `TRIPWIRE_REQUIRE` uses.
 const BACKENDS: &[(Backend, BackendKind, &str)] = &[
     (Backend::Kernel, BackendKind::Kernel, "kernel"),
+    (Backend::Userfault, BackendKind::Userfault, "userfault"),
     (Backend::Doorbell, BackendKind::Doorbell, "doorbell"),
     (Backend::Poll, BackendKind::Poll, "poll"),
 ];
