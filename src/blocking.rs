@@ -246,6 +246,29 @@ impl Tripwire {
         Ok(epoch)
     }
 
+    /// ACKs now, tripped or not: re-arms the wire, makes every write made
+    /// before it visible, and lets any later write trip it again. Does not
+    /// count an epoch.
+    ///
+    /// For consumers that read the memory on their own schedule (busy-poll
+    /// a ring's head while data flows, then `ack()`, re-check, and only then
+    /// wait): while the wire stays tripped, producers' stores neither fault
+    /// (`Kernel`, `Userfault`) nor ring (`Doorbell`).
+    ///
+    /// # Errors
+    ///
+    /// The OS error of the ACK; the wire then stays tripped.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// tw.ack().unwrap();
+    /// assert_eq!(tw.try_changed().unwrap(), None);
+    /// ```
+    pub fn ack(&mut self) -> io::Result<()> {
+        self.wire.ack()
+    }
+
     fn advance(&mut self) -> Epoch {
         self.epoch = self.epoch.next();
         self.epoch

@@ -126,6 +126,12 @@ impl Doorbell {
         Ok(true)
     }
 
+    pub(crate) fn ack(&mut self) -> io::Result<()> {
+        drain_eventfd(self.eventfd.as_fd())?;
+        protocol::arm(self.armed());
+        Ok(())
+    }
+
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
         vec![
             self.memfd.as_fd(),

@@ -54,6 +54,10 @@ impl Kernel {
         Ok(true)
     }
 
+    pub(crate) fn ack(&mut self) -> io::Result<()> {
+        sys::tripwire::ack(self.fd.as_fd())
+    }
+
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
         vec![self.fd.as_fd()]
     }

@@ -227,6 +227,18 @@ impl Wire {
         }
     }
 
+    /// Re-arms now, tripped or not: every write made before it returns is
+    /// visible, and any later one trips the wire. For consumers (the ring)
+    /// that read the memory without waiting for a trip first.
+    pub(crate) fn ack(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Kernel(w) => w.ack(),
+            Wire::Doorbell(w) => w.ack(),
+            Wire::Poll(w) => w.ack(),
+            Wire::Userfault(w) => w.ack(),
+        }
+    }
+
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
     /// not reported yet (the poller's next compare). Used once every
     /// producer is gone, before reporting it.

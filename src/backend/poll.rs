@@ -133,6 +133,12 @@ impl Poller {
         Ok(true)
     }
 
+    pub(crate) fn ack(&mut self) -> io::Result<()> {
+        drain_eventfd(self.shared.eventfd.as_fd())?;
+        self.shared.rearm();
+        Ok(())
+    }
+
     pub(crate) fn take_final(&mut self) -> io::Result<bool> {
         self.shared.check()?;
         self.take()

@@ -183,6 +183,17 @@ impl Userfault {
         if !drain_eventfd(self.shared.wake.as_fd())? {
             return Ok(false);
         }
+        self.rearm()?;
+        Ok(true)
+    }
+
+    /// Re-arms whether or not the wire is tripped.
+    pub(crate) fn ack(&mut self) -> io::Result<()> {
+        drain_eventfd(self.shared.wake.as_fd())?;
+        self.rearm()
+    }
+
+    fn rearm(&mut self) -> io::Result<()> {
         self.pages.clear();
         let mut st = self.shared.state();
         for w in &mut st.watches {
@@ -215,7 +226,7 @@ impl Userfault {
             w.dirty.clear();
         }
         st.tripped = false;
-        Ok(true)
+        Ok(())
     }
 
     /// The byte ranges the last successful ACK re-protected (written pages).
