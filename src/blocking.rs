@@ -322,8 +322,13 @@ impl Tripwire {
         }
     }
 
+    /// `true` once every producer it was shared with has hung up.
+    pub(crate) fn peers_gone(&mut self) -> io::Result<bool> {
+        self.peers.all_gone()
+    }
+
     /// Sleeps until the wake-up fd or the peer set is readable, or `timeout`.
-    fn block(&self, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn block(&self, timeout: Option<Duration>) -> io::Result<()> {
         let wake = self.wire.wake_fd();
         let peers = self.peers.fd();
         let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
@@ -371,6 +376,16 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        self.share_then(peer, |_| Ok(()))
+    }
+
+    /// [`share`](Tripwire::share), then `then` on the socket (a layer on top
+    /// exchanging its own frame) before the socket joins the peer set.
+    pub(crate) fn share_then(
+        &mut self,
+        peer: UnixStream,
+        then: impl FnOnce(&UnixStream) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let extras = crate::handoff::offer(
             &peer,
             self.wire.kind(),
@@ -378,6 +393,7 @@ impl Tripwire {
             &self.wire.offer_fds(),
         )?;
         self.wire.accept(extras.fds, extras.address)?;
+        then(&peer)?;
         self.peers.add(peer)
     }
 

@@ -77,6 +77,17 @@ pub enum Error {
     },
     /// The peer process hung up (exited, crashed or closed its socket).
     PeerDied,
+    /// Shared memory written by the peer holds an impossible value (an
+    /// index out of range, ...): the peer is buggy or hostile.
+    Corrupt {
+        /// What was wrong, with the values seen.
+        reason: String,
+    },
+    /// The two ends of a ring disagree on its layout or element type.
+    LayoutMismatch {
+        /// Which field, with both sides' values.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -130,6 +141,16 @@ impl fmt::Display for Error {
             }
             Error::Handshake { reason } => write!(f, "tripwire handshake failed: {reason}"),
             Error::PeerDied => write!(f, "the peer process hung up"),
+            Error::Corrupt { reason } => write!(
+                f,
+                "the peer wrote an impossible value into shared memory ({reason}): it is buggy \
+                 or hostile; drop this end"
+            ),
+            Error::LayoutMismatch { reason } => write!(
+                f,
+                "the ring's two ends disagree: {reason}; build both with the same element type, \
+                 type tag and crate version"
+            ),
         }
     }
 }
@@ -151,7 +172,10 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::Unavailable { .. } | Error::NoBackend { .. } => io::ErrorKind::Unsupported,
-            Error::NotATripwire { .. } | Error::Handshake { .. } => io::ErrorKind::InvalidData,
+            Error::NotATripwire { .. }
+            | Error::Handshake { .. }
+            | Error::Corrupt { .. }
+            | Error::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
             Error::PeerDied => io::ErrorKind::BrokenPipe,
         };
         io::Error::new(kind, e)

@@ -311,3 +311,78 @@ fn peer_error(op: &str, e: io::Error) -> Error {
         _ => Error::handshake(format!("{op}: {e}")),
     }
 }
+
+/// Magic of the second frame a ring sends after the tripwire handshake.
+pub(crate) const RING_MAGIC: [u8; 8] = *b"MFDTRING";
+const RING_LEN: usize = 16;
+
+/// Consumer side of an extra frame (magic, version, fd count; fds): sends
+/// it and waits for the producer's verdict (a reply frame, as above).
+pub(crate) fn offer_extra(
+    sock: &UnixStream,
+    magic: [u8; 8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), Error> {
+    with_timeout(sock, |deadline| {
+        let mut frame = [0u8; RING_LEN];
+        frame[..8].copy_from_slice(&magic);
+        frame[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        frame[12..16].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+        send_frame(sock, &frame, fds)?;
+        let mut hdr = [0u8; REPLY_LEN];
+        let fds = recv_frame(sock, &mut hdr, deadline)?;
+        check_magic_version(&hdr, REPLY_MAGIC, "reply")?;
+        if !fds.is_empty() {
+            return Err(Error::handshake(
+                "the peer's reply carried unexpected fds (closed)",
+            ));
+        }
+        let status = u16::from_le_bytes([hdr[10], hdr[11]]);
+        let msg_len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]) as usize;
+        if msg_len > MAX_MESSAGE {
+            return Err(Error::handshake(format!(
+                "the peer's message claims {msg_len} bytes"
+            )));
+        }
+        let mut msg = vec![0u8; msg_len];
+        read_rest(sock, &mut msg, deadline)?;
+        match status {
+            0 => Ok(()),
+            _ => Err(Error::handshake(format!(
+                "the peer could not attach: {}",
+                String::from_utf8_lossy(&msg)
+            ))),
+        }
+    })
+}
+
+/// Producer side of an extra frame: its fds, exactly `want` of them.
+pub(crate) fn receive_extra(
+    sock: &UnixStream,
+    magic: [u8; 8],
+    want: usize,
+) -> Result<Vec<OwnedFd>, Error> {
+    with_timeout(sock, |deadline| {
+        let mut frame = [0u8; RING_LEN];
+        let fds = recv_frame(sock, &mut frame, deadline)?;
+        check_magic_version(&frame, magic, "frame")?;
+        let announced = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
+        if announced != fds.len() || fds.len() != want {
+            return Err(Error::handshake(format!(
+                "the frame announces {announced} fds, carries {}, and {want} are expected \
+                 (all closed)",
+                fds.len()
+            )));
+        }
+        Ok(fds)
+    })
+}
+
+/// Producer side: reports the outcome of an extra frame.
+pub(crate) fn reply_extra(sock: &UnixStream, outcome: Result<(), &Error>) -> Result<(), Error> {
+    let none = Extras {
+        fds: Vec::new(),
+        address: 0,
+    };
+    reply(sock, outcome.map(|()| &none))
+}

@@ -71,6 +71,7 @@ mod handoff;
 mod peers;
 mod producer;
 mod region;
+pub mod ring;
 mod sys;
 #[cfg(feature = "tokio")]
 mod tokio;
@@ -140,10 +141,15 @@ pub unsafe fn set_kernel_syscall_number(nr: i64) {
     unsafe { sys::tripwire::set_syscall_number(nr) }
 }
 
-/// The Doorbell backend's armed-flag protocol, exported for the loom model
-/// in `tests/loom_doorbell.rs` (`RUSTFLAGS="--cfg memfd_tripwire_loom"`).
+/// The Doorbell backend's armed-flag protocol and the ring's protocol,
+/// exported for the loom models in `tests/loom_*.rs`
+/// (`RUSTFLAGS="--cfg memfd_tripwire_loom"`).
 #[cfg(memfd_tripwire_loom)]
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::backend::doorbell::protocol::*;
+    /// The ring's index and waiting-flag protocol.
+    pub mod ring {
+        pub use crate::ring::protocol::*;
+    }
 }

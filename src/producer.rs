@@ -148,6 +148,11 @@ impl Producer {
         Ok(producer)
     }
 
+    /// The handshake socket (for layers on top that exchange more frames).
+    pub(crate) fn peer(&self) -> Option<&UnixStream> {
+        self.peer.as_ref()
+    }
+
     /// Maps what the offer carries; for Userfault also registers the mapping
     /// and returns the uffd and the mapping's address to send back.
     #[allow(clippy::type_complexity)]
@@ -234,7 +239,8 @@ impl Producer {
     ///
     /// `BrokenPipe` if it would ring the consumer but the consumer has hung
     /// up. It never blocks. A consumer that dies while it is not waiting is
-    /// noticed at the next `notify()` that would ring.
+    /// noticed at the next `notify()` that would ring; one that exits right
+    /// after taking this very notification may be reported too.
     ///
     /// ```
     /// # use memfd_tripwire::Producer;

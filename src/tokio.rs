@@ -187,6 +187,32 @@ impl Tripwire {
         }
     }
 
+    /// The blocking tripwire inside (still registered).
+    pub(crate) fn get_mut(&mut self) -> &mut blocking::Tripwire {
+        self.inner.get_mut()
+    }
+
+    /// Ready once the wake-up fd or a peer socket signalled since the last
+    /// call; clears that readiness. Says nothing of the wire's level.
+    pub(crate) fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut ready = false;
+        if let Poll::Ready(guard) = self.inner.poll_read_ready(cx) {
+            guard?.clear_ready();
+            ready = true;
+        }
+        if let Some(peers) = &self.peers
+            && let Poll::Ready(guard) = peers.poll_read_ready(cx)
+        {
+            guard?.clear_ready();
+            ready = true;
+        }
+        if ready {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Turns the tripwire into a [`Stream`] of epochs.
     ///
     /// ```

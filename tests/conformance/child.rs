@@ -118,6 +118,49 @@ pub fn run(role: &str) -> ! {
                 }
             }
         }
+        "ring_sender" => {
+            let sock = UnixStream::from(stdin_fd());
+            let mut tx = memfd_tripwire::ring::Sender::<crate::scenarios::Msg>::connect(
+                sock,
+                crate::scenarios::RING_TAG,
+            )
+            .unwrap_or_else(|e| fail(&format!("child: ring connect: {e}")));
+            let count = env_u64("COUNT");
+            let mut batch = Vec::with_capacity(64);
+            let mut i = 0;
+            while i < count {
+                batch.clear();
+                while batch.len() < 64 && i < count {
+                    batch.push(crate::scenarios::msg(i));
+                    i += 1;
+                }
+                tx.blocking_send_many(&batch)
+                    .unwrap_or_else(|e| fail(&format!("child: ring send: {e}")));
+            }
+            if std::env::var_os("LINGER").is_some() {
+                println!("sent");
+                let _ = std::io::stdout().flush();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        "ring_receiver_then_exit" => {
+            let backend = match std::env::var("BACKEND").as_deref() {
+                Ok("Kernel") => Backend::Kernel,
+                Ok("Userfault") => Backend::Userfault,
+                Ok("Doorbell") => Backend::Doorbell,
+                Ok("Poll") => Backend::Poll,
+                other => fail(&format!("child: bad BACKEND {other:?}")),
+            };
+            let mut rx = memfd_tripwire::ring::SharedRing::<crate::scenarios::Msg>::builder(8)
+                .backend(backend)
+                .type_tag(crate::scenarios::RING_TAG)
+                .create()
+                .unwrap_or_else(|e| fail(&format!("child: ring create: {e}")));
+            rx.share(UnixStream::from(stdin_fd()))
+                .unwrap_or_else(|e| fail(&format!("child: ring share: {e}")));
+        }
         other => fail(&format!("child: unknown role {other}")),
     }
     std::process::exit(0)

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use libtest_mimic::Failed;
 use memfd_tripwire::{BackendKind, Error, Producer, Tripwire, blocking};
 
 use crate::util::{
@@ -78,6 +79,31 @@ pub const ALL: &[Scenario] = &[
         "from_fd_inherited_producer",
         from_fd_inherited_producer,
         Some(BackendKind::Kernel),
+    ),
+    (
+        "ring_1e6_messages_in_order",
+        ring_1e6_messages_in_order,
+        None,
+    ),
+    (
+        "ring_full_ring_backpressure",
+        ring_full_ring_backpressure,
+        None,
+    ),
+    (
+        "ring_sender_killed_is_peer_died",
+        ring_sender_killed_is_peer_died,
+        None,
+    ),
+    (
+        "ring_receiver_gone_sender_errors",
+        ring_receiver_gone_sender_errors,
+        None,
+    ),
+    (
+        "ring_layout_mismatch_refused_on_both_sides",
+        ring_layout_mismatch_refused_on_both_sides,
+        None,
     ),
     (
         "second_ftruncate_is_refused",
@@ -446,10 +472,12 @@ fn stream_with_combinators(ctx: &Ctx) -> Outcome {
         (Tripwire::new(tw)?, rt)
     };
     let (tw, rt) = tw;
-    let values = rt.block_on(async move {
-        let region = tw.region().clone();
-        let stream = tw.into_stream();
-        let fut = stream
+    let region = tw.region().clone();
+    // Keep the stream (and so the consumer end) alive until the writer is
+    // done: a notify() racing with the consumer's exit may report it.
+    let mut stream = tw.into_stream();
+    let values = rt.block_on(async {
+        let fut = (&mut stream)
             .map(|r| r.map(|e| (e, region.read::<u64>(0))))
             .filter_map(|r| async move {
                 match r {
@@ -474,6 +502,7 @@ fn stream_with_combinators(ctx: &Ctx) -> Outcome {
             .map_err(|_| libtest_mimic::Failed::from("stream stalled"))
     })?;
     writer.join().map_err(|_| "writer panicked")??;
+    drop(stream);
     let vals: Vec<u64> = values.iter().map(|&(_, v)| v).collect();
     ensure(vals == [1, 2, 3], || format!("values {vals:?}"))?;
     ensure(values.windows(2).all(|w| w[0].0 < w[1].0), || {
@@ -752,5 +781,186 @@ fn unprivileged_producer_works(ctx: &Ctx) -> Outcome {
 
 fn reap_any(mut child: std::process::Child) -> Outcome {
     child.wait()?;
+    Ok(())
+}
+
+/// The ring tests' message: a sequence number and a check value.
+pub type Msg = [u64; 8];
+pub const RING_TAG: u64 = u64::from_le_bytes(*b"TESTMSG1");
+
+pub fn msg(i: u64) -> Msg {
+    [i, !i, i.rotate_left(17), 0, 0, 0, 0, i ^ 0x5555]
+}
+
+fn ring_rx(ctx: &Ctx, capacity: usize) -> Result<memfd_tripwire::ring::Receiver<Msg>, Failed> {
+    Ok(memfd_tripwire::ring::SharedRing::<Msg>::builder(capacity)
+        .backend(ctx.backend)
+        .type_tag(RING_TAG)
+        .create()?)
+}
+
+fn ring_pair(
+    ctx: &Ctx,
+    capacity: usize,
+) -> Result<
+    (
+        memfd_tripwire::ring::Receiver<Msg>,
+        memfd_tripwire::ring::Sender<Msg>,
+    ),
+    Failed,
+> {
+    let mut rx = ring_rx(ctx, capacity)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let tx =
+        std::thread::spawn(move || memfd_tripwire::ring::Sender::<Msg>::connect(theirs, RING_TAG));
+    rx.share(ours)?;
+    let tx = tx.join().map_err(|_| "sender thread panicked")??;
+    Ok((rx, tx))
+}
+
+fn ring_1e6_messages_in_order(ctx: &Ctx) -> Outcome {
+    const COUNT: u64 = 1_000_000;
+    let mut rx = ring_rx(ctx, 1024)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "ring_sender",
+        &[("COUNT", COUNT.to_string())],
+        theirs.into(),
+        None,
+    )?;
+    rx.share(ours)?;
+    let start = Instant::now();
+    let received = runtime()?.block_on(async move {
+        let mut next = 0u64;
+        let mut stream = rx;
+        while let Some(m) = stream.next().await {
+            let m = m?;
+            if m != msg(next) {
+                return Err(format!("message {next}: got {m:?}").into());
+            }
+            next += 1;
+        }
+        Ok::<u64, Failed>(next)
+    })?;
+    reap(child, "ring sender")?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "  {}: {received} messages in {secs:.2} s ({:.1} M msg/s)",
+        ctx.kind,
+        received as f64 / secs / 1e6
+    );
+    ensure(received == COUNT, || {
+        format!("received {received} of {COUNT} before the clean close")
+    })
+}
+
+fn ring_full_ring_backpressure(ctx: &Ctx) -> Outcome {
+    use memfd_tripwire::ring::TrySendError;
+    let (mut rx, mut tx) = ring_pair(ctx, 8)?;
+    for i in 0..8 {
+        tx.try_send(msg(i))
+            .map_err(|e| format!("send {i} into a non-full ring: {e}"))?;
+    }
+    match tx.try_send(msg(8)) {
+        Err(TrySendError::Full(v)) => {
+            ensure(v == msg(8), || "Full did not return the value".into())?
+        }
+        other => return Err(format!("9th send into a ring of 8: {other:?}").into()),
+    }
+    // A blocking send waits until the receiver frees a slot.
+    let sender = std::thread::spawn(move || tx.blocking_send(msg(8)).map(|()| tx));
+    std::thread::sleep(Duration::from_millis(100));
+    ensure(!sender.is_finished(), || {
+        "blocking_send did not wait on a full ring".into()
+    })?;
+    let first = rx.blocking_recv()?;
+    ensure(first == Some(msg(0)), || format!("first message {first:?}"))?;
+    let deadline = Instant::now() + ms(5000);
+    while !sender.is_finished() {
+        ensure(Instant::now() < deadline, || {
+            "the sender was not woken when space appeared".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let tx = sender
+        .join()
+        .map_err(|_| "sender panicked")?
+        .map_err(|e| e.to_string())?;
+    for i in 1..=8 {
+        let m = rx.blocking_recv()?;
+        ensure(m == Some(msg(i)), || format!("message {i}: {m:?}"))?;
+    }
+    drop(tx);
+    let end = rx.blocking_recv()?;
+    ensure(end.is_none(), || format!("after a clean close: {end:?}"))
+}
+
+fn ring_sender_killed_is_peer_died(ctx: &Ctx) -> Outcome {
+    let mut rx = ring_rx(ctx, 64)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "ring_sender",
+        &[("COUNT", "10".into()), ("LINGER", "1".into())],
+        theirs.into(),
+        None,
+    )?;
+    let mut child = KillOnDrop(child);
+    rx.share(ours)?;
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    child.0.kill()?;
+    child.0.wait()?;
+    for i in 0..10 {
+        let m = rx.blocking_recv()?;
+        ensure(m == Some(msg(i)), || {
+            format!("message {i} before the death: {m:?}")
+        })?;
+    }
+    match rx.blocking_recv() {
+        Err(Error::PeerDied) => Ok(()),
+        other => Err(format!("after the sender was killed: {other:?}").into()),
+    }
+}
+
+fn ring_receiver_gone_sender_errors(ctx: &Ctx) -> Outcome {
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "ring_receiver_then_exit",
+        &[("BACKEND", ctx.kind.to_string())],
+        theirs.into(),
+        None,
+    )?;
+    let mut tx = memfd_tripwire::ring::Sender::<Msg>::connect(ours, RING_TAG)?;
+    reap(child, "ring receiver")?;
+    for i in 0..=8 {
+        match tx.blocking_send(msg(i)) {
+            Ok(()) => {}
+            Err(e) if matches!(e.error(), Error::PeerDied) => return Ok(()),
+            Err(e) => return Err(format!("send {i}: {e}").into()),
+        }
+    }
+    Err("9 sends into a ring of 8 with no receiver all succeeded".into())
+}
+
+fn ring_layout_mismatch_refused_on_both_sides(ctx: &Ctx) -> Outcome {
+    for (what, wrong) in [("size", 0u8), ("tag", 1u8)] {
+        let mut rx = ring_rx(ctx, 8)?;
+        let (ours, theirs) = UnixStream::pair()?;
+        let tx = std::thread::spawn(move || match wrong {
+            0 => memfd_tripwire::ring::Sender::<[u64; 4]>::connect(theirs, RING_TAG).map(drop),
+            _ => memfd_tripwire::ring::Sender::<Msg>::connect(theirs, RING_TAG + 1).map(drop),
+        });
+        let consumer = rx.share(ours);
+        let producer = tx.join().map_err(|_| "sender thread panicked")?;
+        let needle = if wrong == 0 { "size_of" } else { "type tag" };
+        match producer {
+            Err(Error::LayoutMismatch { reason }) if reason.contains(needle) => {}
+            other => return Err(format!("{what}: sender side gave {other:?}").into()),
+        }
+        match consumer {
+            Err(Error::Handshake { reason }) if reason.contains(needle) => {}
+            other => return Err(format!("{what}: receiver side gave {other:?}").into()),
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,137 @@
+//! Where everything of a ring lives, and the check of a header read from a
+//! peer. Two memory objects, one writer each:
+//!
+//! ```text
+//! the tripwire's region (written by the Sender only):
+//!   0    head: u64      messages published (wrapping count)
+//!   8    state: u32     bit 0: closed cleanly; bit 1: the Sender waits for space
+//!   128  slots          capacity x size_of::<T>(), slot i at 128 + (i % capacity) * size
+//! the control memfd, sealed (written by the Receiver only):
+//!   0    magic: u64 "MFDTRNG1" | 8 version: u32 | 12 size_of::<T>: u32
+//!   16   align_of::<T>: u32 | 20 capacity: u32 (a power of two) | 24 type tag: u64
+//!   128  tail: u64      messages consumed (wrapping count)
+//! ```
+
+use crate::{Error, Region};
+
+pub(crate) const HEAD: usize = 0;
+pub(crate) const STATE: usize = 8;
+pub(crate) const SLOTS: usize = 128;
+pub(crate) const TAIL: usize = 128;
+pub(crate) const CONTROL_LEN: usize = 4096;
+
+pub(crate) const STATE_CLOSED: u32 = 1 << 0;
+pub(crate) const STATE_WAITING: u32 = super::protocol::WAITING;
+
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MFDTRNG1");
+pub(crate) const VERSION: u32 = 1;
+/// The largest capacity accepted (keeps every offset far from overflow).
+pub(crate) const MAX_CAPACITY: u32 = 1 << 24;
+
+/// The fixed facts of a ring, validated once and then kept locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) size: u32,
+    pub(crate) align: u32,
+    pub(crate) capacity: u32,
+    pub(crate) tag: u64,
+}
+
+impl Header {
+    pub(crate) fn of<T>(capacity: u32, tag: u64) -> Header {
+        Header {
+            size: std::mem::size_of::<T>() as u32,
+            align: std::mem::align_of::<T>() as u32,
+            capacity,
+            tag,
+        }
+    }
+
+    /// Bytes of the tripwire region this ring needs (page-rounded).
+    pub(crate) fn region_len(&self) -> usize {
+        let len = SLOTS + self.capacity as usize * self.size as usize;
+        len.div_ceil(4096) * 4096
+    }
+
+    pub(crate) fn write(&self, control: &Region) -> Result<(), Error> {
+        control.write(0, &MAGIC)?;
+        control.write(8, &VERSION)?;
+        control.write(12, &self.size)?;
+        control.write(16, &self.align)?;
+        control.write(20, &self.capacity)?;
+        control.write(24, &self.tag)?;
+        Ok(())
+    }
+
+    /// Reads the header a peer wrote (one copy) and checks it against what
+    /// this side expects; a mismatch names both values.
+    pub(crate) fn check(control: &Region, ours: Header) -> Result<Header, Error> {
+        let raw: [u8; 32] = control.read(0)?;
+        let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+        let mismatch = |reason: String| Error::LayoutMismatch { reason };
+        if u64_at(0) != MAGIC {
+            return Err(mismatch(format!(
+                "the control memory starts with {:?}, not \"MFDTRNG1\" (not a ring)",
+                String::from_utf8_lossy(&raw[..8])
+            )));
+        }
+        if u32_at(8) != VERSION {
+            return Err(mismatch(format!(
+                "layout version: receiver {}, sender {VERSION}",
+                u32_at(8)
+            )));
+        }
+        let theirs = Header {
+            size: u32_at(12),
+            align: u32_at(16),
+            capacity: u32_at(20),
+            tag: u64_at(24),
+        };
+        if theirs.size != ours.size {
+            return Err(mismatch(format!(
+                "size_of::<T>(): receiver {}, sender {}",
+                theirs.size, ours.size
+            )));
+        }
+        if theirs.align != ours.align {
+            return Err(mismatch(format!(
+                "align_of::<T>(): receiver {}, sender {}",
+                theirs.align, ours.align
+            )));
+        }
+        if theirs.tag != ours.tag {
+            return Err(mismatch(format!(
+                "type tag: receiver {:#x}, sender {:#x}",
+                theirs.tag, ours.tag
+            )));
+        }
+        check_capacity(theirs.capacity).map_err(|why| mismatch(format!("capacity: {why}")))?;
+        Ok(theirs)
+    }
+}
+
+/// A capacity must be a power of two in 1..=MAX_CAPACITY.
+pub(crate) fn check_capacity(capacity: u32) -> Result<(), String> {
+    if capacity == 0 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+        return Err(format!(
+            "{capacity} is not a power of two between 1 and {MAX_CAPACITY}"
+        ));
+    }
+    Ok(())
+}
+
+/// How many published messages `head` says there are after `tail`, or why
+/// that is impossible for a ring of `capacity`.
+pub(crate) fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Error> {
+    let n = head.wrapping_sub(tail);
+    if n > u64::from(capacity) {
+        return Err(Error::Corrupt {
+            reason: format!(
+                "head {head} and tail {tail} are {n} apart in a ring of {capacity}: an index \
+                 moved backwards or past the other"
+            ),
+        });
+    }
+    Ok(n)
+}

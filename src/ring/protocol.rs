@@ -1,0 +1,95 @@
+//! The ring's two cross-process handshakes, generic over their atomics so
+//! that loom checks exactly this code (`tests/loom_ring.rs`, under
+//! `--cfg memfd_tripwire_loom`):
+//!
+//! - **Index**: the Sender writes a slot, then stores the head (Release);
+//!   the Receiver loads the head (Acquire), then reads the slot.
+//! - **Waiting flag** (Dekker): a Sender that finds the ring full sets its
+//!   waiting flag, fences, and re-reads the tail before it sleeps; the
+//!   Receiver stores the tail, fences, and reads the flag: either the Sender
+//!   sees the new tail or the Receiver sees the flag and rings it.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+/// The Sender's "I wait for space" bit in its state word.
+pub const WAITING: u32 = 1 << 1;
+
+/// A 64-bit index word.
+pub trait Index {
+    /// `load`.
+    fn load(&self, order: std::sync::atomic::Ordering) -> u64;
+    /// `store`.
+    fn store(&self, value: u64, order: std::sync::atomic::Ordering);
+}
+
+/// A 32-bit state word, with the fence that goes with it.
+pub trait State {
+    /// `load`.
+    fn load(&self, order: std::sync::atomic::Ordering) -> u32;
+    /// `fetch_or`.
+    fn fetch_or(&self, bits: u32, order: std::sync::atomic::Ordering) -> u32;
+    /// A sequentially consistent fence.
+    fn fence();
+}
+
+macro_rules! atomics {
+    ($u64:ty, $u32:ty, $fence:path) => {
+        impl Index for $u64 {
+            fn load(&self, order: std::sync::atomic::Ordering) -> u64 {
+                <$u64>::load(self, order)
+            }
+            fn store(&self, value: u64, order: std::sync::atomic::Ordering) {
+                <$u64>::store(self, value, order)
+            }
+        }
+        impl State for $u32 {
+            fn load(&self, order: std::sync::atomic::Ordering) -> u32 {
+                <$u32>::load(self, order)
+            }
+            fn fetch_or(&self, bits: u32, order: std::sync::atomic::Ordering) -> u32 {
+                <$u32>::fetch_or(self, bits, order)
+            }
+            fn fence() {
+                $fence(SeqCst)
+            }
+        }
+    };
+}
+
+atomics!(
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicU32,
+    std::sync::atomic::fence
+);
+#[cfg(memfd_tripwire_loom)]
+atomics!(
+    loom::sync::atomic::AtomicU64,
+    loom::sync::atomic::AtomicU32,
+    loom::sync::atomic::fence
+);
+
+/// Sender: makes the slots written so far visible to a Receiver that loads
+/// the head with [`load_head`].
+pub fn publish_head<I: Index>(head: &I, value: u64) {
+    head.store(value, Release);
+}
+
+/// Receiver: the published head; slots before it are then readable.
+pub fn load_head<I: Index>(head: &I) -> u64 {
+    head.load(Acquire)
+}
+
+/// Sender: announces that it waits for space; returns the tail to re-check
+/// before sleeping.
+pub fn announce_wait<S: State, I: Index>(state: &S, tail: &I) -> u64 {
+    state.fetch_or(WAITING, Relaxed);
+    S::fence();
+    tail.load(Acquire)
+}
+
+/// Receiver: publishes the tail; returns whether the Sender must be rung.
+pub fn publish_tail<S: State, I: Index>(state: &S, tail: &I, value: u64) -> bool {
+    tail.store(value, Release);
+    S::fence();
+    state.load(Relaxed) & WAITING != 0
+}

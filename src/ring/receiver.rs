@@ -1,0 +1,510 @@
+//! The consuming end of a ring: owns the tripwire.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use rustix::event::EventfdFlags;
+
+use super::Builder;
+use super::layout::{self, Header};
+use super::protocol;
+use crate::backend::doorbell::ring_eventfd;
+use crate::backend::memfd;
+use crate::sys::Mapping;
+use crate::{BackendKind, Error, Region, blocking};
+
+/// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
+///
+/// Receive with [`recv`](Receiver::recv) (async, cancel safe),
+/// [`blocking_recv`](Receiver::blocking_recv), [`try_recv`](Receiver::try_recv),
+/// [`recv_many`](Receiver::recv_many), or as a [`Stream`](futures_core::Stream)
+/// (feature `tokio`).
+///
+/// ```
+/// # fn main() -> Result<(), memfd_tripwire::Error> {
+/// use memfd_tripwire::{Backend, ring::SharedRing};
+/// let mut rx = SharedRing::<u64>::builder(64).backend(Backend::Doorbell).create()?;
+/// assert_eq!(rx.try_recv()?, None); // nothing sent yet
+/// # Ok(()) }
+/// ```
+pub struct Receiver<T> {
+    tw: Wire,
+    pub(super) region: Region,
+    pub(super) control: Region,
+    control_fd: OwnedFd,
+    space: OwnedFd,
+    header: Header,
+    pub(super) tail: u64,
+    pub(super) published: u64,
+    batch: u64,
+    spin: Duration,
+    done: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// The tripwire, registered with tokio once `recv().await` is first used.
+enum Wire {
+    Blocking(blocking::Tripwire),
+    #[cfg(feature = "tokio")]
+    Async(crate::Tripwire),
+    Moving,
+}
+
+impl Wire {
+    fn get_mut(&mut self) -> &mut blocking::Tripwire {
+        match self {
+            Wire::Blocking(tw) => tw,
+            #[cfg(feature = "tokio")]
+            Wire::Async(tw) => tw.get_mut(),
+            Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("capacity", &self.header.capacity)
+            .field("tail", &self.tail)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    pub(super) fn create(b: Builder<T>) -> Result<Self, Error> {
+        let mismatch = |reason: String| Error::LayoutMismatch { reason };
+        if std::mem::size_of::<T>() == 0 {
+            return Err(mismatch(
+                "a ring of a zero-sized type carries nothing".into(),
+            ));
+        }
+        let capacity = u32::try_from(b.capacity).unwrap_or(0);
+        layout::check_capacity(capacity).map_err(|why| mismatch(format!("capacity: {why}")))?;
+        let header = Header::of::<T>(capacity, b.tag);
+        let tw = blocking::Tripwire::builder(header.region_len())
+            .backend(b.backend)
+            .poll_interval(b.poll_interval)
+            .create()?;
+        let region = tw.region().clone();
+        let control_fd = memfd::create_sealed("memfd-tripwire-ring", layout::CONTROL_LEN)?;
+        let control = Region::new(
+            Mapping::map_shared(control_fd.as_fd(), layout::CONTROL_LEN)
+                .map_err(|e| Error::io("mmap of the ring's control memory", e))?,
+        );
+        header.write(&control)?;
+        let space = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| Error::io("eventfd", e))?;
+        Ok(Receiver {
+            tw: Wire::Blocking(tw),
+            region,
+            control,
+            control_fd,
+            space,
+            header,
+            tail: 0,
+            published: 0,
+            batch: u64::from(capacity / 4).max(1),
+            spin: b.spin,
+            done: false,
+            _t: PhantomData,
+        })
+    }
+
+    /// Hands the ring to the Sender on the other end of `peer` (which calls
+    /// [`Sender::connect`](super::Sender::connect)): the tripwire handshake,
+    /// then the ring's own frame (its control memory and space doorbell).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handshake`] if the exchange fails or the Sender refuses (for
+    /// a [`Error::LayoutMismatch`] on its side, the message says which).
+    ///
+    /// ```no_run
+    /// # fn f(peer: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
+    /// # use memfd_tripwire::ring::SharedRing;
+    /// let mut rx = SharedRing::<u64>::builder(1024).create()?;
+    /// rx.share(peer)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        let fds = [self.control_fd.as_fd(), self.space.as_fd()];
+        self.tw.get_mut().share_then(peer, |sock| {
+            crate::handoff::offer_extra(sock, crate::handoff::RING_MAGIC, &fds)
+        })
+    }
+
+    /// The capacity in messages.
+    ///
+    /// ```
+    /// # use memfd_tripwire::ring::SharedRing;
+    /// # let rx = SharedRing::<u64>::builder(8).backend(memfd_tripwire::Backend::Poll).create().unwrap();
+    /// assert_eq!(rx.capacity(), 8);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.header.capacity as usize
+    }
+
+    /// The tripwire backend in use.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, BackendKind, ring::SharedRing};
+    /// # let rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(rx.backend(), BackendKind::Poll);
+    /// ```
+    pub fn backend(&self) -> BackendKind {
+        match &self.tw {
+            Wire::Blocking(tw) => tw.backend(),
+            #[cfg(feature = "tokio")]
+            Wire::Async(tw) => tw.backend(),
+            Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
+        }
+    }
+
+    fn head(&self) -> Result<&AtomicU64, Error> {
+        self.region.atomic_u64(layout::HEAD)
+    }
+
+    fn state(&self) -> Result<&AtomicU32, Error> {
+        self.region.atomic_u32(layout::STATE)
+    }
+
+    /// Takes the next published message, if any (no waiting, no ACK).
+    fn pop(&mut self) -> Result<Option<T>, Error> {
+        let head = protocol::load_head(self.head()?);
+        let n = layout::available(head, self.tail, self.header.capacity)?;
+        if n == 0 {
+            self.publish_tail()?;
+            return Ok(None);
+        }
+        let slot = (self.tail & u64::from(self.header.capacity - 1)) as usize;
+        let value: T = self
+            .region
+            .read(layout::SLOTS + slot * self.header.size as usize)?;
+        self.tail = self.tail.wrapping_add(1);
+        // Publish in batches: when the ring runs dry, every quarter ring, or
+        // when the Sender waits for space (its flag shares the head's line).
+        // Going idle always publishes (see `idle`), so a Sender that starts
+        // waiting after this look is still woken.
+        if n == 1
+            || self.tail.wrapping_sub(self.published) >= self.batch
+            || self.state()?.load(Ordering::Relaxed) & layout::STATE_WAITING != 0
+        {
+            self.publish_tail()?;
+        }
+        Ok(Some(value))
+    }
+
+    /// Publishes the tail; rings the Sender if it waits for space.
+    fn publish_tail(&mut self) -> Result<(), Error> {
+        if self.published == self.tail {
+            return Ok(());
+        }
+        let ring = protocol::publish_tail(
+            self.state()?,
+            self.control.atomic_u64(layout::TAIL)?,
+            self.tail,
+        );
+        self.published = self.tail;
+        if ring {
+            ring_eventfd(self.space.as_fd()).map_err(|e| Error::io("ringing the sender", e))?;
+        }
+        Ok(())
+    }
+
+    /// Busy-polls the head for the spin budget: `true` once it moved.
+    fn spin_for_data(&self) -> Result<bool, Error> {
+        if self.spin.is_zero() {
+            return Ok(false);
+        }
+        let head = self.head()?;
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if head.load(Ordering::Relaxed) != self.tail {
+                    return Ok(true);
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= self.spin {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One round of "nothing there": spin, re-arm, look again. `Some` is
+    /// the outcome to return; `None` means: sleep until the wire trips.
+    fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
+        if self.spin_for_data()? {
+            return self.pop().map(|v| v.map(Some));
+        }
+        self.publish_tail()?;
+        let tw = self.tw.get_mut();
+        tw.ack()
+            .map_err(|e| Error::io("ACK of the ring's tripwire", e))?;
+        if let Some(v) = self.pop()? {
+            return Ok(Some(Some(v)));
+        }
+        if self
+            .tw
+            .get_mut()
+            .peers_gone()
+            .map_err(|e| Error::io("peer check", e))?
+        {
+            return self.finish().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Every Sender is gone: drain what was published, then say how it ended.
+    fn finish(&mut self) -> Result<Option<T>, Error> {
+        if let Some(v) = self.pop()? {
+            return Ok(Some(v));
+        }
+        self.done = true;
+        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
+            Ok(None)
+        } else {
+            Err(Error::PeerDied)
+        }
+    }
+
+    /// Takes a message if one is there, without waiting.
+    ///
+    /// `Ok(None)` means "nothing right now"; a closed or dead Sender is
+    /// reported by [`recv`](Receiver::recv) / [`blocking_recv`](Receiver::blocking_recv).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the Sender's head index is impossible.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(rx.try_recv().unwrap(), None);
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Option<T>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        self.pop()
+    }
+
+    /// Waits for the next message, blocking the thread.
+    ///
+    /// `Ok(None)` once the Sender was dropped and everything it sent was
+    /// received.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerDied`] once the Sender's process died (after everything
+    /// it published was received); [`Error::Corrupt`] for an impossible
+    /// index; [`Error::Io`] if the tripwire fails.
+    ///
+    /// ```no_run
+    /// # use memfd_tripwire::ring::SharedRing;
+    /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// while let Some(v) = rx.blocking_recv()? {
+    ///     println!("{v}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(v) = self.pop()? {
+                return Ok(Some(v));
+            }
+            if let Some(outcome) = self.idle()? {
+                return Ok(outcome);
+            }
+            self.tw
+                .get_mut()
+                .block(None)
+                .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod r#async {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_core::{FusedStream, Stream};
+
+    use super::*;
+
+    impl<T: Pod> Receiver<T> {
+        /// The tokio-registered tripwire (registers it on first use).
+        fn registered(&mut self) -> Result<&mut crate::Tripwire, Error> {
+            if let Wire::Blocking(_) = self.tw {
+                let Wire::Blocking(tw) = std::mem::replace(&mut self.tw, Wire::Moving) else {
+                    unreachable!("checked above")
+                };
+                match crate::Tripwire::new(tw) {
+                    Ok(tw) => self.tw = Wire::Async(tw),
+                    Err(e) => {
+                        self.done = true;
+                        return Err(Error::io("registering the ring with tokio", e));
+                    }
+                }
+            }
+            match &mut self.tw {
+                Wire::Async(tw) => Ok(tw),
+                _ => unreachable!("registered above"),
+            }
+        }
+
+        /// Polls for the next message; the building block of
+        /// [`recv`](Receiver::recv) and the `Stream`.
+        ///
+        /// # Errors
+        ///
+        /// As [`recv`](Receiver::recv).
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() {
+        /// # use memfd_tripwire::{Backend, ring::SharedRing};
+        /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+        /// let waker = std::task::Waker::noop();
+        /// let mut cx = std::task::Context::from_waker(&waker);
+        /// assert!(rx.poll_recv(&mut cx).is_pending());
+        /// # }
+        /// ```
+        pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
+            if let Err(e) = self.registered() {
+                return Poll::Ready(Err(e));
+            }
+            loop {
+                if self.done {
+                    return Poll::Ready(Ok(None));
+                }
+                match self.pop() {
+                    Ok(Some(v)) => return Poll::Ready(Ok(Some(v))),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                match self.idle() {
+                    Ok(Some(outcome)) => return Poll::Ready(Ok(outcome)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                let Wire::Async(tw) = &mut self.tw else {
+                    unreachable!("registered above")
+                };
+                match tw.poll_wake(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+
+        /// Waits for the next message.
+        ///
+        /// `Ok(None)` once the Sender was dropped and everything it sent was
+        /// received.
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel safe: a message is taken only in the poll that returns it.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::PeerDied`] once the Sender's process died (after
+        /// everything it published was received); [`Error::Corrupt`] for an
+        /// impossible index; [`Error::Io`] if the tripwire fails.
+        ///
+        /// ```no_run
+        /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+        /// while let Some(v) = rx.recv().await? {
+        ///     println!("{v}");
+        /// }
+        /// # Ok(()) }
+        /// ```
+        pub async fn recv(&mut self) -> Result<Option<T>, Error> {
+            std::future::poll_fn(|cx| self.poll_recv(cx)).await
+        }
+
+        /// Waits for at least one message, then appends up to `limit` (at
+        /// least one) to `buf` without waiting further. Returns how many;
+        /// 0 means the Sender closed and everything was received.
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel safe, as [`recv`](Receiver::recv).
+        ///
+        /// # Errors
+        ///
+        /// As [`recv`](Receiver::recv); messages already appended stay in `buf`.
+        ///
+        /// ```no_run
+        /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+        /// let mut buf = Vec::with_capacity(256);
+        /// while rx.recv_many(&mut buf, 256).await? > 0 {
+        ///     buf.clear();
+        /// }
+        /// # Ok(()) }
+        /// ```
+        pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+            let Some(first) = self.recv().await? else {
+                return Ok(0);
+            };
+            buf.push(first);
+            let mut n = 1;
+            while n < limit.max(1) {
+                match self.pop()? {
+                    Some(v) => {
+                        buf.push(v);
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    /// Yields each message; ends after the Sender closed (or with one
+    /// `Err`, after which it is fused).
+    ///
+    /// ```no_run
+    /// # async fn f(rx: memfd_tripwire::ring::Receiver<u64>) {
+    /// use futures_util::StreamExt;
+    /// let sum: u64 = rx.filter_map(|r| async move { r.ok() }).fold(0, |a, v| async move { a + v }).await;
+    /// # }
+    /// ```
+    impl<T: Pod> Stream for Receiver<T> {
+        type Item = Result<T, Error>;
+
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let this = self.get_mut();
+            match this.poll_recv(cx) {
+                Poll::Ready(Ok(Some(v))) => Poll::Ready(Some(Ok(v))),
+                Poll::Ready(Ok(None)) => Poll::Ready(None),
+                Poll::Ready(Err(e)) => {
+                    this.done = true;
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    impl<T: Pod> FusedStream for Receiver<T> {
+        fn is_terminated(&self) -> bool {
+            self.done
+        }
+    }
+}

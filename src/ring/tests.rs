@@ -1,0 +1,184 @@
+//! A hostile or buggy peer: impossible indices and headers give errors,
+//! never a panic, an out-of-bounds access or a hang.
+
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+
+use proptest::prelude::*;
+
+use super::layout::{self, Header};
+use super::{Receiver, Sender, SharedRing, TrySendError};
+use crate::{Backend, Error, Region};
+
+type Msg = [u64; 2];
+
+fn pair(capacity: usize) -> (Receiver<Msg>, Sender<Msg>) {
+    let mut rx = SharedRing::<Msg>::builder(capacity)
+        .backend(Backend::Doorbell)
+        .create()
+        .expect("ring");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let tx = std::thread::spawn(move || Sender::<Msg>::connect(theirs, 0));
+    rx.share(ours).expect("share");
+    (rx, tx.join().expect("thread").expect("connect"))
+}
+
+#[test]
+fn a_head_too_far_ahead_is_corrupt() {
+    let (mut rx, _tx) = pair(8);
+    rx.region
+        .atomic_u64(layout::HEAD)
+        .unwrap()
+        .store(9, Ordering::Relaxed);
+    assert!(matches!(rx.try_recv(), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn a_head_moving_backwards_is_corrupt() {
+    let (mut rx, mut tx) = pair(8);
+    tx.try_send([1, 1]).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), Some([1, 1]));
+    rx.region
+        .atomic_u64(layout::HEAD)
+        .unwrap()
+        .store(0, Ordering::Relaxed);
+    assert!(matches!(rx.try_recv(), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn a_tail_past_the_head_is_corrupt() {
+    let (rx, mut tx) = pair(4);
+    for i in 0..4 {
+        tx.try_send([i, i]).unwrap();
+    }
+    rx.control
+        .atomic_u64(layout::TAIL)
+        .unwrap()
+        .store(100, Ordering::Relaxed);
+    assert!(matches!(
+        tx.try_send([9, 9]),
+        Err(TrySendError::Failed(_, Error::Corrupt { .. }))
+    ));
+}
+
+fn control_with(bytes: &[u8]) -> Region {
+    let fd = crate::backend::memfd::create_sealed("test-control", layout::CONTROL_LEN).unwrap();
+    let map = crate::sys::Mapping::map_shared(std::os::fd::AsFd::as_fd(&fd), layout::CONTROL_LEN)
+        .unwrap();
+    let r = Region::new(map);
+    r.write_bytes(0, bytes).unwrap();
+    r
+}
+
+fn header_bytes(h: Header, magic: u64, version: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&magic.to_le_bytes());
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&h.size.to_le_bytes());
+    b.extend_from_slice(&h.align.to_le_bytes());
+    b.extend_from_slice(&h.capacity.to_le_bytes());
+    b.extend_from_slice(&h.tag.to_le_bytes());
+    b
+}
+
+#[test]
+fn each_header_mismatch_names_both_sides() {
+    let ours = Header::of::<Msg>(0, 5);
+    let good = Header::of::<Msg>(64, 5);
+    let cases: [(Vec<u8>, &str); 8] = [
+        (header_bytes(good, 0x1234, layout::VERSION), "not a ring"),
+        (
+            header_bytes(good, layout::MAGIC, 2),
+            "layout version: receiver 2, sender 1",
+        ),
+        (
+            header_bytes(Header { size: 8, ..good }, layout::MAGIC, 1),
+            "size_of::<T>(): receiver 8, sender 16",
+        ),
+        (
+            header_bytes(Header { align: 16, ..good }, layout::MAGIC, 1),
+            "align_of::<T>(): receiver 16, sender 8",
+        ),
+        (
+            header_bytes(Header { tag: 6, ..good }, layout::MAGIC, 1),
+            "type tag: receiver 0x6, sender 0x5",
+        ),
+        (
+            header_bytes(
+                Header {
+                    capacity: 3,
+                    ..good
+                },
+                layout::MAGIC,
+                1,
+            ),
+            "capacity: 3 is not a power of two",
+        ),
+        (
+            header_bytes(
+                Header {
+                    capacity: 0,
+                    ..good
+                },
+                layout::MAGIC,
+                1,
+            ),
+            "capacity: 0",
+        ),
+        (
+            header_bytes(
+                Header {
+                    capacity: 1 << 30,
+                    ..good
+                },
+                layout::MAGIC,
+                1,
+            ),
+            "capacity: 1073741824",
+        ),
+    ];
+    for (bytes, needle) in cases {
+        match Header::check(&control_with(&bytes), ours) {
+            Err(Error::LayoutMismatch { reason }) => {
+                assert!(reason.contains(needle), "{reason:?} lacks {needle:?}")
+            }
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        Header::check(&control_with(&header_bytes(good, layout::MAGIC, 1)), ours).unwrap(),
+        good
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any header bytes: an error or a header with a valid capacity.
+    #[test]
+    fn any_header_bytes_are_checked(bytes in proptest::collection::vec(any::<u8>(), 32)) {
+        if let Ok(h) = Header::check(&control_with(&bytes), Header::of::<Msg>(0, 0)) {
+            prop_assert!(layout::check_capacity(h.capacity).is_ok());
+        }
+    }
+
+    /// Any head and tail: a message, nothing, or `Corrupt`; never a panic,
+    /// and never more than `capacity` messages before an error or the end.
+    #[test]
+    fn any_indices_are_validated(head in any::<u64>(), tail in any::<u64>()) {
+        let mut rx = SharedRing::<Msg>::builder(8).backend(Backend::Poll).create().unwrap();
+        rx.tail = tail;
+        rx.published = tail;
+        rx.region.atomic_u64(layout::HEAD).unwrap().store(head, Ordering::Relaxed);
+        let mut got = 0;
+        loop {
+            match rx.try_recv() {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => break,
+                Err(Error::Corrupt { .. }) => break,
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+            prop_assert!(got <= 8);
+        }
+    }
+}
