@@ -47,8 +47,9 @@ impl Builder {
         self
     }
 
-    /// How often [`Backend::Poll`] compares the region (default 1 ms);
-    /// ignored by the other backends.
+    /// How often [`Backend::Poll`] compares the region, and how often
+    /// [`Backend::UserfaultAsync`] scans the producers' page tables (default
+    /// 1 ms); ignored by the other backends.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -217,9 +218,10 @@ impl Tripwire {
 
     /// Like [`try_changed`](Tripwire::try_changed), and on a trip also
     /// appends to `out` the byte ranges of the region that were written
-    /// since the previous ACK: exactly the written pages on `Userfault`
-    /// (which the ACK re-protects), the whole region on the backends that
-    /// cannot tell. Ranges are page-granular and merged where they touch.
+    /// since the previous ACK: exactly the written pages on `Userfault` and
+    /// `UserfaultAsync` (which the ACK re-protects; on `UserfaultAsync`, the
+    /// whole region once when a producer goes away), the whole region on
+    /// the backends that cannot tell. Ranges are page-granular and merged where they touch.
     ///
     /// # Errors
     ///
@@ -253,7 +255,7 @@ impl Tripwire {
     /// For consumers that read the memory on their own schedule (busy-poll
     /// a ring's head while data flows, then `ack()`, re-check, and only then
     /// wait): while the wire stays tripped, producers' stores neither fault
-    /// (`Kernel`, `Userfault`) nor ring (`Doorbell`).
+    /// (`Kernel`, `Userfault`, `UserfaultAsync`) nor ring (`Doorbell`).
     ///
     /// # Errors
     ///

@@ -6,12 +6,14 @@
 //! offer (consumer -> producer), 24 bytes + fds:
 //!   magic "MFDTWIRE" | version u16 | backend u16 | fd count u32 | region length u64
 //!   fds: Kernel [tripwire]; Doorbell [memfd, eventfd, control memfd];
-//!        Poll, Userfault [memfd]
+//!        Poll, Userfault, UserfaultAsync [memfd]
 //! reply (producer -> consumer), 24 bytes + message + fds:
 //!   magic "MFDTWACK" | version u16 | status u16 (0 ok, 1 error) | message length u32
-//!   | address u64 (Userfault: the producer's mapping of the region; else 0)
+//!   | address u64 (Userfault, UserfaultAsync: the producer's mapping of the
+//!     region; else 0)
 //!   message: UTF-8, at most 4096 bytes: why the producer could not attach
-//!   fds: Userfault [the producer's userfaultfd]; otherwise none
+//!   fds: Userfault [the producer's userfaultfd]; UserfaultAsync [its
+//!        userfaultfd, its /proc/self/pagemap]; otherwise none
 //! ```
 //!
 //! Fds are received with `MSG_CMSG_CLOEXEC`; a truncated control message
@@ -137,7 +139,10 @@ pub(crate) fn receive_offer(sock: &UnixStream) -> Result<Offer, Error> {
             )));
         }
         let want = match kind {
-            BackendKind::Kernel | BackendKind::Poll | BackendKind::Userfault => 1,
+            BackendKind::Kernel
+            | BackendKind::Poll
+            | BackendKind::Userfault
+            | BackendKind::UserfaultAsync => 1,
             BackendKind::Doorbell => 3,
         };
         if fds.len() != want {

@@ -40,11 +40,13 @@
 //! |---|---|---|---|---|
 //! | [`Kernel`](Backend::Kernel) | every store through any mapping | nobody | a page fault per written page per ACK | the RFC kernel (syscall 472) |
 //! | [`Userfault`](Backend::Userfault) | every store through the producer's mapping, and which pages | the producer registers at handshake ([`Producer::connect`] does it) | a stalled store (~15–35 µs) per written page per ACK | Linux >= 5.19 |
+//! | [`UserfaultAsync`](Backend::UserfaultAsync) | as `Userfault`, within one interval | as `Userfault`, and it hands the consumer its `/proc/self/pagemap` (its memory layout) | a ~1 µs fault per written page per ACK, never a stall; a page-table scan per interval (default 1 ms) | Linux >= 6.7 |
 //! | [`Doorbell`](Backend::Doorbell) | stores followed by [`Producer::notify`] | the producer calls `notify()` | a fence per `notify()`; an eventfd write only when the consumer waits | every Linux |
 //! | [`Poll`](Backend::Poll) | any change of the bytes | nobody | a compare of the whole region per interval; latency up to one interval | every Linux |
 //!
 //! [`Backend::Auto`] picks `Kernel`, then `Userfault`, and otherwise fails with an error that
-//! names each backend tried and why, and the explicit choices.
+//! names each backend tried and why, and the explicit choices (`UserfaultAsync` is never
+//! picked by `Auto`: choose it by name).
 //!
 //! # What is not promised
 //!
@@ -72,6 +74,7 @@ mod peers;
 mod producer;
 mod region;
 pub mod ring;
+mod shared_memory;
 mod sys;
 #[cfg(feature = "tokio")]
 mod tokio;
@@ -82,6 +85,7 @@ pub use backend::{Backend, BackendKind};
 pub use error::Error;
 pub use producer::Producer;
 pub use region::Region;
+pub use shared_memory::SharedMemory;
 
 /// How many changes a consumer has observed: an ordered counter that starts
 /// at zero and goes up by one with each trip taken.

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
-use crate::backend::{kernel, memfd, userfault};
+use crate::backend::{kernel, memfd, userfault, userfault_async};
 use crate::handoff::Extras;
 use crate::sys::Mapping;
 use crate::{BackendKind, Error, Region};
@@ -135,17 +135,41 @@ impl Producer {
             }
         };
         let attached = Self::attach(offer);
-        let extras = attached.as_ref().map(|(_, uffd)| Extras {
-            fds: uffd.iter().map(|(fd, _)| fd.as_fd()).collect(),
-            address: uffd.as_ref().map_or(0, |(_, addr)| *addr as u64),
+        let extras = attached.as_ref().map(|(_, sent)| Extras {
+            fds: sent
+                .iter()
+                .flat_map(|(fds, _)| fds)
+                .map(|fd| fd.as_fd())
+                .collect(),
+            address: sent.as_ref().map_or(0, |(_, addr)| *addr as u64),
         });
         crate::handoff::reply(&sock, extras.as_ref().map_err(|e| *e))?;
         drop(extras);
         // Userfault: the uffd went to the consumer and no copy stays here, so
         // the consumer's death releases any store blocked in a fault.
-        let (mut producer, _uffd) = attached?;
+        // UserfaultAsync: likewise for the uffd and the pagemap fd (the
+        // consumer's close unregisters the mapping; no store ever blocks).
+        let (mut producer, _sent) = attached?;
         producer.peer = Some(sock);
         Ok(producer)
+    }
+
+    /// `true` once the consumer is gone (its end of the handshake socket
+    /// hung up). Always `false` for a producer made with
+    /// [`from_fd`](Producer::from_fd), which has no socket.
+    ///
+    /// ```
+    /// # use memfd_tripwire::Producer;
+    /// # fn f(p: &Producer) {
+    /// if p.is_closed() {
+    ///     eprintln!("the consumer went away");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| kernel::is_readable(p.as_fd()).unwrap_or(true))
     }
 
     /// The handshake socket (for layers on top that exchange more frames).
@@ -153,14 +177,17 @@ impl Producer {
         self.peer.as_ref()
     }
 
-    /// Maps what the offer carries; for Userfault also registers the mapping
-    /// and returns the uffd and the mapping's address to send back.
+    /// Maps what the offer carries; for Userfault and UserfaultAsync also
+    /// registers the mapping and returns the fds (uffd; uffd and pagemap)
+    /// and the mapping's address to send back.
     #[allow(clippy::type_complexity)]
-    fn attach(offer: crate::handoff::Offer) -> Result<(Producer, Option<(OwnedFd, usize)>), Error> {
+    fn attach(
+        offer: crate::handoff::Offer,
+    ) -> Result<(Producer, Option<(Vec<OwnedFd>, usize)>), Error> {
         let len = offer.len;
         let mut fds = offer.fds.into_iter();
         let mut next = || fds.next().expect("fd count checked by receive_offer");
-        let mut uffd = None;
+        let mut sent = None;
         let (region, doorbell) = match offer.kind {
             BackendKind::Kernel => {
                 let fd = next();
@@ -182,7 +209,14 @@ impl Producer {
             BackendKind::Userfault => {
                 let region = map_memfd(&next(), len)?;
                 let map = region.mapping();
-                uffd = Some((userfault::register(map)?, map.addr()));
+                sent = Some((vec![userfault::register(map)?], map.addr()));
+                (region, None)
+            }
+            BackendKind::UserfaultAsync => {
+                let region = map_memfd(&next(), len)?;
+                let map = region.mapping();
+                let (uffd, pagemap) = userfault_async::register(map)?;
+                sent = Some((vec![uffd, pagemap], map.addr()));
                 (region, None)
             }
             BackendKind::Doorbell => {
@@ -202,7 +236,7 @@ impl Producer {
             doorbell,
             peer: None,
         };
-        Ok((producer, uffd))
+        Ok((producer, sent))
     }
 
     /// The backend the consumer chose.

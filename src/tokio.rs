@@ -53,7 +53,8 @@ impl Tripwire {
     ///
     /// # Errors
     ///
-    /// Fails outside a runtime with IO enabled, or if registration fails.
+    /// Fails outside a tokio runtime, or if registration fails. (Inside a
+    /// runtime built without IO, tokio itself panics.)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -64,6 +65,12 @@ impl Tripwire {
     /// # }
     /// ```
     pub fn new(tripwire: blocking::Tripwire) -> io::Result<Self> {
+        if ::tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other(
+                "Tripwire::new needs a tokio runtime (with IO enabled): call it from async \
+                 code or inside Runtime::enter",
+            ));
+        }
         let peers = match tripwire.peers_fd() {
             Some(fd) => Some(reactor::register_owned(fd.try_clone_to_owned()?)?),
             None => None,

@@ -14,6 +14,7 @@ pub(crate) mod kernel;
 pub(crate) mod memfd;
 pub(crate) mod poll;
 pub(crate) mod userfault;
+pub(crate) mod userfault_async;
 
 /// Which mechanism a tripwire should use. [`BackendKind`] is what it got.
 ///
@@ -22,6 +23,7 @@ pub(crate) mod userfault;
 /// | `Kernel` | every store through any mapping | nothing | one fault per page per ACK; needs the RFC kernel |
 /// | `Doorbell` | stores followed by [`Producer::notify`](crate::Producer::notify) | call `notify()` | a fence per `notify()`, a syscall only when the consumer waits |
 /// | `Userfault` | every store through the producer's mapping | register at handshake (done by [`Producer::connect`](crate::Producer::connect)) | a stalled store (~15–35 µs) per written page per ACK |
+/// | `UserfaultAsync` | every store through the producer's mapping, within one interval | as `Userfault` | a ~1 µs fault per written page per ACK, never a stall; a page-table scan per interval |
 /// | `Poll` | any change of the bytes, within one interval | nothing | a compare of the whole region per interval |
 ///
 /// # Examples
@@ -49,6 +51,35 @@ pub enum Backend {
     /// Only stores through the producer's registered mapping are watched:
     /// not `pwrite(2)`, not another mapping, not a forked child.
     Userfault,
+    /// The low-stall variant of `Userfault` (Linux >= 6.7: userfaultfd
+    /// `WP_ASYNC` and the `PAGEMAP_SCAN` ioctl). The producer registers its
+    /// mapping in *async* write-protect mode: its first store to a page
+    /// after an ACK costs ~1 µs (a minor fault the kernel resolves by
+    /// itself) instead of a 15–35 µs stall, and no store ever waits for the
+    /// consumer, even a stopped or hung one. A poller thread scans the
+    /// producer's page tables every
+    /// [`Builder::poll_interval`](crate::blocking::Builder::poll_interval)
+    /// (default 1 ms), re-protecting the written pages as it finds them;
+    /// the ACK reports which pages were written, as on `Userfault`.
+    ///
+    /// Trade-offs:
+    /// - latency: a store trips the wire up to one interval later, and the
+    ///   scan costs O(region) page-table entries per interval;
+    /// - cooperation: the same as `Userfault` ([`Producer::connect`](crate::Producer::connect)
+    ///   registers; only stores through the producer's registered mapping
+    ///   are watched: not `pwrite(2)`, not another mapping, not a forked
+    ///   child);
+    /// - exposure: the producer hands the consumer an fd of its
+    ///   `/proc/self/pagemap`, which reveals the producer's whole memory
+    ///   layout (which addresses are mapped, present, swapped, written);
+    ///   use it only between processes that trust each other that far;
+    /// - a producer that exits or drops its [`Producer`](crate::Producer)
+    ///   trips the wire once more (its last stores may not have been
+    ///   scanned yet, and their record goes with its page tables): a
+    ///   possibly spurious trip, reporting the whole region.
+    ///
+    /// Not in [`Backend::Auto`]: choose it by name.
+    UserfaultAsync,
     /// Cooperative: an eventfd the producer rings from
     /// [`Producer::notify`](crate::Producer::notify) when the consumer is
     /// armed. Writes without a `notify()` are not seen.
@@ -73,6 +104,8 @@ pub enum BackendKind {
     Kernel,
     /// See [`Backend::Userfault`].
     Userfault,
+    /// See [`Backend::UserfaultAsync`].
+    UserfaultAsync,
     /// See [`Backend::Doorbell`].
     Doorbell,
     /// See [`Backend::Poll`].
@@ -84,6 +117,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Kernel => "Kernel",
             BackendKind::Userfault => "Userfault",
+            BackendKind::UserfaultAsync => "UserfaultAsync",
             BackendKind::Doorbell => "Doorbell",
             BackendKind::Poll => "Poll",
         })
@@ -98,6 +132,7 @@ impl BackendKind {
             BackendKind::Doorbell => 2,
             BackendKind::Poll => 3,
             BackendKind::Userfault => 4,
+            BackendKind::UserfaultAsync => 5,
         }
     }
 
@@ -107,6 +142,7 @@ impl BackendKind {
             2 => BackendKind::Doorbell,
             3 => BackendKind::Poll,
             4 => BackendKind::Userfault,
+            5 => BackendKind::UserfaultAsync,
             _ => return None,
         })
     }
@@ -125,6 +161,7 @@ pub(crate) enum Wire {
     Doorbell(doorbell::Doorbell),
     Poll(poll::Poller),
     Userfault(userfault::Userfault),
+    UserfaultAsync(userfault_async::UserfaultAsync),
 }
 
 impl Wire {
@@ -147,6 +184,10 @@ impl Wire {
             }
             Backend::Userfault => {
                 userfault::Userfault::create(len).map(|(w, r)| (Wire::Userfault(w), r))
+            }
+            Backend::UserfaultAsync => {
+                userfault_async::UserfaultAsync::create(len, opts.poll_interval)
+                    .map(|(w, r)| (Wire::UserfaultAsync(w), r))
             }
             Backend::Auto => {
                 let kernel = match kernel::Kernel::create(len) {
@@ -173,6 +214,7 @@ impl Wire {
             Wire::Doorbell(_) => BackendKind::Doorbell,
             Wire::Poll(_) => BackendKind::Poll,
             Wire::Userfault(_) => BackendKind::Userfault,
+            Wire::UserfaultAsync(_) => BackendKind::UserfaultAsync,
         }
     }
 
@@ -183,6 +225,7 @@ impl Wire {
             Wire::Doorbell(w) => w.wake_fd(),
             Wire::Poll(w) => w.wake_fd(),
             Wire::Userfault(w) => w.wake_fd(),
+            Wire::UserfaultAsync(w) => w.wake_fd(),
         }
     }
 
@@ -194,15 +237,17 @@ impl Wire {
             Wire::Doorbell(w) => w.take(),
             Wire::Poll(w) => w.take(),
             Wire::Userfault(w) => w.take(),
+            Wire::UserfaultAsync(w) => w.take(),
         }
     }
 
     /// Appends the byte ranges the last successful take re-armed: the
-    /// written pages on `Userfault`, the whole region on the backends that
-    /// cannot tell.
+    /// written pages on `Userfault` and `UserfaultAsync`, the whole region
+    /// on the backends that cannot tell.
     pub(crate) fn pages_into(&self, len: usize, out: &mut Vec<Range<usize>>) {
         match self {
             Wire::Userfault(w) => out.extend_from_slice(w.pages()),
+            Wire::UserfaultAsync(w) => out.extend_from_slice(w.pages()),
             _ => out.push(0..len),
         }
     }
@@ -218,6 +263,17 @@ impl Wire {
                     ))
                 })?;
                 w.accept(uffd, base)
+            }
+            Wire::UserfaultAsync(w) => {
+                let [uffd, pagemap]: [OwnedFd; 2] =
+                    fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                        Error::handshake(format!(
+                            "a UserfaultAsync producer sends 2 fds (its uffd and its \
+                             pagemap), this one sent {}",
+                            fds.len()
+                        ))
+                    })?;
+                w.accept(uffd, pagemap, base)
             }
             _ if fds.is_empty() => Ok(()),
             _ => Err(Error::handshake(format!(
@@ -236,15 +292,17 @@ impl Wire {
             Wire::Doorbell(w) => w.ack(),
             Wire::Poll(w) => w.ack(),
             Wire::Userfault(w) => w.ack(),
+            Wire::UserfaultAsync(w) => w.ack(),
         }
     }
 
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
-    /// not reported yet (the poller's next compare). Used once every
+    /// not reported yet (the poller's next compare or scan). Used once every
     /// producer is gone, before reporting it.
     pub(crate) fn take_final(&mut self) -> io::Result<bool> {
         match self {
             Wire::Poll(w) => w.take_final(),
+            Wire::UserfaultAsync(w) => w.take_final(),
             _ => self.take(),
         }
     }
@@ -256,6 +314,7 @@ impl Wire {
             Wire::Doorbell(w) => w.offer_fds(),
             Wire::Poll(w) => w.offer_fds(),
             Wire::Userfault(w) => w.offer_fds(),
+            Wire::UserfaultAsync(w) => w.offer_fds(),
         }
     }
 }

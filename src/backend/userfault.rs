@@ -71,7 +71,7 @@ impl Shared {
 }
 
 /// Why this kernel cannot do Userfault, or `Ok` with the features offered.
-pub(crate) fn probe() -> Result<(), String> {
+pub(crate) fn probe() -> Result<u64, String> {
     let fd = uffd::open().map_err(|e| match e.raw_os_error() {
         Some(libc::ENOSYS) => "userfaultfd absent (ENOSYS: kernel built without \
                                CONFIG_USERFAULTFD): use Backend::Doorbell or Backend::Poll"
@@ -90,7 +90,7 @@ pub(crate) fn probe() -> Result<(), String> {
                 .into(),
         );
     }
-    Ok(())
+    Ok(features)
 }
 
 /// Producer side: registers `map` and returns the uffd to send away.
@@ -103,9 +103,11 @@ pub(crate) fn register(map: &Mapping) -> Result<OwnedFd, Error> {
     let fd = uffd::open().map_err(|e| Error::io("userfaultfd", e))?;
     uffd::api(fd.as_fd(), uffd::FEATURE_WP_SHMEM)
         .map_err(|e| unavailable(format!("UFFDIO_API(WP_HUGETLBFS_SHMEM) failed: {e}")))?;
-    uffd::register_wp(fd.as_fd(), map.addr(), map.len())
+    // userfaultfd works on whole pages; the mapping covers the last one.
+    let len = map.len().div_ceil(PAGE) * PAGE;
+    uffd::register_wp(fd.as_fd(), map.addr(), len)
         .map_err(|e| unavailable(format!("UFFDIO_REGISTER in WP mode failed: {e}")))?;
-    uffd::write_protect(fd.as_fd(), map.addr(), map.len(), true)
+    uffd::write_protect(fd.as_fd(), map.addr(), len, true)
         .map_err(|e| unavailable(format!("UFFDIO_WRITEPROTECT of the region failed: {e}")))?;
     map.dont_fork()
         .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
@@ -155,7 +157,7 @@ impl Userfault {
             st.watches.push(Watch {
                 uffd: uffd.clone(),
                 base,
-                len: self.len,
+                len: self.len.div_ceil(PAGE) * PAGE,
                 dirty: Vec::new(),
             });
             st.watches.len() - 1
@@ -207,6 +209,7 @@ impl Userfault {
                     end += 1;
                     i += 1;
                 }
+                // Whole pages: `w.len` is page-rounded, like the registration.
                 let start = first * PAGE;
                 let len = (end * PAGE).min(w.len) - start;
                 match uffd::write_protect(w.uffd.as_fd(), w.base + start, len, true) {
@@ -221,7 +224,7 @@ impl Userfault {
                         return Err(e);
                     }
                 }
-                push_range(&mut self.pages, start..start + len);
+                push_range(&mut self.pages, start..(start + len).min(self.len));
             }
             w.dirty.clear();
         }

@@ -76,7 +76,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
-pub use receiver::Receiver;
+pub use receiver::{Receiver, RingStats};
 pub use sender::Sender;
 
 use crate::{Backend, Error};

@@ -169,6 +169,7 @@ proptest! {
         let mut rx = SharedRing::<Msg>::builder(8).backend(Backend::Poll).create().unwrap();
         rx.tail = tail;
         rx.published = tail;
+        rx.known_head = tail;
         rx.region.atomic_u64(layout::HEAD).unwrap().store(head, Ordering::Relaxed);
         let mut got = 0;
         loop {

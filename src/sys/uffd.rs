@@ -145,3 +145,198 @@ pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// `Backend::UserfaultAsync`: `UFFD_FEATURE_WP_ASYNC` and `PAGEMAP_SCAN`
+// (Linux 6.7), as in include/uapi/linux/userfaultfd.h and
+// include/uapi/linux/fs.h.
+
+/// `UFFD_FEATURE_WP_ASYNC` (Linux 6.7): the kernel resolves write-protect
+/// faults itself (it clears the page's uffd-wp bit, queues no message).
+pub(crate) const FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages that match, in the walk.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: fail (`EPERM`) on a VMA in the range that is not
+/// registered with an async write-protect userfaultfd.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+/// `PAGE_IS_WPALLOWED`: the page lies in a VMA registered for async WP.
+const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+/// `PAGE_IS_WRITTEN`: the page's uffd-wp bit is clear (written since the
+/// last write-protect).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `struct pm_scan_arg` (twelve u64s).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: Opcode = opcode::read_write::<PmScanArg>(b'f', 16);
+
+/// How many regions one `PAGEMAP_SCAN` call may return; more are fetched by
+/// calling again from `walk_end`.
+const SCAN_VEC_LEN: usize = 64;
+
+/// `PAGEMAP_SCAN` returns the number of regions it filled, which rustix's
+/// `Updater` drops: this keeps it.
+struct Scan<'a>(&'a mut PmScanArg);
+
+// SAFETY: the opcode is PAGEMAP_SCAN, whose argument is a `struct
+// pm_scan_arg` that the kernel reads and writes (`walk_end`), mirrored by
+// `PmScanArg`; `IS_MUTATING` is true accordingly; the output is the ioctl's
+// non-negative return value (a count of regions), no pointer is read.
+unsafe impl rustix::ioctl::Ioctl for Scan<'_> {
+    type Output = usize;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        PAGEMAP_SCAN
+    }
+
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        std::ptr::from_mut::<PmScanArg>(self.0).cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _: *mut std::ffi::c_void,
+    ) -> rustix::io::Result<usize> {
+        Ok(usize::try_from(out).unwrap_or(0))
+    }
+}
+
+/// One `PAGEMAP_SCAN` call on `pagemap` for `[start, end)` of its mm,
+/// filling up to `out.len()` regions; returns how many, and `walk_end`.
+fn pagemap_scan(
+    pagemap: BorrowedFd<'_>,
+    mut arg: PmScanArg,
+    out: &mut [PageRegion],
+) -> io::Result<(usize, u64)> {
+    arg.size = std::mem::size_of::<PmScanArg>() as u64;
+    arg.vec = if out.is_empty() {
+        0
+    } else {
+        out.as_mut_ptr() as u64
+    };
+    arg.vec_len = out.len() as u64;
+    // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg`
+    // (mirrored by `PmScanArg`, `size` set to match), and writes at most
+    // `vec_len` `struct page_region`s (mirrored by `PageRegion`) to `vec`,
+    // which points at `out`, a live, exclusively borrowed buffer of exactly
+    // that many in this process (or is null with `vec_len` 0). `start`/`end` are addresses in the
+    // *pagemap's* mm (the producer's), never dereferenced here; with
+    // WP_MATCHING the kernel only changes page protection there, and
+    // CHECK_WPASYNC makes it refuse any VMA not registered for async WP.
+    let n = unsafe { ioctl(pagemap, Scan(&mut arg)) }?;
+    if n > out.len() {
+        return Err(io::Error::other(format!(
+            "PAGEMAP_SCAN reported {n} regions into a buffer of {}",
+            out.len()
+        )));
+    }
+    Ok((n, arg.walk_end))
+}
+
+/// `open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)`.
+pub(crate) fn open_pagemap() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        "/proc/self/pagemap",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// Whether `pagemap` supports `PAGEMAP_SCAN` (an empty scan: `ENOTTY`
+/// before Linux 6.7).
+pub(crate) fn probe_pagemap_scan(pagemap: BorrowedFd<'_>) -> io::Result<()> {
+    pagemap_scan(pagemap, PmScanArg::default(), &mut []).map(drop)
+}
+
+/// `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC` over
+/// `[start, start+len)` of the pagemap's mm: calls `found(first, end)` for
+/// each run of pages written since they were last write-protected, and
+/// write-protects them again, in the same walk (under the page-table lock,
+/// so a store is either reported here or faults again afterwards).
+///
+/// Errors: `ESRCH` once the mm has exited; `EPERM` if part of the range is
+/// not a VMA registered with an async write-protect uffd that is still
+/// open.
+pub(crate) fn scan_written_and_protect(
+    pagemap: BorrowedFd<'_>,
+    start: usize,
+    len: usize,
+    mut found: impl FnMut(usize, usize),
+) -> io::Result<()> {
+    let end = start as u64 + len as u64;
+    let mut from = start as u64;
+    let mut vec = [PageRegion::default(); SCAN_VEC_LEN];
+    while from < end {
+        let arg = PmScanArg {
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            start: from,
+            end,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..PmScanArg::default()
+        };
+        let (n, walk_end) = pagemap_scan(pagemap, arg, &mut vec)?;
+        for r in &vec[..n] {
+            let (s, e) = (r.start.max(from), r.end.min(end));
+            if s < e {
+                found(s as usize, e as usize);
+            }
+        }
+        if walk_end <= from {
+            return Err(io::Error::other(format!(
+                "PAGEMAP_SCAN made no progress at {from:#x} (walk_end {walk_end:#x})"
+            )));
+        }
+        from = walk_end;
+    }
+    Ok(())
+}
+
+/// Whether all of `[start, start+len)` of the pagemap's mm is still a VMA
+/// registered for async write-protect (`PAGE_IS_WPALLOWED` on every page).
+/// `false` once the mapping is unmapped or replaced; `ESRCH` once the mm
+/// has exited.
+pub(crate) fn is_wp_async_registered(
+    pagemap: BorrowedFd<'_>,
+    start: usize,
+    len: usize,
+) -> io::Result<bool> {
+    let end = start as u64 + len as u64;
+    let arg = PmScanArg {
+        start: start as u64,
+        end,
+        category_mask: PAGE_IS_WPALLOWED,
+        return_mask: PAGE_IS_WPALLOWED,
+        ..PmScanArg::default()
+    };
+    let mut vec = [PageRegion::default(); 1];
+    let (n, _) = pagemap_scan(pagemap, arg, &mut vec)?;
+    Ok(n == 1 && vec[0].start <= start as u64 && vec[0].end >= end)
+}

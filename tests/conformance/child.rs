@@ -100,6 +100,7 @@ pub fn run(role: &str) -> ! {
             let backend = match std::env::var("BACKEND").as_deref() {
                 Ok("Kernel") => Backend::Kernel,
                 Ok("Userfault") => Backend::Userfault,
+                Ok("UserfaultAsync") => Backend::UserfaultAsync,
                 Ok("Doorbell") => Backend::Doorbell,
                 Ok("Poll") => Backend::Poll,
                 other => fail(&format!("child: bad BACKEND {other:?}")),
@@ -149,6 +150,7 @@ pub fn run(role: &str) -> ! {
             let backend = match std::env::var("BACKEND").as_deref() {
                 Ok("Kernel") => Backend::Kernel,
                 Ok("Userfault") => Backend::Userfault,
+                Ok("UserfaultAsync") => Backend::UserfaultAsync,
                 Ok("Doorbell") => Backend::Doorbell,
                 Ok("Poll") => Backend::Poll,
                 other => fail(&format!("child: bad BACKEND {other:?}")),

@@ -6,8 +6,9 @@
 //! is what `run-in-vm` needs: it ships exactly one binary into the VM.
 //!
 //! Environment:
-//! - `TRIPWIRE_REQUIRE=kernel,userfault,doorbell,poll`: a required backend that is
-//!   unavailable fails its tests instead of skipping them.
+//! - `TRIPWIRE_REQUIRE=kernel,userfault,userfault_async,doorbell,poll`: a
+//!   required backend that is unavailable fails its tests instead of
+//!   skipping them.
 //! - `TRIPWIRE_TIME_SCALE=N`: multiply every time-out (slow emulated VMs).
 
 mod child;
@@ -21,6 +22,11 @@ use memfd_tripwire::{Backend, BackendKind, Error, blocking::Tripwire};
 const BACKENDS: &[(Backend, BackendKind, &str)] = &[
     (Backend::Kernel, BackendKind::Kernel, "kernel"),
     (Backend::Userfault, BackendKind::Userfault, "userfault"),
+    (
+        Backend::UserfaultAsync,
+        BackendKind::UserfaultAsync,
+        "userfault_async",
+    ),
     (Backend::Doorbell, BackendKind::Doorbell, "doorbell"),
     (Backend::Poll, BackendKind::Poll, "poll"),
 ];
@@ -42,7 +48,7 @@ fn main() {
         };
         let required = required.contains(&name);
         for &(scenario, f, only) in scenarios::ALL {
-            if only.is_some_and(|k| k != kind) {
+            if !only.is_empty() && !only.contains(&kind) {
                 continue;
             }
             let test_name = format!("{name}::{scenario}");
