@@ -708,21 +708,8 @@ fn consumer_mapping_is_not_watched(ctx: &Ctx) -> Outcome {
 }
 
 fn consumer_killed_releases_blocked_store(ctx: &Ctx) -> Outcome {
-    use rustix::process::{Pid, Signal, kill_process};
-    let (ours, theirs) = UnixStream::pair()?;
-    let child = spawn(
-        "consumer_then_exit",
-        &[("BACKEND", ctx.kind.to_string()), ("LINGER", "1".into())],
-        theirs.into(),
-        None,
-    )?;
-    let mut child = KillOnDrop(child);
-    let p = Producer::connect(ours)?;
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
-    let pid = Pid::from_child(&child.0);
-    kill_process(pid, Signal::STOP)?;
-    wait_until_stopped(child.0.id(), ms(5000))?;
+    use rustix::process::{Signal, kill_process};
+    let (mut child, pid, p) = stopped_consumer(ctx)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = p.region().write(0, &1u64).map_err(|e| e.to_string());
@@ -742,21 +729,8 @@ fn consumer_killed_releases_blocked_store(ctx: &Ctx) -> Outcome {
 }
 
 fn store_does_not_stall_when_consumer_stopped(ctx: &Ctx) -> Outcome {
-    use rustix::process::{Pid, Signal, kill_process};
-    let (ours, theirs) = UnixStream::pair()?;
-    let child = spawn(
-        "consumer_then_exit",
-        &[("BACKEND", ctx.kind.to_string()), ("LINGER", "1".into())],
-        theirs.into(),
-        None,
-    )?;
-    let mut child = KillOnDrop(child);
-    let p = Producer::connect(ours)?;
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
-    let pid = Pid::from_child(&child.0);
-    kill_process(pid, Signal::STOP)?;
-    wait_until_stopped(child.0.id(), ms(5000))?;
+    // The child is killed when `_child` drops, on every path.
+    let (_child, _pid, p) = stopped_consumer(ctx)?;
     // On a thread, so that a stall fails the test instead of hanging it.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -784,6 +758,27 @@ fn store_does_not_stall_when_consumer_stopped(ctx: &Ctx) -> Outcome {
     ensure(took.iter().all(|t| *t < limit), || {
         format!("a store took longer than {limit:?}: {took:?}")
     })
+}
+
+/// A consumer child that shared a tripwire with us (the producer) and was
+/// then stopped with SIGSTOP (all its threads, the resolver included).
+fn stopped_consumer(ctx: &Ctx) -> Result<(KillOnDrop, rustix::process::Pid, Producer), Failed> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "consumer_then_exit",
+        &[("BACKEND", ctx.kind.to_string()), ("LINGER", "1".into())],
+        theirs.into(),
+        None,
+    )?;
+    let mut child = KillOnDrop(child);
+    let p = Producer::connect(ours)?;
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    let pid = Pid::from_child(&child.0);
+    kill_process(pid, Signal::STOP)?;
+    wait_until_stopped(child.0.id(), ms(5000))?;
+    Ok((child, pid, p))
 }
 
 /// SIGKILLs the child when dropped, so no failure path leaves it behind.
