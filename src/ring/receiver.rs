@@ -54,10 +54,13 @@ pub struct Receiver<T> {
 
 /// How a [`Receiver`] has waited so far: the cost it put on the Sender.
 ///
-/// Each re-arm lets the Sender's next store fault (`Kernel`, `Userfault`)
-/// or its next `notify()` ring an eventfd (`Doorbell`): at most one fault or
-/// doorbell per re-arm. Under load the Receiver finds data while spinning
-/// and re-arms rarely.
+/// Each re-arm lets the Sender's next `notify()` ring an eventfd
+/// (`Doorbell`: at most one doorbell per re-arm), or its next store to each
+/// page it writes fault (`Kernel`, `Userfault`: up to one fault per page
+/// written per re-arm). Under load the Receiver finds data while spinning
+/// and re-arms rarely; on `Userfault` a trapped store stalls the Sender for
+/// longer than a short spin, which can make the Receiver re-arm often (see
+/// BENCHMARKS.md).
 ///
 /// ```
 /// # use memfd_tripwire::{Backend, ring::SharedRing};
