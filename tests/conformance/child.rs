@@ -17,6 +17,18 @@ fn env_u64(key: &str) -> u64 {
         .unwrap_or_else(|| fail(&format!("child: missing or bad {key}")))
 }
 
+/// The backend named (as `BackendKind`'s Display) in `BACKEND`.
+fn env_backend() -> Backend {
+    match std::env::var("BACKEND").as_deref() {
+        Ok("Kernel") => Backend::Kernel,
+        Ok("Userfault") => Backend::Userfault,
+        Ok("UserfaultAsync") => Backend::UserfaultAsync,
+        Ok("Doorbell") => Backend::Doorbell,
+        Ok("Poll") => Backend::Poll,
+        other => fail(&format!("child: bad BACKEND {other:?}")),
+    }
+}
+
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     std::process::exit(2)
@@ -97,14 +109,7 @@ pub fn run(role: &str) -> ! {
             }
         }
         "consumer_then_exit" => {
-            let backend = match std::env::var("BACKEND").as_deref() {
-                Ok("Kernel") => Backend::Kernel,
-                Ok("Userfault") => Backend::Userfault,
-                Ok("UserfaultAsync") => Backend::UserfaultAsync,
-                Ok("Doorbell") => Backend::Doorbell,
-                Ok("Poll") => Backend::Poll,
-                other => fail(&format!("child: bad BACKEND {other:?}")),
-            };
+            let backend = env_backend();
             let mut tw = Tripwire::builder(4096)
                 .backend(backend)
                 .create()
@@ -147,14 +152,7 @@ pub fn run(role: &str) -> ! {
             }
         }
         "ring_receiver_then_exit" => {
-            let backend = match std::env::var("BACKEND").as_deref() {
-                Ok("Kernel") => Backend::Kernel,
-                Ok("Userfault") => Backend::Userfault,
-                Ok("UserfaultAsync") => Backend::UserfaultAsync,
-                Ok("Doorbell") => Backend::Doorbell,
-                Ok("Poll") => Backend::Poll,
-                other => fail(&format!("child: bad BACKEND {other:?}")),
-            };
+            let backend = env_backend();
             let mut rx = memfd_tripwire::ring::SharedRing::<crate::scenarios::Msg>::builder(8)
                 .backend(backend)
                 .type_tag(crate::scenarios::RING_TAG)
