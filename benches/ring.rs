@@ -77,6 +77,9 @@
 //!
 //! Run: `cargo bench --bench ring` (or the built binary).
 
+mod common;
+use common::{median_p99, pin};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read as _, Write as _};
@@ -411,23 +414,6 @@ fn cases_from_env() -> Result<Vec<Case>, BoxError> {
 // ---------------------------------------------------------------- OS helpers
 
 /// Pins the calling thread (and the threads it creates later) to `cpu`.
-fn pin(cpu: usize) -> Result<(), BoxError> {
-    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return Err(format!("cpu {cpu} out of range").into());
-    }
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is within the set, checked above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 = us.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("sched_setaffinity({cpu}): {e}").into());
-    }
-    Ok(())
-}
-
 /// The calling thread's counters from `getrusage(RUSAGE_THREAD)`.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -497,14 +483,6 @@ impl Clock {
     fn ns(&self, ticks: u64) -> f64 {
         ticks as f64 * self.ns_per_tick
     }
-}
-
-/// Median and p99 as the anchor computes them: sorted `s[n/2]`, `s[n*0.99]`.
-fn median_p99(samples: &mut [u64]) -> (u64, u64) {
-    samples.sort_unstable();
-    let n = samples.len();
-    let p99 = ((n as f64 * 0.99) as usize).min(n - 1);
-    (samples[n / 2], samples[p99])
 }
 
 fn per_1k(count: i64, of: u64) -> f64 {

@@ -94,6 +94,9 @@
 //! `SETTLE_US` (50), `WARMUP` (1000), `CONSUMER_CPU` (1), `PRODUCER_CPU`
 //! (0). `scripts/bench-userfault` interleaves it with the C anchor.
 
+mod common;
+use common::{median_p99, pin};
+
 use std::io::{Read as _, Write as _};
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
@@ -260,32 +263,6 @@ fn env_usize(name: &str, default: usize) -> Result<usize, BoxError> {
         Err(std::env::VarError::NotPresent) => Ok(default),
         Err(e) => Err(format!("{name}: {e}").into()),
     }
-}
-
-/// Pins the calling process (all its future threads too) to `cpu`.
-fn pin(cpu: usize) -> Result<(), BoxError> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return Err(format!("cpu {cpu} out of range").into());
-    }
-    // SAFETY: `cpu` is within the set, checked above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 = us.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("sched_setaffinity({cpu}): {e}").into());
-    }
-    Ok(())
-}
-
-/// Median and p99 as the anchor computes them: sorted `s[n/2]`, `s[n*0.99]`.
-fn median_p99(samples: &mut [u64]) -> (u64, u64) {
-    samples.sort_unstable();
-    let n = samples.len();
-    let p99 = ((n as f64 * 0.99) as usize).min(n - 1);
-    (samples[n / 2], samples[p99])
 }
 
 fn nanos(from: Instant, to: Instant) -> u64 {

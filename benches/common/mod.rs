@@ -1,0 +1,22 @@
+//! What the two-process benchmarks share: CPU pinning and the anchors'
+//! way of taking percentiles (`mod common;` in each bench).
+
+/// Pins the calling process (all its future threads too) to `cpu`.
+pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use rustix::thread::{CpuSet, sched_setaffinity};
+    if cpu >= CpuSet::MAX_CPU {
+        return Err(format!("cpu {cpu} out of range").into());
+    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set).map_err(|e| format!("sched_setaffinity({cpu}): {e}").into())
+}
+
+/// Median and p99 as the anchor computes them: sorted `s[n/2]`, `s[n*0.99]`.
+#[allow(dead_code)] // not every bench reports percentiles
+pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
+    samples.sort_unstable();
+    let n = samples.len();
+    let p99 = ((n as f64 * 0.99) as usize).min(n - 1);
+    (samples[n / 2], samples[p99])
+}
