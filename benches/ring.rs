@@ -25,9 +25,11 @@
 //!   (first and last word); the clock stops at the last message. Then the
 //!   child drops its Sender and the parent checks that the ring ends with a
 //!   clean close. The producer sends with one `blocking_send` per message
-//!   (`one`) or `blocking_send_many` of 64 or 256 (`many64`, `many256`: one
+//!   (`one`) or `blocking_send_many` of K (`manyK`, e.g. `many256`: one
 //!   head store and one `notify()` per batch, as the anchor's `BATCH`); the
-//!   consumer takes them with `blocking_recv` (`blocking`) or, in a tokio
+//!   consumer takes them with `blocking_recv` (`blocking`),
+//!   `blocking_recv_many(&mut buf, 256)` (`blockmany`: a batch per call, as
+//!   the anchor's consumer drains everything published) or, in a tokio
 //!   current-thread runtime, `recv_many(&mut buf, 256)` (`many`).
 //! - **rtt**: two rings, as `examples/ring_ipc.rs`: the parent sends message
 //!   `i` on ring A (`blocking_send`), the child takes it (`blocking_recv`)
@@ -67,8 +69,8 @@
 //! | `TESTS` | `tput rtt` | which tests |
 //! | `BACKENDS` | `doorbell userfault` | `doorbell`, `userfault`, `userfault_async`, `poll`, `kernel` |
 //! | `MSGS` | `64B u64` | message types: `[u64; 8]` and `u64` (tput; rtt is 64B only) |
-//! | `SENDS` | `many256 many64 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send` |
-//! | `RECVS` | `blocking many` | consumer: `blocking_recv`, or `recv_many` of up to `RECV_BATCH` (256) |
+//! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send` |
+//! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256) |
 //! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs |
 //! | `N`, `RTT_N`, `RTT_WARMUP` | 2000000, 100000, 2000 | messages per tput run, timed and warm-up round trips |
 //! | `SLOW_N` | 200000 | messages per tput run on `Userfault` (and `UserfaultAsync`, `Kernel`) with spin 0, where every re-arm makes the Sender trap (minutes at `N`) |
@@ -167,6 +169,7 @@ enum SendMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RecvMode {
     Blocking,
+    BlockingMany,
     Many,
 }
 
@@ -204,6 +207,7 @@ impl fmt::Display for RecvMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             RecvMode::Blocking => "blocking",
+            RecvMode::BlockingMany => "blockmany",
             RecvMode::Many => "many",
         })
     }
@@ -288,8 +292,11 @@ fn parse_send(s: &str) -> Result<SendMode, BoxError> {
 fn parse_recv(s: &str) -> Result<RecvMode, BoxError> {
     match s {
         "blocking" => Ok(RecvMode::Blocking),
+        "blockmany" => Ok(RecvMode::BlockingMany),
         "many" => Ok(RecvMode::Many),
-        other => Err(format!("unknown receive mode {other:?}: use blocking or many").into()),
+        other => {
+            Err(format!("unknown receive mode {other:?}: use blocking, blockmany or many").into())
+        }
     }
 }
 
@@ -369,8 +376,8 @@ fn cases_from_env() -> Result<Vec<Case>, BoxError> {
     let tests = env_words("TESTS", "tput rtt");
     let backends = env_words("BACKENDS", "doorbell userfault");
     let msgs = env_words("MSGS", "64B u64");
-    let sends = env_words("SENDS", "many256 many64 one");
-    let recvs = env_words("RECVS", "blocking many");
+    let sends = env_words("SENDS", "many256 one");
+    let recvs = env_words("RECVS", "blocking blockmany many");
     let spins = env_words("SPINS_US", "0 5");
     let mut cases = Vec::new();
     for t in &tests {
@@ -602,7 +609,7 @@ fn tput<T: Msg>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
     rx.share(ours)?;
     let rt = match case.recv {
         RecvMode::Many => Some(runtime()?),
-        RecvMode::Blocking => None,
+        RecvMode::Blocking | RecvMode::BlockingMany => None,
     };
     let mut buf = Vec::with_capacity(k.recv_batch);
     let mut byte = [0u8];
@@ -611,35 +618,44 @@ fn tput<T: Msg>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
     let usage = Usage::now();
     let start = Instant::now();
     ctl.write_all(b"g")?;
-    match &rt {
-        None => {
-            for i in 0..n {
-                match rx.blocking_recv()? {
-                    Some(m) if m.is(i) => {}
-                    Some(_) => return Err(format!("message {i} arrived wrong").into()),
-                    None => return Err(format!("closed after {i} of {} messages", n).into()),
-                }
+    // Checks a batch in `buf` that starts with message `i`; returns the next.
+    let check = |buf: &[T], i: u64| -> Result<u64, BoxError> {
+        if buf.is_empty() {
+            return Err(format!("closed after {i} of {n} messages").into());
+        }
+        for (j, m) in (i..).zip(buf) {
+            if !m.is(j) {
+                return Err(format!("message {j} arrived wrong").into());
             }
         }
-        Some(rt) => rt.block_on(async {
-            let mut i = 0;
+        Ok(i + buf.len() as u64)
+    };
+    let mut i = 0;
+    match (&rt, case.recv) {
+        (None, RecvMode::Blocking) => {
+            while i < n {
+                let m = rx.blocking_recv()?;
+                i = check(m.as_slice(), i)?;
+            }
+        }
+        (None, _) => {
             while i < n {
                 buf.clear();
-                if rx.recv_many(&mut buf, k.recv_batch).await? == 0 {
-                    return Err(format!("closed after {i} of {} messages", n).into());
-                }
-                for m in &buf {
-                    if !m.is(i) {
-                        return Err(format!("message {i} arrived wrong").into());
-                    }
-                    i += 1;
-                }
+                rx.blocking_recv_many(&mut buf, k.recv_batch)?;
+                i = check(&buf, i)?;
             }
-            if i != n {
-                return Err(format!("{i} messages arrived, {} sent", n).into());
+        }
+        (Some(rt), _) => rt.block_on(async {
+            while i < n {
+                buf.clear();
+                rx.recv_many(&mut buf, k.recv_batch).await?;
+                i = check(&buf, i)?;
             }
             Ok::<_, BoxError>(())
         })?,
+    }
+    if i != n {
+        return Err(format!("{i} messages arrived, {n} sent").into());
     }
     let secs = start.elapsed().as_secs_f64();
     let usage = Usage::now().since(usage);

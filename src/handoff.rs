@@ -375,7 +375,7 @@ pub(crate) fn receive_extra(
         if announced != fds.len() || fds.len() != want {
             return Err(Error::handshake(format!(
                 "the frame announces {announced} fds, carries {}, and {want} are expected \
-                 (all closed)",
+                 (all closed; a peer of another memfd-tripwire release?)",
                 fds.len()
             )));
         }

@@ -115,6 +115,7 @@ impl Region {
     /// tw.region().read_bytes(48, &mut buf).unwrap();
     /// assert_eq!(buf, [0; 16]);
     /// ```
+    #[inline]
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
         Ok(self.map.read_into(offset, dst)?)
     }
@@ -147,6 +148,7 @@ impl Region {
     /// tw.region().write_bytes(0, b"hello").unwrap();
     /// assert_eq!(tw.region().read::<[u8; 5]>(0).unwrap(), *b"hello");
     /// ```
+    #[inline]
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), Error> {
         Ok(self.map.write_from(offset, src)?)
     }
@@ -164,6 +166,7 @@ impl Region {
     /// tw.region().atomic_u32(4).unwrap().store(9, Ordering::Release);
     /// assert!(tw.region().atomic_u32(5).is_err());
     /// ```
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, Error> {
         Ok(self.map.atomic_u32(offset)?)
     }
@@ -181,6 +184,7 @@ impl Region {
     /// tw.region().atomic_u64(56).unwrap().fetch_add(1, Ordering::AcqRel);
     /// assert!(tw.region().atomic_u64(60).is_err());
     /// ```
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, Error> {
         Ok(self.map.atomic_u64(offset)?)
     }

@@ -1,22 +1,28 @@
 //! Where everything of a ring lives, and the check of a header read from a
-//! peer. Two memory objects, one writer each:
+//! peer. Three memory objects, one writer each:
 //!
 //! ```text
-//! the tripwire's region (written by the Sender only):
+//! the tripwire's region, one page (written by the Sender only):
 //!   0    head: u64      messages published (wrapping count)
 //!   8    state: u32     bit 0: closed cleanly; bit 1: the Sender waits for space
-//!   128  slots          capacity x size_of::<T>(), slot i at 128 + (i % capacity) * size
+//! the slots memfd, sealed (written by the Sender only):
+//!   0    slots          capacity x size_of::<T>(), slot i at (i % capacity) * size
 //! the control memfd, sealed (written by the Receiver only):
 //!   0    magic: u64 "MFDTRNG1" | 8 version: u32 | 12 size_of::<T>: u32
 //!   16   align_of::<T>: u32 | 20 capacity: u32 (a power of two) | 24 type tag: u64
 //!   128  tail: u64      messages consumed (wrapping count)
 //! ```
+//!
+//! The slots sit outside the tripwire: the head store that publishes them is
+//! all the Receiver needs to see, so on the backends that trap stores
+//! (`Kernel`, `Userfault`) a re-arm costs the Sender at most one trapped
+//! store, not one per slot page written (layout version 1 had the slots in
+//! the wire, and a busy ring re-armed itself into a fault per page).
 
 use crate::{Error, Region};
 
 pub(crate) const HEAD: usize = 0;
 pub(crate) const STATE: usize = 8;
-pub(crate) const SLOTS: usize = 128;
 pub(crate) const TAIL: usize = 128;
 pub(crate) const CONTROL_LEN: usize = 4096;
 
@@ -24,7 +30,7 @@ pub(crate) const STATE_CLOSED: u32 = 1 << 0;
 pub(crate) const STATE_WAITING: u32 = super::protocol::WAITING;
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MFDTRNG1");
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// The largest capacity accepted (keeps every offset far from overflow).
 pub(crate) const MAX_CAPACITY: u32 = 1 << 24;
 
@@ -47,10 +53,24 @@ impl Header {
         }
     }
 
-    /// Bytes of the tripwire region this ring needs (page-rounded).
+    /// Bytes of the tripwire region: the head and the state.
     pub(crate) fn region_len(&self) -> usize {
-        let len = SLOTS + self.capacity as usize * self.size as usize;
-        len.div_ceil(4096) * 4096
+        4096
+    }
+
+    /// Bytes of the slots memfd (page-rounded).
+    pub(crate) fn slots_len(&self) -> usize {
+        (self.capacity as usize * self.size as usize).div_ceil(4096) * 4096
+    }
+
+    /// Where in the slots memfd the message with (wrapping) index `i` lives.
+    pub(crate) fn slot_offset(&self, i: u64) -> usize {
+        (i & u64::from(self.capacity - 1)) as usize * self.size as usize
+    }
+
+    /// How many slots follow index `i`'s before the ring wraps.
+    pub(crate) fn slots_to_end(&self, i: u64) -> usize {
+        (self.capacity - (i & u64::from(self.capacity - 1)) as u32) as usize
     }
 
     pub(crate) fn write(&self, control: &Region) -> Result<(), Error> {

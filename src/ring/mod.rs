@@ -6,15 +6,19 @@
 //!
 //! # How it works
 //!
-//! The Sender writes messages into slots of the tripwire's memory and then
-//! the head index; the Receiver's tail index lives in a separate sealed
-//! memfd, so neither side ever writes what the other writes, and the
-//! Receiver's writes never trip its own wire. The Receiver busy-polls the
-//! head for a short budget ([`Builder::spin`]) before it re-arms the wire
-//! and sleeps, like NAPI: under load the wire stays tripped, so the Sender
-//! neither faults (`Kernel`, `Userfault`) nor rings (`Doorbell`; the ring
-//! calls `notify()` itself). A full ring makes the Sender wait on an eventfd
-//! the Receiver rings when it frees space, never spin forever or drop.
+//! The Sender writes messages into the slots (a sealed memfd) and then the
+//! head index, in the tripwire's memory: only that store needs to trip the
+//! wire, so a re-arm costs a Sender on `Kernel` or `Userfault` at most one
+//! trapped store, however many slot pages it writes. The Receiver's tail
+//! index lives in a third sealed memfd, so neither side ever writes what the
+//! other writes, and the Receiver's writes never trip its own wire.
+//!
+//! The Receiver busy-polls the head for a short budget ([`Builder::spin`])
+//! before it re-arms the wire and sleeps, like NAPI: under load the wire
+//! stays tripped, so the Sender neither faults (`Kernel`, `Userfault`) nor
+//! rings (`Doorbell`; the ring calls `notify()` itself). A full ring makes
+//! a blocking Sender poll the tail for 5 µs, then wait on an eventfd the
+//! Receiver rings when it frees space: it never spins forever or drops.
 //!
 //! # A peer you do not trust
 //!

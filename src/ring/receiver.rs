@@ -22,8 +22,9 @@ use crate::{BackendKind, Error, Region, blocking};
 ///
 /// Receive with [`recv`](Receiver::recv) (async, cancel safe),
 /// [`blocking_recv`](Receiver::blocking_recv), [`try_recv`](Receiver::try_recv),
-/// [`recv_many`](Receiver::recv_many), or as a [`Stream`](futures_core::Stream)
-/// (feature `tokio`).
+/// or as a [`Stream`](futures_core::Stream) (feature `tokio`); in batches,
+/// one copy per contiguous run of slots, with [`recv_many`](Receiver::recv_many)
+/// and [`blocking_recv_many`](Receiver::blocking_recv_many).
 ///
 /// ```
 /// # fn main() -> Result<(), memfd_tripwire::Error> {
@@ -37,6 +38,8 @@ pub struct Receiver<T> {
     pub(super) region: Region,
     pub(super) control: Region,
     control_fd: OwnedFd,
+    slots: Region,
+    slots_fd: OwnedFd,
     space: OwnedFd,
     header: Header,
     pub(super) tail: u64,
@@ -128,6 +131,11 @@ impl<T: Pod> Receiver<T> {
                 .map_err(|e| Error::io("mmap of the ring's control memory", e))?,
         );
         header.write(&control)?;
+        let slots_fd = memfd::create_sealed("memfd-tripwire-ring-slots", header.slots_len())?;
+        let slots = Region::new(
+            Mapping::map_shared(slots_fd.as_fd(), header.slots_len())
+                .map_err(|e| Error::io("mmap of the ring's slots", e))?,
+        );
         let space = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| Error::io("eventfd", e))?;
         Ok(Receiver {
@@ -135,6 +143,8 @@ impl<T: Pod> Receiver<T> {
             region,
             control,
             control_fd,
+            slots,
+            slots_fd,
             space,
             header,
             tail: 0,
@@ -166,7 +176,11 @@ impl<T: Pod> Receiver<T> {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
-        let fds = [self.control_fd.as_fd(), self.space.as_fd()];
+        let fds = [
+            self.control_fd.as_fd(),
+            self.space.as_fd(),
+            self.slots_fd.as_fd(),
+        ];
         self.tw.get_mut().share_then(peer, |sock| {
             crate::handoff::offer_extra(sock, crate::handoff::RING_MAGIC, &fds)
         })
@@ -219,36 +233,71 @@ impl<T: Pod> Receiver<T> {
         self.region.atomic_u32(layout::STATE)
     }
 
-    /// Takes the next published message, if any (no waiting, no ACK).
-    ///
-    /// The Sender's head is re-read (and validated) only once the messages
-    /// known to be published are used up, so a burst costs one read of the
-    /// Sender's cache line, not one per message.
-    fn pop(&mut self) -> Result<Option<T>, Error> {
+    /// How many published messages are ready to take. The Sender's head is
+    /// re-read (and validated) only once the messages known to be published
+    /// are used up, so a burst costs one read of the Sender's cache line,
+    /// not one per message.
+    fn ready(&mut self) -> Result<usize, Error> {
         if self.tail == self.known_head {
             let head = protocol::load_head(self.head()?);
             layout::available(head, self.tail, self.header.capacity)?;
             self.known_head = head;
             if head == self.tail {
-                return Ok(None);
+                return Ok(0);
             }
-            // A Sender waiting for space is woken after this message, not a
+            // A Sender waiting for space is woken after this run, not a
             // batch later (its flag shares the head's cache line, just read).
             self.sender_waiting =
                 self.state()?.load(Ordering::Relaxed) & layout::STATE_WAITING != 0;
         }
-        let slot = (self.tail & u64::from(self.header.capacity - 1)) as usize;
-        let value: T = self
-            .region
-            .read(layout::SLOTS + slot * self.header.size as usize)?;
-        self.tail = self.tail.wrapping_add(1);
-        self.stats.received += 1;
-        // Publish in batches of a quarter ring; going idle always publishes
-        // (see `idle`), so a Sender that starts waiting later is still woken.
+        Ok(self.known_head.wrapping_sub(self.tail) as usize)
+    }
+
+    /// Marks `n` messages taken. The tail is published in batches of a
+    /// quarter ring; going idle always publishes (see `idle`), so a Sender
+    /// that starts waiting later is still woken.
+    fn taken(&mut self, n: usize) -> Result<(), Error> {
+        self.tail = self.tail.wrapping_add(n as u64);
+        self.stats.received += n as u64;
         if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
             self.publish_tail()?;
         }
+        Ok(())
+    }
+
+    /// Takes the next published message, if any (no waiting, no ACK).
+    fn pop(&mut self) -> Result<Option<T>, Error> {
+        if self.ready()? == 0 {
+            return Ok(None);
+        }
+        let value: T = self.slots.read(self.header.slot_offset(self.tail))?;
+        self.taken(1)?;
         Ok(Some(value))
+    }
+
+    /// Appends up to `limit` published messages to `buf`, one bounds-checked
+    /// copy per contiguous run of slots (no waiting, no ACK). Returns how
+    /// many.
+    pub(super) fn pop_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < limit {
+            let ready = self.ready()?;
+            if ready == 0 {
+                break;
+            }
+            let run = ready
+                .min(self.header.slots_to_end(self.tail))
+                .min(limit - n);
+            let old = buf.len();
+            buf.resize(old + run, T::zeroed());
+            self.slots.read_bytes(
+                self.header.slot_offset(self.tail),
+                bytemuck::cast_slice_mut(&mut buf[old..]),
+            )?;
+            self.taken(run)?;
+            n += run;
+        }
+        Ok(n)
     }
 
     /// Publishes the tail; rings the Sender if it waits for space.
@@ -385,6 +434,41 @@ impl<T: Pod> Receiver<T> {
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
         }
     }
+
+    /// Waits for at least one message, blocking the thread, then appends up
+    /// to `limit` (at least one) to `buf` without waiting further. Returns
+    /// how many; 0 means the Sender closed and everything was received.
+    ///
+    /// The batched [`blocking_recv`](Receiver::blocking_recv): one copy per
+    /// contiguous run of slots instead of one per message.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_recv`](Receiver::blocking_recv); messages already
+    /// appended stay in `buf`.
+    ///
+    /// ```no_run
+    /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// let mut buf = Vec::with_capacity(256);
+    /// while rx.blocking_recv_many(&mut buf, 256)? > 0 {
+    ///     buf.clear();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        let limit = limit.max(1);
+        if !self.done {
+            let n = self.pop_many(buf, limit)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        let Some(first) = self.blocking_recv()? else {
+            return Ok(0);
+        };
+        buf.push(first);
+        Ok(1 + self.pop_many(buf, limit - 1)?)
+    }
 }
 
 #[cfg(feature = "tokio")]
@@ -516,17 +600,7 @@ mod r#async {
                 return Ok(0);
             };
             buf.push(first);
-            let mut n = 1;
-            while n < limit.max(1) {
-                match self.pop()? {
-                    Some(v) => {
-                        buf.push(v);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            Ok(n)
+            Ok(1 + self.pop_many(buf, limit.max(1) - 1)?)
         }
     }
 

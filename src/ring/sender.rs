@@ -17,6 +17,10 @@ use crate::handoff::{RING_MAGIC, receive_extra, reply_extra};
 use crate::sys::Mapping;
 use crate::{Error, Producer, Region};
 
+/// How long a blocking Sender that finds the ring full polls for space
+/// before it sleeps.
+const SPACE_SPIN: std::time::Duration = std::time::Duration::from_micros(5);
+
 /// The producing end of a ring, in the process that received it.
 ///
 /// ```no_run
@@ -30,6 +34,7 @@ pub struct Sender<T> {
     producer: Producer,
     region: Region,
     control: Region,
+    slots: Region,
     space: OwnedFd,
     sock: UnixStream,
     header: Header,
@@ -72,7 +77,7 @@ impl<T: Pod> Sender<T> {
             .ok_or_else(|| Error::handshake("no handshake socket"))?
             .try_clone()
             .map_err(|e| Error::io("dup of the handshake socket", e))?;
-        let fds = receive_extra(&peer, RING_MAGIC, 2)?;
+        let fds = receive_extra(&peer, RING_MAGIC, 3)?;
         let attached = Self::attach(producer, peer.try_clone(), fds, type_tag);
         let _ = reply_extra(&peer, attached.as_ref().map(|_| ()));
         let mut tx = attached?;
@@ -87,8 +92,11 @@ impl<T: Pod> Sender<T> {
         tag: u64,
     ) -> Result<Sender<T>, Error> {
         let mut fds = fds.into_iter();
-        let (Some(control_fd), Some(space)) = (fds.next(), fds.next()) else {
-            return Err(Error::handshake("the ring frame needs 2 fds"));
+        let (Some(control_fd), Some(space), Some(slots_fd)) = (fds.next(), fds.next(), fds.next())
+        else {
+            return Err(Error::handshake(
+                "the ring frame needs 3 fds: control memfd, space eventfd, slots memfd",
+            ));
         };
         memfd::check_sealed(
             control_fd.as_fd(),
@@ -110,6 +118,15 @@ impl<T: Pod> Sender<T> {
             });
         }
         let header = Header::check(&control, Header::of::<T>(0, tag))?;
+        memfd::check_sealed(
+            slots_fd.as_fd(),
+            header.slots_len(),
+            "the ring's slots memfd",
+        )?;
+        let slots = Region::new(
+            Mapping::map_shared(slots_fd.as_fd(), header.slots_len())
+                .map_err(|e| Error::io("mmap of the ring's slots", e))?,
+        );
         let region = producer.region().clone();
         if region.len() < header.region_len() {
             return Err(Error::LayoutMismatch {
@@ -129,6 +146,7 @@ impl<T: Pod> Sender<T> {
             producer,
             region,
             control,
+            slots,
             space,
             sock: sock.map_err(|e| Error::io("dup of the handshake socket", e))?,
             header,
@@ -183,12 +201,16 @@ impl<T: Pod> Sender<T> {
     /// and one `notify()`. Returns how many were written.
     fn write(&mut self, items: &[T], free: u64) -> Result<usize, Error> {
         let n = items.len().min(free as usize);
-        let mask = u64::from(self.header.capacity - 1);
-        for item in &items[..n] {
-            let slot = (self.head & mask) as usize;
-            self.region
-                .write(layout::SLOTS + slot * self.header.size as usize, item)?;
-            self.head = self.head.wrapping_add(1);
+        let mut done = 0;
+        // One bounds-checked copy per contiguous run of slots (at most two).
+        while done < n {
+            let run = (n - done).min(self.header.slots_to_end(self.head));
+            self.slots.write_bytes(
+                self.header.slot_offset(self.head),
+                bytemuck::cast_slice(&items[done..done + run]),
+            )?;
+            self.head = self.head.wrapping_add(run as u64);
+            done += run;
         }
         if n > 0 {
             protocol::publish_head(self.head_atomic()?, self.head);
@@ -257,10 +279,26 @@ impl<T: Pod> Sender<T> {
         Ok(())
     }
 
+    /// Free slots, polling the tail for up to [`SPACE_SPIN`] while there
+    /// are none: the Receiver polls the head likewise, and a sleep costs
+    /// both sides a wake-up.
+    fn spin_for_space(&mut self) -> Result<u64, Error> {
+        let start = std::time::Instant::now();
+        loop {
+            let free = self.free()?;
+            if free > 0 || start.elapsed() >= SPACE_SPIN {
+                return Ok(free);
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
     /// Blocks until a slot is free (or the Receiver is gone).
     fn blocking_reserve(&mut self) -> Result<u64, Error> {
         loop {
-            let free = self.free()?;
+            let free = self.spin_for_space()?;
             if free > 0 {
                 return Ok(free);
             }

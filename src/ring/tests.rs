@@ -88,19 +88,19 @@ fn each_header_mismatch_names_both_sides() {
     let cases: [(Vec<u8>, &str); 8] = [
         (header_bytes(good, 0x1234, layout::VERSION), "not a ring"),
         (
-            header_bytes(good, layout::MAGIC, 2),
-            "layout version: receiver 2, sender 1",
+            header_bytes(good, layout::MAGIC, 1),
+            "layout version: receiver 1, sender 2",
         ),
         (
-            header_bytes(Header { size: 8, ..good }, layout::MAGIC, 1),
+            header_bytes(Header { size: 8, ..good }, layout::MAGIC, layout::VERSION),
             "size_of::<T>(): receiver 8, sender 16",
         ),
         (
-            header_bytes(Header { align: 16, ..good }, layout::MAGIC, 1),
+            header_bytes(Header { align: 16, ..good }, layout::MAGIC, layout::VERSION),
             "align_of::<T>(): receiver 16, sender 8",
         ),
         (
-            header_bytes(Header { tag: 6, ..good }, layout::MAGIC, 1),
+            header_bytes(Header { tag: 6, ..good }, layout::MAGIC, layout::VERSION),
             "type tag: receiver 0x6, sender 0x5",
         ),
         (
@@ -110,7 +110,7 @@ fn each_header_mismatch_names_both_sides() {
                     ..good
                 },
                 layout::MAGIC,
-                1,
+                layout::VERSION,
             ),
             "capacity: 3 is not a power of two",
         ),
@@ -121,7 +121,7 @@ fn each_header_mismatch_names_both_sides() {
                     ..good
                 },
                 layout::MAGIC,
-                1,
+                layout::VERSION,
             ),
             "capacity: 0",
         ),
@@ -132,7 +132,7 @@ fn each_header_mismatch_names_both_sides() {
                     ..good
                 },
                 layout::MAGIC,
-                1,
+                layout::VERSION,
             ),
             "capacity: 1073741824",
         ),
@@ -146,7 +146,11 @@ fn each_header_mismatch_names_both_sides() {
         }
     }
     assert_eq!(
-        Header::check(&control_with(&header_bytes(good, layout::MAGIC, 1)), ours).unwrap(),
+        Header::check(
+            &control_with(&header_bytes(good, layout::MAGIC, layout::VERSION)),
+            ours
+        )
+        .unwrap(),
         good
     );
 }
@@ -181,5 +185,53 @@ proptest! {
             }
             prop_assert!(got <= 8);
         }
+        // The batched path, from the same state: at most a ring's worth.
+        rx.tail = tail;
+        rx.published = tail;
+        rx.known_head = tail;
+        let mut buf = Vec::new();
+        match rx.pop_many(&mut buf, 100) {
+            Ok(n) => prop_assert!(n <= 8 && buf.len() == n),
+            Err(Error::Corrupt { .. }) => prop_assert!(buf.len() <= 8),
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+    }
+
+    /// Batched sends and receives of any sizes, wrapping around a small
+    /// ring: every message arrives once, in order, whole.
+    #[test]
+    fn batches_of_any_size_arrive_in_order(
+        ops in proptest::collection::vec((0usize..20, 0usize..20), 1..64)
+    ) {
+        let (mut rx, mut tx) = pair(8);
+        let (mut sent, mut received) = (0u64, 0u64);
+        let mut buf = Vec::new();
+        for (sends, limit) in ops {
+            for _ in 0..sends {
+                match tx.try_send([sent, !sent]) {
+                    Ok(()) => sent += 1,
+                    Err(TrySendError::Full(_)) => break,
+                    Err(e) => prop_assert!(false, "send: {e}"),
+                }
+            }
+            if sent == received {
+                continue;
+            }
+            let n = rx.blocking_recv_many(&mut buf, limit).unwrap();
+            prop_assert_eq!(n, buf.len());
+            prop_assert!(n >= 1 && n <= limit.max(1));
+            for m in buf.drain(..) {
+                prop_assert_eq!(m, [received, !received]);
+                received += 1;
+            }
+        }
+        drop(tx);
+        while rx.blocking_recv_many(&mut buf, 3).unwrap() > 0 {
+            for m in buf.drain(..) {
+                prop_assert_eq!(m, [received, !received]);
+                received += 1;
+            }
+        }
+        prop_assert_eq!(received, sent);
     }
 }

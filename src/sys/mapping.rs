@@ -96,6 +96,7 @@ impl Mapping {
         Ok(())
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<(), AccessError> {
         let end = offset.checked_add(len);
         if end.is_none_or(|end| end > self.len) {
@@ -116,6 +117,7 @@ impl Mapping {
     ///
     /// A peer writing at the same time can make the copy torn (a mix of old
     /// and new bytes): callers treat the result as untrusted input.
+    #[inline]
     pub(crate) fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
         self.check(offset, dst.len(), 1)?;
         // SAFETY: `check` proved offset..offset+len lies inside the live
@@ -133,6 +135,7 @@ impl Mapping {
     }
 
     /// Copies `src` into the mapping at `offset`.
+    #[inline]
     pub(crate) fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
         self.check(offset, src.len(), 1)?;
         // SAFETY: bounds checked above; `src` is caller memory outside the
@@ -145,6 +148,7 @@ impl Mapping {
     }
 
     /// An atomic view of the naturally aligned `u32` at `offset`.
+    #[inline]
     pub(crate) fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, AccessError> {
         self.check(offset, 4, std::mem::align_of::<AtomicU32>())?;
         // SAFETY: in bounds and aligned (checked); the memory lives as long
@@ -154,6 +158,7 @@ impl Mapping {
     }
 
     /// An atomic view of the naturally aligned `u64` at `offset`.
+    #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, AccessError> {
         self.check(offset, 8, std::mem::align_of::<AtomicU64>())?;
         // SAFETY: as for `atomic_u32`, with 8-byte size and alignment.

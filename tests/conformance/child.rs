@@ -132,11 +132,12 @@ pub fn run(role: &str) -> ! {
             )
             .unwrap_or_else(|e| fail(&format!("child: ring connect: {e}")));
             let count = env_u64("COUNT");
-            let mut batch = Vec::with_capacity(64);
+            let size = std::env::var("BATCH").map_or(64, |_| env_u64("BATCH") as usize);
+            let mut batch = Vec::with_capacity(size);
             let mut i = 0;
             while i < count {
                 batch.clear();
-                while batch.len() < 64 && i < count {
+                while batch.len() < size && i < count {
                     batch.push(crate::scenarios::msg(i));
                     i += 1;
                 }

@@ -92,6 +92,11 @@ pub const ALL: &[Scenario] = &[
         ANY,
     ),
     (
+        "ring_batched_receive_in_order",
+        ring_batched_receive_in_order,
+        ANY,
+    ),
+    (
         "ring_full_ring_backpressure",
         ring_full_ring_backpressure,
         ANY,
@@ -920,6 +925,50 @@ fn ring_1e6_messages_in_order(ctx: &Ctx) -> Outcome {
     );
     ensure(received == COUNT, || {
         format!("received {received} of {COUNT} before the clean close")
+    })
+}
+
+/// `blocking_recv_many` and then tokio `recv_many`, with limits and send
+/// batches that divide neither each other nor the capacity, so runs wrap
+/// around the ring's end and the Sender often finds it full.
+fn ring_batched_receive_in_order(ctx: &Ctx) -> Outcome {
+    const COUNT: u64 = 300_000;
+    let mut rx = ring_rx(ctx, 64)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "ring_sender",
+        &[("COUNT", COUNT.to_string()), ("BATCH", "37".into())],
+        theirs.into(),
+        None,
+    )?;
+    rx.share(ours)?;
+    let mut next = 0u64;
+    let mut buf = Vec::with_capacity(50);
+    let check = |buf: &mut Vec<Msg>, n: usize, next: &mut u64| -> Outcome {
+        ensure(buf.len() == n && (1..=50).contains(&n), || {
+            format!("a batch of {n} with {} in the buffer", buf.len())
+        })?;
+        for m in buf.drain(..) {
+            ensure(m == msg(*next), || format!("message {next}: got {m:?}"))?;
+            *next += 1;
+        }
+        Ok(())
+    };
+    while next < COUNT / 2 {
+        let n = rx.blocking_recv_many(&mut buf, 50)?;
+        check(&mut buf, n, &mut next)?;
+    }
+    runtime()?.block_on(async {
+        loop {
+            match rx.recv_many(&mut buf, 50).await? {
+                0 => return Ok::<(), Failed>(()),
+                n => check(&mut buf, n, &mut next)?,
+            }
+        }
+    })?;
+    reap(child, "ring sender")?;
+    ensure(next == COUNT, || {
+        format!("received {next} of {COUNT} before the clean close")
     })
 }
 
