@@ -50,7 +50,7 @@
 //! `scripts/bench-doorbell` interleaves it with the C anchor.
 
 mod common;
-use common::{median_p99, pin};
+use common::{median_p99, now_ns, pin};
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -153,17 +153,6 @@ fn env_usize(name: &str, default: usize) -> Result<usize, BoxError> {
         Err(std::env::VarError::NotPresent) => Ok(default),
         Err(e) => Err(format!("{name}: {e}").into()),
     }
-}
-
-/// `CLOCK_MONOTONIC` in ns: comparable across processes (`Instant` is not).
-fn now_ns() -> u64 {
-    let mut ts = MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    // SAFETY: clock_gettime succeeded, so it filled `ts`.
-    let ts = unsafe { ts.assume_init() };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn write_eventfd(fd: BorrowedFd<'_>, value: u64) -> std::io::Result<()> {

@@ -1,5 +1,6 @@
-//! What the two-process benchmarks share: CPU pinning and the anchors'
-//! way of taking percentiles (`mod common;` in each bench).
+//! What the two-process benchmarks share: CPU pinning, a clock that both
+//! processes read alike, and the anchors' way of taking percentiles
+//! (`mod common;` in each bench).
 
 /// Pins the calling process (all its future threads too) to `cpu`.
 pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -10,6 +11,16 @@ pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut set = CpuSet::new();
     set.set(cpu);
     sched_setaffinity(None, &set).map_err(|e| format!("sched_setaffinity({cpu}): {e}").into())
+}
+
+/// `CLOCK_MONOTONIC` in ns (vDSO): one clock for every process, so a stamp
+/// taken in one can be compared with a reading in another (`Instant` reads
+/// the same clock but cannot be sent).
+#[allow(dead_code)] // not every bench measures across processes
+pub fn now_ns() -> u64 {
+    use rustix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Median and p99 as the anchor computes them: sorted `s[n/2]`, `s[n*0.99]`.
