@@ -103,6 +103,7 @@ impl Poller {
         let thread = std::thread::Builder::new()
             .name("memfd-tripwire-poll".into())
             .spawn(move || {
+                super::tighten_timer_slack(interval);
                 while !worker.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(interval);
                     // An eventfd write only fails if the fd is broken; the

@@ -401,6 +401,7 @@ impl UserfaultAsync {
             let thread = std::thread::Builder::new()
                 .name("memfd-tripwire-scan".into())
                 .spawn(move || {
+                    super::tighten_timer_slack(interval);
                     while !shared.stop.load(Ordering::Acquire) {
                         std::thread::park_timeout(interval);
                         if shared.stop.load(Ordering::Acquire) {
