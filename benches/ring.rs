@@ -73,7 +73,6 @@
 //! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256) |
 //! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs |
 //! | `N`, `RTT_N`, `RTT_WARMUP` | 2000000, 100000, 2000 | messages per tput run, timed and warm-up round trips |
-//! | `SLOW_N` | 200000 | messages per tput run on `Userfault` (and `UserfaultAsync`, `Kernel`) with spin 0, where every re-arm makes the Sender trap (minutes at `N`) |
 //! | `CAP` | 1024 | ring capacity (slots) |
 //! | `CONSUMER_CPU`, `PRODUCER_CPU` | 0, 1 | pinning |
 //!
@@ -310,7 +309,6 @@ fn parse_fields(line: &str) -> BTreeMap<String, String> {
 
 struct Knobs {
     n: u64,
-    slow_n: u64,
     rtt_n: usize,
     warmup: usize,
     cap: usize,
@@ -323,7 +321,6 @@ impl Knobs {
     fn from_env() -> Result<Knobs, BoxError> {
         let k = Knobs {
             n: env_num("N", 2_000_000)?,
-            slow_n: env_num("SLOW_N", 200_000)?,
             rtt_n: env_num("RTT_N", 100_000)?,
             warmup: env_num("RTT_WARMUP", 2_000)?,
             cap: env_num("CAP", 1024)?,
@@ -331,21 +328,10 @@ impl Knobs {
             consumer_cpu: env_num("CONSUMER_CPU", 0)?,
             producer_cpu: env_num("PRODUCER_CPU", 1)?,
         };
-        if k.n == 0 || k.slow_n == 0 || k.rtt_n == 0 || k.recv_batch == 0 {
-            return Err("N, SLOW_N, RTT_N and RECV_BATCH must be at least 1".into());
+        if k.n == 0 || k.rtt_n == 0 || k.recv_batch == 0 {
+            return Err("N, RTT_N and RECV_BATCH must be at least 1".into());
         }
         Ok(k)
-    }
-
-    /// Messages for a throughput case: `SLOW_N` where every re-arm makes
-    /// the Sender trap (a trapping backend that does not spin), else `N`.
-    fn n_for(&self, case: &Case) -> u64 {
-        let traps = matches!(case.backend, "userfault" | "userfault_async" | "kernel");
-        if traps && case.spin_us == 0 {
-            self.n.min(self.slow_n)
-        } else {
-            self.n
-        }
     }
 }
 
@@ -601,7 +587,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {
 }
 
 fn tput<T: Msg>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
-    let n = k.n_for(case);
+    let n = k.n;
     let mut rx = ring::<T>(k, case)?;
     let (ours, theirs) = UnixStream::pair()?;
     let (mut ctl, ctl_theirs) = UnixStream::pair()?;
@@ -767,7 +753,7 @@ fn produce<T: Msg>(
     sock: UnixStream,
     mut ctl: UnixStream,
 ) -> Result<(), BoxError> {
-    let n = k.n_for(case);
+    let n = k.n;
     let mut tx = Sender::<T>::connect(sock, T::TAG)?;
     let mut batch = Vec::with_capacity(match case.send {
         SendMode::Many(b) => b,
