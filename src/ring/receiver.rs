@@ -58,12 +58,10 @@ pub struct Receiver<T> {
 /// How a [`Receiver`] has waited so far: the cost it put on the Sender.
 ///
 /// Each re-arm lets the Sender's next `notify()` ring an eventfd
-/// (`Doorbell`: at most one doorbell per re-arm), or its next store to each
-/// page it writes fault (`Kernel`, `Userfault`: up to one fault per page
-/// written per re-arm). Under load the Receiver finds data while spinning
-/// and re-arms rarely; on `Userfault` a trapped store stalls the Sender for
-/// longer than a short spin, which can make the Receiver re-arm often (see
-/// BENCHMARKS.md).
+/// (`Doorbell`) or its next store to the head page fault (`Kernel`,
+/// `Userfault`; the slots are outside the wire): at most one doorbell or
+/// one fault per re-arm. Under load the Receiver finds data while spinning
+/// and re-arms rarely.
 ///
 /// ```
 /// # use memfd_tripwire::{Backend, ring::SharedRing};
