@@ -283,6 +283,7 @@ impl Producer {
     /// p.notify()?;
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn notify(&self) -> io::Result<()> {
         let Some(bell) = &self.doorbell else {
             return Ok(());
@@ -294,6 +295,12 @@ impl Producer {
         if !protocol::should_ring(armed) {
             return Ok(());
         }
+        self.ring(bell)
+    }
+
+    /// The slow half of `notify()`: the consumer is armed.
+    #[cold]
+    fn ring(&self, bell: &Bell) -> io::Result<()> {
         // Ring first: the check costs a syscall that should not delay the
         // wake-up, and ringing a dead consumer's eventfd is harmless.
         doorbell::ring_eventfd(bell.eventfd.as_fd())?;

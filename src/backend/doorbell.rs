@@ -43,12 +43,15 @@ pub(crate) mod protocol {
     }
 
     impl Flag for std::sync::atomic::AtomicU32 {
+        #[inline]
         fn store_flag(&self, armed: bool) {
             self.store(armed as u32, Relaxed)
         }
+        #[inline]
         fn swap_flag(&self, armed: bool) -> bool {
             self.swap(armed as u32, Relaxed) != 0
         }
+        #[inline]
         fn fence() {
             std::sync::atomic::fence(SeqCst)
         }
@@ -68,12 +71,14 @@ pub(crate) mod protocol {
     }
 
     /// Consumer side of an ACK: re-arm, then order later data reads after it.
+    #[inline]
     pub fn arm<F: Flag>(flag: &F) {
         flag.store_flag(true);
         F::fence();
     }
 
     /// Producer side of `notify()`: should the doorbell be rung?
+    #[inline]
     pub fn should_ring<F: Flag>(flag: &F) -> bool {
         F::fence();
         flag.swap_flag(false)

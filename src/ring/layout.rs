@@ -64,11 +64,13 @@ impl Header {
     }
 
     /// Where in the slots memfd the message with (wrapping) index `i` lives.
+    #[inline]
     pub(crate) fn slot_offset(&self, i: u64) -> usize {
         (i & u64::from(self.capacity - 1)) as usize * self.size as usize
     }
 
     /// How many slots follow index `i`'s before the ring wraps.
+    #[inline]
     pub(crate) fn slots_to_end(&self, i: u64) -> usize {
         (self.capacity - (i & u64::from(self.capacity - 1)) as u32) as usize
     }
@@ -143,6 +145,7 @@ pub(crate) fn check_capacity(capacity: u32) -> Result<(), String> {
 
 /// How many published messages `head` says there are after `tail`, or why
 /// that is impossible for a ring of `capacity`.
+#[inline]
 pub(crate) fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Error> {
     let n = head.wrapping_sub(tail);
     if n > u64::from(capacity) {

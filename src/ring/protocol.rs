@@ -35,20 +35,25 @@ pub trait State {
 macro_rules! atomics {
     ($u64:ty, $u32:ty, $fence:path) => {
         impl Index for $u64 {
+            #[inline]
             fn load(&self, order: std::sync::atomic::Ordering) -> u64 {
                 <$u64>::load(self, order)
             }
+            #[inline]
             fn store(&self, value: u64, order: std::sync::atomic::Ordering) {
                 <$u64>::store(self, value, order)
             }
         }
         impl State for $u32 {
+            #[inline]
             fn load(&self, order: std::sync::atomic::Ordering) -> u32 {
                 <$u32>::load(self, order)
             }
+            #[inline]
             fn fetch_or(&self, bits: u32, order: std::sync::atomic::Ordering) -> u32 {
                 <$u32>::fetch_or(self, bits, order)
             }
+            #[inline]
             fn fence() {
                 $fence(SeqCst)
             }
@@ -70,17 +75,20 @@ atomics!(
 
 /// Sender: makes the slots written so far visible to a Receiver that loads
 /// the head with [`load_head`].
+#[inline]
 pub fn publish_head<I: Index>(head: &I, value: u64) {
     head.store(value, Release);
 }
 
 /// Receiver: the published head; slots before it are then readable.
+#[inline]
 pub fn load_head<I: Index>(head: &I) -> u64 {
     head.load(Acquire)
 }
 
 /// Sender: announces that it waits for space; returns the tail to re-check
 /// before sleeping.
+#[inline]
 pub fn announce_wait<S: State, I: Index>(state: &S, tail: &I) -> u64 {
     state.fetch_or(WAITING, Relaxed);
     S::fence();
@@ -88,6 +96,7 @@ pub fn announce_wait<S: State, I: Index>(state: &S, tail: &I) -> u64 {
 }
 
 /// Receiver: publishes the tail; returns whether the Sender must be rung.
+#[inline]
 pub fn publish_tail<S: State, I: Index>(state: &S, tail: &I, value: u64) -> bool {
     tail.store(value, Release);
     S::fence();

@@ -202,6 +202,12 @@ impl<T: Pod> Sender<T> {
     fn write(&mut self, items: &[T], free: u64) -> Result<usize, Error> {
         let n = items.len().min(free as usize);
         let mut done = 0;
+        if let [one] = &items[..n] {
+            // A fixed-size copy (`send`, `blocking_send`, `try_send`).
+            self.slots.write(self.header.slot_offset(self.head), one)?;
+            self.head = self.head.wrapping_add(1);
+            done = 1;
+        }
         // One bounds-checked copy per contiguous run of slots (at most two).
         while done < n {
             let run = (n - done).min(self.header.slots_to_end(self.head));
