@@ -54,7 +54,7 @@ impl Builder {
     /// A store is seen within about one interval, plus the time the thread
     /// that checks takes to wake (its timer slack is set to a twentieth of
     /// the interval, 1 to 50 µs) and, for `UserfaultAsync`, the scan: on a
-    /// 2-vCPU VM a 50 µs interval gave a median of ~80–100 µs from store to
+    /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
     /// ```
