@@ -50,7 +50,7 @@
 //! `scripts/bench-doorbell` interleaves it with the C anchor.
 
 mod common;
-use common::{median_p99, now_ns, pin};
+use common::{env_num, median_p99, now_ns, pin};
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -135,23 +135,12 @@ impl Config {
     fn from_env() -> Result<Config, BoxError> {
         Ok(Config {
             mode: Mode::from_env()?,
-            iters: env_usize("ITERS", 20_000)?,
-            warmup: env_usize("WARMUP", 1_000)?,
-            consumer_cpu: env_usize("CONSUMER_CPU", 0)?,
-            producer_cpu: env_usize("PRODUCER_CPU", 1)?,
-            gap: Duration::from_micros(env_usize("GAP_US", 0)? as u64),
+            iters: env_num("ITERS", 20_000)?,
+            warmup: env_num("WARMUP", 1_000)?,
+            consumer_cpu: env_num("CONSUMER_CPU", 0)?,
+            producer_cpu: env_num("PRODUCER_CPU", 1)?,
+            gap: Duration::from_micros(env_num::<u64>("GAP_US", 0)?),
         })
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| format!("{name}={v:?}: {e}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(format!("{name}: {e}").into()),
     }
 }
 

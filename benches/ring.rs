@@ -79,7 +79,7 @@
 //! Run: `cargo bench --bench ring` (or the built binary).
 
 mod common;
-use common::{median_p99, pin};
+use common::{env_num, median_p99, pin};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -332,20 +332,6 @@ impl Knobs {
             return Err("N, RTT_N and RECV_BATCH must be at least 1".into());
         }
         Ok(k)
-    }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxError>
-where
-    T::Err: fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| format!("{name}={v:?}: {e}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(format!("{name}: {e}").into()),
     }
 }
 

@@ -152,7 +152,7 @@
 //! anchors (`uffd_wp`, `uffd_wp_async`).
 
 mod common;
-use common::{median_p99, now_ns, pin};
+use common::{env_num, median_p99, now_ns, pin};
 
 use std::io::{Read as _, Write as _};
 use std::ops::Range;
@@ -313,36 +313,25 @@ impl Config {
             async_ack: cases.contains(&"async_ack"),
             async_latency: cases.contains(&"async_latency"),
             mode,
-            iters: env_usize("ITERS", 20_000)?,
-            ack_iters: env_usize("ACK_ITERS", 5_000)?,
+            iters: env_num("ITERS", 20_000)?,
+            ack_iters: env_num("ACK_ITERS", 5_000)?,
             ack_pages: env_list("ACK_PAGES", "1 16 256 4096")?,
             ack_when: AckWhen::from_env()?,
-            settle: Duration::from_micros(env_usize("SETTLE_US", 50)? as u64),
-            warmup: env_usize("WARMUP", 1_000)?,
+            settle: Duration::from_micros(env_num::<u64>("SETTLE_US", 50)?),
+            warmup: env_num("WARMUP", 1_000)?,
             poll: env_list("POLL_US", "50 1000")?
                 .into_iter()
                 .map(|us| Duration::from_micros(us as u64))
                 .collect(),
             lat_modes: Mode::list_from_env("LAT_MODES", "wait tokio", &[Mode::Wait, Mode::Tokio])?,
-            lat_iters: env_usize("LAT_ITERS", 2_000)?,
-            consumer_cpu: env_usize("CONSUMER_CPU", 1)?,
-            producer_cpu: env_usize("PRODUCER_CPU", 0)?,
+            lat_iters: env_num("LAT_ITERS", 2_000)?,
+            consumer_cpu: env_num("CONSUMER_CPU", 1)?,
+            producer_cpu: env_num("PRODUCER_CPU", 0)?,
         };
         if cfg.iters == 0 || cfg.ack_iters == 0 || cfg.lat_iters == 0 {
             return Err("ITERS, ACK_ITERS and LAT_ITERS must be at least 1".into());
         }
         Ok(cfg)
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| format!("{name}={v:?}: {e}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(format!("{name}: {e}").into()),
     }
 }
 
@@ -809,13 +798,13 @@ fn run_acks(cfg: &Config, scan: Option<Duration>) -> Result<(), BoxError> {
 }
 
 fn producer() -> Result<(), BoxError> {
-    pin(env_usize("PRODUCER_CPU", 0)?)?;
-    let rotate = env_usize(ENV_ROTATE, 1)?.max(1);
-    let rounds = env_usize(ENV_ROUNDS, 0)?;
-    let skip = env_usize(ENV_SKIP, 0)?;
+    pin(env_num("PRODUCER_CPU", 0)?)?;
+    let rotate = env_num::<usize>(ENV_ROTATE, 1)?.max(1);
+    let rounds = env_num::<usize>(ENV_ROUNDS, 0)?;
+    let skip = env_num::<usize>(ENV_SKIP, 0)?;
     let name = std::env::var(ENV_NAME)?;
-    let busy = env_usize(ENV_BUSY, 0)? != 0;
-    let jitter = env_usize(ENV_JITTER, 0)? as u64;
+    let busy = env_num::<usize>(ENV_BUSY, 0)? != 0;
+    let jitter = env_num::<u64>(ENV_JITTER, 0)?;
     let mut rng = now_ns() | 1; // xorshift64 state: any odd seed
 
     let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;

@@ -1,6 +1,6 @@
 //! What the two-process benchmarks share: CPU pinning, a clock that both
-//! processes read alike, and the anchors' way of taking percentiles
-//! (`mod common;` in each bench).
+//! processes read alike, the anchors' way of taking percentiles, and the
+//! parsing of their numeric env knobs (`mod common;` in each bench).
 
 /// Pins the calling process (all its future threads too) to `cpu`.
 pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -30,4 +30,22 @@ pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
     let n = samples.len();
     let p99 = ((n as f64 * 0.99) as usize).min(n - 1);
     (samples[n / 2], samples[p99])
+}
+
+/// The number in env `name`, or `default` when it is not set.
+pub fn env_num<T: std::str::FromStr>(
+    name: &str,
+    default: T,
+) -> Result<T, Box<dyn std::error::Error>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name}={v:?}: {e}").into()),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(e) => Err(format!("{name}: {e}").into()),
+    }
 }
