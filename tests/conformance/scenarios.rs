@@ -443,7 +443,8 @@ fn cancelled_in_select_loses_nothing(ctx: &Ctx) -> Outcome {
         }
         Ok(())
     });
-    let last = runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let (last, tw) = rt.block_on(async move {
         let mut tw = Tripwire::new(tw)?;
         let mut last = 0;
         let mut cancelled = 0u32;
@@ -455,9 +456,13 @@ fn cancelled_in_select_loses_nothing(ctx: &Ctx) -> Outcome {
             }
         }
         eprintln!("  {}: {cancelled} changed() futures cancelled", ctx.kind);
-        Ok::<u64, libtest_mimic::Failed>(last)
+        Ok::<_, libtest_mimic::Failed>((last, tw))
     })?;
+    // The last value can be seen before the writer's notify() for it: keep
+    // the consumer end alive until the writer is done, or that notify() may
+    // find the consumer gone (as documented) and fail the writer.
     writer.join().map_err(|_| "writer panicked")??;
+    drop(tw);
     ensure(last == WRITES, || {
         format!("last value seen {last}, wrote {WRITES}")
     })
