@@ -50,7 +50,7 @@
 //! `scripts/bench-doorbell` interleaves it with the C anchor.
 
 mod common;
-use common::{env_num, median_p99, now_ns, pin};
+use common::{ROLE_ENV, env_num, median_p99, now_ns, pin};
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -64,25 +64,13 @@ use rustix::event::{EventfdFlags, epoll};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-const ROLE_ENV: &str = "MEMFD_TRIPWIRE_BENCH_ROLE";
 /// Offset of the producer's stamp in the region.
 const STAMP: usize = 0;
 
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
-    let result = if std::env::var_os(ROLE_ENV).is_some_and(|r| r == "producer") {
-        producer()
-    } else {
-        consumer()
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("doorbell_latency: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_role("doorbell_latency", producer, consumer)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -79,7 +79,7 @@
 //! Run: `cargo bench --bench ring` (or the built binary).
 
 mod common;
-use common::{env_num, median_p99, pin};
+use common::{ROLE_ENV, env_num, median_p99, pin};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,7 +92,6 @@ use std::time::{Duration, Instant};
 use memfd_tripwire::Backend;
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing};
 
-const ROLE_ENV: &str = "MEMFD_TRIPWIRE_BENCH_ROLE";
 const ROLE: &str = "ring-peer";
 const CASE_ENV: &str = "MEMFD_TRIPWIRE_RING_CASE";
 

@@ -152,7 +152,7 @@
 //! anchors (`uffd_wp`, `uffd_wp_async`).
 
 mod common;
-use common::{env_num, median_p99, now_ns, pin};
+use common::{ROLE_ENV, env_num, median_p99, now_ns, pin};
 
 use std::io::{Read as _, Write as _};
 use std::ops::Range;
@@ -164,7 +164,6 @@ use std::time::{Duration, Instant};
 
 use memfd_tripwire::{Backend, BackendKind, Producer, Region, Tripwire, blocking};
 
-const ROLE_ENV: &str = "MEMFD_TRIPWIRE_BENCH_ROLE";
 const PAGE: usize = 4096;
 /// The stall case: the anchor's region size and rotation.
 const STALL_REGION_PAGES: usize = 4096;
@@ -191,18 +190,7 @@ const ENV_JITTER: &str = "MEMFD_TRIPWIRE_BENCH_JITTER_NS";
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
-    let result = if std::env::var_os(ROLE_ENV).is_some_and(|r| r == "producer") {
-        producer()
-    } else {
-        consumer()
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("userfault bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_role("userfault bench", producer, consumer)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

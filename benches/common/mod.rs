@@ -1,6 +1,7 @@
 //! What the two-process benchmarks share: CPU pinning, a clock that both
-//! processes read alike, the anchors' way of taking percentiles, and the
-//! parsing of their numeric env knobs (`mod common;` in each bench).
+//! processes read alike, the anchors' way of taking percentiles, the
+//! parsing of their numeric env knobs, and the choice of role in the
+//! re-executed binary (`mod common;` in each bench).
 
 /// Pins the calling process (all its future threads too) to `cpu`.
 pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -47,5 +48,32 @@ where
             .map_err(|e| format!("{name}={v:?}: {e}").into()),
         Err(std::env::VarError::NotPresent) => Ok(default),
         Err(e) => Err(format!("{name}: {e}").into()),
+    }
+}
+
+/// The env that tells a re-executed bench binary which role it plays.
+pub const ROLE_ENV: &str = "MEMFD_TRIPWIRE_BENCH_ROLE";
+
+/// The `main` of a bench that re-executes itself as its producer (env
+/// [`ROLE_ENV`] `=producer`): runs the role's half and turns an
+/// error into a message and a failing exit status.
+#[allow(dead_code)] // the ring bench has roles of its own
+pub fn run_role(
+    name: &str,
+    producer: fn() -> Result<(), Box<dyn std::error::Error>>,
+    consumer: fn() -> Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    let role = std::env::var_os(ROLE_ENV);
+    let result = if role.is_some_and(|r| r == "producer") {
+        producer()
+    } else {
+        consumer()
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

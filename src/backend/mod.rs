@@ -327,12 +327,29 @@ fn unavailable_reason(e: Error) -> String {
     }
 }
 
-/// Makes the calling interval thread (a poller or scanner) wake close to its
-/// interval: Linux lets a sleep overrun by the thread's timer slack, 50 µs
-/// by default, which would more than double a 50 µs interval. The slack is
-/// a twentieth of the interval, between 1 µs and the default.
-fn tighten_timer_slack(interval: Duration) {
-    let ns = (interval / 20).as_nanos().clamp(1_000, 50_000) as u64;
-    // Best effort: a failure only keeps the default slack.
-    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns));
+/// Starts the thread of an interval backend (`Poll`'s poller,
+/// `UserfaultAsync`'s scanner): every `interval` it runs `step`, until
+/// `step` says stop (`false`) after an unpark.
+///
+/// Linux lets a sleep overrun by the thread's timer slack, 50 µs by default,
+/// which would more than double a 50 µs interval: the thread's slack is a
+/// twentieth of the interval, between 1 µs and the default.
+fn spawn_interval_thread(
+    name: &str,
+    interval: Duration,
+    mut step: impl FnMut() -> bool + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let ns = (interval / 20).as_nanos().clamp(1_000, 50_000) as u64;
+            // Best effort: a failure only keeps the default slack.
+            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns));
+            loop {
+                std::thread::park_timeout(interval);
+                if !step() {
+                    break;
+                }
+            }
+        })
 }

@@ -100,18 +100,16 @@ impl Poller {
         });
         shared.rearm();
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("memfd-tripwire-poll".into())
-            .spawn(move || {
-                super::tighten_timer_slack(interval);
-                while !worker.stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(interval);
-                    // An eventfd write only fails if the fd is broken; the
-                    // consumer then sees the error from its own read.
-                    let _ = worker.check();
-                }
-            })
-            .map_err(|e| Error::io("spawning the poller thread", e))?;
+        let thread = super::spawn_interval_thread("memfd-tripwire-poll", interval, move || {
+            if worker.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            // An eventfd write only fails if the fd is broken; the consumer
+            // then sees the error from its own read.
+            let _ = worker.check();
+            true
+        })
+        .map_err(|e| Error::io("spawning the poller thread", e))?;
         Ok((
             Poller {
                 memfd,

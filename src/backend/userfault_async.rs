@@ -398,19 +398,14 @@ impl UserfaultAsync {
         if self.thread.is_none() {
             let shared = self.shared.clone();
             let interval = self.interval;
-            let thread = std::thread::Builder::new()
-                .name("memfd-tripwire-scan".into())
-                .spawn(move || {
-                    super::tighten_timer_slack(interval);
-                    while !shared.stop.load(Ordering::Acquire) {
-                        std::thread::park_timeout(interval);
-                        if shared.stop.load(Ordering::Acquire) {
-                            break;
-                        }
-                        shared.poll();
-                    }
-                })
-                .map_err(|e| Error::io("spawning the scanner thread", e))?;
+            let thread = super::spawn_interval_thread("memfd-tripwire-scan", interval, move || {
+                if shared.stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                shared.poll();
+                true
+            })
+            .map_err(|e| Error::io("spawning the scanner thread", e))?;
             self.thread = Some(thread);
         }
         Ok(())
