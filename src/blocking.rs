@@ -57,10 +57,14 @@ impl Builder {
     /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
+    /// The interval must be at least 10 µs: [`create`](Builder::create)
+    /// refuses a shorter one (`InvalidInput`) rather than spin a thread.
+    ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
     /// # use std::time::Duration;
     /// let b = Tripwire::builder(64).backend(Backend::Poll).poll_interval(Duration::from_millis(5));
+    /// assert!(Tripwire::builder(64).backend(Backend::Poll).poll_interval(Duration::ZERO).create().is_err());
     /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.opts.poll_interval = interval;
@@ -89,7 +93,7 @@ impl Builder {
             wire,
             region,
             epoch: Epoch::ZERO,
-            peers: Peers::default(),
+            peers: Peers::new()?,
         })
     }
 }
@@ -317,7 +321,10 @@ impl Tripwire {
     /// assert_eq!(tw.wait_timeout(Duration::from_millis(10)).unwrap(), None);
     /// ```
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<Epoch>> {
-        let deadline = Instant::now() + timeout;
+        // A time-out too long to be an Instant (`Duration::MAX`) never ends.
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return self.wait().map(Some);
+        };
         loop {
             if let Some(e) = self.try_changed()? {
                 return Ok(Some(e));
@@ -339,10 +346,10 @@ impl Tripwire {
     pub(crate) fn block(&self, timeout: Option<Duration>) -> io::Result<()> {
         let wake = self.wire.wake_fd();
         let peers = self.peers.fd();
-        let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
-        if let Some(p) = &peers {
-            fds.push(PollFd::new(p, PollFlags::IN));
-        }
+        let mut fds = [
+            PollFd::new(&wake, PollFlags::IN),
+            PollFd::new(&peers, PollFlags::IN),
+        ];
         let ts = timeout.map(|d| Timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: d.subsec_nanos().into(),
@@ -400,13 +407,15 @@ impl Tripwire {
             self.region.len(),
             &self.wire.offer_fds(),
         )?;
-        self.wire.accept(extras.fds, extras.address)?;
+        self.wire.accept(extras.fds, extras.address, peer.as_fd())?;
         then(&peer)?;
         self.peers.add(peer)
     }
 
-    /// The fd that turns readable when a producer hangs up, once shared.
-    pub(crate) fn peers_fd(&self) -> Option<BorrowedFd<'_>> {
+    /// The fd that turns readable when a producer hangs up (an epoll set,
+    /// there from creation, so that registering it before `share` works).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn peers_fd(&self) -> BorrowedFd<'_> {
         self.peers.fd()
     }
 }
@@ -451,10 +460,7 @@ impl mio::event::Source for Tripwire {
         interests: mio::Interest,
     ) -> io::Result<()> {
         mio::unix::SourceFd(&self.as_raw_fd()).register(registry, token, interests)?;
-        if let Some(p) = self.peers.fd() {
-            mio::unix::SourceFd(&p.as_raw_fd()).register(registry, token, interests)?;
-        }
-        Ok(())
+        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).register(registry, token, interests)
     }
 
     fn reregister(
@@ -464,17 +470,11 @@ impl mio::event::Source for Tripwire {
         interests: mio::Interest,
     ) -> io::Result<()> {
         mio::unix::SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)?;
-        if let Some(p) = self.peers.fd() {
-            mio::unix::SourceFd(&p.as_raw_fd()).reregister(registry, token, interests)?;
-        }
-        Ok(())
+        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
         mio::unix::SourceFd(&self.as_raw_fd()).deregister(registry)?;
-        if let Some(p) = self.peers.fd() {
-            mio::unix::SourceFd(&p.as_raw_fd()).deregister(registry)?;
-        }
-        Ok(())
+        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).deregister(registry)
     }
 }

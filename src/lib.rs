@@ -41,7 +41,7 @@
 //! | [`Kernel`](Backend::Kernel) | every store through any mapping | nobody | a page fault per written page per ACK | the RFC kernel (syscall 472) |
 //! | [`Userfault`](Backend::Userfault) | every store through the producer's mapping, and which pages | the producer registers at handshake ([`Producer::connect`] does it) | a stalled store (~15–35 µs) per written page per ACK | Linux >= 5.19 |
 //! | [`UserfaultAsync`](Backend::UserfaultAsync) | as `Userfault`, within one interval | as `Userfault`, and it hands the consumer its `/proc/self/pagemap` (its memory layout) | a ~1 µs fault per written page per ACK, never a stall; a page-table scan per interval (default 1 ms) | Linux >= 6.7 |
-//! | [`Doorbell`](Backend::Doorbell) | stores followed by [`Producer::notify`] | the producer calls `notify()` | a fence per `notify()`; an eventfd write only when the consumer waits | every Linux |
+//! | [`Doorbell`](Backend::Doorbell) | stores followed by [`Producer::notify`] | the producer calls `notify()` | a fence per `notify()`; a one-byte socket send only when the consumer waits | every Linux |
 //! | [`Poll`](Backend::Poll) | any change of the bytes | nobody | a compare of the whole region per interval; latency up to one interval | every Linux |
 //!
 //! [`Backend::Auto`] picks `Kernel`, then `Userfault`, and otherwise fails with an error that
@@ -63,7 +63,7 @@
 //!   `mio::event::Source` with feature `mio`); [`Tripwire`] wraps it for
 //!   tokio (default feature `tokio`).
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod backend;
@@ -75,6 +75,8 @@ mod producer;
 mod region;
 pub mod ring;
 mod shared_memory;
+// The one module allowed `unsafe`: every OS object as a small safe type.
+#[allow(unsafe_code)]
 mod sys;
 #[cfg(feature = "tokio")]
 mod tokio;
@@ -125,25 +127,7 @@ impl Epoch {
     }
 }
 
-/// Sets the syscall number used for `memfd_tripwire(2)` (default: the RFC's
-/// 472, x86_64 and asm-generic). The number is provisional; this is for
-/// kernels that carry the patch under another number.
-///
-/// # Safety
-///
-/// On the running kernel, `nr` must be `memfd_tripwire`, or a system call
-/// that is harmless when called with the single argument `0`: creating a
-/// `Kernel` tripwire calls it that way. (What it returns is still checked
-/// before use.)
-///
-/// ```
-/// // The RFC's number: the default.
-/// unsafe { memfd_tripwire::set_kernel_syscall_number(472) };
-/// ```
-pub unsafe fn set_kernel_syscall_number(nr: i64) {
-    // SAFETY: forwarded: the caller upholds `set_syscall_number`'s contract.
-    unsafe { sys::tripwire::set_syscall_number(nr) }
-}
+pub use sys::tripwire::set_kernel_syscall_number;
 
 /// The Doorbell backend's armed-flag protocol and the ring's protocol,
 /// exported for the loom models in `tests/loom_*.rs`
@@ -156,4 +140,116 @@ pub mod __loom {
     pub mod ring {
         pub use crate::ring::protocol::*;
     }
+}
+
+/// The pure parsers of what a peer sends (the handshake's frames, a ring's
+/// header and indices), exported for the cargo-fuzz targets in `fuzz/`
+/// (`cargo fuzz` builds with `--cfg fuzzing`). Each returns what the crate
+/// itself would: the same checks, the same errors.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::{BackendKind, Error, handoff};
+
+    /// Bytes of an offer's header.
+    pub const OFFER_LEN: usize = handoff::OFFER_LEN;
+    /// Bytes of a reply's header (its message follows).
+    pub const REPLY_LEN: usize = handoff::REPLY_LEN;
+    /// Bytes of an extra frame (a ring's, after the handshake).
+    pub const EXTRA_LEN: usize = handoff::EXTRA_LEN;
+    /// The longest message a reply may announce.
+    pub const MAX_MESSAGE: usize = handoff::MAX_MESSAGE;
+    /// The magic of a ring's extra frame.
+    pub const RING_MAGIC: [u8; 8] = handoff::RING_MAGIC;
+
+    /// An offer's header that passed every check.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Offer {
+        /// The backend offered.
+        pub kind: BackendKind,
+        /// The region's length (at least 1).
+        pub len: usize,
+    }
+
+    /// A reply's header that passed every check.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Reply {
+        /// 0 ok, 1 error (others are refused by [`reply_verdict`]).
+        pub status: u16,
+        /// Bytes of message that follow (at most [`MAX_MESSAGE`]).
+        pub msg_len: usize,
+        /// The producer's mapping of the region (Userfault), else 0.
+        pub address: u64,
+    }
+
+    /// The fds an offer for `kind` carries.
+    pub fn offer_fds(kind: BackendKind) -> usize {
+        handoff::offer_fds(kind)
+    }
+
+    /// Checks an offer's header that arrived with `fds` fds.
+    pub fn parse_offer(frame: &[u8; OFFER_LEN], fds: usize) -> Result<Offer, Error> {
+        handoff::parse_offer(frame, fds).map(|h| Offer {
+            kind: h.kind,
+            len: h.len,
+        })
+    }
+
+    /// The offer's header a consumer sends.
+    pub fn encode_offer(kind: BackendKind, len: usize, fds: usize) -> [u8; OFFER_LEN] {
+        handoff::encode_offer(kind, len, fds)
+    }
+
+    /// Checks a reply's header.
+    pub fn parse_reply(hdr: &[u8; REPLY_LEN]) -> Result<Reply, Error> {
+        handoff::parse_reply(hdr).map(|h| Reply {
+            status: h.status,
+            msg_len: h.msg_len,
+            address: h.address,
+        })
+    }
+
+    /// The reply's header a producer sends.
+    pub fn encode_reply(status: u16, msg_len: usize, address: u64) -> [u8; REPLY_LEN] {
+        handoff::encode_reply(status, msg_len, address)
+    }
+
+    /// What a reply's status and message say.
+    pub fn reply_verdict(status: u16, msg: &[u8]) -> Result<(), Error> {
+        handoff::reply_verdict(status, msg)
+    }
+
+    /// Checks an extra frame that arrived with `fds` fds where `magic` and
+    /// exactly `want` fds are expected.
+    pub fn parse_extra(
+        frame: &[u8; EXTRA_LEN],
+        magic: [u8; 8],
+        fds: usize,
+        want: usize,
+    ) -> Result<(), Error> {
+        handoff::parse_extra(frame, magic, fds, want)
+    }
+
+    /// The extra frame a consumer sends.
+    pub fn encode_extra(magic: [u8; 8], fds: usize) -> [u8; EXTRA_LEN] {
+        handoff::encode_extra(magic, fds)
+    }
+
+    /// A ring's fixed facts, as its header names them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RingHeader {
+        /// `size_of::<T>()`.
+        pub size: u32,
+        /// `align_of::<T>()`.
+        pub align: u32,
+        /// Slots: a power of two, at most `Ring::MAX_CAPACITY`.
+        pub capacity: u32,
+        /// The caller's type tag.
+        pub tag: u64,
+    }
+
+    /// A ring's checks of its peer's header and indices (implemented next
+    /// to them, in `src/ring/layout.rs`, a module private to `ring`).
+    #[derive(Debug)]
+    pub struct Ring;
 }

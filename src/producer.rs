@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
 use crate::backend::{kernel, memfd, userfault, userfault_async};
 use crate::handoff::Extras;
-use crate::sys::Mapping;
+use crate::sys::{self, Mapping};
 use crate::{BackendKind, Error, Region};
 
 /// The producer's end of a tripwire: its memory, and `notify()`.
@@ -47,14 +47,14 @@ use crate::{BackendKind, Error, Region};
 pub struct Producer {
     kind: BackendKind,
     region: Region,
-    doorbell: Option<Bell>,
+    doorbell: Option<Doorbell>,
     peer: Option<UnixStream>,
 }
 
 /// What a Doorbell producer rings.
-struct Bell {
+struct Doorbell {
     control: Mapping,
-    eventfd: OwnedFd,
+    bell: sys::Bell,
 }
 
 impl fmt::Debug for Producer {
@@ -169,7 +169,7 @@ impl Producer {
     pub fn is_closed(&self) -> bool {
         self.peer
             .as_ref()
-            .is_some_and(|p| kernel::is_readable(p.as_fd()).unwrap_or(true))
+            .is_some_and(|p| sys::bell::hung_up(p.as_fd()).unwrap_or(true))
     }
 
     /// The handshake socket (for layers on top that exchange more frames).
@@ -221,13 +221,13 @@ impl Producer {
             }
             BackendKind::Doorbell => {
                 let region = map_memfd(&next(), len)?;
-                let eventfd = next();
-                check_link(&eventfd, "anon_inode:[eventfd]", "the doorbell")?;
+                let bell = sys::Bell::from_peer(next())
+                    .map_err(|why| Error::handshake(format!("the doorbell fd: {why}")))?;
                 let control_fd = next();
                 memfd::check_sealed(control_fd.as_fd(), CONTROL_LEN, "the control memfd")?;
                 let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
                     .map_err(|e| Error::io("mmap of the control page", e))?;
-                (region, Some(Bell { control, eventfd }))
+                (region, Some(Doorbell { control, bell }))
             }
         };
         let producer = Producer {
@@ -265,7 +265,7 @@ impl Producer {
 
     /// Tells the consumer that the region changed. Call it after writing.
     ///
-    /// On `Doorbell` it costs a fence and an atomic swap, plus an eventfd
+    /// On `Doorbell` it costs a fence and an atomic swap, plus a one-byte non-blocking socket send
     /// write when the consumer is waiting for one. On every other backend it
     /// does nothing (the writes themselves are seen).
     ///
@@ -300,16 +300,13 @@ impl Producer {
 
     /// The slow half of `notify()`: the consumer is armed.
     #[cold]
-    fn ring(&self, bell: &Bell) -> io::Result<()> {
-        // Ring first: the check costs a syscall that should not delay the
-        // wake-up, and ringing a dead consumer's eventfd is harmless.
-        doorbell::ring_eventfd(bell.eventfd.as_fd())?;
-        if let Some(peer) = &self.peer
-            && kernel::is_readable(peer.as_fd())?
-        {
-            return Err(crate::error::peer_gone());
-        }
-        Ok(())
+    fn ring(&self, doorbell: &Doorbell) -> io::Result<()> {
+        // Never blocks (see `sys::bell`); `BrokenPipe` once the consumer's
+        // end is closed: the consumer is gone.
+        doorbell.bell.ring().map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
+            _ => e,
+        })
     }
 }
 
@@ -318,10 +315,4 @@ fn map_memfd(fd: &OwnedFd, len: usize) -> Result<Region, Error> {
     let map =
         Mapping::map_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap of the region", e))?;
     Ok(Region::new(map))
-}
-
-fn check_link(fd: &OwnedFd, want: &str, what: &str) -> Result<(), Error> {
-    use std::os::fd::AsRawFd;
-    crate::sys::tripwire::check_fd_link(fd.as_raw_fd(), want)
-        .map_err(|why| Error::handshake(format!("{what} fd: {why}")))
 }

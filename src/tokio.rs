@@ -35,14 +35,17 @@ use crate::{BackendKind, Epoch, Region, blocking};
 /// # Ok(()) }
 /// ```
 pub struct Tripwire {
-    inner: AsyncFd<blocking::Tripwire>,
-    peers: Option<AsyncFd<OwnedFd>>,
+    inner: blocking::Tripwire,
+    /// Registrations of duplicates of the wake-up fd and of the peer set's
+    /// fd: each owns what it watches.
+    wake: AsyncFd<OwnedFd>,
+    peers: AsyncFd<OwnedFd>,
 }
 
 impl fmt::Debug for Tripwire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tripwire")
-            .field("inner", self.inner.get_ref())
+            .field("inner", &self.inner)
             .finish()
     }
 }
@@ -71,12 +74,13 @@ impl Tripwire {
                  code or inside Runtime::enter",
             ));
         }
-        let peers = match tripwire.peers_fd() {
-            Some(fd) => Some(reactor::register_owned(fd.try_clone_to_owned()?)?),
-            None => None,
-        };
-        let inner = reactor::register_tripwire(tripwire)?;
-        Ok(Tripwire { inner, peers })
+        let wake = reactor::register_owned(tripwire.as_fd().try_clone_to_owned()?)?;
+        let peers = reactor::register_owned(tripwire.peers_fd().try_clone_to_owned()?)?;
+        Ok(Tripwire {
+            inner: tripwire,
+            wake,
+            peers,
+        })
     }
 
     /// Waits until the wire trips, ACKs it, and returns the new epoch.
@@ -176,17 +180,15 @@ impl Tripwire {
         mut take: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<Epoch>>,
     ) -> Poll<io::Result<Epoch>> {
         loop {
-            if let Some(epoch) = take(self.inner.get_mut())? {
+            if let Some(epoch) = take(&mut self.inner)? {
                 return Poll::Ready(Ok(epoch));
             }
             // Not tripped: sleep on readiness, then look at the level again.
-            if let Poll::Ready(guard) = self.inner.poll_read_ready(cx) {
+            if let Poll::Ready(guard) = self.wake.poll_read_ready(cx) {
                 guard?.clear_ready();
                 continue;
             }
-            if let Some(peers) = &self.peers
-                && let Poll::Ready(guard) = peers.poll_read_ready(cx)
-            {
+            if let Poll::Ready(guard) = self.peers.poll_read_ready(cx) {
                 guard?.clear_ready();
                 continue;
             }
@@ -196,20 +198,18 @@ impl Tripwire {
 
     /// The blocking tripwire inside (still registered).
     pub(crate) fn get_mut(&mut self) -> &mut blocking::Tripwire {
-        self.inner.get_mut()
+        &mut self.inner
     }
 
     /// Ready once the wake-up fd or a peer socket signalled since the last
     /// call; clears that readiness. Says nothing of the wire's level.
     pub(crate) fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut ready = false;
-        if let Poll::Ready(guard) = self.inner.poll_read_ready(cx) {
+        if let Poll::Ready(guard) = self.wake.poll_read_ready(cx) {
             guard?.clear_ready();
             ready = true;
         }
-        if let Some(peers) = &self.peers
-            && let Poll::Ready(guard) = peers.poll_read_ready(cx)
-        {
+        if let Poll::Ready(guard) = self.peers.poll_read_ready(cx) {
             guard?.clear_ready();
             ready = true;
         }
@@ -252,7 +252,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn into_inner(self) -> blocking::Tripwire {
-        self.inner.into_inner()
+        self.inner
     }
 
     /// The backend in use.
@@ -266,7 +266,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn backend(&self) -> BackendKind {
-        self.inner.get_ref().backend()
+        self.inner.backend()
     }
 
     /// The shared memory, as mapped in this process.
@@ -280,20 +280,20 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn region(&self) -> &Region {
-        self.inner.get_ref().region()
+        self.inner.region()
     }
 }
 
 impl AsFd for Tripwire {
     /// The wake-up fd.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.get_ref().as_fd()
+        self.inner.as_fd()
     }
 }
 
 impl AsRawFd for Tripwire {
     fn as_raw_fd(&self) -> RawFd {
-        self.inner.get_ref().as_raw_fd()
+        self.inner.as_raw_fd()
     }
 }
 

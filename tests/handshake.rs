@@ -33,7 +33,8 @@ use rustix::net::{
 
 const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
 const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
-const VERSION: u16 = 1;
+/// 2 since the Doorbell offer's second fd became a unix socket end.
+const VERSION: u16 = 2;
 const OFFER_LEN: usize = 24;
 const REPLY_LEN: usize = 24;
 const MAX_MESSAGE: usize = 4096;
@@ -360,20 +361,27 @@ fn offer_with_wrong_magic() {
 fn offer_with_wrong_version() {
     watchdog(false, || {
         let memfd = sealed_memfd("hostile-version", LEN);
-        producer_case(
-            |s| {
-                send(
-                    s,
-                    &offer_frame(OFFER_MAGIC, 2, POLL, 1, LEN),
-                    &[memfd.as_fd()],
-                )
-            },
-            &["version 2", "this side 1"],
-            // The magic says it is our handshake: a v1 reply tells the
-            // consumer about the mismatch.
-            true,
-            None,
-        );
+        // An older release (version 1: the Doorbell offer carried an
+        // eventfd) and a newer one.
+        for theirs in [VERSION - 1, VERSION + 1] {
+            producer_case(
+                |s| {
+                    send(
+                        s,
+                        &offer_frame(OFFER_MAGIC, theirs, POLL, 1, LEN),
+                        &[memfd.as_fd()],
+                    )
+                },
+                &[
+                    &format!("version {theirs}"),
+                    &format!("this side {VERSION}"),
+                ],
+                // The magic says it is our handshake: a reply of this
+                // side's version tells the consumer about the mismatch.
+                true,
+                None,
+            );
+        }
     });
 }
 
@@ -624,24 +632,65 @@ fn consumer_hangs_up_before_sending_anything() {
 }
 
 #[test]
-fn doorbell_offer_with_a_memfd_in_the_eventfd_slot() {
+fn doorbell_offer_with_a_memfd_in_the_bell_slot() {
     watchdog(false, || {
         let region = sealed_memfd("hostile-bell-region", LEN);
-        let not_eventfd = sealed_memfd("hostile-bell-fake", LEN);
+        let not_a_bell = sealed_memfd("hostile-bell-fake", LEN);
         let control = sealed_memfd("hostile-bell-control", CONTROL_LEN);
         producer_case(
             |s| {
                 send(
                     s,
                     &offer_frame(OFFER_MAGIC, VERSION, DOORBELL, 3, LEN),
-                    &[region.as_fd(), not_eventfd.as_fd(), control.as_fd()],
+                    &[region.as_fd(), not_a_bell.as_fd(), control.as_fd()],
                 )
             },
-            &[
-                "doorbell",
-                "hostile-bell-fake",
-                "not `anon_inode:[eventfd]`",
-            ],
+            &["doorbell fd", "not a socket"],
+            true,
+            None,
+        );
+    });
+}
+
+/// The bell of handshake version 1 was an eventfd, one open file
+/// description shared by both sides: a peer could clear its `O_NONBLOCK` or
+/// drain or fill its counter and make the other side block. It is refused.
+#[test]
+fn doorbell_offer_with_an_eventfd_as_the_bell() {
+    watchdog(false, || {
+        let region = sealed_memfd("hostile-efd-region", LEN);
+        let bell = eventfd(0, EventfdFlags::CLOEXEC).expect("eventfd");
+        let control = sealed_memfd("hostile-efd-control", CONTROL_LEN);
+        producer_case(
+            |s| {
+                send(
+                    s,
+                    &offer_frame(OFFER_MAGIC, VERSION, DOORBELL, 3, LEN),
+                    &[region.as_fd(), bell.as_fd(), control.as_fd()],
+                )
+            },
+            &["doorbell fd", "not a socket"],
+            true,
+            None,
+        );
+    });
+}
+
+#[test]
+fn doorbell_offer_with_a_datagram_socket_as_the_bell() {
+    watchdog(false, || {
+        let region = sealed_memfd("hostile-dgram-region", LEN);
+        let (bell, _other) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+        let control = sealed_memfd("hostile-dgram-control", CONTROL_LEN);
+        producer_case(
+            |s| {
+                send(
+                    s,
+                    &offer_frame(OFFER_MAGIC, VERSION, DOORBELL, 3, LEN),
+                    &[region.as_fd(), bell.as_fd(), control.as_fd()],
+                )
+            },
+            &["doorbell fd", "not a unix stream socket"],
             true,
             None,
         );
@@ -652,7 +701,7 @@ fn doorbell_offer_with_a_memfd_in_the_eventfd_slot() {
 fn doorbell_offer_with_a_short_control_memfd() {
     watchdog(false, || {
         let region = sealed_memfd("hostile-ctl-region", LEN);
-        let bell = eventfd(0, EventfdFlags::CLOEXEC).expect("eventfd");
+        let (bell, _other) = UnixStream::pair().expect("socketpair");
         let control = sealed_memfd("hostile-ctl-control", 64);
         producer_case(
             |s| {
@@ -769,7 +818,7 @@ fn reply_with_bad_magic() {
 fn reply_with_wrong_version() {
     watchdog(false, || {
         let shared = share_with(|s| send(&s, &reply_frame(REPLY_MAGIC, 7, 0, 0, b""), &[]));
-        assert_handshake(shared, &["version 7", "this side 1"]);
+        assert_handshake(shared, &["version 7", &format!("this side {VERSION}")]);
     });
 }
 
@@ -864,6 +913,215 @@ fn producer_gone_before_the_offer() {
             .create()
             .expect("a Poll tripwire");
         assert_handshake(tw.share(ours), &["hung up"]);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The socket's own settings: the handshake waits with poll(2) and reads and
+// writes with MSG_DONTWAIT, so neither O_NONBLOCK nor SO_RCVTIMEO matters,
+// and neither is changed.
+
+/// What the handshake must leave alone on a socket.
+fn socket_settings(sock: &UnixStream) -> (bool, Option<Duration>) {
+    let flags = rustix::fs::fcntl_getfl(sock).expect("F_GETFL");
+    let timeout = sock.read_timeout().expect("SO_RCVTIMEO");
+    (flags.contains(rustix::fs::OFlags::NONBLOCK), timeout)
+}
+
+/// A real handshake (`share` against `Producer::connect`) on `ours` and
+/// `theirs` as the caller set them up. The producer starts after
+/// `producer_delay` (the consumer then waits for the reply), the consumer
+/// offers after `consumer_delay` (the producer then waits for the offer).
+/// Checks that neither socket's `O_NONBLOCK` nor `SO_RCVTIMEO` changed and
+/// that a write then reaches the consumer.
+fn handshake_on(
+    backend: Backend,
+    ours: UnixStream,
+    theirs: UnixStream,
+    consumer_delay: Duration,
+    producer_delay: Duration,
+) {
+    // Clones share the open file description: they see its flags.
+    let (our_probe, their_probe) = (ours.try_clone().unwrap(), theirs.try_clone().unwrap());
+    let (our_before, their_before) = (socket_settings(&our_probe), socket_settings(&their_probe));
+    let producer = thread::Builder::new()
+        .name("producer".into())
+        .spawn(move || {
+            thread::sleep(producer_delay);
+            Producer::connect(theirs)
+        })
+        .expect("spawning the producer");
+    let mut tw = Tripwire::builder(LEN as usize)
+        .backend(backend)
+        .create()
+        .unwrap_or_else(|e| panic!("creating a {backend:?} tripwire: {e}"));
+    thread::sleep(consumer_delay);
+    tw.share(ours)
+        .unwrap_or_else(|e| panic!("{backend:?}: share on {our_before:?}: {e}"));
+    let producer =
+        join(producer).unwrap_or_else(|e| panic!("{backend:?}: connect on {their_before:?}: {e}"));
+    assert_eq!(producer.backend(), tw.backend());
+    assert_eq!(
+        socket_settings(&our_probe),
+        our_before,
+        "the consumer's socket"
+    );
+    assert_eq!(
+        socket_settings(&their_probe),
+        their_before,
+        "the producer's socket"
+    );
+    // The handshake worked end to end: a write reaches the consumer.
+    producer.region().write(0, &0xC0FFEE_u32).unwrap();
+    producer.notify().unwrap();
+    assert_eq!(tw.region().read::<u32>(0).unwrap(), 0xC0FFEE);
+}
+
+/// `share` and `connect` on sockets set non-blocking (as
+/// `tokio::net::UnixStream::into_std()` returns them), on each side, with
+/// each side the one that waits.
+#[test]
+fn handshake_on_non_blocking_sockets() {
+    watchdog(false, || {
+        let wait = Duration::from_millis(100);
+        for backend in [Backend::Poll, Backend::Doorbell] {
+            for (consumer_delay, producer_delay) in [(Duration::ZERO, wait), (wait, Duration::ZERO)]
+            {
+                for (ours_nb, theirs_nb) in [(true, true), (true, false), (false, true)] {
+                    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+                    ours.set_nonblocking(ours_nb).unwrap();
+                    theirs.set_nonblocking(theirs_nb).unwrap();
+                    handshake_on(backend, ours, theirs, consumer_delay, producer_delay);
+                }
+            }
+        }
+    });
+}
+
+/// The same with a pair made by tokio and turned into std sockets (which
+/// stay non-blocking).
+#[test]
+fn handshake_on_sockets_from_tokio() {
+    watchdog(false, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime");
+        for backend in [Backend::Poll, Backend::Doorbell] {
+            let (ours, theirs) = rt.block_on(async {
+                let (a, b) = tokio::net::UnixStream::pair().expect("socketpair");
+                (a.into_std().unwrap(), b.into_std().unwrap())
+            });
+            assert!(
+                socket_settings(&ours).0,
+                "tokio hands over a non-blocking socket"
+            );
+            handshake_on(
+                backend,
+                ours,
+                theirs,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            );
+        }
+    });
+}
+
+/// A short SO_RCVTIMEO of the caller's neither cuts the handshake short nor
+/// is changed by it.
+#[test]
+fn handshake_ignores_and_keeps_the_sockets_receive_timeout() {
+    watchdog(false, || {
+        let short = Some(Duration::from_millis(5));
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        ours.set_read_timeout(short).unwrap();
+        theirs.set_read_timeout(short).unwrap();
+        // Each side waits 100 ms, far beyond the 5 ms time-out.
+        handshake_on(
+            Backend::Poll,
+            ours,
+            theirs,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        );
+    });
+}
+
+/// A consumer that sends its offer one byte at a time, each after a pause:
+/// the producer's 10 s is for the whole frame, not per byte.
+#[test]
+fn trickled_offer_still_times_out_after_10_s() {
+    watchdog(false, || {
+        let (ours, producer) = spawn_producer();
+        let memfd = sealed_memfd("hostile-trickle", LEN);
+        let frame = offer_frame(OFFER_MAGIC, VERSION, POLL, 1, LEN);
+        let start = Instant::now();
+        let trickler = thread::Builder::new()
+            .name("trickler".into())
+            .spawn(move || {
+                // 23 of 24 bytes at 600 ms: ~13.8 s, past the deadline, but
+                // no pause is anywhere near 10 s.
+                send(&ours, &frame[..1], &[memfd.as_fd()]);
+                for byte in &frame[1..OFFER_LEN - 1] {
+                    thread::sleep(Duration::from_millis(600));
+                    if rustix::net::send(&ours, std::slice::from_ref(byte), SendFlags::NOSIGNAL)
+                        .is_err()
+                    {
+                        break; // the producer gave up and hung up
+                    }
+                }
+            })
+            .expect("spawning the trickler");
+        assert_handshake(join(producer), &["did not complete its frame within 10 s"]);
+        let took = start.elapsed();
+        assert!(
+            (Duration::from_secs(9)..Duration::from_millis(11_500)).contains(&took),
+            "the time-out took {took:?}"
+        );
+        trickler.join().expect("the trickler panicked");
+    });
+}
+
+/// A consumer that sends its offer and never reads: the producer's reply
+/// does not fit the full socket buffer, and the producer gives up after
+/// 10 s instead of blocking in `sendmsg` for ever.
+#[test]
+fn reply_to_a_consumer_that_never_reads_times_out() {
+    watchdog(false, || {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        // Fill the producer-to-consumer direction, then hand the producer
+        // its end blocking again, as a caller would.
+        theirs.set_nonblocking(true).unwrap();
+        let junk = [0u8; 4096];
+        loop {
+            match rustix::net::send(&theirs, &junk, SendFlags::NOSIGNAL) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => panic!("filling the socket: {e}"),
+            }
+        }
+        theirs.set_nonblocking(false).unwrap();
+        let memfd = sealed_memfd("hostile-deaf", LEN);
+        send(
+            &ours,
+            &offer_frame(OFFER_MAGIC, VERSION, POLL, 1, LEN),
+            &[memfd.as_fd()],
+        );
+        let start = Instant::now();
+        let producer = thread::Builder::new()
+            .name("producer".into())
+            .spawn(move || Producer::connect(theirs))
+            .expect("spawning the producer");
+        assert_handshake(
+            join(producer),
+            &["sending the handshake frame", "within 10 s"],
+        );
+        let took = start.elapsed();
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(15)).contains(&took),
+            "the time-out took {took:?}"
+        );
+        drop(ours);
     });
 }
 

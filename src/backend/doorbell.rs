@@ -1,6 +1,8 @@
-//! `Backend::Doorbell`: the producer rings an eventfd from `notify()`, but
-//! only when the consumer is armed (a Dekker handshake on a shared flag), so
-//! a busy producer pays one fence and one atomic swap per `notify()`.
+//! `Backend::Doorbell`: the producer rings a bell (`sys::Bell`, one end of a
+//! unix socket pair; the consumer keeps the other) from `notify()`, but only
+//! when the consumer is armed (a Dekker handshake on a shared flag), so a
+//! busy producer pays one fence and one atomic swap per `notify()`. Neither
+//! side can make the other block through the bell (see `sys::bell`).
 //!
 //! Contract: a `notify()` that follows a write and comes after an ACK trips
 //! the wire; writes without `notify()` are not seen.
@@ -9,10 +11,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 
-use rustix::event::EventfdFlags;
-
 use crate::backend::memfd;
-use crate::sys::Mapping;
+use crate::sys::{Bell, Mapping};
 use crate::{Error, Region};
 
 /// Size of the control memfd that holds the armed flag.
@@ -88,7 +88,10 @@ pub(crate) mod protocol {
 #[derive(Debug)]
 pub(crate) struct Doorbell {
     memfd: OwnedFd,
-    eventfd: OwnedFd,
+    /// Our end of the bell: its rings are the wake-ups.
+    bell: Bell,
+    /// The producers' end, handed to each in the handshake.
+    bell_peer: OwnedFd,
     control_fd: OwnedFd,
     control: Mapping,
 }
@@ -98,14 +101,15 @@ impl Doorbell {
         let memfd = memfd::create_sealed("memfd-tripwire", len)?;
         let map = Mapping::map_shared(memfd.as_fd(), len)
             .map_err(|e| Error::io("mmap of the region", e))?;
-        let eventfd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::io("eventfd", e))?;
+        let (bell, bell_peer) =
+            Bell::pair().map_err(|e| Error::io("socketpair for the bell", e))?;
         let control_fd = memfd::create_sealed("memfd-tripwire-control", CONTROL_LEN)?;
         let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
             .map_err(|e| Error::io("mmap of the control page", e))?;
         let wire = Doorbell {
             memfd,
-            eventfd,
+            bell,
+            bell_peer,
             control_fd,
             control,
         };
@@ -120,11 +124,11 @@ impl Doorbell {
     }
 
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.eventfd.as_fd()
+        self.bell.as_fd()
     }
 
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !drain_eventfd(self.eventfd.as_fd())? {
+        if !self.bell.drain()? {
             return Ok(false);
         }
         protocol::arm(self.armed());
@@ -132,7 +136,7 @@ impl Doorbell {
     }
 
     pub(crate) fn ack(&mut self) -> io::Result<()> {
-        drain_eventfd(self.eventfd.as_fd())?;
+        self.bell.drain()?;
         protocol::arm(self.armed());
         Ok(())
     }
@@ -140,33 +144,8 @@ impl Doorbell {
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
         vec![
             self.memfd.as_fd(),
-            self.eventfd.as_fd(),
+            self.bell_peer.as_fd(),
             self.control_fd.as_fd(),
         ]
-    }
-}
-
-/// Reads a non-blocking eventfd: `true` if it was signalled (now reset).
-pub(crate) fn drain_eventfd(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut buf = [0u8; 8];
-    loop {
-        match rustix::io::read(fd, &mut buf) {
-            Ok(_) => return Ok(true),
-            Err(rustix::io::Errno::AGAIN) => return Ok(false),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Adds one to an eventfd (never blocks: the counter cannot get near
-/// overflow, as every ring is followed by a drain before the next one).
-pub(crate) fn ring_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
-    loop {
-        match rustix::io::write(fd, &1u64.to_ne_bytes()) {
-            Ok(_) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }

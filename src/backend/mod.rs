@@ -80,7 +80,7 @@ pub enum Backend {
     ///
     /// Not in [`Backend::Auto`]: choose it by name.
     UserfaultAsync,
-    /// Cooperative: an eventfd the producer rings from
+    /// Cooperative: a bell (one end of a unix socket pair) the producer rings from
     /// [`Producer::notify`](crate::Producer::notify) when the consumer is
     /// armed. Writes without a `notify()` are not seen.
     Doorbell,
@@ -148,6 +148,9 @@ impl BackendKind {
     }
 }
 
+/// The shortest [`Options::poll_interval`] accepted.
+pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
+
 /// Options that only some backends read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
@@ -173,6 +176,21 @@ impl Wire {
     ) -> Result<(Wire, Region), Error> {
         if len == 0 {
             return Err(Error::ZeroLength);
+        }
+        if matches!(backend, Backend::Poll | Backend::UserfaultAsync)
+            && opts.poll_interval < MIN_POLL_INTERVAL
+        {
+            return Err(Error::io(
+                "poll_interval",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{:?} is below the minimum of {MIN_POLL_INTERVAL:?}: a shorter interval \
+                         would keep a thread spinning; use Backend::Doorbell for lower latency",
+                        opts.poll_interval
+                    ),
+                ),
+            ));
         }
         match backend {
             Backend::Kernel => kernel::Kernel::create(len).map(|(w, r)| (Wire::Kernel(w), r)),
@@ -252,8 +270,14 @@ impl Wire {
         }
     }
 
-    /// Takes what the producer sent back in the handshake.
-    pub(crate) fn accept(&mut self, fds: Vec<OwnedFd>, base: u64) -> Result<(), Error> {
+    /// Takes what the producer on the other end of `peer` (its handshake
+    /// socket) sent back in the handshake.
+    pub(crate) fn accept(
+        &mut self,
+        fds: Vec<OwnedFd>,
+        base: u64,
+        peer: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
         match self {
             Wire::Userfault(w) => {
                 let [uffd]: [OwnedFd; 1] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
@@ -262,7 +286,7 @@ impl Wire {
                         fds.len()
                     ))
                 })?;
-                w.accept(uffd, base)
+                w.accept(uffd, base, peer)
             }
             Wire::UserfaultAsync(w) => {
                 let [uffd, pagemap]: [OwnedFd; 2] =

@@ -12,11 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustix::event::EventfdFlags;
-
-use crate::backend::doorbell::{drain_eventfd, ring_eventfd};
 use crate::backend::memfd;
-use crate::sys::Mapping;
+use crate::sys::{EventFd, Mapping};
 use crate::{Error, Region};
 
 #[derive(Debug)]
@@ -29,7 +26,7 @@ pub(crate) struct Poller {
 #[derive(Debug)]
 struct Shared {
     map: Arc<Mapping>,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
     stop: AtomicBool,
     state: Mutex<State>,
 }
@@ -66,7 +63,7 @@ impl Shared {
             return Ok(false);
         }
         st.armed = false;
-        ring_eventfd(self.eventfd.as_fd())?;
+        self.eventfd.ring()?;
         Ok(true)
     }
 
@@ -86,8 +83,7 @@ impl Poller {
         let map = Mapping::map_shared(memfd.as_fd(), len)
             .map_err(|e| Error::io("mmap of the region", e))?;
         let region = Region::new(map);
-        let eventfd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::io("eventfd", e))?;
+        let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
             map: region.mapping().clone(),
             eventfd,
@@ -125,7 +121,7 @@ impl Poller {
     }
 
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !drain_eventfd(self.shared.eventfd.as_fd())? {
+        if !self.shared.eventfd.drain()? {
             return Ok(false);
         }
         self.shared.rearm();
@@ -133,7 +129,7 @@ impl Poller {
     }
 
     pub(crate) fn ack(&mut self) -> io::Result<()> {
-        drain_eventfd(self.shared.eventfd.as_fd())?;
+        self.shared.eventfd.drain()?;
         self.shared.rearm();
         Ok(())
     }

@@ -22,11 +22,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags};
 
-use crate::backend::doorbell::{drain_eventfd, ring_eventfd};
 use crate::backend::memfd;
-use crate::sys::{Mapping, uffd};
+use crate::sys::{EventFd, Mapping, uffd};
 use crate::{BackendKind, Error, Region};
 
 pub(crate) const PAGE: usize = 4096;
@@ -36,6 +35,7 @@ pub(crate) struct Userfault {
     memfd: OwnedFd,
     len: usize,
     shared: Arc<Shared>,
+    /// One resolver per live producer; each ends when its producer hangs up.
     threads: Vec<JoinHandle<()>>,
     /// Byte ranges re-protected by the last ACK.
     pages: Vec<Range<usize>>,
@@ -43,15 +43,20 @@ pub(crate) struct Userfault {
 
 #[derive(Debug)]
 struct Shared {
-    wake: OwnedFd,
-    stop: OwnedFd,
+    wake: EventFd,
+    stop: EventFd,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     tripped: bool,
-    watches: Vec<Watch>,
+    /// The live producers' mappings; a slot is freed (and reused) when its
+    /// producer hangs up, so a consumer serving many short-lived producers
+    /// stays flat.
+    watches: Vec<Option<Watch>>,
+    /// Pages that producers now gone wrote since the last ACK.
+    orphaned: Vec<Range<usize>>,
 }
 
 /// One producer's registered mapping.
@@ -67,6 +72,18 @@ struct Watch {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Frees a watch whose producer is gone, keeping the pages it wrote
+    /// since the last ACK for the next one to report.
+    fn forget(&self, index: usize) {
+        let mut st = self.state();
+        if let Some(w) = st.watches.get_mut(index).and_then(Option::take) {
+            for &page in &w.dirty {
+                let start = page * PAGE;
+                push_range(&mut st.orphaned, start..start + PAGE);
+            }
+        }
     }
 }
 
@@ -123,9 +140,8 @@ impl Userfault {
         let memfd = memfd::create_sealed("memfd-tripwire", len)?;
         let map = Mapping::map_shared(memfd.as_fd(), len)
             .map_err(|e| Error::io("mmap of the region", e))?;
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        let wake = rustix::event::eventfd(0, flags).map_err(|e| Error::io("eventfd", e))?;
-        let stop = rustix::event::eventfd(0, flags).map_err(|e| Error::io("eventfd", e))?;
+        let wake = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
+        let stop = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let wire = Userfault {
             memfd,
             len,
@@ -140,35 +156,79 @@ impl Userfault {
         Ok((wire, Region::new(map)))
     }
 
-    /// Consumer side: takes a producer's uffd and starts resolving its faults.
-    pub(crate) fn accept(&mut self, uffd: OwnedFd, base: u64) -> Result<(), Error> {
+    /// Consumer side: takes a producer's uffd and starts resolving its
+    /// faults, until the producer on the other end of `peer` hangs up.
+    pub(crate) fn accept(
+        &mut self,
+        uffd: OwnedFd,
+        base: u64,
+        peer: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
         crate::sys::tripwire::check_fd_link(
             std::os::fd::AsRawFd::as_raw_fd(&uffd),
             "anon_inode:[userfaultfd]",
         )
         .map_err(|why| Error::handshake(format!("the producer's uffd: {why}")))?;
+        // Reading a fork event would install a new fd in our table per
+        // producer fork(): refuse a uffd set up to report them.
+        let features = uffd::features_of(uffd.as_fd())
+            .map_err(|e| Error::handshake(format!("the producer's uffd: {e}")))?;
+        if features & uffd::FEATURE_EVENT_FORK != 0 {
+            return Err(Error::handshake(
+                "the producer's uffd reports fork events (UFFD_FEATURE_EVENT_FORK), which \
+                 would install fds in the consumer: refused",
+            ));
+        }
+        let span = self.len.div_ceil(PAGE) * PAGE;
         let base = usize::try_from(base)
             .ok()
-            .filter(|b| *b != 0 && b % PAGE == 0)
+            .filter(|b| *b != 0 && b % PAGE == 0 && uffd::checked_range(*b, span).is_ok())
             .ok_or_else(|| Error::handshake(format!("bad mapping address {base:#x}")))?;
+        let peer = peer
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("dup of the handshake socket", e))?;
+        // Resolvers of producers that hung up are done: forget them.
+        self.threads.retain(|t| !t.is_finished());
         let uffd = Arc::new(uffd);
         let index = {
             let mut st = self.shared.state();
-            st.watches.push(Watch {
+            let watch = Watch {
                 uffd: uffd.clone(),
                 base,
-                len: self.len.div_ceil(PAGE) * PAGE,
+                len: span,
                 dirty: Vec::new(),
-            });
-            st.watches.len() - 1
+            };
+            match st.watches.iter().position(Option::is_none) {
+                Some(i) => {
+                    st.watches[i] = Some(watch);
+                    i
+                }
+                None => {
+                    st.watches.push(Some(watch));
+                    st.watches.len() - 1
+                }
+            }
         };
         let shared = self.shared.clone();
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("memfd-tripwire-uffd".into())
-            .spawn(move || resolve(&shared, &uffd, index))
-            .map_err(|e| Error::io("spawning the fault resolver thread", e))?;
-        self.threads.push(thread);
-        Ok(())
+            .spawn(move || {
+                resolve(&shared, &uffd, &peer);
+                shared.forget(index);
+            });
+        match spawned {
+            Ok(thread) => {
+                self.threads.push(thread);
+                Ok(())
+            }
+            Err(e) => {
+                // Nobody would resolve its faults: drop the watch, and with
+                // it our uffd (the producer keeps none), which unregisters
+                // the range and releases any blocked store.
+                self.shared.forget(index);
+                Err(Error::io("spawning the fault resolver thread", e))
+            }
+        }
     }
 
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
@@ -182,7 +242,7 @@ impl Userfault {
     /// If tripped, re-protects the pages written since the last ACK (they
     /// are then in [`pages`](Userfault::pages)) and returns `true`.
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !drain_eventfd(self.shared.wake.as_fd())? {
+        if !self.shared.wake.drain()? {
             return Ok(false);
         }
         self.rearm()?;
@@ -191,14 +251,18 @@ impl Userfault {
 
     /// Re-arms whether or not the wire is tripped.
     pub(crate) fn ack(&mut self) -> io::Result<()> {
-        drain_eventfd(self.shared.wake.as_fd())?;
+        self.shared.wake.drain()?;
         self.rearm()
     }
 
     fn rearm(&mut self) -> io::Result<()> {
         self.pages.clear();
         let mut st = self.shared.state();
-        for w in &mut st.watches {
+        let st = &mut *st;
+        for r in st.orphaned.drain(..) {
+            push_range(&mut self.pages, r.start..r.end.min(self.len));
+        }
+        for w in st.watches.iter_mut().flatten() {
             let mut i = 0;
             while i < w.dirty.len() {
                 // Coalesce consecutive pages into one ioctl.
@@ -220,7 +284,7 @@ impl Userfault {
                     Err(e) => {
                         // Leave the wire tripped: the caller sees the error,
                         // and the next look finds the trip again.
-                        ring_eventfd(self.shared.wake.as_fd())?;
+                        self.shared.wake.ring()?;
                         return Err(e);
                     }
                 }
@@ -246,18 +310,20 @@ fn push_range(out: &mut Vec<Range<usize>>, r: Range<usize>) {
     }
 }
 
-/// The resolver: one thread per producer, until the wire is dropped.
-fn resolve(shared: &Shared, uffd: &OwnedFd, index: usize) {
+/// The resolver: one thread per producer, until the producer hangs up (its
+/// end of `peer` closes) or the wire is dropped.
+fn resolve(shared: &Shared, uffd: &Arc<OwnedFd>, peer: &OwnedFd) {
     loop {
         let mut fds = [
             PollFd::new(uffd, PollFlags::IN),
             PollFd::new(&shared.stop, PollFlags::IN),
+            PollFd::new(peer, PollFlags::RDHUP),
         ];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return,
         }
-        if !fds[1].revents().is_empty() {
+        if !fds[1].revents().is_empty() || !fds[2].revents().is_empty() {
             return;
         }
         if fds[0]
@@ -268,7 +334,7 @@ fn resolve(shared: &Shared, uffd: &OwnedFd, index: usize) {
         }
         loop {
             match uffd::read_wp_fault(uffd.as_fd()) {
-                Ok(Some(addr)) => on_fault(shared, uffd, index, addr as usize),
+                Ok(Some(addr)) => on_fault(shared, uffd, addr as usize),
                 Ok(None) => break,
                 Err(_) => return,
             }
@@ -276,9 +342,14 @@ fn resolve(shared: &Shared, uffd: &OwnedFd, index: usize) {
     }
 }
 
-fn on_fault(shared: &Shared, uffd: &OwnedFd, index: usize, addr: usize) {
+fn on_fault(shared: &Shared, uffd: &Arc<OwnedFd>, addr: usize) {
     let mut st = shared.state();
-    let Some(w) = st.watches.get_mut(index) else {
+    let Some(w) = st
+        .watches
+        .iter_mut()
+        .flatten()
+        .find(|w| Arc::ptr_eq(&w.uffd, uffd))
+    else {
         return;
     };
     let page_addr = addr & !(PAGE - 1);
@@ -291,7 +362,7 @@ fn on_fault(shared: &Shared, uffd: &OwnedFd, index: usize, addr: usize) {
     }
     let tripped = std::mem::replace(&mut st.tripped, true);
     if !tripped {
-        let _ = ring_eventfd(shared.wake.as_fd());
+        let _ = shared.wake.ring();
     }
     // Un-protect and wake the writer, still under the lock, so that an ACK
     // cannot run between recording the page and un-protecting it.
@@ -300,7 +371,7 @@ fn on_fault(shared: &Shared, uffd: &OwnedFd, index: usize, addr: usize) {
 
 impl Drop for Userfault {
     fn drop(&mut self) {
-        let _ = ring_eventfd(self.shared.stop.as_fd());
+        let _ = self.shared.stop.ring();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

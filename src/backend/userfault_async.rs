@@ -43,12 +43,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustix::event::EventfdFlags;
-
-use crate::backend::doorbell::{drain_eventfd, ring_eventfd};
 use crate::backend::memfd;
 use crate::backend::userfault::{self, PAGE};
-use crate::sys::{Mapping, uffd};
+use crate::sys::{EventFd, Mapping, uffd};
 use crate::{BackendKind, Error, Region};
 
 #[derive(Debug)]
@@ -64,7 +61,7 @@ pub(crate) struct UserfaultAsync {
 
 #[derive(Debug)]
 struct Shared {
-    wake: OwnedFd,
+    wake: EventFd,
     stop: AtomicBool,
     state: Mutex<State>,
 }
@@ -115,7 +112,7 @@ impl Shared {
             st.tripped = true;
             // Only fails if the eventfd is broken; the consumer then sees the
             // error from its own read.
-            let _ = ring_eventfd(self.wake.as_fd());
+            let _ = self.wake.ring();
         }
     }
 
@@ -187,8 +184,9 @@ impl Watch {
         // Unmapping (or exiting: the page tables are torn down before the
         // process is gone) takes the record of unscanned stores with it, and
         // a scan of an unmapped range finds nothing: so check, after the
-        // scan, that the mapping was still there for it.
-        match uffd::is_wp_async_registered(self.pagemap.as_fd(), base, PAGE) {
+        // scan, that all of the mapping was still there for it (an unmap of
+        // any one page loses that page's record).
+        match uffd::is_wp_async_registered(self.pagemap.as_fd(), base, self.span) {
             Ok(true) if written => Ok(Seen::Written),
             Ok(true) => Ok(Seen::Quiet),
             Ok(false) => Ok(Seen::Gone),
@@ -328,8 +326,7 @@ impl UserfaultAsync {
         let memfd = memfd::create_sealed("memfd-tripwire", len)?;
         let map = Mapping::map_shared(memfd.as_fd(), len)
             .map_err(|e| Error::io("mmap of the region", e))?;
-        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::io("eventfd", e))?;
+        let wake = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let wire = UserfaultAsync {
             memfd,
             len,
@@ -363,7 +360,7 @@ impl UserfaultAsync {
             .map_err(|why| Error::handshake(format!("the producer's pagemap fd: {why}")))?;
         let base = usize::try_from(base)
             .ok()
-            .filter(|b| *b != 0 && b % PAGE == 0)
+            .filter(|b| *b != 0 && b % PAGE == 0 && uffd::checked_range(*b, span(self.len)).is_ok())
             .ok_or_else(|| Error::handshake(format!("bad mapping address {base:#x}")))?;
         let watch = Watch {
             _uffd: uffd,
@@ -382,15 +379,13 @@ impl UserfaultAsync {
                     st.watches.push(watch);
                     self.shared.trip(&mut st);
                 }
-                Ok(Seen::Gone) => {
+                // Gone already, or (EPERM) its range is no longer a mapping
+                // registered with that uffd: it unmapped its region (and the
+                // address may have been reused), or it lied. Either way it
+                // can write no more; report the whole region once.
+                Ok(Seen::Gone | Seen::Refused) => {
                     st.dirty.mark_all();
                     self.shared.trip(&mut st);
-                }
-                Ok(Seen::Refused) => {
-                    return Err(Error::handshake(format!(
-                        "the producer's mapping at {base:#x} is not registered with the uffd \
-                         it sent for async write-protect (PAGEMAP_SCAN: EPERM)"
-                    )));
                 }
                 Err(e) => return Err(Error::io("PAGEMAP_SCAN of the producer's mapping", e)),
             }
@@ -428,7 +423,7 @@ impl UserfaultAsync {
             return Ok(false);
         }
         Shared::scan(&mut st)?;
-        drain_eventfd(self.shared.wake.as_fd())?;
+        self.shared.wake.drain()?;
         self.pages.clear();
         st.dirty.drain_into(self.len, &mut self.pages);
         st.tripped = false;
@@ -444,7 +439,7 @@ impl UserfaultAsync {
             self.shared.trip(&mut st);
             return Err(e);
         }
-        drain_eventfd(self.shared.wake.as_fd())?;
+        self.shared.wake.drain()?;
         self.pages.clear();
         st.dirty.drain_into(self.len, &mut self.pages);
         st.tripped = false;

@@ -25,6 +25,8 @@ pub(crate) const HEAD: usize = 0;
 pub(crate) const STATE: usize = 8;
 pub(crate) const TAIL: usize = 128;
 pub(crate) const CONTROL_LEN: usize = 4096;
+/// Bytes of the header at the start of the control memfd.
+pub(crate) const HEADER_LEN: usize = 32;
 
 pub(crate) const STATE_CLOSED: u32 = 1 << 0;
 pub(crate) const STATE_WAITING: u32 = super::protocol::WAITING;
@@ -88,7 +90,13 @@ impl Header {
     /// Reads the header a peer wrote (one copy) and checks it against what
     /// this side expects; a mismatch names both values.
     pub(crate) fn check(control: &Region, ours: Header) -> Result<Header, Error> {
-        let raw: [u8; 32] = control.read(0)?;
+        Header::parse(&control.read(0)?, ours)
+    }
+
+    /// Checks the bytes of a header a peer wrote against what this side
+    /// expects (`ours.capacity` is not compared: the peer chooses it);
+    /// a mismatch names both values. Pure: what the fuzzer drives.
+    pub(crate) fn parse(raw: &[u8; HEADER_LEN], ours: Header) -> Result<Header, Error> {
         let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
         let mismatch = |reason: String| Error::LayoutMismatch { reason };
@@ -157,4 +165,114 @@ pub(crate) fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Erro
         });
     }
     Ok(n)
+}
+
+/// The Sender's check of a tail it re-read: `new_tail` may have moved
+/// forward from `old_tail`, but not past `head`. Returns the slots in use.
+///
+/// With `head` at most `capacity` ahead of `old_tail` (the Sender's own
+/// invariant), an `Ok` means `old_tail <= new_tail <= head` in wrapping
+/// order.
+#[inline]
+pub(crate) fn advance_tail(
+    head: u64,
+    old_tail: u64,
+    new_tail: u64,
+    capacity: u32,
+) -> Result<u64, Error> {
+    let used = available(head, new_tail, capacity)?;
+    // The tail only moves forward, never past the head (checked above).
+    if new_tail.wrapping_sub(old_tail) > u64::from(capacity) {
+        return Err(Error::Corrupt {
+            reason: format!("the tail moved from {old_tail} to {new_tail}"),
+        });
+    }
+    Ok(used)
+}
+
+/// The fuzzer's view of the checks above (`memfd_tripwire::__fuzz::Ring`):
+/// this module is private to `ring`, so it is implemented here.
+#[cfg(fuzzing)]
+impl crate::__fuzz::Ring {
+    /// The layout version in [`Ring::header`](crate::__fuzz::Ring::header)'s
+    /// bytes 8..12 (its magic, bytes 0..8: `"MFDTRNG1"`).
+    pub const VERSION: u32 = VERSION;
+    /// The largest capacity a header may name.
+    pub const MAX_CAPACITY: u32 = MAX_CAPACITY;
+    /// Bytes of a ring's header, at the start of its control memfd.
+    pub const HEADER_LEN: usize = HEADER_LEN;
+
+    /// `Header::parse`: the peer's header bytes against what this side
+    /// expects (`ours.capacity` is ignored).
+    pub fn header(
+        raw: &[u8; HEADER_LEN],
+        ours: crate::__fuzz::RingHeader,
+    ) -> Result<crate::__fuzz::RingHeader, Error> {
+        let ours = Header {
+            size: ours.size,
+            align: ours.align,
+            capacity: ours.capacity,
+            tag: ours.tag,
+        };
+        Header::parse(raw, ours).map(|h| crate::__fuzz::RingHeader {
+            size: h.size,
+            align: h.align,
+            capacity: h.capacity,
+            tag: h.tag,
+        })
+    }
+
+    /// `available`: the messages between `tail` and `head`.
+    pub fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Error> {
+        available(head, tail, capacity)
+    }
+
+    /// `advance_tail`: the Sender's check of a re-read tail.
+    pub fn advance_tail(
+        head: u64,
+        old_tail: u64,
+        new_tail: u64,
+        capacity: u32,
+    ) -> Result<u64, Error> {
+        advance_tail(head, old_tail, new_tail, capacity)
+    }
+
+    /// Where in the slots memfd message `i` of a checked header lives, and
+    /// the slots before the ring wraps.
+    pub fn slot(header: crate::__fuzz::RingHeader, i: u64) -> (usize, usize, usize) {
+        let h = Header {
+            size: header.size,
+            align: header.align,
+            capacity: header.capacity,
+            tag: header.tag,
+        };
+        (h.slot_offset(i), h.slots_to_end(i), h.slots_len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_moves_forward_up_to_the_head() {
+        // Wrapping indices: all of these are valid moves.
+        for (head, old, new) in [(8, 0, 0), (8, 0, 8), (8, 4, 6), (3, u64::MAX - 4, 1)] {
+            let used = advance_tail(head, old, new, 8).unwrap();
+            assert_eq!(used, head.wrapping_sub(new));
+        }
+        for (head, old, new, says) in [
+            (8, 4, 3, "moved from 4 to 3"),
+            (8, 4, 9, "apart in a ring of 8"),
+            (
+                3,
+                u64::MAX - 2,
+                u64::MAX - 3,
+                "moved from 18446744073709551613",
+            ),
+        ] {
+            let e = advance_tail(head, old, new, 8).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
 }

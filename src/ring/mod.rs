@@ -17,7 +17,7 @@
 //! before it re-arms the wire and sleeps, like NAPI: under load the wire
 //! stays tripped, so the Sender neither faults (`Kernel`, `Userfault`) nor
 //! rings (`Doorbell`; the ring calls `notify()` itself). A full ring makes
-//! a blocking Sender poll the tail for 5 µs, then wait on an eventfd the
+//! a blocking Sender poll the tail for 5 µs, then wait on a bell (a unix socket pair) the
 //! Receiver rings when it frees space: it never spins forever or drops.
 //!
 //! # A peer you do not trust

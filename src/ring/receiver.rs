@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use rustix::event::EventfdFlags;
 
 use super::Builder;
 use super::layout::{self, Header};
 use super::protocol;
-use crate::backend::doorbell::ring_eventfd;
 use crate::backend::memfd;
-use crate::sys::Mapping;
+use crate::sys::{Bell, Mapping};
 use crate::{BackendKind, Error, Region, blocking};
 
 /// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
@@ -40,7 +38,10 @@ pub struct Receiver<T> {
     control_fd: OwnedFd,
     slots: Region,
     slots_fd: OwnedFd,
-    space: OwnedFd,
+    /// Our end of the space bell (we ring it when the Sender waits for
+    /// space), and the Sender's end, handed over in the ring's frame.
+    space: Bell,
+    space_peer: OwnedFd,
     header: Header,
     pub(super) tail: u64,
     pub(super) published: u64,
@@ -57,7 +58,7 @@ pub struct Receiver<T> {
 
 /// How a [`Receiver`] has waited so far: the cost it put on the Sender.
 ///
-/// Each re-arm lets the Sender's next `notify()` ring an eventfd
+/// Each re-arm lets the Sender's next `notify()` ring the bell
 /// (`Doorbell`) or its next store to the head page fault (`Kernel`,
 /// `Userfault`; the slots are outside the wire): at most one doorbell or
 /// one fault per re-arm. Under load the Receiver finds data while spinning
@@ -83,6 +84,7 @@ enum Wire {
     Blocking(blocking::Tripwire),
     #[cfg(feature = "tokio")]
     Async(crate::Tripwire),
+    #[cfg(feature = "tokio")]
     Moving,
 }
 
@@ -92,6 +94,7 @@ impl Wire {
             Wire::Blocking(tw) => tw,
             #[cfg(feature = "tokio")]
             Wire::Async(tw) => tw.get_mut(),
+            #[cfg(feature = "tokio")]
             Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
         }
     }
@@ -134,8 +137,8 @@ impl<T: Pod> Receiver<T> {
             Mapping::map_shared(slots_fd.as_fd(), header.slots_len())
                 .map_err(|e| Error::io("mmap of the ring's slots", e))?,
         );
-        let space = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::io("eventfd", e))?;
+        let (space, space_peer) =
+            Bell::pair().map_err(|e| Error::io("socketpair for the space bell", e))?;
         Ok(Receiver {
             tw: Wire::Blocking(tw),
             region,
@@ -144,6 +147,7 @@ impl<T: Pod> Receiver<T> {
             slots,
             slots_fd,
             space,
+            space_peer,
             header,
             tail: 0,
             published: 0,
@@ -176,7 +180,7 @@ impl<T: Pod> Receiver<T> {
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
         let fds = [
             self.control_fd.as_fd(),
-            self.space.as_fd(),
+            self.space_peer.as_fd(),
             self.slots_fd.as_fd(),
         ];
         self.tw.get_mut().share_then(peer, |sock| {
@@ -219,6 +223,7 @@ impl<T: Pod> Receiver<T> {
             Wire::Blocking(tw) => tw.backend(),
             #[cfg(feature = "tokio")]
             Wire::Async(tw) => tw.backend(),
+            #[cfg(feature = "tokio")]
             Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
         }
     }
@@ -311,7 +316,12 @@ impl<T: Pod> Receiver<T> {
         );
         self.published = self.tail;
         if ring {
-            ring_eventfd(self.space.as_fd()).map_err(|e| Error::io("ringing the sender", e))?;
+            match self.space.ring() {
+                // A Sender that is gone needs no wake-up; its death is
+                // learned from the handshake socket.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(|e| Error::io("ringing the sender", e))?,
+            }
         }
         Ok(())
     }

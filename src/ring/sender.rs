@@ -11,10 +11,9 @@ use bytemuck::Pod;
 use super::layout::{self, Header};
 use super::protocol;
 use super::{SendError, TrySendError};
-use crate::backend::doorbell::drain_eventfd;
-use crate::backend::{kernel, memfd};
+use crate::backend::memfd;
 use crate::handoff::{RING_MAGIC, receive_extra, reply_extra};
-use crate::sys::Mapping;
+use crate::sys::{self, Bell, Mapping};
 use crate::{Error, Producer, Region};
 
 /// How long a blocking Sender that finds the ring full polls for space
@@ -35,7 +34,7 @@ pub struct Sender<T> {
     region: Region,
     control: Region,
     slots: Region,
-    space: OwnedFd,
+    space: Bell,
     sock: UnixStream,
     header: Header,
     head: u64,
@@ -95,7 +94,7 @@ impl<T: Pod> Sender<T> {
         let (Some(control_fd), Some(space), Some(slots_fd)) = (fds.next(), fds.next(), fds.next())
         else {
             return Err(Error::handshake(
-                "the ring frame needs 3 fds: control memfd, space eventfd, slots memfd",
+                "the ring frame needs 3 fds: control memfd, space bell, slots memfd",
             ));
         };
         memfd::check_sealed(
@@ -103,11 +102,8 @@ impl<T: Pod> Sender<T> {
             layout::CONTROL_LEN,
             "the ring's control memfd",
         )?;
-        crate::sys::tripwire::check_fd_link(
-            std::os::fd::AsRawFd::as_raw_fd(&space),
-            "anon_inode:[eventfd]",
-        )
-        .map_err(|why| Error::handshake(format!("the ring's space doorbell: {why}")))?;
+        let space = Bell::from_peer(space)
+            .map_err(|why| Error::handshake(format!("the ring's space bell: {why}")))?;
         let control = Region::new(
             Mapping::map_shared(control_fd.as_fd(), layout::CONTROL_LEN)
                 .map_err(|e| Error::io("mmap of the ring's control memory", e))?,
@@ -186,13 +182,7 @@ impl<T: Pod> Sender<T> {
             .control
             .atomic_u64(layout::TAIL)?
             .load(Ordering::Acquire);
-        let used = layout::available(self.head, tail, self.header.capacity)?;
-        // The tail only moves forward, never past the head (checked above).
-        if tail.wrapping_sub(self.tail) > cap {
-            return Err(Error::Corrupt {
-                reason: format!("the tail moved from {} to {tail}", self.tail),
-            });
-        }
+        let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
         self.tail = tail;
         Ok(cap - used)
     }
@@ -236,7 +226,7 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn is_closed(&self) -> bool {
-        kernel::is_readable(self.sock.as_fd()).unwrap_or(true)
+        sys::bell::hung_up(self.sock.as_fd()).unwrap_or(true)
     }
 
     /// Sends without waiting.
@@ -274,7 +264,7 @@ impl<T: Pod> Sender<T> {
     /// meanwhile (then it does not wait).
     fn start_waiting(&mut self) -> Result<bool, Error> {
         let tail = protocol::announce_wait(self.state()?, self.control.atomic_u64(layout::TAIL)?);
-        let used = layout::available(self.head, tail, self.header.capacity)?;
+        let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
         self.tail = tail;
         Ok(used < u64::from(self.header.capacity))
     }
@@ -306,6 +296,16 @@ impl<T: Pod> Sender<T> {
         }
     }
 
+    /// Takes the Receiver's rings of the space bell; `true` if its end is
+    /// closed (the Receiver is gone).
+    fn drain_space(&self) -> Result<bool, Error> {
+        match self.space.drain() {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+            Err(e) => Err(Error::io("draining the space bell", e)),
+        }
+    }
+
     /// Blocks until a slot is free (or the Receiver is gone).
     fn blocking_reserve(&mut self) -> Result<u64, Error> {
         loop {
@@ -316,14 +316,16 @@ impl<T: Pod> Sender<T> {
             if !self.start_waiting()? {
                 let mut fds = [
                     rustix::event::PollFd::new(&self.space, rustix::event::PollFlags::IN),
-                    rustix::event::PollFd::new(&self.sock, rustix::event::PollFlags::IN),
+                    rustix::event::PollFd::new(&self.sock, rustix::event::PollFlags::RDHUP),
                 ];
                 match rustix::event::poll(&mut fds, None) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(Error::io("waiting for space", e)),
                 }
-                drain_eventfd(self.space.as_fd()).map_err(|e| Error::io("eventfd", e))?;
-                if !fds[1].revents().is_empty() && self.free()? == 0 {
+                // The Receiver's end of the bell or of the socket closed:
+                // it is gone (once the space it freed is used up).
+                let gone = self.drain_space()? || !fds[1].revents().is_empty();
+                if gone && self.free()? == 0 {
                     self.stop_waiting()?;
                     return Err(Error::PeerDied);
                 }
@@ -411,12 +413,12 @@ mod r#async {
                     self.stop_waiting()?;
                     continue;
                 }
-                drain_eventfd(self.space.as_fd()).map_err(|e| Error::io("eventfd", e))?;
+                let gone = self.drain_space()?;
                 if self.free()? > 0 {
                     self.stop_waiting()?;
                     continue;
                 }
-                if self.is_closed() {
+                if gone || self.is_closed() {
                     self.stop_waiting()?;
                     return Poll::Ready(Err(Error::PeerDied));
                 }

@@ -7,10 +7,14 @@
 //! shared mapping) is written here, one `unsafe` block at a time, each with
 //! a `// SAFETY:` comment.
 
+pub(crate) mod bell;
+pub(crate) mod eventfd;
 pub(crate) mod mapping;
 #[cfg(feature = "tokio")]
 pub(crate) mod reactor;
 pub(crate) mod tripwire;
 pub(crate) mod uffd;
 
+pub(crate) use bell::Bell;
+pub(crate) use eventfd::EventFd;
 pub(crate) use mapping::Mapping;

@@ -1,7 +1,7 @@
 //! Registration with the tokio reactor. Since tokio 1.54, `AsyncFd`'s
 //! constructors are `unsafe` (the fd must stay open and the same for the
-//! registration's life), so the calls live here, for the two owners whose
-//! fd is fixed by construction.
+//! registration's life), so the call lives here, for an owner whose fd is
+//! fixed by construction: an `OwnedFd`.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -9,20 +9,12 @@ use std::os::fd::OwnedFd;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::blocking;
-
-/// Registers a tripwire's wake-up fd for readability.
-pub(crate) fn register_tripwire(tw: blocking::Tripwire) -> io::Result<AsyncFd<blocking::Tripwire>> {
-    // SAFETY: a blocking::Tripwire owns its wake-up fd (an OwnedFd inside its
-    // backend), never replaces it, and closes it only on drop, so
-    // `as_raw_fd()` returns the same open fd for as long as the AsyncFd owns
-    // the tripwire.
-    unsafe { AsyncFd::register_with_interest(tw, Interest::READABLE) }.map_err(io::Error::from)
-}
-
-/// Registers an owned fd for readability.
+/// Registers an owned fd for readability. Callers register a duplicate
+/// (`try_clone_to_owned`) of the fd they watch, so the registration owns
+/// what it watches and nothing else can close it under tokio.
 pub(crate) fn register_owned(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open until dropped and always returns the same
-    // number; the AsyncFd owns it.
+    // number; the AsyncFd owns it, so it stays open and the same for the
+    // registration's whole life.
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
 }

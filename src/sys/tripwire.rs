@@ -15,14 +15,25 @@ pub(crate) const FD_LINK: &str = "anon_inode:memfd_tripwire";
 
 static SYSCALL_NR: AtomicI64 = AtomicI64::new(DEFAULT_SYSCALL_NR);
 
-/// Changes the number used for `memfd_tripwire(2)`.
+/// Sets the syscall number used for `memfd_tripwire(2)` (default: the RFC's
+/// 472, x86_64 and asm-generic). The number is provisional; this is for
+/// kernels that carry the patch under another number.
 ///
 /// # Safety
 ///
-/// On the running kernel, `nr` must either be `memfd_tripwire` or a system
-/// call that does nothing harmful when called with the single argument `0`:
-/// the crate calls it that way whenever a `Kernel` wire is created.
-pub(crate) unsafe fn set_syscall_number(nr: i64) {
+/// On the running kernel, `nr` must be `memfd_tripwire`, or a system call
+/// that, called with the single argument `0`, does nothing harmful and
+/// **returns a new fd (which the crate then owns and closes) or an error**:
+/// creating a `Kernel` tripwire calls it that way. A call that returns the
+/// number of an fd that is already open elsewhere would have it closed twice.
+/// (What it returns is checked before use: an fd that is not a tripwire is
+/// neither used nor closed.)
+///
+/// ```
+/// // The RFC's number: the default.
+/// unsafe { memfd_tripwire::set_kernel_syscall_number(472) };
+/// ```
+pub unsafe fn set_kernel_syscall_number(nr: i64) {
     SYSCALL_NR.store(nr, Ordering::Relaxed);
 }
 
@@ -45,8 +56,9 @@ pub(crate) fn create() -> Result<OwnedFd, CreateError> {
     let nr = syscall_number();
     // SAFETY: the default number is the RFC's, unassigned in every mainline
     // kernel to date (ENOSYS there); an overridden number was promised by the
-    // caller of the `unsafe fn set_syscall_number` to be harmless with one
-    // zero argument. The return value is not trusted: it is checked below.
+    // caller of the `unsafe fn set_kernel_syscall_number` to be harmless with
+    // one zero argument and to return a new fd or an error. The return value
+    // is not trusted: it is checked below.
     let ret = unsafe { libc::syscall(nr as libc::c_long, 0 as libc::c_uint) };
     if ret < 0 {
         return Err(CreateError::Os(io::Error::last_os_error()));
@@ -73,8 +85,10 @@ pub(crate) fn create() -> Result<OwnedFd, CreateError> {
     if let Err(why) = check_stat(borrowed) {
         return Err(CreateError::NotATripwire { nr, returned, why });
     }
-    // SAFETY: the syscall created this fd for us and it is verified to be a
-    // memfd_tripwire file; nobody else owns it.
+    // SAFETY: the syscall created this fd for us (memfd_tripwire returns a
+    // new fd, as does any call `set_kernel_syscall_number`'s contract
+    // allows) and it is verified to be a memfd_tripwire file; nobody else
+    // owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 

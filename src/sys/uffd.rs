@@ -3,7 +3,7 @@
 //! bindgen/libclang and lacks the newer features).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use rustix::ioctl::{Opcode, Updater, ioctl, opcode};
 
@@ -17,6 +17,26 @@ const REGISTER_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 /// `UFFD_EVENT_PAGEFAULT` and its `UFFD_PAGEFAULT_FLAG_WP`.
 const EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_EVENT_FORK`: reading it installs a new uffd in the reader's table.
+const EVENT_FORK: u8 = 0x13;
+/// `UFFD_FEATURE_EVENT_FORK`.
+pub(crate) const FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// The highest address any process can map (57-bit, 5-level paging): a
+/// range from a peer that reaches past it is not a mapping.
+const ADDRESS_LIMIT: u64 = 1 << 56;
+
+/// `[start, start+len)` as the kernel's `(start, len)`, or why it cannot be
+/// a range of a process's address space (a peer's address is untrusted).
+pub(crate) fn checked_range(start: usize, len: usize) -> io::Result<(u64, u64)> {
+    let (start, len) = (start as u64, len as u64);
+    match start.checked_add(len) {
+        Some(end) if end <= ADDRESS_LIMIT => Ok((start, len)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the range {start:#x} + {len:#x} lies outside any address space"),
+        )),
+    }
+}
 const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
 #[repr(C)]
@@ -79,11 +99,9 @@ pub(crate) fn api(fd: BorrowedFd<'_>, features: u64) -> io::Result<u64> {
 
 /// `UFFDIO_REGISTER` in write-protect mode over `[start, start+len)`.
 pub(crate) fn register_wp(fd: BorrowedFd<'_>, start: usize, len: usize) -> io::Result<()> {
+    let (start, len) = checked_range(start, len)?;
     let mut reg = Register {
-        range: Range {
-            start: start as u64,
-            len: len as u64,
-        },
+        range: Range { start, len },
         mode: REGISTER_MODE_WP,
         ioctls: 0,
     };
@@ -103,11 +121,9 @@ pub(crate) fn write_protect(
     len: usize,
     protect: bool,
 ) -> io::Result<()> {
+    let (start, len) = checked_range(start, len)?;
     let mut wp = WriteProtect {
-        range: Range {
-            start: start as u64,
-            len: len as u64,
-        },
+        range: Range { start, len },
         mode: if protect { WRITEPROTECT_MODE_WP } else { 0 },
     };
     // SAFETY: UFFDIO_WRITEPROTECT reads and writes a `struct
@@ -124,18 +140,27 @@ pub(crate) fn write_protect(
 }
 
 /// Reads one event: `Some(address)` of a write-protect fault, `None` when
-/// nothing is queued. Other events are read and ignored.
+/// nothing is queued. Other events are read and ignored; a fork event's new
+/// uffd (installed in our table by the read) is closed.
+///
+/// Never blocks, whatever the fd's file status flags: the producer shares
+/// this open file description and may clear its `O_NONBLOCK`, or read the
+/// message we were woken for. `preadv2(RWF_NOWAIT)` makes this one read
+/// non-blocking (userfaultfd honours it since Linux 6.8); where the kernel
+/// refuses it, `O_NONBLOCK` is set again right before a plain read, which
+/// leaves only a race with a producer clearing it in between.
 pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     // struct uffd_msg: u8 event, 7 bytes reserved, then for a page fault
-    // u64 flags, u64 address, u32 ptid (+pad): 32 bytes in all.
+    // u64 flags, u64 address, u32 ptid (+pad): 32 bytes in all; for a fork
+    // event, u32 ufd.
     let mut msg = [0u8; 32];
     loop {
-        match rustix::io::read(fd.as_fd(), &mut msg) {
+        match read_nowait(fd, &mut msg) {
             Ok(32) => {}
             Ok(n) => return Err(io::Error::other(format!("short uffd_msg ({n} bytes)"))),
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
         let flags = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
         if msg[0] == EVENT_PAGEFAULT && flags & PAGEFAULT_FLAG_WP != 0 {
@@ -143,6 +168,96 @@ pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
                 msg[16..24].try_into().expect("8 bytes"),
             )));
         }
+        if msg[0] == EVENT_FORK {
+            let ufd = i32::from_ne_bytes(msg[8..12].try_into().expect("4 bytes"));
+            if ufd >= 0 {
+                // SAFETY: reading a fork event installs a new uffd in our fd
+                // table and reports its number here; nothing else knows of
+                // it, so we own it, and close it at once.
+                drop(unsafe { OwnedFd::from_raw_fd(ufd) });
+            }
+        }
+    }
+}
+
+/// One read that does not block, whatever the description's flags.
+fn read_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, a live, exclusively borrowed
+    // buffer of `buf.len()` bytes; offset -1 means "the current position"
+    // (a uffd has none); the kernel writes at most `iov_len` bytes into it.
+    let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(err);
+    }
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(rustix::io::read(fd, buf)?)
+}
+
+/// The features a uffd was set up with (`UFFDIO_API`), as its
+/// `/proc/self/fdinfo` reports them: for a uffd received from a peer, which
+/// could have enabled events that install fds in our table.
+pub(crate) fn features_of(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let info = std::fs::read_to_string(&path)?;
+    // "API:\t<api>:<features>:<ioctls>", all in hex.
+    info.lines()
+        .find_map(|l| l.strip_prefix("API:"))
+        .and_then(|api| api.trim().split(':').nth(1))
+        .and_then(|f| u64::from_str_radix(f, 16).ok())
+        .ok_or_else(|| io::Error::other(format!("{path} has no API line: not a userfaultfd?")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn ranges_past_any_address_space_are_refused() {
+        assert!(checked_range(0x7f00_0000_0000, 4096).is_ok());
+        assert!(checked_range(0xFFFF_FFFF_FFFF_F000, 8192).is_err());
+        assert!(checked_range(usize::MAX, 1).is_err());
+    }
+
+    #[test]
+    fn a_cleared_o_nonblock_does_not_make_the_read_block() {
+        let Ok(fd) = open() else {
+            eprintln!("skipping: userfaultfd unavailable here");
+            return;
+        };
+        api(fd.as_fd(), 0).unwrap();
+        // A producer sharing the description clears O_NONBLOCK: the read
+        // must still come back at once with nothing queued.
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            tx.send(read_wp_fault(fd.as_fd()).map_err(|e| e.to_string()))
+                .unwrap();
+            fd
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(got.expect("read_wp_fault blocked"), Ok(None));
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn features_are_read_back() {
+        let Ok(fd) = open() else {
+            eprintln!("skipping: userfaultfd unavailable here");
+            return;
+        };
+        api(fd.as_fd(), 0).unwrap();
+        assert_eq!(features_of(fd.as_fd()).unwrap() & FEATURE_EVENT_FORK, 0);
     }
 }
 
@@ -290,8 +405,9 @@ pub(crate) fn scan_written_and_protect(
     len: usize,
     mut found: impl FnMut(usize, usize),
 ) -> io::Result<()> {
-    let end = start as u64 + len as u64;
-    let mut from = start as u64;
+    let (from, len) = checked_range(start, len)?;
+    let end = from + len;
+    let mut from = from;
     let mut vec = [PageRegion::default(); SCAN_VEC_LEN];
     while from < end {
         let arg = PmScanArg {
@@ -328,9 +444,10 @@ pub(crate) fn is_wp_async_registered(
     start: usize,
     len: usize,
 ) -> io::Result<bool> {
-    let end = start as u64 + len as u64;
+    let (start, len) = checked_range(start, len)?;
+    let end = start + len;
     let arg = PmScanArg {
-        start: start as u64,
+        start,
         end,
         category_mask: PAGE_IS_WPALLOWED,
         return_mask: PAGE_IS_WPALLOWED,
@@ -338,5 +455,5 @@ pub(crate) fn is_wp_async_registered(
     };
     let mut vec = [PageRegion::default(); 1];
     let (n, _) = pagemap_scan(pagemap, arg, &mut vec)?;
-    Ok(n == 1 && vec[0].start <= start as u64 && vec[0].end >= end)
+    Ok(n == 1 && vec[0].start <= start && vec[0].end >= end)
 }

@@ -162,7 +162,44 @@ pub fn run(role: &str) -> ! {
             rx.share(UnixStream::from(stdin_fd()))
                 .unwrap_or_else(|e| fail(&format!("child: ring share: {e}")));
         }
+        "connect_then_linger" => {
+            let _p = connect();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        "store_then_unmap" => {
+            // Stores into one page of its mapping, then unmaps that page
+            // (as a hostile or careless producer may), then reports on
+            // stdout and lingers.
+            let p = connect();
+            let offset = env_u64("OFFSET") as usize;
+            write_u64(&p, offset, 1);
+            let base = region_address().unwrap_or_else(|| fail("child: mapping not found"));
+            // SAFETY (test code): the page lies inside the producer's own
+            // mapping of the region; nothing in this process touches it
+            // again (the Producer's drop unmaps the whole range, which
+            // tolerates the hole).
+            unsafe { rustix::mm::munmap((base + offset) as *mut _, 4096) }
+                .unwrap_or_else(|e| fail(&format!("child: munmap: {e}")));
+            let mut out = std::io::stdout();
+            let _ = out.write_all(b"u");
+            let _ = out.flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         other => fail(&format!("child: unknown role {other}")),
     }
     std::process::exit(0)
+}
+
+/// The address of this process's mapping of the region memfd (named
+/// `memfd-tripwire`), from `/proc/self/maps`.
+fn region_address() -> Option<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .find(|l| l.ends_with("/memfd:memfd-tripwire (deleted)"))
+        .and_then(|l| l.split('-').next())
+        .and_then(|a| usize::from_str_radix(a, 16).ok())
 }

@@ -12,6 +12,7 @@
 //! - `TRIPWIRE_TIME_SCALE=N`: multiply every time-out (slow emulated VMs).
 
 mod child;
+mod hostile;
 mod scenarios;
 mod util;
 
@@ -47,7 +48,7 @@ fn main() {
             Err(e) => Some(e.to_string()),
         };
         let required = required.contains(&name);
-        for &(scenario, f, only) in scenarios::ALL {
+        for &(scenario, f, only) in scenarios::ALL.iter().chain(hostile::ALL) {
             if !only.is_empty() && !only.contains(&kind) {
                 continue;
             }

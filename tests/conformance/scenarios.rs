@@ -792,7 +792,8 @@ fn stopped_consumer(ctx: &Ctx) -> Result<(KillOnDrop, rustix::process::Pid, Prod
 }
 
 /// SIGKILLs the child when dropped, so no failure path leaves it behind.
-struct KillOnDrop(std::process::Child);
+/// A child that is killed and reaped when this is dropped.
+pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

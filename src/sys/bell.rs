@@ -1,0 +1,206 @@
+//! A doorbell between two processes that neither side can jam: one end of a
+//! connected pair of unix stream sockets.
+//!
+//! An eventfd shared with a peer is one open file description: the peer can
+//! clear its `O_NONBLOCK` (our `read` then blocks), drain its counter between
+//! our `poll` and our `read`, or fill it to `u64::MAX - 1` (our `write` then
+//! blocks). A socket pair has two descriptions: each side holds its own end
+//! and the other side's flags are not ours. Every call here passes
+//! `MSG_DONTWAIT` (and `MSG_NOSIGNAL`), so it never blocks whatever flags the
+//! description carries, and the peer cannot read what is sent to us: it can
+//! only send (a spurious ring), stop reading (our rings find the queue full:
+//! a wake-up is pending anyway), or hang up (`EPIPE` / end of stream).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+
+/// How many bytes one [`Bell::drain`] takes at most: a peer that floods the
+/// bell cannot keep a drain going; what is left makes a later, spurious ring.
+const DRAIN_MAX: usize = 256;
+
+/// One end of a bell: ring the other end, or drain the rings sent to this one.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    sock: OwnedFd,
+}
+
+impl Bell {
+    /// A connected pair: the end to keep, and the end to hand to the peer.
+    pub(crate) fn pair() -> io::Result<(Bell, OwnedFd)> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        Ok((Bell { sock: ours }, theirs))
+    }
+
+    /// Takes an end received from a peer, after checking that it is a unix
+    /// stream socket (anything else is refused with the reason).
+    pub(crate) fn from_peer(fd: OwnedFd) -> Result<Bell, String> {
+        let st = rustix::fs::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err("not a socket".into());
+        }
+        let domain = rustix::net::sockopt::socket_domain(&fd)
+            .map_err(|e| format!("getsockopt(SO_DOMAIN): {e}"))?;
+        let kind = rustix::net::sockopt::socket_type(&fd)
+            .map_err(|e| format!("getsockopt(SO_TYPE): {e}"))?;
+        if domain != AddressFamily::UNIX || kind != SocketType::STREAM {
+            return Err(format!(
+                "a socket of domain {domain:?} and type {kind:?}, not a unix stream socket"
+            ));
+        }
+        Ok(Bell { sock: fd })
+    }
+
+    /// Rings the other end. Never blocks: a full queue means rings are
+    /// already pending, and counts as done.
+    ///
+    /// # Errors
+    ///
+    /// `BrokenPipe` once every holder of the other end closed it.
+    #[inline]
+    pub(crate) fn ring(&self) -> io::Result<()> {
+        loop {
+            match rustix::net::send(&self.sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(_) | Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(Errno::PIPE | Errno::CONNRESET) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the other end of the bell is closed",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes the rings sent to this end: `true` if there was at least one.
+    /// Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// `BrokenPipe` once every holder of the other end closed it and no ring
+    /// is left.
+    pub(crate) fn drain(&self) -> io::Result<bool> {
+        let mut buf = [0u8; DRAIN_MAX];
+        loop {
+            match rustix::net::recv(&self.sock, &mut buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the other end of the bell is closed",
+                    ));
+                }
+                Ok(_) => return Ok(true),
+                Err(Errno::AGAIN) => return Ok(false),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl AsFd for Bell {
+    /// Readable while rings are pending (or once the other end is closed).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl AsRawFd for Bell {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// Whether the peer on the other end of a connected socket hung up (closed
+/// it, died, or shut down its writing side), without blocking. Data the peer
+/// sent does not count: only `POLLRDHUP`, `POLLHUP` and `POLLERR` do, so a
+/// live peer cannot pass for a dead one by writing.
+pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    loop {
+        match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
+            Ok(_) => {
+                return Ok(fds[0]
+                    .revents()
+                    .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR));
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_are_drained_and_coalesce() {
+        let (a, b) = Bell::pair().unwrap();
+        let b = Bell::from_peer(b).unwrap();
+        assert!(!a.drain().unwrap());
+        b.ring().unwrap();
+        b.ring().unwrap();
+        assert!(a.drain().unwrap());
+        assert!(!a.drain().unwrap());
+    }
+
+    #[test]
+    fn a_closed_other_end_is_broken_pipe_both_ways() {
+        let (a, b) = Bell::pair().unwrap();
+        drop(b);
+        assert_eq!(a.ring().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn the_peer_cannot_make_us_block() {
+        let (a, b) = Bell::pair().unwrap();
+        // The peer clears O_NONBLOCK on every description it can reach
+        // (its own end; ours it never holds) and never reads: our rings
+        // fill its queue and then return at once.
+        rustix::fs::fcntl_setfl(&b, rustix::fs::OFlags::empty()).unwrap();
+        rustix::fs::fcntl_setfl(&a.sock, rustix::fs::OFlags::empty()).unwrap();
+        for _ in 0..100_000 {
+            a.ring().unwrap();
+        }
+        assert!(!a.drain().unwrap());
+    }
+
+    #[test]
+    fn only_unix_stream_sockets_are_taken() {
+        let (_, dgram) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        assert!(
+            Bell::from_peer(dgram)
+                .unwrap_err()
+                .contains("not a unix stream")
+        );
+        let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        assert_eq!(Bell::from_peer(memfd).unwrap_err(), "not a socket");
+    }
+
+    #[test]
+    fn data_is_not_a_hang_up() {
+        let (a, b) = Bell::pair().unwrap();
+        rustix::net::send(&b, b"hello", SendFlags::empty()).unwrap();
+        assert!(!hung_up(a.as_fd()).unwrap());
+        drop(b);
+        assert!(hung_up(a.as_fd()).unwrap());
+    }
+}

@@ -1,0 +1,626 @@
+//! The hostile peer (DESIGN.md section 6): each scenario plays a peer that
+//! uses what it legitimately holds (its copies of the fds, the shared memory,
+//! its socket) against us, and checks that we neither block, nor panic, nor
+//! leak, nor lose a write. Frames are crafted by hand where the peer must
+//! misbehave inside the handshake (the wire format is in `src/handoff.rs`).
+
+use std::io::{Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+use memfd_tripwire::{Backend, BackendKind, Error, Producer, Tripwire, blocking};
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::util::{Ctx, Outcome, create, ensure, expect_trip, ms, pair, runtime, spawn};
+
+type Scenario = (&'static str, fn(&Ctx) -> Outcome, &'static [BackendKind]);
+const ANY: &[BackendKind] = &[];
+
+pub const ALL: &[Scenario] = &[
+    (
+        "hostile_producer_cannot_jam_the_doorbell",
+        producer_cannot_jam_the_doorbell,
+        &[BackendKind::Doorbell],
+    ),
+    (
+        "hostile_consumer_cannot_jam_notify",
+        consumer_cannot_jam_notify,
+        &[BackendKind::Doorbell],
+    ),
+    (
+        "hostile_sender_cannot_jam_the_ring_receiver",
+        sender_cannot_jam_the_ring_receiver,
+        &[BackendKind::Poll],
+    ),
+    (
+        "hostile_registered_before_share_learns_of_death",
+        registered_before_share_learns_of_death,
+        ANY,
+    ),
+    (
+        "hostile_ring_polled_before_share_learns_of_death",
+        ring_polled_before_share_learns_of_death,
+        ANY,
+    ),
+    (
+        "hostile_live_peer_writing_its_socket_is_not_dead",
+        live_peer_writing_its_socket_is_not_dead,
+        ANY,
+    ),
+    (
+        "hostile_1000_producers_leave_no_threads_or_fds",
+        thousand_producers_leave_no_trace,
+        ANY,
+    ),
+    (
+        "hostile_store_then_partial_unmap_trips",
+        store_then_partial_unmap_trips,
+        &[BackendKind::UserfaultAsync],
+    ),
+    (
+        "hostile_reply_address_past_the_address_space",
+        reply_address_past_the_address_space,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
+        "hostile_extreme_durations_are_handled",
+        extreme_durations_are_handled,
+        ANY,
+    ),
+];
+
+const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
+const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
+const DOORBELL: u16 = 2;
+const PAGE: usize = 4096;
+
+/// Runs `f` on its own thread: `Err` if it has not returned within `limit`
+/// (it is then left blocked: the hang is the finding).
+fn bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failed> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .map_err(|_| format!("{what}: blocked for more than {limit:?}").into())
+}
+
+/// One frame of `n` bytes and the fds that came with it.
+fn recv_frame(sock: &UnixStream, n: usize) -> Result<(Vec<u8>, Vec<OwnedFd>), Failed> {
+    let mut frame = vec![0u8; n];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut frame)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    (&*sock).read_exact(&mut frame[msg.bytes..])?;
+    Ok((frame, fds))
+}
+
+fn send_frame(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Outcome {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        ensure(control.push(SendAncillaryMessage::ScmRights(fds)), || {
+            "cmsg space".into()
+        })?;
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// The reply frame of handshake `version` (status ok) with `address`.
+fn ok_reply(version: [u8; 2], address: u64) -> Vec<u8> {
+    let mut f = Vec::with_capacity(24);
+    f.extend_from_slice(&REPLY_MAGIC);
+    f.extend_from_slice(&version);
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&address.to_le_bytes());
+    f
+}
+
+/// Plays a producer that takes the offer and replies "attached" with
+/// `address` and `fds`; returns the offer's version and fds.
+fn fake_producer(
+    sock: &UnixStream,
+    address: u64,
+    fds: &[BorrowedFd<'_>],
+) -> Result<([u8; 2], Vec<OwnedFd>), Failed> {
+    let (frame, received) = recv_frame(sock, 24)?;
+    ensure(frame[..8] == OFFER_MAGIC, || "not an offer".into())?;
+    let version = [frame[8], frame[9]];
+    send_frame(sock, &ok_reply(version, address), fds)?;
+    Ok((version, received))
+}
+
+/// Clears `O_NONBLOCK` on the open file description behind `fd`: what a
+/// peer sharing it can do to us.
+fn clear_nonblock(fd: BorrowedFd<'_>) {
+    let _ = rustix::fs::fcntl_setfl(fd, OFlags::empty());
+}
+
+/// A sealed memfd of `len` bytes, as the crate makes them.
+fn sealed_memfd(name: &str, len: u64) -> Result<OwnedFd, Failed> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// A producer that holds the Doorbell's fds clears `O_NONBLOCK` on each,
+/// drains whatever it can read and floods the bell. The consumer's
+/// `try_changed`, `wait_timeout` and `changed().await` must still return.
+/// (With the eventfd bell of c7b7db3 they blocked in `read` forever.)
+fn producer_cannot_jam_the_doorbell(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 4096)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let hostile = std::thread::spawn(move || -> Result<_, Failed> {
+        let (_, fds) = fake_producer(&theirs, 0, &[])?;
+        for fd in &fds {
+            clear_nonblock(fd.as_fd());
+            let mut buf = [0u8; 64];
+            // Drain what is readable (poll first: its own reads must not block).
+            let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            if rustix::event::poll(&mut p, Some(&rustix::event::Timespec::default()))? > 0 {
+                let _ = rustix::io::read(fd, &mut buf);
+            }
+        }
+        // Flood the bell (fd 1) until it is full.
+        for _ in 0..1_000_000 {
+            if rustix::net::send(&fds[1], &[7; 64], SendFlags::DONTWAIT).is_err() {
+                break;
+            }
+        }
+        Ok((theirs, fds))
+    });
+    tw.share(ours)?;
+    let _keep = hostile.join().map_err(|_| "hostile thread panicked")??;
+    let limit = ms(5_000);
+    let (mut tw, first) = bounded("try_changed", limit, move || {
+        let r = tw.try_changed().map_err(|e| e.to_string());
+        (tw, r)
+    })?;
+    first?; // a spurious trip is allowed; an error is not
+    let (tw, second) = bounded("wait_timeout", limit, move || {
+        let r = tw
+            .wait_timeout(Duration::from_millis(20))
+            .map_err(|e| e.to_string());
+        (tw, r)
+    })?;
+    second?;
+    bounded("changed().await", limit, move || -> Outcome {
+        let rt = runtime()?;
+        rt.block_on(async {
+            let mut tw = Tripwire::new(tw)?;
+            let _ = tokio::time::timeout(Duration::from_millis(50), tw.changed()).await;
+            Ok(())
+        })
+    })?
+}
+
+/// The handshake version this build speaks, learned from a real offer.
+fn handshake_version() -> Result<[u8; 2], Failed> {
+    let (a, b) = UnixStream::pair()?;
+    let probe = std::thread::spawn(move || recv_frame(&b, 24).map(|(f, _)| [f[8], f[9]]));
+    let mut tw = blocking::Tripwire::builder(64)
+        .backend(Backend::Poll)
+        .create()?;
+    let _ = tw.share(a); // the probe never replies
+    probe.join().map_err(|_| "probe panicked")?
+}
+
+/// Offers a Doorbell with `bell` as the bell to a real `Producer::connect`;
+/// `Ok(None)` if the producer refused it.
+fn offer_doorbell(
+    region: &OwnedFd,
+    control: &OwnedFd,
+    bell: BorrowedFd<'_>,
+) -> Result<Option<Producer>, Failed> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    let mut offer = Vec::with_capacity(24);
+    offer.extend_from_slice(&OFFER_MAGIC);
+    offer.extend_from_slice(&handshake_version()?);
+    offer.extend_from_slice(&DOORBELL.to_le_bytes());
+    offer.extend_from_slice(&3u32.to_le_bytes());
+    offer.extend_from_slice(&4096u64.to_le_bytes());
+    send_frame(&ours, &offer, &[region.as_fd(), bell, control.as_fd()])?;
+    let (reply, _) = recv_frame(&ours, 24)?;
+    let producer = producer.join().map_err(|_| "producer panicked")?;
+    match producer {
+        Ok(p) if reply[10..12] == [0, 0] => {
+            std::mem::forget(ours); // the pair stays connected for the test's life
+            Ok(Some(p))
+        }
+        Ok(_) => Err("the producer attached but replied with an error".into()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Calls `notify()` 100 times with the consumer armed; each must return.
+fn notify_rounds(producer: Producer, control: &OwnedFd) -> Outcome {
+    let producer = std::sync::Arc::new(producer);
+    for round in 0..100 {
+        rustix::io::pwrite(control, &1u32.to_ne_bytes(), 0)?; // armed
+        let p = producer.clone();
+        bounded(&format!("notify() round {round}"), ms(5_000), move || {
+            p.region()
+                .write(0, &(round as u64))
+                .map_err(|e| e.to_string())?;
+            p.notify().map_err(|e| e.to_string())
+        })??;
+    }
+    Ok(())
+}
+
+/// A consumer jams the bell it shares with the producer: an eventfd (the
+/// bell of c7b7db3) filled to `u64::MAX - 1` with `O_NONBLOCK` cleared,
+/// which must be refused (c7b7db3 took it, and `notify()` blocked in
+/// `write`); then a socket pair whose producer end it keeps a copy of,
+/// fills and clears `O_NONBLOCK` on. `notify()` must return at once, every
+/// time.
+fn consumer_cannot_jam_notify(_: &Ctx) -> Outcome {
+    let region = sealed_memfd("hostile-region", 4096)?;
+    let control = sealed_memfd("hostile-control", 4096)?;
+    let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+    rustix::io::write(&efd, &(u64::MAX - 1).to_ne_bytes())?;
+    if let Some(producer) = offer_doorbell(&region, &control, efd.as_fd())? {
+        notify_rounds(producer, &control)?;
+        return Err("an eventfd bell shared with the consumer was accepted".into());
+    }
+    let (bell_ours, bell_theirs) = UnixStream::pair()?;
+    let producer = offer_doorbell(&region, &control, bell_theirs.as_fd())?
+        .ok_or("the producer refused a socket-pair bell")?;
+    // The description the producer shares with us: full, then no
+    // O_NONBLOCK; ours blocking too.
+    while rustix::net::send(&bell_theirs, &[1; 4096], SendFlags::DONTWAIT).is_ok() {}
+    clear_nonblock(bell_theirs.as_fd());
+    clear_nonblock(bell_ours.as_fd());
+    notify_rounds(producer, &control)
+}
+
+/// A ring Sender that clears `O_NONBLOCK` on the space bell and never reads
+/// it, while announcing that it waits for space after every batch: the
+/// Receiver rings it each time and must never block doing so.
+fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
+    const CAP: u64 = 8;
+    let mut rx = memfd_tripwire::ring::SharedRing::<u64>::builder(CAP as usize)
+        .backend(ctx.backend)
+        .create()?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let hostile = std::thread::spawn(move || -> Result<_, Failed> {
+        let (version, mut fds) = fake_producer(&theirs, 0, &[])?;
+        let (ring, ring_fds) = recv_frame(&theirs, 16)?;
+        ensure(ring[..8] == *b"MFDTRING", || "not the ring frame".into())?;
+        send_frame(&theirs, &ok_reply(version, 0), &[])?;
+        // The space bell (fd 1): fill it as an eventfd counter would be
+        // filled (on a socket this only sends 8 bytes our way), then clear
+        // O_NONBLOCK on everything received.
+        let _ = rustix::io::write(&ring_fds[1], &(u64::MAX - 1).to_ne_bytes());
+        for fd in &ring_fds {
+            clear_nonblock(fd.as_fd());
+        }
+        fds.extend(ring_fds);
+        Ok((theirs, fds))
+    });
+    rx.share(ours)?;
+    let (_sock, fds) = hostile.join().map_err(|_| "hostile thread panicked")??;
+    let region = fds[0].try_clone()?;
+    let mut head = 0u64;
+    let mut got = 0u64;
+    for _ in 0..2_000 {
+        head += CAP;
+        rustix::io::pwrite(&region, &2u32.to_ne_bytes(), 8)?; // state: waiting
+        rustix::io::pwrite(&region, &head.to_ne_bytes(), 0)?; // a full ring
+        let (r, n) = bounded("try_recv", ms(5_000), move || {
+            let mut n = 0;
+            let outcome = loop {
+                match rx.try_recv() {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            (rx, (outcome, n))
+        })?;
+        rx = r;
+        n.0?;
+        got += n.1;
+    }
+    ensure(got == head, || format!("received {got} of {head}"))
+}
+
+/// Kills `child` after `delay`, from another thread.
+fn kill_later(mut child: std::process::Child, delay: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+    })
+}
+
+/// Registered with mio before `share`, then shared with a producer that
+/// never writes and is killed while we sleep in `poll`: the registration
+/// must report the death (c7b7db3 registered only the fds that existed at
+/// registration, and slept forever).
+fn registered_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 4096)?;
+    let mut poll = mio::Poll::new()?;
+    poll.registry()
+        .register(&mut tw, mio::Token(1), mio::Interest::READABLE)?;
+    let child = crate::util::share_with_child(&mut tw, "connect_then_linger", &[])?;
+    let killer = kill_later(child, ms(200));
+    let mut events = mio::Events::with_capacity(8);
+    let deadline = std::time::Instant::now() + ms(10_000);
+    let outcome = loop {
+        // Edge-triggered: take everything before sleeping again.
+        let done = loop {
+            match tw.try_changed() {
+                Ok(Some(_)) => {}
+                Ok(None) => break None,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Some(Ok(())),
+                Err(e) => break Some(Err(e.into())),
+            }
+        };
+        if let Some(outcome) = done {
+            break outcome;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break Err("no BrokenPipe: a registration made before share missed the death".into());
+        }
+        poll.poll(&mut events, Some(left))?;
+        if events.is_empty() {
+            break Err("mio reported nothing after the producer died".into());
+        }
+    };
+    let _ = killer.join();
+    outcome
+}
+
+/// A ring Receiver first polled before `share`, then waiting in `recv()`
+/// when its Sender is killed: `recv()` must end with `PeerDied`, not stay
+/// pending (c7b7db3 registered the peer set only if it existed at the
+/// first poll).
+fn ring_polled_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut rx = memfd_tripwire::ring::SharedRing::<crate::scenarios::Msg>::builder(8)
+            .backend(ctx.backend)
+            .type_tag(crate::scenarios::RING_TAG)
+            .create()?;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        ensure(rx.poll_recv(&mut cx).is_pending(), || "not pending".into())?;
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut child = spawn(
+            "ring_sender",
+            &[("COUNT", "3".into()), ("LINGER", "1".into())],
+            theirs.into(),
+            None,
+        )?;
+        rx.share(ours)?;
+        let mut line = [0u8; 5];
+        child
+            .stdout
+            .take()
+            .ok_or("no stdout")?
+            .read_exact(&mut line)?;
+        for _ in 0..3 {
+            match tokio::time::timeout(ms(10_000), rx.recv()).await {
+                Ok(Ok(Some(_))) => {}
+                other => return Err(format!("receiving what was sent: {other:?}").into()),
+            }
+        }
+        // Now pending, with nothing more to come: the Sender dies.
+        let killer = kill_later(child, ms(200));
+        // Not `timeout`: it polls `recv` once more when its timer fires,
+        // which would find the death without any wake-up from it.
+        let outcome = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(ms(10_000)) => {
+                Err(Failed::from("recv() still pending after the Sender died"))
+            }
+            r = rx.recv() => match r {
+                Ok(v) => Err(format!("a killed Sender gave {v:?}").into()),
+                Err(Error::PeerDied) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let _ = killer.join();
+        outcome
+    })
+}
+
+/// A live peer that writes bytes to its handshake socket is not a dead one:
+/// neither side may report `PeerDied`/`BrokenPipe` for it.
+fn live_peer_writing_its_socket_is_not_dead(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 4096)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut their_copy = theirs.try_clone()?;
+    let mut our_copy = ours.try_clone()?;
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    tw.share(ours)?;
+    let producer = producer.join().map_err(|_| "producer panicked")??;
+    their_copy.write_all(b"x")?;
+    our_copy.write_all(b"y")?;
+    std::thread::sleep(ms(50));
+    ensure(matches!(tw.try_changed(), Ok(None)), || {
+        "a byte from a live producer was taken for its death".into()
+    })?;
+    ensure(!producer.is_closed(), || {
+        "a byte from a live consumer was taken for its death".into()
+    })?;
+    drop(producer);
+    Ok(())
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+/// One consumer serves 1,000 short-lived producers in turn: its threads and
+/// fds must stay flat (c7b7db3 kept a resolver thread and a uffd for each on
+/// Userfault).
+fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
+    let n = (1000 / crate::util::scale() as usize).max(100);
+    let mut tw = create(ctx, 4096)?;
+    let mut base = None;
+    for i in 0..n {
+        let (ours, theirs) = UnixStream::pair()?;
+        let producer = std::thread::spawn(move || -> Result<(), Error> {
+            let p = Producer::connect(theirs)?;
+            p.region().write(0, &(i as u64))?;
+            p.notify().map_err(|e| Error::Io {
+                op: "notify",
+                source: e,
+            })
+        });
+        tw.share(ours)?;
+        producer.join().map_err(|_| "producer panicked")??;
+        match tw.try_changed() {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(e.into()),
+        }
+        if i == 20 {
+            std::thread::sleep(ms(200));
+            base = Some((count("/proc/self/task"), count("/proc/self/fd")));
+        }
+    }
+    std::thread::sleep(ms(500)); // resolvers notice hang-ups asynchronously
+    let _ = tw.try_changed();
+    let (threads0, fds0) = base.ok_or("no baseline")?;
+    let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
+    // Other tests run in parallel: allow for their threads and fds.
+    ensure(threads <= threads0 + 40 && fds <= fds0 + 60, || {
+        format!(
+            "after {n} producers: {threads} threads (was {threads0} after 20), {fds} fds \
+             (was {fds0})"
+        )
+    })
+}
+
+/// A producer stores into a page and unmaps that page before the scanner
+/// looks: the record of the store goes with the page tables, so the wire
+/// must trip anyway (c7b7db3 checked only the first page and lost it).
+fn store_then_partial_unmap_trips(ctx: &Ctx) -> Outcome {
+    let mut tw = blocking::Tripwire::builder(4 * PAGE)
+        .backend(ctx.backend)
+        .poll_interval(ms(300))
+        .create()?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let (sync_ours, sync_theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "store_then_unmap",
+        &[("OFFSET", (2 * PAGE).to_string())],
+        theirs.into(),
+        Some(sync_theirs.into()),
+    )?;
+    let _child = crate::scenarios::KillOnDrop(child);
+    tw.share(ours)?;
+    let mut done = [0u8; 1];
+    (&sync_ours).read_exact(&mut done)?;
+    expect_trip(
+        &mut tw,
+        ms(5_000),
+        "a store into a page unmapped before the scan",
+    )
+}
+
+/// A producer replies with a real uffd (and pagemap) but a mapping address
+/// whose range runs past the end of any address space: a handshake error,
+/// not an overflow.
+fn reply_address_past_the_address_space(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 2 * PAGE)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let uffd = open_uffd()?;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    // The reply carries 2 fds for UserfaultAsync (uffd, pagemap), 1 for Userfault.
+    let with_pagemap = ctx.kind == BackendKind::UserfaultAsync;
+    let hostile = std::thread::spawn(move || -> Result<_, Failed> {
+        let mut fds = vec![uffd.as_fd()];
+        if with_pagemap {
+            fds.push(pagemap.as_fd());
+        }
+        fake_producer(&theirs, 0xFFFF_FFFF_FFFF_F000, &fds)?;
+        Ok(theirs)
+    });
+    let err = match tw.share(ours) {
+        Ok(()) => return Err("an impossible mapping address was accepted".into()),
+        Err(e) => e.to_string(),
+    };
+    let _ = hostile.join();
+    ensure(err.contains("bad mapping address"), || {
+        format!("unexpected error: {err}")
+    })
+}
+
+fn open_uffd() -> Result<OwnedFd, Failed> {
+    // SAFETY (test code): userfaultfd takes one int of flags and returns a
+    // new fd or -1. O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | 1,
+        )
+    };
+    if ret < 0 {
+        return Err(format!("userfaultfd: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY (test code): a new fd, ours alone.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ret as i32) })
+}
+
+/// `wait_timeout(Duration::MAX)` is "forever", not an `Instant` overflow;
+/// a zero poll interval is refused, not a spinning thread.
+fn extreme_durations_are_handled(ctx: &Ctx) -> Outcome {
+    let (mut tw, producer) = pair(ctx, 4096)?;
+    producer.region().write(0, &1u64)?;
+    producer.notify()?;
+    let (_, r) = bounded("wait_timeout(Duration::MAX)", ms(10_000), move || {
+        let r = tw.wait_timeout(Duration::MAX).map_err(|e| e.to_string());
+        (tw, r)
+    })?;
+    ensure(matches!(r, Ok(Some(_))), || {
+        format!("wait_timeout(MAX) gave {r:?}")
+    })?;
+    for backend in [Backend::Poll, Backend::UserfaultAsync] {
+        let r = blocking::Tripwire::builder(64)
+            .backend(backend)
+            .poll_interval(Duration::ZERO)
+            .create();
+        ensure(r.is_err(), || {
+            format!("{backend:?} accepted a zero poll interval")
+        })?;
+    }
+    drop(producer);
+    Ok(())
+}
