@@ -1,8 +1,9 @@
 //! What one call costs when nothing waits, with criterion: the ring's
 //! per-message and per-batch paths, `Producer::notify()` on `Doorbell`
-//! (armed or not), and `Region` copies. One process, one thread, so these
-//! are the crate's own overheads: no cache-line transfer between CPUs, no
-//! wake-up. The two-process figures (wake-up latency, throughput between
+//! (armed or not), and `Region` copies (8 and 64 bytes with `read`/`write`,
+//! an unaligned `u32`, 4096 bytes with `read_bytes`/`write_bytes`). One
+//! process, one thread, so these are the crate's own overheads: no
+//! cache-line transfer between CPUs, no wake-up. The two-process figures (wake-up latency, throughput between
 //! pinned processes, trapped stores) are `doorbell_latency`, `userfault` and
 //! `ring` (see `scripts/bench-*`).
 //!
@@ -99,12 +100,53 @@ fn notify(c: &mut Criterion) {
 fn region(c: &mut Criterion) {
     let (tw, _p) = wire_pair(Backend::Poll);
     let region = tw.region();
+    // Fixed-size copies at an 8-aligned offset: whole words only.
+    let mut g = c.benchmark_group("region_8B");
+    g.bench_function("write", |b| {
+        b.iter(|| {
+            region
+                .write(black_box(128), &black_box(7u64))
+                .expect("write")
+        })
+    });
+    g.bench_function("read", |b| {
+        b.iter(|| black_box(region.read::<u64>(black_box(128)).expect("read")))
+    });
+    g.finish();
     let mut g = c.benchmark_group("region_64B");
     g.bench_function("write", |b| {
         b.iter(|| region.write(black_box(128), &[7u64; 8]).expect("write"))
     });
     g.bench_function("read", |b| {
         b.iter(|| black_box(region.read::<Msg>(black_box(128)).expect("read")))
+    });
+    g.finish();
+    // Half a word: a store merged into its word, a load of the whole word.
+    let mut g = c.benchmark_group("region_4B_unaligned");
+    g.bench_function("write", |b| {
+        b.iter(|| {
+            region
+                .write(black_box(132), &black_box(7u32))
+                .expect("write")
+        })
+    });
+    g.bench_function("read", |b| {
+        b.iter(|| black_box(region.read::<u32>(black_box(132)).expect("read")))
+    });
+    g.finish();
+    // The whole region, as the ring's batches and Poll's snapshots copy.
+    let mut g = c.benchmark_group("region_4096B");
+    g.throughput(Throughput::Bytes(4096));
+    let src = [7u8; 4096];
+    let mut dst = vec![0u8; 4096];
+    g.bench_function("write_bytes", |b| {
+        b.iter(|| region.write_bytes(black_box(0), &src).expect("write"))
+    });
+    g.bench_function("read_bytes", |b| {
+        b.iter(|| {
+            region.read_bytes(black_box(0), &mut dst).expect("read");
+            black_box(&dst);
+        })
     });
     g.finish();
 }

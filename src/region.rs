@@ -19,7 +19,12 @@ use crate::sys::Mapping;
 /// and fails with [`Error::OutOfBounds`] or [`Error::Misaligned`]; nothing
 /// here panics on a bad offset.
 ///
-/// A value copied out while the peer writes it can be torn: validate what you
+/// Copies are made of relaxed atomic loads and stores, one per aligned 8-byte
+/// word of the region (a word covered only in part is loaded whole, or has
+/// the bytes merged into it with a compare-exchange; the last `len() % 8`
+/// bytes, if any, go one by one), so a copy racing a writer, in another
+/// thread or process, is not a data race. A value copied
+/// out while the peer writes it can be torn between words: validate what you
 /// read. The mapping is unmapped when the last handle to it is dropped.
 ///
 /// Writes through a consumer's own `Region` are writes like any other: on the
@@ -154,6 +159,13 @@ impl Region {
     }
 
     /// The `AtomicU32` at `offset`, which must be a multiple of 4.
+    ///
+    /// It is half of one of the region's 8-byte words, which copies access
+    /// whole: do not let it race a copy of that word ([`read`](Region::read)
+    /// and the like, or the `Poll` backend's snapshots of the whole region),
+    /// which Rust's memory model calls a mixed-size race and leaves
+    /// undefined. Prefer [`atomic_u64`](Region::atomic_u64) in memory that
+    /// is copied too.
     ///
     /// # Errors
     ///
