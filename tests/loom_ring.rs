@@ -5,7 +5,7 @@
 #![cfg(memfd_tripwire_loom)]
 
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memfd_tripwire::__loom::ring::{
     Index, State, announce_wait, load_head, publish_head, publish_tail,
 };
@@ -82,17 +82,17 @@ fn full_ring_wait<S: State + Send + Sync + 'static>(state: S) {
 
 #[test]
 fn a_waiting_sender_is_always_woken() {
-    loom::model(|| full_ring_wait(AtomicU32::new(0)));
+    loom::model(|| full_ring_wait(AtomicU64::new(0)));
 }
 
 /// The state word with its fence removed.
-struct NoFence(AtomicU32);
+struct NoFence(AtomicU64);
 
 impl State for NoFence {
-    fn load(&self, order: Ordering) -> u32 {
+    fn load(&self, order: Ordering) -> u64 {
         self.0.load(order)
     }
-    fn fetch_or(&self, bits: u32, order: Ordering) -> u32 {
+    fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
         self.0.fetch_or(bits, order)
     }
     fn fence() {}
@@ -101,5 +101,5 @@ impl State for NoFence {
 #[test]
 #[should_panic(expected = "lost wake-up")]
 fn without_fences_a_wake_up_is_lost() {
-    loom::model(|| full_ring_wait(NoFence(AtomicU32::new(0))));
+    loom::model(|| full_ring_wait(NoFence(AtomicU64::new(0))));
 }

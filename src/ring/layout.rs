@@ -4,7 +4,8 @@
 //! ```text
 //! the tripwire's region, one page (written by the Sender only):
 //!   0    head: u64      messages published (wrapping count)
-//!   8    state: u32     bit 0: closed cleanly; bit 1: the Sender waits for space
+//!   8    state: u64     bit 0: closed cleanly; bit 1: the Sender waits for space
+//!                       (a whole 8-byte word: see `protocol::State`)
 //! the slots memfd, sealed (written by the Sender only):
 //!   0    slots          capacity x size_of::<T>(), slot i at (i % capacity) * size
 //! the control memfd, sealed (written by the Receiver only):
@@ -28,11 +29,12 @@ pub(crate) const CONTROL_LEN: usize = 4096;
 /// Bytes of the header at the start of the control memfd.
 pub(crate) const HEADER_LEN: usize = 32;
 
-pub(crate) const STATE_CLOSED: u32 = 1 << 0;
-pub(crate) const STATE_WAITING: u32 = super::protocol::WAITING;
+pub(crate) const STATE_CLOSED: u64 = 1 << 0;
+pub(crate) const STATE_WAITING: u64 = super::protocol::WAITING;
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MFDTRNG1");
-pub(crate) const VERSION: u32 = 2;
+/// 3: the state word (offset 8 of the wire) is a u64.
+pub(crate) const VERSION: u32 = 3;
 /// The largest capacity accepted (keeps every offset far from overflow).
 pub(crate) const MAX_CAPACITY: u32 = 1 << 24;
 

@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// The Sender's "I wait for space" bit in its state word.
-pub const WAITING: u32 = 1 << 1;
+pub const WAITING: u64 = 1 << 1;
 
 /// A 64-bit index word.
 pub trait Index {
@@ -22,18 +22,21 @@ pub trait Index {
     fn store(&self, value: u64, order: std::sync::atomic::Ordering);
 }
 
-/// A 32-bit state word, with the fence that goes with it.
+/// A 64-bit state word, with the fence that goes with it. (64 bits, a
+/// whole word of the region: the Poll backend copies the region in whole
+/// 8-byte atomic words, and a racing atomic of another size on the same
+/// bytes is a mixed-size race.)
 pub trait State {
     /// `load`.
-    fn load(&self, order: std::sync::atomic::Ordering) -> u32;
+    fn load(&self, order: std::sync::atomic::Ordering) -> u64;
     /// `fetch_or`.
-    fn fetch_or(&self, bits: u32, order: std::sync::atomic::Ordering) -> u32;
+    fn fetch_or(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64;
     /// A sequentially consistent fence.
     fn fence();
 }
 
 macro_rules! atomics {
-    ($u64:ty, $u32:ty, $fence:path) => {
+    ($u64:ty, $state:ty, $fence:path) => {
         impl Index for $u64 {
             #[inline]
             fn load(&self, order: std::sync::atomic::Ordering) -> u64 {
@@ -44,14 +47,14 @@ macro_rules! atomics {
                 <$u64>::store(self, value, order)
             }
         }
-        impl State for $u32 {
+        impl State for $state {
             #[inline]
-            fn load(&self, order: std::sync::atomic::Ordering) -> u32 {
-                <$u32>::load(self, order)
+            fn load(&self, order: std::sync::atomic::Ordering) -> u64 {
+                <$state>::load(self, order)
             }
             #[inline]
-            fn fetch_or(&self, bits: u32, order: std::sync::atomic::Ordering) -> u32 {
-                <$u32>::fetch_or(self, bits, order)
+            fn fetch_or(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64 {
+                <$state>::fetch_or(self, bits, order)
             }
             #[inline]
             fn fence() {
@@ -63,13 +66,13 @@ macro_rules! atomics {
 
 atomics!(
     std::sync::atomic::AtomicU64,
-    std::sync::atomic::AtomicU32,
+    std::sync::atomic::AtomicU64,
     std::sync::atomic::fence
 );
 #[cfg(memfd_tripwire_loom)]
 atomics!(
     loom::sync::atomic::AtomicU64,
-    loom::sync::atomic::AtomicU32,
+    loom::sync::atomic::AtomicU64,
     loom::sync::atomic::fence
 );
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -232,8 +232,8 @@ impl<T: Pod> Receiver<T> {
         self.region.atomic_u64(layout::HEAD)
     }
 
-    fn state(&self) -> Result<&AtomicU32, Error> {
-        self.region.atomic_u32(layout::STATE)
+    fn state(&self) -> Result<&AtomicU64, Error> {
+        self.region.atomic_u64(layout::STATE)
     }
 
     /// How many published messages are ready to take. The Sender's head is

@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::Pod;
 
@@ -167,8 +167,8 @@ impl<T: Pod> Sender<T> {
         self.region.atomic_u64(layout::HEAD)
     }
 
-    fn state(&self) -> Result<&AtomicU32, Error> {
-        self.region.atomic_u32(layout::STATE)
+    fn state(&self) -> Result<&AtomicU64, Error> {
+        self.region.atomic_u64(layout::STATE)
     }
 
     /// Free slots, re-reading (and validating) the Receiver's tail.
@@ -521,7 +521,7 @@ mod r#async {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         // A clean close: the Receiver drains, then ends with Ok(None).
-        if let Ok(state) = self.region.atomic_u32(layout::STATE) {
+        if let Ok(state) = self.region.atomic_u64(layout::STATE) {
             state.fetch_or(layout::STATE_CLOSED, Ordering::Release);
             let _ = self.producer.notify();
         }

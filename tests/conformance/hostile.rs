@@ -337,7 +337,7 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
     let mut got = 0u64;
     for _ in 0..2_000 {
         head += CAP;
-        rustix::io::pwrite(&region, &2u32.to_ne_bytes(), 8)?; // state: waiting
+        rustix::io::pwrite(&region, &2u64.to_ne_bytes(), 8)?; // state: waiting
         rustix::io::pwrite(&region, &head.to_ne_bytes(), 0)?; // a full ring
         let (r, n) = bounded("try_recv", ms(5_000), move || {
             let mut n = 0;
