@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
-use crate::backend::{kernel, memfd, userfault, userfault_async};
+use crate::backend::{kernel, userfault, userfault_async};
 use crate::handoff::Extras;
 use crate::sys::{self, Mapping};
 use crate::{BackendKind, Error, Region};
@@ -205,27 +205,27 @@ impl Producer {
                 }
                 (Region::new(map), None)
             }
-            BackendKind::Poll => (map_memfd(&next(), len)?, None),
+            BackendKind::Poll => (map_memfd(next(), len)?, None),
             BackendKind::Userfault => {
-                let region = map_memfd(&next(), len)?;
+                let region = map_memfd(next(), len)?;
                 let map = region.mapping();
                 sent = Some((vec![userfault::register(map)?], map.addr()));
                 (region, None)
             }
             BackendKind::UserfaultAsync => {
-                let region = map_memfd(&next(), len)?;
+                let region = map_memfd(next(), len)?;
                 let map = region.mapping();
                 let (uffd, pagemap) = userfault_async::register(map)?;
                 sent = Some((vec![uffd, pagemap], map.addr()));
                 (region, None)
             }
             BackendKind::Doorbell => {
-                let region = map_memfd(&next(), len)?;
+                let region = map_memfd(next(), len)?;
                 let bell = sys::Bell::from_peer(next())
                     .map_err(|why| Error::handshake(format!("the doorbell fd: {why}")))?;
-                let control_fd = next();
-                memfd::check_sealed(control_fd.as_fd(), CONTROL_LEN, "the control memfd")?;
-                let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
+                let control = sys::SealedMemfd::from_peer(next(), Some(CONTROL_LEN))
+                    .map_err(|why| Error::handshake(format!("the control memfd {why}")))?
+                    .map()
                     .map_err(|e| Error::io("mmap of the control page", e))?;
                 (region, Some(Doorbell { control, bell }))
             }
@@ -310,9 +310,10 @@ impl Producer {
     }
 }
 
-fn map_memfd(fd: &OwnedFd, len: usize) -> Result<Region, Error> {
-    memfd::check_sealed(fd.as_fd(), len, "the region memfd")?;
-    let map =
-        Mapping::map_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap of the region", e))?;
+fn map_memfd(fd: OwnedFd, len: usize) -> Result<Region, Error> {
+    let map = sys::SealedMemfd::from_peer(fd, Some(len))
+        .map_err(|why| Error::handshake(format!("the region memfd {why}")))?
+        .map()
+        .map_err(|e| Error::io("mmap of the region", e))?;
     Ok(Region::new(map))
 }

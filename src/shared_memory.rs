@@ -3,8 +3,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use crate::backend::memfd;
-use crate::sys::Mapping;
+use crate::sys::SealedMemfd;
 use crate::{Error, Region};
 
 /// Plain (unwatched) shared memory: a memfd sealed against resizing, and
@@ -30,7 +29,7 @@ use crate::{Error, Region};
 /// # Ok(()) }
 /// ```
 pub struct SharedMemory {
-    fd: OwnedFd,
+    fd: SealedMemfd,
     region: Region,
 }
 
@@ -55,11 +54,18 @@ impl SharedMemory {
     /// let mem = SharedMemory::create(64 * 1024).unwrap();
     /// ```
     pub fn create(len: usize) -> Result<Self, Error> {
+        Self::create_named("memfd-tripwire-shared", len)
+    }
+
+    /// [`create`](SharedMemory::create), with the name the memfd shows in
+    /// `/proc/<pid>/maps` and `/proc/<pid>/fd`.
+    pub(crate) fn create_named(name: &str, len: usize) -> Result<Self, Error> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        let fd = memfd::create_sealed("memfd-tripwire-shared", len)?;
-        Self::map(fd, len)
+        let fd =
+            SealedMemfd::create(name, len).map_err(|e| Error::io("creating a sealed memfd", e))?;
+        Self::map(fd)
     }
 
     /// Attaches to shared memory received from a peer, after checking that
@@ -76,19 +82,20 @@ impl SharedMemory {
     /// assert!(matches!(SharedMemory::from_fd(not_memfd.into()), Err(Error::Handshake { .. })));
     /// ```
     pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
-        let size = rustix::fs::fstat(&fd)
-            .map_err(|e| Error::io("fstat of shared memory", e))?
-            .st_size;
-        let len = usize::try_from(size).unwrap_or(0);
-        if len == 0 {
-            return Err(Error::handshake("the shared memory is empty"));
-        }
-        memfd::check_sealed(fd.as_fd(), len, "the shared memory")?;
-        Self::map(fd, len)
+        Self::from_peer(fd, None, "the shared memory")
     }
 
-    fn map(fd: OwnedFd, len: usize) -> Result<Self, Error> {
-        let map = Mapping::map_shared(fd.as_fd(), len)
+    /// Attaches to a memfd from a peer that must be `len` bytes (any size
+    /// when `None`); a refusal names it `what`.
+    pub(crate) fn from_peer(fd: OwnedFd, len: Option<usize>, what: &str) -> Result<Self, Error> {
+        let fd = SealedMemfd::from_peer(fd, len)
+            .map_err(|why| Error::handshake(format!("{what} {why}")))?;
+        Self::map(fd)
+    }
+
+    fn map(fd: SealedMemfd) -> Result<Self, Error> {
+        let map = fd
+            .map()
             .map_err(|e| Error::io("mmap of shared memory", e))?;
         Ok(SharedMemory {
             fd,

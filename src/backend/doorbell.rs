@@ -11,8 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 
-use crate::backend::memfd;
-use crate::sys::{Bell, Mapping};
+use crate::sys::{Bell, Mapping, SealedMemfd};
 use crate::{Error, Region};
 
 /// Size of the control memfd that holds the armed flag.
@@ -87,24 +86,24 @@ pub(crate) mod protocol {
 
 #[derive(Debug)]
 pub(crate) struct Doorbell {
-    memfd: OwnedFd,
+    memfd: SealedMemfd,
     /// Our end of the bell: its rings are the wake-ups.
     bell: Bell,
     /// The producers' end, handed to each in the handshake.
     bell_peer: OwnedFd,
-    control_fd: OwnedFd,
+    control_fd: SealedMemfd,
     control: Mapping,
 }
 
 impl Doorbell {
     pub(crate) fn create(len: usize) -> Result<(Self, Region), Error> {
-        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
-        let map = Mapping::map_shared(memfd.as_fd(), len)
-            .map_err(|e| Error::io("mmap of the region", e))?;
+        let (memfd, region) = super::region_memfd(len)?;
         let (bell, bell_peer) =
             Bell::pair().map_err(|e| Error::io("socketpair for the bell", e))?;
-        let control_fd = memfd::create_sealed("memfd-tripwire-control", CONTROL_LEN)?;
-        let control = Mapping::map_shared(control_fd.as_fd(), CONTROL_LEN)
+        let control_fd = SealedMemfd::create("memfd-tripwire-control", CONTROL_LEN)
+            .map_err(|e| Error::io("creating the control memfd", e))?;
+        let control = control_fd
+            .map()
             .map_err(|e| Error::io("mmap of the control page", e))?;
         let wire = Doorbell {
             memfd,
@@ -114,7 +113,7 @@ impl Doorbell {
             control,
         };
         protocol::arm(wire.armed());
-        Ok((wire, Region::new(map)))
+        Ok((wire, region))
     }
 
     fn armed(&self) -> &AtomicU32 {

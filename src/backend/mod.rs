@@ -7,11 +7,11 @@ use std::ops::Range;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use crate::sys::SealedMemfd;
 use crate::{Error, Region};
 
 pub(crate) mod doorbell;
 pub(crate) mod kernel;
-pub(crate) mod memfd;
 pub(crate) mod poll;
 pub(crate) mod userfault;
 pub(crate) mod userfault_async;
@@ -341,6 +341,17 @@ impl Wire {
             Wire::UserfaultAsync(w) => w.offer_fds(),
         }
     }
+}
+
+/// The region of an emulated backend: a sealed memfd (to hand to the
+/// producers) and its mapping here.
+fn region_memfd(len: usize) -> Result<(SealedMemfd, Region), Error> {
+    let memfd = SealedMemfd::create("memfd-tripwire", len)
+        .map_err(|e| Error::io("creating the region's memfd", e))?;
+    let map = memfd
+        .map()
+        .map_err(|e| Error::io("mmap of the region", e))?;
+    Ok((memfd, Region::new(map)))
 }
 
 /// The sentence an `Auto` error gives for a backend's failure.

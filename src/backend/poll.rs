@@ -6,19 +6,18 @@
 //! change that is undone within one interval is not seen.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::memfd;
-use crate::sys::{EventFd, Mapping};
+use crate::sys::{EventFd, Mapping, SealedMemfd};
 use crate::{Error, Region};
 
 #[derive(Debug)]
 pub(crate) struct Poller {
-    memfd: OwnedFd,
+    memfd: SealedMemfd,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -79,10 +78,7 @@ impl Shared {
 
 impl Poller {
     pub(crate) fn create(len: usize, interval: Duration) -> Result<(Self, Region), Error> {
-        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
-        let map = Mapping::map_shared(memfd.as_fd(), len)
-            .map_err(|e| Error::io("mmap of the region", e))?;
-        let region = Region::new(map);
+        let (memfd, region) = super::region_memfd(len)?;
         let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
             map: region.mapping().clone(),

@@ -24,15 +24,14 @@ use std::thread::JoinHandle;
 
 use rustix::event::{PollFd, PollFlags};
 
-use crate::backend::memfd;
-use crate::sys::{EventFd, Mapping, uffd};
+use crate::sys::{EventFd, Mapping, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
 pub(crate) const PAGE: usize = 4096;
 
 #[derive(Debug)]
 pub(crate) struct Userfault {
-    memfd: OwnedFd,
+    memfd: SealedMemfd,
     len: usize,
     shared: Arc<Shared>,
     /// One resolver per live producer; each ends when its producer hangs up.
@@ -137,9 +136,7 @@ impl Userfault {
             backend: BackendKind::Userfault,
             reason,
         })?;
-        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
-        let map = Mapping::map_shared(memfd.as_fd(), len)
-            .map_err(|e| Error::io("mmap of the region", e))?;
+        let (memfd, region) = super::region_memfd(len)?;
         let wake = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let stop = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let wire = Userfault {
@@ -153,7 +150,7 @@ impl Userfault {
             threads: Vec::new(),
             pages: Vec::new(),
         };
-        Ok((wire, Region::new(map)))
+        Ok((wire, region))
     }
 
     /// Consumer side: takes a producer's uffd and starts resolving its
@@ -164,11 +161,8 @@ impl Userfault {
         base: u64,
         peer: BorrowedFd<'_>,
     ) -> Result<(), Error> {
-        crate::sys::tripwire::check_fd_link(
-            std::os::fd::AsRawFd::as_raw_fd(&uffd),
-            "anon_inode:[userfaultfd]",
-        )
-        .map_err(|why| Error::handshake(format!("the producer's uffd: {why}")))?;
+        crate::sys::fdkind::check_link(uffd.as_fd(), "anon_inode:[userfaultfd]")
+            .map_err(|why| Error::handshake(format!("the producer's uffd: {why}")))?;
         // Reading a fork event would install a new fd in our table per
         // producer fork(): refuse a uffd set up to report them.
         let features = uffd::features_of(uffd.as_fd())

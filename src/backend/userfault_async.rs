@@ -43,14 +43,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::memfd;
 use crate::backend::userfault::{self, PAGE};
-use crate::sys::{EventFd, Mapping, uffd};
+use crate::sys::{EventFd, Mapping, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
 #[derive(Debug)]
 pub(crate) struct UserfaultAsync {
-    memfd: OwnedFd,
+    memfd: SealedMemfd,
     len: usize,
     interval: Duration,
     shared: Arc<Shared>,
@@ -309,13 +308,13 @@ pub(crate) fn register(map: &Mapping) -> Result<(OwnedFd, OwnedFd), Error> {
 
 /// Checks that `fd` is some process's `/proc/<pid>/pagemap`.
 fn check_pagemap(fd: &OwnedFd) -> Result<(), String> {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let link = rustix::fs::readlink(path.as_str(), Vec::new())
-        .map_err(|e| format!("readlink {path}: {e} (is /proc mounted?)"))?;
-    let link = link.to_string_lossy();
+    let link = crate::sys::fdkind::link(fd.as_fd())?;
     let fs = rustix::fs::fstatfs(fd).map_err(|e| format!("fstatfs: {e}"))?;
     if !link.ends_with("/pagemap") || fs.f_type != rustix::fs::PROC_SUPER_MAGIC {
-        return Err(format!("{path} is `{link}`, not a /proc/<pid>/pagemap"));
+        return Err(format!(
+            "/proc/self/fd/{} is `{link}`, not a /proc/<pid>/pagemap",
+            fd.as_raw_fd()
+        ));
     }
     Ok(())
 }
@@ -323,9 +322,7 @@ fn check_pagemap(fd: &OwnedFd) -> Result<(), String> {
 impl UserfaultAsync {
     pub(crate) fn create(len: usize, interval: Duration) -> Result<(Self, Region), Error> {
         probe().map_err(unavailable)?;
-        let memfd = memfd::create_sealed("memfd-tripwire", len)?;
-        let map = Mapping::map_shared(memfd.as_fd(), len)
-            .map_err(|e| Error::io("mmap of the region", e))?;
+        let (memfd, region) = super::region_memfd(len)?;
         let wake = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let wire = UserfaultAsync {
             memfd,
@@ -343,7 +340,7 @@ impl UserfaultAsync {
             thread: None,
             pages: Vec::new(),
         };
-        Ok((wire, Region::new(map)))
+        Ok((wire, region))
     }
 
     /// Consumer side: takes a producer's uffd and pagemap fd and starts
@@ -354,7 +351,7 @@ impl UserfaultAsync {
         pagemap: OwnedFd,
         base: u64,
     ) -> Result<(), Error> {
-        crate::sys::tripwire::check_fd_link(uffd.as_raw_fd(), "anon_inode:[userfaultfd]")
+        crate::sys::fdkind::check_link(uffd.as_fd(), "anon_inode:[userfaultfd]")
             .map_err(|why| Error::handshake(format!("the producer's uffd: {why}")))?;
         check_pagemap(&pagemap)
             .map_err(|why| Error::handshake(format!("the producer's pagemap fd: {why}")))?;

@@ -12,9 +12,8 @@ use bytemuck::Pod;
 use super::Builder;
 use super::layout::{self, Header};
 use super::protocol;
-use crate::backend::memfd;
-use crate::sys::{Bell, Mapping};
-use crate::{BackendKind, Error, Region, blocking};
+use crate::sys::Bell;
+use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 
 /// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
 ///
@@ -35,9 +34,10 @@ pub struct Receiver<T> {
     tw: Wire,
     pub(super) region: Region,
     pub(super) control: Region,
-    control_fd: OwnedFd,
     slots: Region,
-    slots_fd: OwnedFd,
+    /// The memfds behind `control` and `slots`, handed to the Sender.
+    control_mem: SharedMemory,
+    slots_mem: SharedMemory,
     /// Our end of the space bell (we ring it when the Sender waits for
     /// space), and the Sender's end, handed over in the ring's frame.
     space: Bell,
@@ -126,26 +126,21 @@ impl<T: Pod> Receiver<T> {
             .poll_interval(b.poll_interval)
             .create()?;
         let region = tw.region().clone();
-        let control_fd = memfd::create_sealed("memfd-tripwire-ring", layout::CONTROL_LEN)?;
-        let control = Region::new(
-            Mapping::map_shared(control_fd.as_fd(), layout::CONTROL_LEN)
-                .map_err(|e| Error::io("mmap of the ring's control memory", e))?,
-        );
+        let control_mem = SharedMemory::create_named("memfd-tripwire-ring", layout::CONTROL_LEN)?;
+        let control = control_mem.region().clone();
         header.write(&control)?;
-        let slots_fd = memfd::create_sealed("memfd-tripwire-ring-slots", header.slots_len())?;
-        let slots = Region::new(
-            Mapping::map_shared(slots_fd.as_fd(), header.slots_len())
-                .map_err(|e| Error::io("mmap of the ring's slots", e))?,
-        );
+        let slots_mem =
+            SharedMemory::create_named("memfd-tripwire-ring-slots", header.slots_len())?;
+        let slots = slots_mem.region().clone();
         let (space, space_peer) =
             Bell::pair().map_err(|e| Error::io("socketpair for the space bell", e))?;
         Ok(Receiver {
             tw: Wire::Blocking(tw),
             region,
             control,
-            control_fd,
             slots,
-            slots_fd,
+            control_mem,
+            slots_mem,
             space,
             space_peer,
             header,
@@ -179,9 +174,9 @@ impl<T: Pod> Receiver<T> {
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
         let fds = [
-            self.control_fd.as_fd(),
+            self.control_mem.as_fd(),
             self.space_peer.as_fd(),
-            self.slots_fd.as_fd(),
+            self.slots_mem.as_fd(),
         ];
         self.tw.get_mut().share_then(peer, |sock| {
             crate::handoff::offer_extra(sock, crate::handoff::RING_MAGIC, &fds)

@@ -11,10 +11,9 @@ use bytemuck::Pod;
 use super::layout::{self, Header};
 use super::protocol;
 use super::{SendError, TrySendError};
-use crate::backend::memfd;
 use crate::handoff::{RING_MAGIC, receive_extra, reply_extra};
-use crate::sys::{self, Bell, Mapping};
-use crate::{Error, Producer, Region};
+use crate::sys::{self, Bell};
+use crate::{Error, Producer, Region, SharedMemory};
 
 /// How long a blocking Sender that finds the ring full polls for space
 /// before it sleeps.
@@ -97,32 +96,25 @@ impl<T: Pod> Sender<T> {
                 "the ring frame needs 3 fds: control memfd, space bell, slots memfd",
             ));
         };
-        memfd::check_sealed(
-            control_fd.as_fd(),
-            layout::CONTROL_LEN,
+        let control = SharedMemory::from_peer(
+            control_fd,
+            Some(layout::CONTROL_LEN),
             "the ring's control memfd",
-        )?;
+        )?
+        .region()
+        .clone();
         let space = Bell::from_peer(space)
             .map_err(|why| Error::handshake(format!("the ring's space bell: {why}")))?;
-        let control = Region::new(
-            Mapping::map_shared(control_fd.as_fd(), layout::CONTROL_LEN)
-                .map_err(|e| Error::io("mmap of the ring's control memory", e))?,
-        );
         if std::mem::size_of::<T>() == 0 {
             return Err(Error::LayoutMismatch {
                 reason: "a ring of a zero-sized type carries nothing".into(),
             });
         }
         let header = Header::check(&control, Header::of::<T>(0, tag))?;
-        memfd::check_sealed(
-            slots_fd.as_fd(),
-            header.slots_len(),
-            "the ring's slots memfd",
-        )?;
-        let slots = Region::new(
-            Mapping::map_shared(slots_fd.as_fd(), header.slots_len())
-                .map_err(|e| Error::io("mmap of the ring's slots", e))?,
-        );
+        let slots =
+            SharedMemory::from_peer(slots_fd, Some(header.slots_len()), "the ring's slots memfd")?
+                .region()
+                .clone();
         let region = producer.region().clone();
         if region.len() < header.region_len() {
             return Err(Error::LayoutMismatch {

@@ -62,10 +62,10 @@ fn a_tail_past_the_head_is_corrupt() {
 }
 
 fn control_with(bytes: &[u8]) -> Region {
-    let fd = crate::backend::memfd::create_sealed("test-control", layout::CONTROL_LEN).unwrap();
-    let map = crate::sys::Mapping::map_shared(std::os::fd::AsFd::as_fd(&fd), layout::CONTROL_LEN)
-        .unwrap();
-    let r = Region::new(map);
+    let r = crate::SharedMemory::create(layout::CONTROL_LEN)
+        .unwrap()
+        .region()
+        .clone();
     r.write_bytes(0, bytes).unwrap();
     r
 }

@@ -455,13 +455,13 @@ impl Drop for Mapping {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
     use super::*;
 
     fn mapping(len: usize) -> Mapping {
-        let fd = crate::backend::memfd::create_sealed("mapping-test", len).unwrap();
-        Mapping::map_shared(fd.as_fd(), len).unwrap()
+        super::super::SealedMemfd::create("mapping-test", len)
+            .unwrap()
+            .map()
+            .unwrap()
     }
 
     /// Every offset and length of a mapping whose length is not a multiple

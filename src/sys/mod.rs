@@ -4,12 +4,23 @@
 //! exported here (the way mio keeps its system calls under `src/sys/unix/`).
 //! Plain system calls go through rustix; what rustix lacks (the provisional
 //! `memfd_tripwire` syscall number, the tripwire ACK ioctl, raw access to a
-//! shared mapping) is written here, one `unsafe` block at a time, each with
-//! a `// SAFETY:` comment.
+//! shared mapping, `preadv2(RWF_NOWAIT)`) is written here, one `unsafe`
+//! block at a time, each with a `// SAFETY:` comment (mmap/munmap go through
+//! libc, which sanitizers intercept). `sys` imports nothing from the rest of
+//! the crate.
+//!
+//! One small type per OS object: [`Mapping`] (a shared mapping, copied only
+//! with atomics), [`SealedMemfd`], [`Bell`] (a wake-up across processes that
+//! no peer can jam), [`EventFd`] (a wake-up between our own threads),
+//! `uffd` (userfaultfd and `PAGEMAP_SCAN`), `tripwire` (the RFC syscall),
+//! `fdkind` (what a received fd is), `reactor` (a tokio registration that
+//! owns its fd).
 
 pub(crate) mod bell;
 pub(crate) mod eventfd;
+pub(crate) mod fdkind;
 pub(crate) mod mapping;
+pub(crate) mod memfd;
 #[cfg(feature = "tokio")]
 pub(crate) mod reactor;
 pub(crate) mod tripwire;
@@ -18,3 +29,4 @@ pub(crate) mod uffd;
 pub(crate) use bell::Bell;
 pub(crate) use eventfd::EventFd;
 pub(crate) use mapping::Mapping;
+pub(crate) use memfd::SealedMemfd;

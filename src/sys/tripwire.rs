@@ -1,7 +1,7 @@
 //! `memfd_tripwire(2)` (RFC syscall 472 on x86_64) and its ACK ioctl.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The RFC's syscall number on x86_64 and asm-generic (provisional).
@@ -76,7 +76,7 @@ pub(crate) fn create() -> Result<OwnedFd, CreateError> {
     };
     // Check through /proc first: if `raw` is not an open fd at all, readlink
     // fails and nothing is ever borrowed under that number.
-    if let Err(why) = check_link(raw) {
+    if let Err(why) = super::fdkind::check_raw_link(raw, FD_LINK) {
         return Err(CreateError::NotATripwire { nr, returned, why });
     }
     // SAFETY: /proc/self/fd/raw exists, so `raw` is an open fd of this
@@ -94,24 +94,8 @@ pub(crate) fn create() -> Result<OwnedFd, CreateError> {
 
 /// Checks that an fd we were handed is a tripwire (link name and mode).
 pub(crate) fn verify(fd: BorrowedFd<'_>) -> Result<(), String> {
-    check_link(fd.as_raw_fd())?;
+    super::fdkind::check_link(fd, FD_LINK)?;
     check_stat(fd)
-}
-
-fn check_link(raw: RawFd) -> Result<(), String> {
-    check_fd_link(raw, FD_LINK)
-}
-
-/// Checks what `/proc/self/fd/N` names (`anon_inode:[eventfd]`, ...).
-pub(crate) fn check_fd_link(raw: RawFd, want: &str) -> Result<(), String> {
-    let path = format!("/proc/self/fd/{raw}");
-    let link = rustix::fs::readlink(path.as_str(), Vec::new())
-        .map_err(|e| format!("readlink {path}: {e} (is /proc mounted?)"))?;
-    let link = link.to_string_lossy();
-    if link != want {
-        return Err(format!("{path} is `{link}`, not `{want}`"));
-    }
-    Ok(())
 }
 
 fn check_stat(fd: BorrowedFd<'_>) -> Result<(), String> {
