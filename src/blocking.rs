@@ -401,13 +401,14 @@ impl Tripwire {
         peer: UnixStream,
         then: impl FnOnce(&UnixStream) -> Result<(), Error>,
     ) -> Result<(), Error> {
+        self.wire.prepare_offer()?;
         let extras = crate::handoff::offer(
             &peer,
             self.wire.kind(),
             self.region.len(),
             &self.wire.offer_fds(),
         )?;
-        self.wire.accept(extras.fds, extras.address, peer.as_fd())?;
+        self.wire.accept(extras.fds)?;
         then(&peer)?;
         self.peers.add(peer)
     }

@@ -6,15 +6,15 @@
 //! offer (consumer -> producer), 24 bytes + fds:
 //!   magic "MFDTWIRE" | version u16 | backend u16 | fd count u32 | region length u64
 //!   fds: Kernel [tripwire]; Doorbell [memfd, bell (a unix stream socket
-//!        end; an eventfd up to version 1), control memfd];
-//!        Poll, Userfault, UserfaultAsync [memfd]
-//! reply (producer -> consumer), 24 bytes + message + fds:
+//!        end; an eventfd up to version 1), control memfd]; Poll [memfd];
+//!        Userfault, UserfaultAsync [memfd, the agent's channel (a unix
+//!        seqpacket socket end; from version 3)]
+//! reply (producer -> consumer), 24 bytes + message, never fds (from
+//! version 3; before, Userfault sent its uffd, which handed the consumer
+//! the producer's address space):
 //!   magic "MFDTWACK" | version u16 | status u16 (0 ok, 1 error) | message length u32
-//!   | address u64 (Userfault, UserfaultAsync: the producer's mapping of the
-//!     region; else 0)
+//!   | address u64 (0; ignored)
 //!   message: UTF-8, at most 4096 bytes: why the producer could not attach
-//!   fds: Userfault [the producer's userfaultfd]; UserfaultAsync [its
-//!        userfaultfd, its /proc/self/pagemap]; otherwise none
 //! extra frame (consumer -> producer, after the reply), 16 bytes + fds,
 //! answered by a reply frame without fds:
 //!   magic | version u16 | reserved u16 (0, not checked) | fd count u32
@@ -57,8 +57,9 @@ use crate::{BackendKind, Error};
 pub(crate) const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
 pub(crate) const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
 /// 2: the Doorbell offer's second fd is a unix socket end, no longer an
-/// eventfd.
-pub(crate) const VERSION: u16 = 2;
+/// eventfd. 3: a Userfault(Async) offer carries the agent's channel, and no
+/// reply carries fds (the producer's uffd never leaves it).
+pub(crate) const VERSION: u16 = 3;
 pub(crate) const OFFER_LEN: usize = 24;
 pub(crate) const REPLY_LEN: usize = 24;
 pub(crate) const MAX_MESSAGE: usize = 4096;
@@ -111,10 +112,8 @@ pub(crate) struct ReplyHeader {
 /// How many fds an offer for `kind` carries.
 pub(crate) fn offer_fds(kind: BackendKind) -> usize {
     match kind {
-        BackendKind::Kernel
-        | BackendKind::Poll
-        | BackendKind::Userfault
-        | BackendKind::UserfaultAsync => 1,
+        BackendKind::Kernel | BackendKind::Poll => 1,
+        BackendKind::Userfault | BackendKind::UserfaultAsync => 2,
         BackendKind::Doorbell => 3,
     }
 }

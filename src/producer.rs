@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use crate::backend::agent::Agent;
 use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
-use crate::backend::{kernel, userfault, userfault_async};
+use crate::backend::kernel;
 use crate::handoff::Extras;
 use crate::sys::{self, Mapping};
 use crate::{BackendKind, Error, Region};
@@ -48,6 +49,9 @@ pub struct Producer {
     kind: BackendKind,
     region: Region,
     doorbell: Option<Doorbell>,
+    /// Userfault, UserfaultAsync: the thread that owns the uffd (held for
+    /// its drop, which stops it and unregisters the mapping).
+    _agent: Option<Agent>,
     peer: Option<UnixStream>,
 }
 
@@ -94,6 +98,7 @@ impl Producer {
             kind: BackendKind::Kernel,
             region: Region::new(map),
             doorbell: None,
+            _agent: None,
             peer: None,
         })
     }
@@ -135,21 +140,14 @@ impl Producer {
             }
         };
         let attached = Self::attach(offer);
-        let extras = attached.as_ref().map(|(_, sent)| Extras {
-            fds: sent
-                .iter()
-                .flat_map(|(fds, _)| fds)
-                .map(|fd| fd.as_fd())
-                .collect(),
-            address: sent.as_ref().map_or(0, |(_, addr)| *addr as u64),
-        });
-        crate::handoff::reply(&sock, extras.as_ref().map_err(|e| *e))?;
-        drop(extras);
-        // Userfault: the uffd went to the consumer and no copy stays here, so
-        // the consumer's death releases any store blocked in a fault.
-        // UserfaultAsync: likewise for the uffd and the pagemap fd (the
-        // consumer's close unregisters the mapping; no store ever blocks).
-        let (mut producer, _sent) = attached?;
+        // Nothing but the verdict goes back: on Userfault and UserfaultAsync
+        // the uffd stays with this process's agent.
+        let none: Extras<BorrowedFd<'_>> = Extras {
+            fds: Vec::new(),
+            address: 0,
+        };
+        crate::handoff::reply(&sock, attached.as_ref().map(|_| &none))?;
+        let mut producer = attached?;
         producer.peer = Some(sock);
         Ok(producer)
     }
@@ -178,16 +176,12 @@ impl Producer {
     }
 
     /// Maps what the offer carries; for Userfault and UserfaultAsync also
-    /// registers the mapping and returns the fds (uffd; uffd and pagemap)
-    /// and the mapping's address to send back.
-    #[allow(clippy::type_complexity)]
-    fn attach(
-        offer: crate::handoff::Offer,
-    ) -> Result<(Producer, Option<(Vec<OwnedFd>, usize)>), Error> {
+    /// registers the mapping and starts the agent that owns the uffd.
+    fn attach(offer: crate::handoff::Offer) -> Result<Producer, Error> {
         let len = offer.len;
         let mut fds = offer.fds.into_iter();
         let mut next = || fds.next().expect("fd count checked by receive_offer");
-        let mut sent = None;
+        let mut agent = None;
         let (region, doorbell) = match offer.kind {
             BackendKind::Kernel => {
                 let fd = next();
@@ -206,17 +200,9 @@ impl Producer {
                 (Region::new(map), None)
             }
             BackendKind::Poll => (map_memfd(next(), len)?, None),
-            BackendKind::Userfault => {
+            BackendKind::Userfault | BackendKind::UserfaultAsync => {
                 let region = map_memfd(next(), len)?;
-                let map = region.mapping();
-                sent = Some((vec![userfault::register(map)?], map.addr()));
-                (region, None)
-            }
-            BackendKind::UserfaultAsync => {
-                let region = map_memfd(next(), len)?;
-                let map = region.mapping();
-                let (uffd, pagemap) = userfault_async::register(map)?;
-                sent = Some((vec![uffd, pagemap], map.addr()));
+                agent = Some(Agent::start(region.mapping(), next(), offer.kind)?);
                 (region, None)
             }
             BackendKind::Doorbell => {
@@ -230,13 +216,13 @@ impl Producer {
                 (region, Some(Doorbell { control, bell }))
             }
         };
-        let producer = Producer {
+        Ok(Producer {
             kind: offer.kind,
             region,
             doorbell,
+            _agent: agent,
             peer: None,
-        };
-        Ok((producer, sent))
+        })
     }
 
     /// The backend the consumer chose.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::sys::SealedMemfd;
 use crate::{Error, Region};
 
+pub(crate) mod agent;
 pub(crate) mod doorbell;
 pub(crate) mod kernel;
 pub(crate) mod poll;
@@ -47,7 +48,12 @@ pub enum Backend {
     /// userfaultfd write-protect on the producer's mapping (Linux >= 5.19):
     /// plain stores are seen with no `notify()`, and the ACK reports which
     /// pages were written. The producer's first store to each page after an
-    /// ACK stalls until the consumer's resolver thread lets it through.
+    /// ACK stalls until the producer's own agent thread (started by
+    /// [`Producer::connect`](crate::Producer::connect); it owns the uffd,
+    /// which never leaves the producer) lets it through: never waits for the
+    /// consumer. The ACK is a round trip to each producer's agent (which
+    /// re-protects the written pages and replies with them); a producer that
+    /// does not answer within 1 s (stopped) fails it with `TimedOut`.
     /// Only stores through the producer's registered mapping are watched:
     /// not `pwrite(2)`, not another mapping, not a forked child.
     Userfault,
@@ -56,8 +62,8 @@ pub enum Backend {
     /// mapping in *async* write-protect mode: its first store to a page
     /// after an ACK costs ~1 µs (a minor fault the kernel resolves by
     /// itself) instead of a 15–35 µs stall, and no store ever waits for the
-    /// consumer, even a stopped or hung one. A poller thread scans the
-    /// producer's page tables every
+    /// consumer, even a stopped or hung one. The producer's agent scans its
+    /// own page tables every
     /// [`Builder::poll_interval`](crate::blocking::Builder::poll_interval)
     /// (default 1 ms), re-protecting the written pages as it finds them;
     /// the ACK reports which pages were written, as on `Userfault`.
@@ -69,10 +75,8 @@ pub enum Backend {
     ///   registers; only stores through the producer's registered mapping
     ///   are watched: not `pwrite(2)`, not another mapping, not a forked
     ///   child);
-    /// - exposure: the producer hands the consumer an fd of its
-    ///   `/proc/self/pagemap`, which reveals the producer's whole memory
-    ///   layout (which addresses are mapped, present, swapped, written);
-    ///   use it only between processes that trust each other that far;
+    /// - the ACK, as on `Userfault`, is a round trip to the agent (one more
+    ///   scan);
     /// - a producer that exits or drops its [`Producer`](crate::Producer)
     ///   trips the wire once more (its last stores may not have been
     ///   scanned yet, and their record goes with its page tables): a
@@ -163,8 +167,8 @@ pub(crate) enum Wire {
     Kernel(kernel::Kernel),
     Doorbell(doorbell::Doorbell),
     Poll(poll::Poller),
+    /// `Userfault` and `UserfaultAsync`: the consumer's end of the agents.
     Userfault(userfault::Userfault),
-    UserfaultAsync(userfault_async::UserfaultAsync),
 }
 
 impl Wire {
@@ -201,18 +205,23 @@ impl Wire {
                 poll::Poller::create(len, opts.poll_interval).map(|(w, r)| (Wire::Poll(w), r))
             }
             Backend::Userfault => {
-                userfault::Userfault::create(len).map(|(w, r)| (Wire::Userfault(w), r))
+                userfault::Userfault::create(BackendKind::Userfault, len, opts.poll_interval)
+                    .map(|(w, r)| (Wire::Userfault(w), r))
             }
             Backend::UserfaultAsync => {
-                userfault_async::UserfaultAsync::create(len, opts.poll_interval)
-                    .map(|(w, r)| (Wire::UserfaultAsync(w), r))
+                userfault::Userfault::create(BackendKind::UserfaultAsync, len, opts.poll_interval)
+                    .map(|(w, r)| (Wire::Userfault(w), r))
             }
             Backend::Auto => {
                 let kernel = match kernel::Kernel::create(len) {
                     Ok((w, r)) => return Ok((Wire::Kernel(w), r)),
                     Err(e) => unavailable_reason(e),
                 };
-                let userfault = match userfault::Userfault::create(len) {
+                let userfault = match userfault::Userfault::create(
+                    BackendKind::Userfault,
+                    len,
+                    opts.poll_interval,
+                ) {
                     Ok((w, r)) => return Ok((Wire::Userfault(w), r)),
                     Err(e) => unavailable_reason(e),
                 };
@@ -231,8 +240,7 @@ impl Wire {
             Wire::Kernel(_) => BackendKind::Kernel,
             Wire::Doorbell(_) => BackendKind::Doorbell,
             Wire::Poll(_) => BackendKind::Poll,
-            Wire::Userfault(_) => BackendKind::Userfault,
-            Wire::UserfaultAsync(_) => BackendKind::UserfaultAsync,
+            Wire::Userfault(w) => w.kind(),
         }
     }
 
@@ -243,7 +251,6 @@ impl Wire {
             Wire::Doorbell(w) => w.wake_fd(),
             Wire::Poll(w) => w.wake_fd(),
             Wire::Userfault(w) => w.wake_fd(),
-            Wire::UserfaultAsync(w) => w.wake_fd(),
         }
     }
 
@@ -255,7 +262,6 @@ impl Wire {
             Wire::Doorbell(w) => w.take(),
             Wire::Poll(w) => w.take(),
             Wire::Userfault(w) => w.take(),
-            Wire::UserfaultAsync(w) => w.take(),
         }
     }
 
@@ -265,45 +271,31 @@ impl Wire {
     pub(crate) fn pages_into(&self, len: usize, out: &mut Vec<Range<usize>>) {
         match self {
             Wire::Userfault(w) => out.extend_from_slice(w.pages()),
-            Wire::UserfaultAsync(w) => out.extend_from_slice(w.pages()),
             _ => out.push(0..len),
         }
     }
 
-    /// Takes what the producer on the other end of `peer` (its handshake
-    /// socket) sent back in the handshake.
-    pub(crate) fn accept(
-        &mut self,
-        fds: Vec<OwnedFd>,
-        base: u64,
-        peer: BorrowedFd<'_>,
-    ) -> Result<(), Error> {
+    /// Prepares what the next producer is offered (a fresh channel to its
+    /// agent on `Userfault` and `UserfaultAsync`).
+    pub(crate) fn prepare_offer(&mut self) -> Result<(), Error> {
         match self {
-            Wire::Userfault(w) => {
-                let [uffd]: [OwnedFd; 1] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                    Error::handshake(format!(
-                        "a Userfault producer sends 1 fd (its uffd), this one sent {}",
-                        fds.len()
-                    ))
-                })?;
-                w.accept(uffd, base, peer)
-            }
-            Wire::UserfaultAsync(w) => {
-                let [uffd, pagemap]: [OwnedFd; 2] =
-                    fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                        Error::handshake(format!(
-                            "a UserfaultAsync producer sends 2 fds (its uffd and its \
-                             pagemap), this one sent {}",
-                            fds.len()
-                        ))
-                    })?;
-                w.accept(uffd, pagemap, base)
-            }
-            _ if fds.is_empty() => Ok(()),
-            _ => Err(Error::handshake(format!(
+            Wire::Userfault(w) => w.prepare_offer(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes what the producer sent back in the handshake: no fd, on any
+    /// backend (a Userfault producer's agent keeps its uffd).
+    pub(crate) fn accept(&mut self, fds: Vec<OwnedFd>) -> Result<(), Error> {
+        if !fds.is_empty() {
+            return Err(Error::handshake(format!(
                 "the producer's reply carried {} unexpected fds (closed)",
                 fds.len()
-            ))),
+            )));
+        }
+        match self {
+            Wire::Userfault(w) => w.accept(),
+            _ => Ok(()),
         }
     }
 
@@ -316,7 +308,6 @@ impl Wire {
             Wire::Doorbell(w) => w.ack(),
             Wire::Poll(w) => w.ack(),
             Wire::Userfault(w) => w.ack(),
-            Wire::UserfaultAsync(w) => w.ack(),
         }
     }
 
@@ -326,7 +317,6 @@ impl Wire {
     pub(crate) fn take_final(&mut self) -> io::Result<bool> {
         match self {
             Wire::Poll(w) => w.take_final(),
-            Wire::UserfaultAsync(w) => w.take_final(),
             _ => self.take(),
         }
     }
@@ -338,7 +328,6 @@ impl Wire {
             Wire::Doorbell(w) => w.offer_fds(),
             Wire::Poll(w) => w.offer_fds(),
             Wire::Userfault(w) => w.offer_fds(),
-            Wire::UserfaultAsync(w) => w.offer_fds(),
         }
     }
 }
@@ -362,13 +351,18 @@ fn unavailable_reason(e: Error) -> String {
     }
 }
 
-/// Starts the thread of an interval backend (`Poll`'s poller,
-/// `UserfaultAsync`'s scanner): every `interval` it runs `step`, until
-/// `step` says stop (`false`) after an unpark.
-///
 /// Linux lets a sleep overrun by the thread's timer slack, 50 µs by default,
-/// which would more than double a 50 µs interval: the thread's slack is a
-/// twentieth of the interval, between 1 µs and the default.
+/// which would more than double a 50 µs interval: sets the calling thread's
+/// slack to a twentieth of `interval`, between 1 µs and the default.
+fn set_timer_slack_for(interval: Duration) {
+    let ns = (interval / 20).as_nanos().clamp(1_000, 50_000) as u64;
+    // Best effort: a failure only keeps the default slack.
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns));
+}
+
+/// Starts `Poll`'s poller thread: every `interval` it runs `step`, until
+/// `step` says stop (`false`) after an unpark. (`UserfaultAsync` scans in
+/// the producer's agent.)
 fn spawn_interval_thread(
     name: &str,
     interval: Duration,
@@ -377,9 +371,7 @@ fn spawn_interval_thread(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let ns = (interval / 20).as_nanos().clamp(1_000, 50_000) as u64;
-            // Best effort: a failure only keeps the default slack.
-            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns));
+            set_timer_slack_for(interval);
             loop {
                 std::thread::park_timeout(interval);
                 if !step() {

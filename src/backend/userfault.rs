@@ -1,89 +1,62 @@
-//! `Backend::Userfault`: plain stores seen on mainline kernels through
-//! userfaultfd write-protect on the producer's mapping.
+//! `Backend::Userfault` (and, with `kind` `UserfaultAsync`, its low-stall
+//! variant): plain stores seen on mainline kernels through userfaultfd
+//! write-protect on the producer's mapping.
 //!
-//! The producer (in the handshake) opens a userfaultfd, registers its
-//! mapping of the memfd in write-protect mode, protects it, marks it
-//! `MADV_DONTFORK`, and sends the uffd and the mapping's address to the
-//! consumer, keeping no copy. Here, a resolver thread per producer reads the
-//! write faults: it records the page, trips the wire (an eventfd) and
-//! un-protects that page, which lets the blocked store proceed. An ACK
-//! re-protects exactly the pages written since the last one, under the same
-//! lock as the resolver, so an un-protect can never land after an ACK.
+//! The uffd never leaves the producer: its agent (`backend::agent`, a thread
+//! in the producer's process started by `Producer::connect`) owns it,
+//! resolves each fault at once (records the page, un-protects it, sends a
+//! trip), and re-protects the written pages when the consumer ACKs. This is
+//! the consumer's end: one `sys::Channel` per producer (made here, its other
+//! end handed over in the offer), an epoll set of them as the wake-up fd,
+//! and the ACK as a round trip: a request to every producer's agent, whose
+//! replies list the written pages. A producer that does not answer within
+//! [`ACK_DEADLINE`] (stopped, hung) makes the ACK fail with `TimedOut` and
+//! the wire stay tripped; never a hang.
 //!
 //! Watched: stores through the producer's registered mapping. Not watched:
 //! `pwrite(2)` to the memfd, any other mapping (the consumer's own), a
-//! forked child (the mapping is not inherited). With `UFFD_USER_MODE_ONLY`,
-//! a kernel-mode write into a protected page (e.g. `read(2)` into the
-//! region) fails with `EFAULT` instead of trapping.
+//! forked child (the mapping is `MADV_DONTFORK`). On `Userfault`, with
+//! `UFFD_USER_MODE_ONLY`, a kernel-mode write into a protected page (e.g.
+//! `read(2)` into the region) fails with `EFAULT` instead of trapping.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::{Timespec, epoll};
 
-use crate::sys::{EventFd, Mapping, SealedMemfd, uffd};
+use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
+use crate::sys::{Channel, Recv, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
 pub(crate) const PAGE: usize = 4096;
 
+/// How long an ACK waits for every producer's agent to answer.
+pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub(crate) struct Userfault {
+    kind: BackendKind,
     memfd: SealedMemfd,
     len: usize,
-    shared: Arc<Shared>,
-    /// One resolver per live producer; each ends when its producer hangs up.
-    threads: Vec<JoinHandle<()>>,
-    /// Byte ranges re-protected by the last ACK.
-    pages: Vec<Range<usize>>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    wake: EventFd,
-    stop: EventFd,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
+    /// `UserfaultAsync`: the agents' scan interval.
+    interval: Duration,
+    /// An epoll set of the channels: readable when one has a message.
+    wake: OwnedFd,
+    /// One per live producer; a slot is reused once its producer is gone.
+    chans: Vec<Option<Channel>>,
+    /// The channel of the share in progress: ours, and the agent's end.
+    pending: Option<(Channel, OwnedFd)>,
+    /// A trip was seen and not yet ACKed.
     tripped: bool,
-    /// The live producers' mappings; a slot is freed (and reused) when its
-    /// producer hangs up, so a consumer serving many short-lived producers
-    /// stays flat.
-    watches: Vec<Option<Watch>>,
-    /// Pages that producers now gone wrote since the last ACK.
-    orphaned: Vec<Range<usize>>,
-}
-
-/// One producer's registered mapping.
-#[derive(Debug)]
-struct Watch {
-    uffd: Arc<OwnedFd>,
-    base: usize,
-    len: usize,
-    /// Page indexes un-protected since the last ACK, kept sorted.
-    dirty: Vec<usize>,
-}
-
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Frees a watch whose producer is gone, keeping the pages it wrote
-    /// since the last ACK for the next one to report.
-    fn forget(&self, index: usize) {
-        let mut st = self.state();
-        if let Some(w) = st.watches.get_mut(index).and_then(Option::take) {
-            for &page in &w.dirty {
-                let start = page * PAGE;
-                push_range(&mut st.orphaned, start..start + PAGE);
-            }
-        }
-    }
+    /// A producer went away since the last ACK (UserfaultAsync: its last
+    /// stores may not have been scanned): the next ACK reports everything.
+    report_all: bool,
+    seq: u32,
+    /// Byte ranges reported by the last ACK (written pages).
+    pages: Vec<Range<usize>>,
 }
 
 /// Why this kernel cannot do Userfault, or `Ok` with the features offered.
@@ -109,134 +82,152 @@ pub(crate) fn probe() -> Result<u64, String> {
     Ok(features)
 }
 
-/// Producer side: registers `map` and returns the uffd to send away.
-pub(crate) fn register(map: &Mapping) -> Result<OwnedFd, Error> {
-    let unavailable = |reason: String| Error::Unavailable {
-        backend: BackendKind::Userfault,
-        reason,
-    };
-    probe().map_err(unavailable)?;
-    let fd = uffd::open().map_err(|e| Error::io("userfaultfd", e))?;
-    uffd::api(fd.as_fd(), uffd::FEATURE_WP_SHMEM)
-        .map_err(|e| unavailable(format!("UFFDIO_API(WP_HUGETLBFS_SHMEM) failed: {e}")))?;
-    // userfaultfd works on whole pages; the mapping covers the last one.
-    let len = map.len().div_ceil(PAGE) * PAGE;
-    uffd::register_wp(fd.as_fd(), map.addr(), len)
-        .map_err(|e| unavailable(format!("UFFDIO_REGISTER in WP mode failed: {e}")))?;
-    uffd::write_protect(fd.as_fd(), map.addr(), len, true)
-        .map_err(|e| unavailable(format!("UFFDIO_WRITEPROTECT of the region failed: {e}")))?;
-    map.dont_fork()
-        .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
-    Ok(fd)
-}
-
 impl Userfault {
-    pub(crate) fn create(len: usize) -> Result<(Self, Region), Error> {
-        probe().map_err(|reason| Error::Unavailable {
-            backend: BackendKind::Userfault,
+    pub(crate) fn create(
+        kind: BackendKind,
+        len: usize,
+        interval: Duration,
+    ) -> Result<(Self, Region), Error> {
+        let probed = match kind {
+            BackendKind::UserfaultAsync => super::userfault_async::probe(),
+            _ => probe().map(drop),
+        };
+        probed.map_err(|reason| Error::Unavailable {
+            backend: kind,
             reason,
         })?;
         let (memfd, region) = super::region_memfd(len)?;
-        let wake = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
-        let stop = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
+        let wake = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::io("epoll_create for the agents' channels", e))?;
         let wire = Userfault {
+            kind,
             memfd,
             len,
-            shared: Arc::new(Shared {
-                wake,
-                stop,
-                state: Mutex::default(),
-            }),
-            threads: Vec::new(),
+            interval,
+            wake,
+            chans: Vec::new(),
+            pending: None,
+            tripped: false,
+            report_all: false,
+            seq: 0,
             pages: Vec::new(),
         };
         Ok((wire, region))
     }
 
-    /// Consumer side: takes a producer's uffd and starts resolving its
-    /// faults, until the producer on the other end of `peer` hangs up.
-    pub(crate) fn accept(
-        &mut self,
-        uffd: OwnedFd,
-        base: u64,
-        peer: BorrowedFd<'_>,
-    ) -> Result<(), Error> {
-        crate::sys::fdkind::check_link(uffd.as_fd(), "anon_inode:[userfaultfd]")
-            .map_err(|why| Error::handshake(format!("the producer's uffd: {why}")))?;
-        // Reading a fork event would install a new fd in our table per
-        // producer fork(): refuse a uffd set up to report them.
-        let features = uffd::features_of(uffd.as_fd())
-            .map_err(|e| Error::handshake(format!("the producer's uffd: {e}")))?;
-        if features & uffd::FEATURE_EVENT_FORK != 0 {
-            return Err(Error::handshake(
-                "the producer's uffd reports fork events (UFFD_FEATURE_EVENT_FORK), which \
-                 would install fds in the consumer: refused",
-            ));
-        }
-        let span = self.len.div_ceil(PAGE) * PAGE;
-        let base = usize::try_from(base)
-            .ok()
-            .filter(|b| *b != 0 && b % PAGE == 0 && uffd::checked_range(*b, span).is_ok())
-            .ok_or_else(|| Error::handshake(format!("bad mapping address {base:#x}")))?;
-        let peer = peer
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup of the handshake socket", e))?;
-        // Resolvers of producers that hung up are done: forget them.
-        self.threads.retain(|t| !t.is_finished());
-        let uffd = Arc::new(uffd);
-        let index = {
-            let mut st = self.shared.state();
-            let watch = Watch {
-                uffd: uffd.clone(),
-                base,
-                len: span,
-                dirty: Vec::new(),
-            };
-            match st.watches.iter().position(Option::is_none) {
-                Some(i) => {
-                    st.watches[i] = Some(watch);
-                    i
-                }
-                None => {
-                    st.watches.push(Some(watch));
-                    st.watches.len() - 1
-                }
-            }
-        };
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("memfd-tripwire-uffd".into())
-            .spawn(move || {
-                resolve(&shared, &uffd, &peer);
-                shared.forget(index);
-            });
-        match spawned {
-            Ok(thread) => {
-                self.threads.push(thread);
-                Ok(())
-            }
-            Err(e) => {
-                // Nobody would resolve its faults: drop the watch, and with
-                // it our uffd (the producer keeps none), which unregisters
-                // the range and releases any blocked store.
-                self.shared.forget(index);
-                Err(Error::io("spawning the fault resolver thread", e))
-            }
-        }
-    }
-
-    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.shared.wake.as_fd()
+    /// Makes the channel the next producer's agent gets in the offer.
+    pub(crate) fn prepare_offer(&mut self) -> Result<(), Error> {
+        let pair = Channel::pair().map_err(|e| Error::io("socketpair for an agent channel", e))?;
+        self.pending = Some(pair);
+        Ok(())
     }
 
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        vec![self.memfd.as_fd()]
+        let mut fds = vec![self.memfd.as_fd()];
+        if let Some((_, theirs)) = &self.pending {
+            fds.push(theirs.as_fd());
+        }
+        fds
     }
 
-    /// If tripped, re-protects the pages written since the last ACK (they
-    /// are then in [`pages`](Userfault::pages)) and returns `true`.
+    /// The producer attached: its agent listens on the pending channel.
+    pub(crate) fn accept(&mut self) -> Result<(), Error> {
+        // Our copy of the agent's end is dropped here: its close is how we
+        // learn that the agent is gone.
+        let (chan, _theirs) = self
+            .pending
+            .take()
+            .ok_or_else(|| Error::handshake("no agent channel was offered"))?;
+        if self.kind == BackendKind::UserfaultAsync {
+            let _ = chan.send(&agent::encode_config(self.interval));
+        }
+        let idx = self
+            .chans
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.chans.len());
+        epoll::add(
+            &self.wake,
+            &chan,
+            epoll::EventData::new_u64(idx as u64),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::io("epoll_ctl for an agent channel", e))?;
+        if idx == self.chans.len() {
+            self.chans.push(Some(chan));
+        } else {
+            self.chans[idx] = Some(chan);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    pub(crate) fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Reads what the agents sent: trips, stale replies, hang-ups.
+    fn collect(&mut self) -> io::Result<()> {
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
+        loop {
+            let (ready, _) = loop {
+                match epoll::wait(&self.wake, &mut events, Some(&Timespec::default())) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other?,
+                }
+            };
+            let n = ready.len();
+            let idxs: Vec<usize> = ready.iter().map(|e| e.data.u64() as usize).collect();
+            for idx in idxs {
+                self.drain_chan(idx)?;
+            }
+            if n < events.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes every queued message of channel `idx` (no reply is expected
+    /// now: any is stale).
+    fn drain_chan(&mut self, idx: usize) -> io::Result<()> {
+        let mut buf = [0u8; 16];
+        loop {
+            let Some(Some(chan)) = self.chans.get(idx) else {
+                return Ok(());
+            };
+            match chan.recv(&mut buf)? {
+                Recv::Message(1) if buf[0] == TRIP => self.tripped = true,
+                Recv::Message(_) => {}
+                Recv::Empty => return Ok(()),
+                Recv::Closed => {
+                    self.gone(idx);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Forgets a producer whose agent is gone.
+    fn gone(&mut self, idx: usize) {
+        if let Some(chan) = self.chans.get_mut(idx).and_then(Option::take) {
+            let _ = epoll::delete(&self.wake, &chan);
+            if self.kind == BackendKind::UserfaultAsync {
+                // Its last stores may not have been scanned.
+                self.report_all = true;
+                self.tripped = true;
+            }
+        }
+    }
+
+    /// If tripped, ACKs (re-arming every agent; the pages written since the
+    /// last ACK are then in [`pages`](Userfault::pages)) and returns `true`.
+    /// A failed ACK leaves the wire tripped.
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !self.shared.wake.drain()? {
+        self.collect()?;
+        if !self.tripped {
             return Ok(false);
         }
         self.rearm()?;
@@ -245,129 +236,97 @@ impl Userfault {
 
     /// Re-arms whether or not the wire is tripped.
     pub(crate) fn ack(&mut self) -> io::Result<()> {
-        self.shared.wake.drain()?;
+        self.collect()?;
         self.rearm()
     }
 
+    /// The round trip: an ACK request to every agent, then every reply.
     fn rearm(&mut self) -> io::Result<()> {
-        self.pages.clear();
-        let mut st = self.shared.state();
-        let st = &mut *st;
-        for r in st.orphaned.drain(..) {
-            push_range(&mut self.pages, r.start..r.end.min(self.len));
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let request = agent::encode_ack(seq);
+        let mut waiting = Vec::new();
+        for idx in 0..self.chans.len() {
+            let Some(chan) = &self.chans[idx] else {
+                continue;
+            };
+            match chan.send(&request) {
+                Ok(true) => waiting.push(idx),
+                Ok(false) => return Err(not_answering("its queue is full")),
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.gone(idx),
+                Err(e) => return Err(e),
+            }
         }
-        for w in st.watches.iter_mut().flatten() {
-            let mut i = 0;
-            while i < w.dirty.len() {
-                // Coalesce consecutive pages into one ioctl.
-                let first = w.dirty[i];
-                let mut end = first + 1;
-                i += 1;
-                while i < w.dirty.len() && w.dirty[i] == end {
-                    end += 1;
-                    i += 1;
-                }
-                // Whole pages: `w.len` is page-rounded, like the registration.
-                let start = first * PAGE;
-                let len = (end * PAGE).min(w.len) - start;
-                match uffd::write_protect(w.uffd.as_fd(), w.base + start, len, true) {
-                    Ok(()) => {}
-                    // The producer's mm (ESRCH) or mapping (ENOENT) is gone:
-                    // no store can come through it any more.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {}
-                    Err(e) => {
-                        // Leave the wire tripped: the caller sees the error,
-                        // and the next look finds the trip again.
-                        self.shared.wake.ring()?;
-                        return Err(e);
+        let deadline = Instant::now() + ACK_DEADLINE;
+        let pages = self.len.div_ceil(PAGE);
+        let mut all = std::mem::take(&mut self.report_all);
+        let mut ranges = Vec::new();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        for idx in waiting {
+            while let Some(chan) = &self.chans[idx] {
+                match chan.recv(&mut buf)? {
+                    Recv::Message(n) => match agent::parse_pages(&buf[..n], pages) {
+                        Some(reply) if reply.seq == seq => {
+                            match reply.ranges {
+                                Some(r) => ranges.extend(r),
+                                None => all = true,
+                            }
+                            break;
+                        }
+                        // A trip from before the request, or a stale reply.
+                        _ => {}
+                    },
+                    Recv::Closed => {
+                        self.gone(idx);
+                        all |= self.kind == BackendKind::UserfaultAsync;
+                        break;
+                    }
+                    Recv::Empty => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() || !chan.wait(left)? {
+                            self.report_all |= all;
+                            return Err(not_answering("no reply"));
+                        }
                     }
                 }
-                push_range(&mut self.pages, start..(start + len).min(self.len));
             }
-            w.dirty.clear();
         }
-        st.tripped = false;
+        self.pages.clear();
+        if all {
+            self.pages.push(0..self.len);
+        } else {
+            ranges.sort_unstable_by_key(|r| r.start);
+            for r in ranges {
+                push_range(
+                    &mut self.pages,
+                    r.start * PAGE..(r.end * PAGE).min(self.len),
+                );
+            }
+        }
+        self.tripped = false;
         Ok(())
     }
 
-    /// The byte ranges the last successful ACK re-protected (written pages).
+    /// The byte ranges the last successful ACK reported (written pages).
     pub(crate) fn pages(&self) -> &[Range<usize>] {
         &self.pages
     }
 }
 
-/// Adds a range, merging it with the last one if they touch.
+fn not_answering(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "a producer's userfault agent did not answer the ACK within {ACK_DEADLINE:?} \
+             ({why}): is the producer stopped? The wire stays tripped; try again"
+        ),
+    )
+}
+
+/// Adds a range, merging it with the last one if they touch or overlap.
 fn push_range(out: &mut Vec<Range<usize>>, r: Range<usize>) {
     match out.last_mut() {
-        Some(last) if last.end == r.start => last.end = r.end,
+        Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
         _ => out.push(r),
-    }
-}
-
-/// The resolver: one thread per producer, until the producer hangs up (its
-/// end of `peer` closes) or the wire is dropped.
-fn resolve(shared: &Shared, uffd: &Arc<OwnedFd>, peer: &OwnedFd) {
-    loop {
-        let mut fds = [
-            PollFd::new(uffd, PollFlags::IN),
-            PollFd::new(&shared.stop, PollFlags::IN),
-            PollFd::new(peer, PollFlags::RDHUP),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return,
-        }
-        if !fds[1].revents().is_empty() || !fds[2].revents().is_empty() {
-            return;
-        }
-        if fds[0]
-            .revents()
-            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL)
-        {
-            return;
-        }
-        loop {
-            match uffd::read_wp_fault(uffd.as_fd()) {
-                Ok(Some(addr)) => on_fault(shared, uffd, addr as usize),
-                Ok(None) => break,
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-fn on_fault(shared: &Shared, uffd: &Arc<OwnedFd>, addr: usize) {
-    let mut st = shared.state();
-    let Some(w) = st
-        .watches
-        .iter_mut()
-        .flatten()
-        .find(|w| Arc::ptr_eq(&w.uffd, uffd))
-    else {
-        return;
-    };
-    let page_addr = addr & !(PAGE - 1);
-    if page_addr < w.base || page_addr >= w.base + w.len {
-        return; // not ours: the kernel only reports registered ranges
-    }
-    let page = (page_addr - w.base) / PAGE;
-    if let Err(pos) = w.dirty.binary_search(&page) {
-        w.dirty.insert(pos, page);
-    }
-    let tripped = std::mem::replace(&mut st.tripped, true);
-    if !tripped {
-        let _ = shared.wake.ring();
-    }
-    // Un-protect and wake the writer, still under the lock, so that an ACK
-    // cannot run between recording the page and un-protecting it.
-    let _ = uffd::write_protect(uffd.as_fd(), page_addr, PAGE, false);
-}
-
-impl Drop for Userfault {
-    fn drop(&mut self) {
-        let _ = self.shared.stop.ring();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use rustix::net::{RecvFlags, SendFlags, SocketType};
 
 /// How many bytes one [`Bell::drain`] takes at most: a peer that floods the
 /// bell cannot keep a drain going; what is left makes a later, spurious ring.
@@ -31,31 +31,14 @@ pub(crate) struct Bell {
 impl Bell {
     /// A connected pair: the end to keep, and the end to hand to the peer.
     pub(crate) fn pair() -> io::Result<(Bell, OwnedFd)> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let (ours, theirs) = super::socket::pair(SocketType::STREAM)?;
         Ok((Bell { sock: ours }, theirs))
     }
 
     /// Takes an end received from a peer, after checking that it is a unix
     /// stream socket (anything else is refused with the reason).
     pub(crate) fn from_peer(fd: OwnedFd) -> Result<Bell, String> {
-        let st = rustix::fs::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
-            return Err("not a socket".into());
-        }
-        let domain = rustix::net::sockopt::socket_domain(&fd)
-            .map_err(|e| format!("getsockopt(SO_DOMAIN): {e}"))?;
-        let kind = rustix::net::sockopt::socket_type(&fd)
-            .map_err(|e| format!("getsockopt(SO_TYPE): {e}"))?;
-        if domain != AddressFamily::UNIX || kind != SocketType::STREAM {
-            return Err(format!(
-                "a socket of domain {domain:?} and type {kind:?}, not a unix stream socket"
-            ));
-        }
+        super::socket::check_unix(&fd, SocketType::STREAM, "stream")?;
         Ok(Bell { sock: fd })
     }
 
@@ -142,6 +125,8 @@ pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use rustix::net::{AddressFamily, SocketFlags};
+
     use super::*;
 
     #[test]

@@ -19,11 +19,6 @@ pub(crate) fn check_raw_link(raw: RawFd, want: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What `/proc/self/fd/N` names.
-pub(crate) fn link(fd: BorrowedFd<'_>) -> Result<String, String> {
-    raw_link(fd.as_raw_fd())
-}
-
 fn raw_link(raw: RawFd) -> Result<String, String> {
     let path = format!("/proc/self/fd/{raw}");
     let link = rustix::fs::readlink(path.as_str(), Vec::new())

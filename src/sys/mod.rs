@@ -11,22 +11,26 @@
 //!
 //! One small type per OS object: [`Mapping`] (a shared mapping, copied only
 //! with atomics), [`SealedMemfd`], [`Bell`] (a wake-up across processes that
-//! no peer can jam), [`EventFd`] (a wake-up between our own threads),
+//! no peer can jam), [`Channel`] (messages across processes, likewise),
+//! [`EventFd`] (a wake-up between our own threads),
 //! `uffd` (userfaultfd and `PAGEMAP_SCAN`), `tripwire` (the RFC syscall),
 //! `fdkind` (what a received fd is), `reactor` (a tokio registration that
 //! owns its fd).
 
 pub(crate) mod bell;
+pub(crate) mod channel;
 pub(crate) mod eventfd;
 pub(crate) mod fdkind;
 pub(crate) mod mapping;
 pub(crate) mod memfd;
 #[cfg(feature = "tokio")]
 pub(crate) mod reactor;
+mod socket;
 pub(crate) mod tripwire;
 pub(crate) mod uffd;
 
 pub(crate) use bell::Bell;
+pub(crate) use channel::{Channel, Recv};
 pub(crate) use eventfd::EventFd;
 pub(crate) use mapping::Mapping;
 pub(crate) use memfd::SealedMemfd;

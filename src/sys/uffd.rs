@@ -19,8 +19,6 @@ const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const EVENT_PAGEFAULT: u8 = 0x12;
 /// `UFFD_EVENT_FORK`: reading it installs a new uffd in the reader's table.
 const EVENT_FORK: u8 = 0x13;
-/// `UFFD_FEATURE_EVENT_FORK`.
-pub(crate) const FEATURE_EVENT_FORK: u64 = 1 << 1;
 /// The highest address any process can map (57-bit, 5-level paging): a
 /// range from a peer that reaches past it is not a mapping.
 const ADDRESS_LIMIT: u64 = 1 << 56;
@@ -143,12 +141,11 @@ pub(crate) fn write_protect(
 /// nothing is queued. Other events are read and ignored; a fork event's new
 /// uffd (installed in our table by the read) is closed.
 ///
-/// Never blocks, whatever the fd's file status flags: the producer shares
-/// this open file description and may clear its `O_NONBLOCK`, or read the
-/// message we were woken for. `preadv2(RWF_NOWAIT)` makes this one read
-/// non-blocking (userfaultfd honours it since Linux 6.8); where the kernel
-/// refuses it, `O_NONBLOCK` is set again right before a plain read, which
-/// leaves only a race with a producer clearing it in between.
+/// Never blocks, whatever the fd's file status flags (were the description
+/// ever shared, a peer could clear its `O_NONBLOCK`): `preadv2(RWF_NOWAIT)`
+/// makes this one read non-blocking (userfaultfd honours it since Linux
+/// 6.8); where the kernel refuses it, `O_NONBLOCK` is set again right before
+/// a plain read.
 pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     // struct uffd_msg: u8 event, 7 bytes reserved, then for a page fault
     // u64 flags, u64 address, u32 ptid (+pad): 32 bytes in all; for a fork
@@ -202,20 +199,6 @@ fn read_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     Ok(rustix::io::read(fd, buf)?)
 }
 
-/// The features a uffd was set up with (`UFFDIO_API`), as its
-/// `/proc/self/fdinfo` reports them: for a uffd received from a peer, which
-/// could have enabled events that install fds in our table.
-pub(crate) fn features_of(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    let info = std::fs::read_to_string(&path)?;
-    // "API:\t<api>:<features>:<ioctls>", all in hex.
-    info.lines()
-        .find_map(|l| l.strip_prefix("API:"))
-        .and_then(|api| api.trim().split(':').nth(1))
-        .and_then(|f| u64::from_str_radix(f, 16).ok())
-        .ok_or_else(|| io::Error::other(format!("{path} has no API line: not a userfaultfd?")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -248,16 +231,6 @@ mod tests {
         let got = rx.recv_timeout(std::time::Duration::from_secs(5));
         assert_eq!(got.expect("read_wp_fault blocked"), Ok(None));
         reader.join().unwrap();
-    }
-
-    #[test]
-    fn features_are_read_back() {
-        let Ok(fd) = open() else {
-            eprintln!("skipping: userfaultfd unavailable here");
-            return;
-        };
-        api(fd.as_fd(), 0).unwrap();
-        assert_eq!(features_of(fd.as_fd()).unwrap() & FEATURE_EVENT_FORK, 0);
     }
 }
 

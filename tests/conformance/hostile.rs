@@ -66,8 +66,13 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::UserfaultAsync],
     ),
     (
-        "hostile_reply_address_past_the_address_space",
-        reply_address_past_the_address_space,
+        "hostile_reply_carrying_a_uffd_is_refused",
+        reply_carrying_a_uffd_is_refused,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
+        "hostile_consumer_gets_no_fd_and_cannot_stall_the_producer",
+        consumer_gets_no_fd_and_cannot_stall_the_producer,
         &[BackendKind::Userfault, BackendKind::UserfaultAsync],
     ),
     (
@@ -555,10 +560,11 @@ fn store_then_partial_unmap_trips(ctx: &Ctx) -> Outcome {
     )
 }
 
-/// A producer replies with a real uffd (and pagemap) but a mapping address
-/// whose range runs past the end of any address space: a handshake error,
-/// not an overflow.
-fn reply_address_past_the_address_space(ctx: &Ctx) -> Outcome {
+/// A producer replies with a real uffd (and a pagemap fd), as producers of
+/// handshake versions before 3 did, and with a mapping address whose range
+/// runs past the end of any address space: the consumer takes no fd from a
+/// reply (c7b7db3 took them, then overflowed on the address).
+fn reply_carrying_a_uffd_is_refused(ctx: &Ctx) -> Outcome {
     let mut tw = create(ctx, 2 * PAGE)?;
     let (ours, theirs) = UnixStream::pair()?;
     let uffd = open_uffd()?;
@@ -574,11 +580,11 @@ fn reply_address_past_the_address_space(ctx: &Ctx) -> Outcome {
         Ok(theirs)
     });
     let err = match tw.share(ours) {
-        Ok(()) => return Err("an impossible mapping address was accepted".into()),
+        Ok(()) => return Err("a reply carrying a uffd was accepted".into()),
         Err(e) => e.to_string(),
     };
     let _ = hostile.join();
-    ensure(err.contains("bad mapping address"), || {
+    ensure(err.contains("unexpected fds"), || {
         format!("unexpected error: {err}")
     })
 }
@@ -597,6 +603,78 @@ fn open_uffd() -> Result<OwnedFd, Failed> {
     }
     // SAFETY (test code): a new fd, ours alone.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ret as i32) })
+}
+
+/// A consumer offers a Userfault(Async) tripwire by hand to a real
+/// `Producer::connect`. The reply must carry no fd at all (c7b7db3 sent the
+/// producer's uffd, and with it the power to register, write-protect or
+/// fill any range of the producer). Then the consumer floods the agent's
+/// channel with ACKs and garbage and never reads: the producer's stores to
+/// every page must still complete at once, and dropping it must not hang.
+fn consumer_gets_no_fd_and_cannot_stall_the_producer(ctx: &Ctx) -> Outcome {
+    const PAGES: usize = 8;
+    let region = sealed_memfd("hostile-uffd-region", (PAGES * PAGE) as u64)?;
+    let (chan_ours, chan_theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    let code: u16 = if ctx.kind == BackendKind::UserfaultAsync {
+        5
+    } else {
+        4
+    };
+    let mut offer = Vec::with_capacity(24);
+    offer.extend_from_slice(&OFFER_MAGIC);
+    offer.extend_from_slice(&handshake_version()?);
+    offer.extend_from_slice(&code.to_le_bytes());
+    offer.extend_from_slice(&2u32.to_le_bytes());
+    offer.extend_from_slice(&((PAGES * PAGE) as u64).to_le_bytes());
+    send_frame(&ours, &offer, &[region.as_fd(), chan_theirs.as_fd()])?;
+    let (reply, fds) = recv_frame(&ours, 24)?;
+    let producer = producer.join().map_err(|_| "producer panicked")??;
+    ensure(reply[10..12] == [0, 0], || format!("refused: {reply:?}"))?;
+    ensure(fds.is_empty(), || {
+        format!(
+            "the producer's reply carried {} fds to the consumer",
+            fds.len()
+        )
+    })?;
+    // Flood: ACK requests (each re-protects what was written) and garbage,
+    // until the agent's queue is full; never read what it sends.
+    let mut ack = [0u8; 8];
+    ack[0] = b'A';
+    for i in 0u32.. {
+        ack[4..8].copy_from_slice(&i.to_le_bytes());
+        let msg: &[u8] = if i % 3 == 2 { &[0xff; 64] } else { &ack };
+        if rustix::net::send(&chan_ours, msg, SendFlags::DONTWAIT).is_err() || i > 100_000 {
+            break;
+        }
+    }
+    clear_nonblock(chan_theirs.as_fd());
+    let took = bounded("stores with a hostile consumer", ms(10_000), move || {
+        let start = std::time::Instant::now();
+        for round in 0..50u64 {
+            for page in 0..PAGES {
+                producer
+                    .region()
+                    .write(page * PAGE, &round)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let took = start.elapsed();
+        drop(producer); // stops the agent: must not hang either
+        Ok::<_, String>(took)
+    })??;
+    eprintln!(
+        "  {}: 400 stores beside a flooding consumer took {took:?}",
+        ctx.kind
+    );
+    drop((ours, chan_ours, chan_theirs));
+    Ok(())
 }
 
 /// `wait_timeout(Duration::MAX)` is "forever", not an `Instant` overflow;

@@ -1,0 +1,506 @@
+//! The agent of `Backend::Userfault` and `Backend::UserfaultAsync`: a
+//! thread inside the *producer's* process that owns its userfaultfd.
+//!
+//! Whoever holds a uffd can register any range of its process, write-protect
+//! it or fill missing pages with its own bytes: handing it to the consumer
+//! would hand over the producer's whole address space (and a pagemap fd its
+//! memory layout). So nothing with power beyond the region leaves the
+//! producer. The agent:
+//!
+//! - `Userfault`: reads each write fault, records the page, sends the
+//!   consumer a *trip* (once per ACK) and un-protects the page at once: a
+//!   store never waits for the consumer, even a stopped or hung one;
+//! - `UserfaultAsync`: the kernel resolves the faults itself (`WP_ASYNC`);
+//!   the agent scans its own page tables (`PAGEMAP_SCAN` with
+//!   `PM_SCAN_WP_MATCHING`) every interval while the consumer is armed, and
+//!   sends a trip when it finds a written page;
+//! - on the consumer's ACK request, re-protects the pages written since the
+//!   last one (on `UserfaultAsync`, scans once more, which re-protects them)
+//!   and replies with them; the consumer is then armed again.
+//!
+//! One thread does all of it, in order, so an un-protect can never land
+//! after an ACK's re-protect: a store racing an ACK either happened before
+//! the re-protect (it is in the reply, and visible once the consumer has
+//! it) or faults again and trips again. Nothing slips through.
+//!
+//! The channel is a `sys::Channel` (seqpacket) whose other end the consumer
+//! made and keeps; every message is validated, anything else is ignored. A
+//! consumer that floods ACKs only makes this producer's stores fault more
+//! often; one that stops reading loses its own trips and replies.
+//!
+//! Messages (little-endian):
+//!
+//! ```text
+//! consumer -> agent:  ACK    'A' 0 0 0 | seq u32                       (8 bytes)
+//!                     CONFIG 'C' 0 0 0 0 0 0 0 | interval ns u64      (16 bytes)
+//! agent -> consumer:  TRIP   'T'                                       (1 byte)
+//!                     PAGES  'P' all u8 0 0 | seq u32 | n u32 | 0 u32
+//!                            | n x (first page u32, end page u32)     (16 + 8n bytes)
+//! ```
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backend::userfault::PAGE;
+use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
+use crate::{BackendKind, Error};
+
+/// The most page ranges one PAGES message lists; more, and it says "all".
+pub(crate) const MAX_RANGES: usize = 2048;
+/// The largest message either side sends.
+pub(crate) const MAX_MESSAGE: usize = 16 + 8 * MAX_RANGES;
+
+pub(crate) const TRIP: u8 = b'T';
+pub(crate) const PAGES: u8 = b'P';
+pub(crate) const ACK: u8 = b'A';
+pub(crate) const CONFIG: u8 = b'C';
+
+/// An ACK request.
+pub(crate) fn encode_ack(seq: u32) -> [u8; 8] {
+    let mut m = [0u8; 8];
+    m[0] = ACK;
+    m[4..8].copy_from_slice(&seq.to_le_bytes());
+    m
+}
+
+/// The scan interval of a `UserfaultAsync` agent.
+pub(crate) fn encode_config(interval: Duration) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[0] = CONFIG;
+    let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    m[8..16].copy_from_slice(&ns.to_le_bytes());
+    m
+}
+
+/// A PAGES reply, as the consumer reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Pages {
+    pub(crate) seq: u32,
+    /// `None`: the whole region.
+    pub(crate) ranges: Option<Vec<Range<usize>>>,
+}
+
+/// Parses a PAGES message of a region of `pages` pages; `None` if it is
+/// malformed (a short message, a count that does not fit, a range outside
+/// the region or reversed).
+pub(crate) fn parse_pages(msg: &[u8], pages: usize) -> Option<Pages> {
+    if msg.len() < 16 || msg[0] != PAGES {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(msg[o..o + 4].try_into().expect("4 bytes"));
+    let seq = u32_at(4);
+    let n = u32_at(8) as usize;
+    if msg[1] != 0 {
+        return Some(Pages { seq, ranges: None });
+    }
+    if n > MAX_RANGES || msg.len() != 16 + 8 * n {
+        return None;
+    }
+    let mut ranges = Vec::with_capacity(n);
+    for i in 0..n {
+        let (first, end) = (u32_at(16 + 8 * i) as usize, u32_at(20 + 8 * i) as usize);
+        if first >= end || end > pages {
+            return None;
+        }
+        ranges.push(first..end);
+    }
+    Some(Pages {
+        seq,
+        ranges: Some(ranges),
+    })
+}
+
+/// The agent, as the `Producer` holds it: dropping it stops the thread and
+/// closes the uffd (which unregisters the mapping).
+#[derive(Debug)]
+pub(crate) struct Agent {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Registers `map` with a new uffd (write-protect; `kind` says whether
+    /// async), protects it, marks it `MADV_DONTFORK`, and starts the agent
+    /// on `chan`, the consumer's channel end.
+    pub(crate) fn start(
+        map: &Arc<Mapping>,
+        chan: OwnedFd,
+        kind: BackendKind,
+    ) -> Result<Agent, Error> {
+        let chan = Channel::from_peer(chan)
+            .map_err(|why| Error::handshake(format!("the agent channel fd: {why}")))?;
+        let is_async = kind == BackendKind::UserfaultAsync;
+        let unavailable = |reason: String| Error::Unavailable {
+            backend: kind,
+            reason,
+        };
+        if is_async {
+            super::userfault_async::probe().map_err(unavailable)?;
+        } else {
+            super::userfault::probe().map_err(unavailable)?;
+        }
+        let fd = uffd::open().map_err(|e| Error::io("userfaultfd", e))?;
+        let features = if is_async {
+            uffd::FEATURE_WP_SHMEM | uffd::FEATURE_WP_ASYNC
+        } else {
+            uffd::FEATURE_WP_SHMEM
+        };
+        uffd::api(fd.as_fd(), features)
+            .map_err(|e| unavailable(format!("UFFDIO_API({features:#x}) failed: {e}")))?;
+        let span = map.len().div_ceil(PAGE) * PAGE;
+        uffd::register_wp(fd.as_fd(), map.addr(), span)
+            .map_err(|e| unavailable(format!("UFFDIO_REGISTER in WP mode failed: {e}")))?;
+        uffd::write_protect(fd.as_fd(), map.addr(), span, true)
+            .map_err(|e| unavailable(format!("UFFDIO_WRITEPROTECT of the region failed: {e}")))?;
+        map.dont_fork()
+            .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
+        let pagemap = if is_async {
+            Some(uffd::open_pagemap().map_err(|e| Error::io("opening /proc/self/pagemap", e))?)
+        } else {
+            None
+        };
+        let stop = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
+        let mut state = State {
+            uffd: fd,
+            pagemap,
+            chan,
+            base: map.addr(),
+            span,
+            len: map.len(),
+            dirty: Dirty::new(map.len()),
+            armed: true,
+            interval: Duration::from_millis(1),
+            // Keeps the mapping alive while the agent works on it.
+            _map: map.clone(),
+        };
+        let stopper = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("memfd-tripwire-agent".into())
+            .spawn(move || state.run(&stopper))
+            .map_err(|e| Error::io("spawning the userfault agent thread", e))?;
+        Ok(Agent {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop.ring();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    uffd: OwnedFd,
+    /// `UserfaultAsync`: our own `/proc/self/pagemap`.
+    pagemap: Option<OwnedFd>,
+    chan: Channel,
+    base: usize,
+    span: usize,
+    len: usize,
+    dirty: Dirty,
+    /// The consumer ACKed since our last trip: the next write trips.
+    armed: bool,
+    interval: Duration,
+    _map: Arc<Mapping>,
+}
+
+impl State {
+    fn run(&mut self, stop: &EventFd) {
+        let mut next_scan = Instant::now() + self.interval;
+        loop {
+            let timeout = self
+                .pagemap
+                .as_ref()
+                .filter(|_| self.armed)
+                .map(|_| next_scan.saturating_duration_since(Instant::now()));
+            let (uffd_ready, chan_ready, stopped) = match self.wait(stop, timeout) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            if stopped {
+                // A producer going away: report what was not scanned yet.
+                self.scan();
+                return;
+            }
+            if uffd_ready && self.resolve_faults().is_err() {
+                return;
+            }
+            if chan_ready && !self.serve() {
+                return; // the consumer is gone: dropping the uffd unregisters
+            }
+            if self.pagemap.is_some() && Instant::now() >= next_scan {
+                self.scan();
+                next_scan = Instant::now() + self.interval;
+            }
+        }
+    }
+
+    /// Sleeps until the uffd, the channel or `stop` is readable, or
+    /// `timeout`. Returns which were.
+    fn wait(&self, stop: &EventFd, timeout: Option<Duration>) -> io::Result<(bool, bool, bool)> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let ts = timeout.map(|d| Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: d.subsec_nanos().into(),
+        });
+        let mut fds = [
+            PollFd::new(&self.uffd, PollFlags::IN),
+            PollFd::new(&self.chan, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let r = |i: usize| !fds[i].revents().is_empty();
+        Ok((r(0), r(1), r(2)))
+    }
+
+    /// `Userfault`: records, trips and un-protects each queued fault.
+    fn resolve_faults(&mut self) -> io::Result<()> {
+        while let Some(addr) = uffd::read_wp_fault(self.uffd.as_fd())? {
+            let page_addr = addr as usize & !(PAGE - 1);
+            if page_addr < self.base || page_addr >= self.base + self.span {
+                continue; // the kernel only reports registered ranges
+            }
+            let page = (page_addr - self.base) / PAGE;
+            self.dirty.mark(page, page + 1);
+            self.trip();
+            // Lets the stalled store through.
+            uffd::write_protect(self.uffd.as_fd(), page_addr, PAGE, false)?;
+        }
+        Ok(())
+    }
+
+    /// `UserfaultAsync`: records (and re-protects) the written pages; trips
+    /// on a finding.
+    fn scan(&mut self) {
+        let Some(pagemap) = &self.pagemap else { return };
+        let (base, dirty) = (self.base, &mut self.dirty);
+        let mut found = false;
+        let scanned =
+            uffd::scan_written_and_protect(pagemap.as_fd(), base, self.span, |start, end| {
+                dirty.mark((start - base) / PAGE, (end - base).div_ceil(PAGE));
+                found = true;
+            });
+        // A scan that failed cannot tell what was written; and an unmap of
+        // any part of the mapping (a raw munmap in this process) took the
+        // record of that part's unscanned stores with it: either way, say
+        // everything was written.
+        let intact = uffd::is_wp_async_registered(pagemap.as_fd(), base, self.span);
+        if scanned.is_err() || !matches!(intact, Ok(true)) {
+            self.dirty.mark_all();
+            found = true;
+        }
+        if found {
+            self.trip();
+        }
+    }
+
+    fn trip(&mut self) {
+        if std::mem::replace(&mut self.armed, false) {
+            // A full queue: the consumer has not read its trips; a closed
+            // channel is noticed by `serve`.
+            let _ = self.chan.send(&[TRIP]);
+        }
+    }
+
+    /// Serves the consumer's messages; `false` once it is gone.
+    fn serve(&mut self) -> bool {
+        let mut buf = [0u8; 16];
+        loop {
+            match self.chan.recv(&mut buf) {
+                Ok(Recv::Message(8)) if buf[0] == ACK => {
+                    let seq = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+                    if self.ack(seq).is_err() {
+                        return false;
+                    }
+                }
+                Ok(Recv::Message(16)) if buf[0] == CONFIG => {
+                    let ns = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+                    // The consumer's choice, within sane bounds.
+                    self.interval = Duration::from_nanos(ns)
+                        .clamp(Duration::from_micros(10), Duration::from_secs(10));
+                    super::set_timer_slack_for(self.interval);
+                }
+                Ok(Recv::Message(_)) => {} // not ours to understand: ignored
+                Ok(Recv::Empty) => return true,
+                Ok(Recv::Closed) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Re-protects what was written since the last ACK and replies with it.
+    fn ack(&mut self, seq: u32) -> io::Result<()> {
+        if self.pagemap.is_some() {
+            self.scan();
+        } else {
+            // Pending faults first: their pages are then in the reply.
+            self.resolve_faults()?;
+        }
+        let mut runs = Vec::new();
+        self.dirty.drain_into(self.len, &mut runs);
+        let mut reprotect_all = false;
+        if self.pagemap.is_none() {
+            for r in &runs {
+                let (start, end) = (r.start, r.end.div_ceil(PAGE) * PAGE);
+                if uffd::write_protect(self.uffd.as_fd(), self.base + start, end - start, true)
+                    .is_err()
+                {
+                    reprotect_all = true;
+                }
+            }
+            if reprotect_all {
+                uffd::write_protect(self.uffd.as_fd(), self.base, self.span, true)?;
+            }
+        }
+        self.armed = true;
+        let mut msg = Vec::with_capacity(16 + 8 * runs.len().min(MAX_RANGES));
+        msg.push(PAGES);
+        msg.push(u8::from(reprotect_all || runs.len() > MAX_RANGES));
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&seq.to_le_bytes());
+        if msg[1] != 0 {
+            msg.extend_from_slice(&[0; 8]);
+        } else {
+            msg.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&[0; 4]);
+            for r in &runs {
+                msg.extend_from_slice(&((r.start / PAGE) as u32).to_le_bytes());
+                msg.extend_from_slice(&(r.end.div_ceil(PAGE) as u32).to_le_bytes());
+            }
+        }
+        // A full queue: the consumer is not reading; it will time out.
+        self.chan.send(&msg).map(drop)
+    }
+}
+
+/// One bit per page of the region.
+#[derive(Debug)]
+pub(crate) struct Dirty {
+    bits: Vec<u64>,
+    pages: usize,
+}
+
+impl Dirty {
+    pub(crate) fn new(len: usize) -> Self {
+        let pages = len.div_ceil(PAGE);
+        Dirty {
+            bits: vec![0; pages.div_ceil(64)],
+            pages,
+        }
+    }
+
+    /// Marks pages `first..end` (clamped to the region).
+    pub(crate) fn mark(&mut self, first: usize, end: usize) {
+        for page in first..end.min(self.pages) {
+            self.bits[page / 64] |= 1 << (page % 64);
+        }
+    }
+
+    pub(crate) fn mark_all(&mut self) {
+        self.mark(0, self.pages);
+    }
+
+    fn is_set(&self, page: usize) -> bool {
+        self.bits[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    /// Appends the marked pages as merged byte ranges (the last one clamped
+    /// to `len`), and clears them.
+    pub(crate) fn drain_into(&mut self, len: usize, out: &mut Vec<Range<usize>>) {
+        let mut page = 0;
+        while page < self.pages {
+            if self.bits[page / 64] == 0 {
+                page = (page / 64 + 1) * 64;
+                continue;
+            }
+            if !self.is_set(page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < self.pages && self.is_set(page) {
+                page += 1;
+            }
+            out.push(first * PAGE..(page * PAGE).min(len));
+        }
+        self.bits.fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
+    fn dirty_pages_merge_and_clamp() {
+        let mut d = Dirty::new(200 * PAGE + 100);
+        d.mark(3, 4);
+        d.mark(7, 9);
+        d.mark(63, 66);
+        d.mark(200, 205); // the last, partial page; past the end is ignored
+        let mut out = Vec::new();
+        d.drain_into(200 * PAGE + 100, &mut out);
+        assert_eq!(
+            out,
+            [
+                3 * PAGE..4 * PAGE,
+                7 * PAGE..9 * PAGE,
+                63 * PAGE..66 * PAGE,
+                200 * PAGE..200 * PAGE + 100,
+            ]
+        );
+        out.clear();
+        d.drain_into(200 * PAGE + 100, &mut out);
+        assert!(out.is_empty());
+        d.mark_all();
+        d.drain_into(200 * PAGE + 100, &mut out);
+        assert_eq!(out, [0..200 * PAGE + 100]);
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
+    fn malformed_pages_replies_are_refused() {
+        let mut m = vec![PAGES, 0, 0, 0];
+        m.extend_from_slice(&7u32.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(&2u32.to_le_bytes());
+        m.extend_from_slice(&3u32.to_le_bytes());
+        assert_eq!(
+            parse_pages(&m, 4),
+            Some(Pages {
+                seq: 7,
+                ranges: Some(vec![2..3])
+            })
+        );
+        assert_eq!(parse_pages(&m, 2), None, "a range past the region");
+        assert_eq!(parse_pages(&m[..20], 4), None, "short");
+        let mut reversed = m.clone();
+        reversed[16..20].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(parse_pages(&reversed, 4), None, "empty or reversed");
+        let mut huge = m.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_pages(&huge, 4), None, "a count that does not fit");
+        let mut all = m;
+        all[1] = 1;
+        assert_eq!(
+            parse_pages(&all, 4),
+            Some(Pages {
+                seq: 7,
+                ranges: None
+            })
+        );
+    }
+}
