@@ -17,7 +17,8 @@
 //!   `MEMFD_TRIPWIRE_RING_CASE`), one fresh peer and fresh rings per case.
 //!   The consumer (parent) pins itself to CPU0, the producer (child) to CPU1
 //!   (`sched_setaffinity`, as the anchor; no `taskset`). A `Userfault`
-//!   ring's resolver thread lives in the consumer's process, so on CPU0.
+//!   ring's agent thread (which resolves the faults and answers the ACKs)
+//!   lives in the producer's process, so on CPU1.
 //! - **tput**: the child's stdin is the ring's handshake socket and its
 //!   stdout a control socket. Once both ends are attached, the child says
 //!   ready and waits; the parent starts its clock, sends `go` and receives
@@ -37,8 +38,9 @@
 //!   warm-up round trips, then 100,000 timed ones (`RTT_WARMUP`, `RTT_N`),
 //!   each timed with the TSC as the anchor does (`rdtscp`, calibrated
 //!   against `CLOCK_MONOTONIC` over 50 ms; `Instant` elsewhere).
-//! - Spin budget (`Builder::spin`): 0 (park at once) and 5 µs, for every
-//!   Receiver of the case. Capacity 1024 slots, as the anchor's `CAP`.
+//! - Spin budget (`Builder::spin`): 0 (park at once) and 5 µs by default
+//!   (`SPINS_US`; `auto` is the adaptive default), for every Receiver of
+//!   the case. Capacity 1024 slots, as the anchor's `CAP`.
 //! - Counters: the Receiver's `stats()` (`rearms`: times it re-armed the
 //!   wire after running dry, an upper bound of the doorbells it can cause on
 //!   `Doorbell`; `sleeps`), the voluntary context switches of each side's
@@ -71,7 +73,7 @@
 //! | `MSGS` | `64B u64` | message types: `[u64; 8]` and `u64` (tput; rtt is 64B only) |
 //! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send` |
 //! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256) |
-//! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs |
+//! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs (`auto`: the adaptive default) |
 //! | `N`, `RTT_N`, `RTT_WARMUP` | 2000000, 100000, 2000 | messages per tput run, timed and warm-up round trips |
 //! | `CAP` | 1024 | ring capacity (slots) |
 //! | `CONSUMER_CPU`, `PRODUCER_CPU` | 0, 1 | pinning |
@@ -178,7 +180,33 @@ struct Case {
     msg: &'static str,
     send: SendMode,
     recv: RecvMode,
-    spin_us: u64,
+    /// The Receiver's spin budget, µs; `auto`: the adaptive default.
+    spin_us: SpinUs,
+}
+
+/// A fixed spin budget in µs, or the adaptive default (`auto`).
+#[derive(Debug, Clone, Copy)]
+struct SpinUs(Option<u64>);
+
+impl fmt::Display for SpinUs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(us) => write!(f, "{us}"),
+            None => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for SpinUs {
+    type Err = BoxError;
+    fn from_str(s: &str) -> Result<Self, BoxError> {
+        match s {
+            "auto" => Ok(SpinUs(None)),
+            us => Ok(SpinUs(Some(
+                us.parse().map_err(|e| format!("spin {us:?}: {e}"))?,
+            ))),
+        }
+    }
 }
 
 fn backend(name: &str) -> Result<(&'static str, Backend), BoxError> {
@@ -264,8 +292,8 @@ impl Case {
         backend(self.backend).expect("checked when parsed").1
     }
 
-    fn spin(&self) -> Duration {
-        Duration::from_micros(self.spin_us)
+    fn spin(&self) -> Option<Duration> {
+        self.spin_us.0.map(Duration::from_micros)
     }
 }
 
@@ -355,7 +383,7 @@ fn cases_from_env() -> Result<Vec<Case>, BoxError> {
         for b in &backends {
             let (backend, _) = backend(b)?;
             for s in &spins {
-                let spin_us: u64 = s.parse().map_err(|e| format!("SPINS_US {s:?}: {e}"))?;
+                let spin_us: SpinUs = s.parse()?;
                 match t.as_str() {
                     "tput" => {
                         for m in &msgs {
@@ -558,11 +586,14 @@ fn consumer_main() -> Result<bool, BoxError> {
 }
 
 fn ring<T: Msg>(k: &Knobs, case: &Case) -> Result<Receiver<T>, BoxError> {
-    Ok(SharedRing::<T>::builder(k.cap)
+    let b = SharedRing::<T>::builder(k.cap)
         .backend(case.backend())
-        .type_tag(T::TAG)
-        .spin(case.spin())
-        .create()?)
+        .type_tag(T::TAG);
+    let b = match case.spin() {
+        Some(d) => b.spin(d),
+        None => b,
+    };
+    Ok(b.create()?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {

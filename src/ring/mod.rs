@@ -13,7 +13,8 @@
 //! index lives in a third sealed memfd, so neither side ever writes what the
 //! other writes, and the Receiver's writes never trip its own wire.
 //!
-//! The Receiver busy-polls the head for a short budget ([`Builder::spin`])
+//! The Receiver busy-polls the head for a budget ([`Builder::spin`]; by
+//! default the measured price of one sleep on this host)
 //! before it re-arms the wire and sleeps, like NAPI: under load the wire
 //! stays tripped, so the Sender neither faults (`Kernel`, `Userfault`) nor
 //! rings (`Doorbell`; the ring calls `notify()` itself). A full ring makes
@@ -73,6 +74,7 @@ mod layout;
 pub(crate) mod protocol;
 mod receiver;
 mod sender;
+mod spin;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -112,7 +114,7 @@ impl<T: Pod> SharedRing<T> {
             capacity,
             backend: Backend::Auto,
             tag: 0,
-            spin: Duration::from_micros(5),
+            spin: None,
             poll_interval: Duration::from_millis(1),
             _t: PhantomData,
         }
@@ -136,7 +138,8 @@ pub struct Builder<T> {
     capacity: usize,
     backend: Backend,
     tag: u64,
-    spin: Duration,
+    /// `None`: adaptive.
+    spin: Option<Duration>,
     poll_interval: Duration,
     _t: PhantomData<fn() -> T>,
 }
@@ -178,9 +181,14 @@ impl<T: Pod> Builder<T> {
     }
 
     /// How long the Receiver busy-polls for the next message before it
-    /// re-arms the wire and sleeps (default 5 µs; zero sleeps at once).
+    /// re-arms the wire and sleeps: a fixed budget (zero sleeps at once).
     /// Spinning turns a wake-up of tens of µs into a cache-line transfer,
     /// and keeps the Sender from faulting or ringing under load.
+    ///
+    /// By default the budget adapts to the host: the price of one sleep
+    /// (the Receiver's measured ACK cost plus twice this host's measured
+    /// wake-up latency, 1 to 250 µs), so that a host where wake-ups or
+    /// traps cost more spins longer instead of re-arming on every gap.
     ///
     /// ```
     /// # use memfd_tripwire::ring::SharedRing;
@@ -188,7 +196,7 @@ impl<T: Pod> Builder<T> {
     /// let b = SharedRing::<u64>::builder(8).spin(Duration::from_micros(20));
     /// ```
     pub fn spin(mut self, budget: Duration) -> Self {
-        self.spin = budget;
+        self.spin = Some(budget);
         self
     }
 

@@ -12,6 +12,7 @@ use bytemuck::Pod;
 use super::Builder;
 use super::layout::{self, Header};
 use super::protocol;
+use super::spin::Spin;
 use crate::sys::Bell;
 use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 
@@ -50,7 +51,7 @@ pub struct Receiver<T> {
     /// The Sender's waiting flag as seen at the last head read.
     sender_waiting: bool,
     batch: u64,
-    spin: Duration,
+    spin: Spin,
     done: bool,
     stats: RingStats,
     _t: PhantomData<fn() -> T>,
@@ -134,6 +135,11 @@ impl<T: Pod> Receiver<T> {
         let slots = slots_mem.region().clone();
         let (space, space_peer) =
             Bell::pair().map_err(|e| Error::io("socketpair for the space bell", e))?;
+        if b.spin.is_none() {
+            // Measures this host's wake-up cost now (once per process, ~1
+            // ms), not in the middle of the first gap.
+            super::spin::wake_cost();
+        }
         Ok(Receiver {
             tw: Wire::Blocking(tw),
             region,
@@ -149,7 +155,12 @@ impl<T: Pod> Receiver<T> {
             known_head: 0,
             sender_waiting: false,
             batch: u64::from(capacity / 4).max(1),
-            spin: b.spin,
+            spin: match b.spin {
+                Some(d) => Spin::Fixed(d),
+                None => Spin::Adaptive {
+                    ack: Duration::ZERO,
+                },
+            },
             done: false,
             stats: RingStats::default(),
             _t: PhantomData,
@@ -323,7 +334,8 @@ impl<T: Pod> Receiver<T> {
 
     /// Busy-polls the head for the spin budget: `true` once it moved.
     fn spin_for_data(&self) -> Result<bool, Error> {
-        if self.spin.is_zero() {
+        let budget = self.spin.budget();
+        if budget.is_zero() {
             return Ok(false);
         }
         let head = self.head()?;
@@ -335,7 +347,7 @@ impl<T: Pod> Receiver<T> {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= self.spin {
+            if start.elapsed() >= budget {
                 return Ok(false);
             }
         }
@@ -350,8 +362,10 @@ impl<T: Pod> Receiver<T> {
         self.publish_tail()?;
         self.stats.rearms += 1;
         let tw = self.tw.get_mut();
+        let start = Instant::now();
         tw.ack()
             .map_err(|e| Error::io("ACK of the ring's tripwire", e))?;
+        self.spin.record_ack(start.elapsed());
         if let Some(v) = self.pop()? {
             return Ok(Some(Some(v)));
         }

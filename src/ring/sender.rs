@@ -15,10 +15,6 @@ use crate::handoff::{RING_MAGIC, receive_extra, reply_extra};
 use crate::sys::{self, Bell};
 use crate::{Error, Producer, Region, SharedMemory};
 
-/// How long a blocking Sender that finds the ring full polls for space
-/// before it sleeps.
-const SPACE_SPIN: std::time::Duration = std::time::Duration::from_micros(5);
-
 /// The producing end of a ring, in the process that received it.
 ///
 /// ```no_run
@@ -38,6 +34,9 @@ pub struct Sender<T> {
     header: Header,
     head: u64,
     tail: u64,
+    /// How long a blocking Sender that finds the ring full polls for space
+    /// before it sleeps: the price of a sleep on this host (`ring::spin`).
+    space_spin: std::time::Duration,
     _t: PhantomData<fn(T)>,
 }
 
@@ -140,6 +139,10 @@ impl<T: Pod> Sender<T> {
             header,
             head,
             tail,
+            space_spin: super::spin::Spin::Adaptive {
+                ack: std::time::Duration::ZERO,
+            }
+            .budget(),
             _t: PhantomData,
         })
     }
@@ -267,7 +270,7 @@ impl<T: Pod> Sender<T> {
         Ok(())
     }
 
-    /// Free slots, polling the tail for up to [`SPACE_SPIN`] while there
+    /// Free slots, polling the tail for up to `space_spin` while there
     /// are none: the Receiver polls the head likewise, and a sleep costs
     /// both sides a wake-up.
     fn spin_for_space(&mut self) -> Result<u64, Error> {
@@ -282,7 +285,7 @@ impl<T: Pod> Sender<T> {
                 std::hint::spin_loop();
             }
             let free = self.free()?;
-            if free > 0 || start.elapsed() >= SPACE_SPIN {
+            if free > 0 || start.elapsed() >= self.space_spin {
                 return Ok(free);
             }
         }
