@@ -51,7 +51,7 @@ pub struct Producer {
     doorbell: Option<Doorbell>,
     /// Userfault, UserfaultAsync: the thread that owns the uffd (held for
     /// its drop, which stops it and unregisters the mapping).
-    _agent: Option<Agent>,
+    agent: Option<Agent>,
     peer: Option<UnixStream>,
 }
 
@@ -98,7 +98,7 @@ impl Producer {
             kind: BackendKind::Kernel,
             region: Region::new(map),
             doorbell: None,
-            _agent: None,
+            agent: None,
             peer: None,
         })
     }
@@ -220,9 +220,24 @@ impl Producer {
             kind: offer.kind,
             region,
             doorbell,
-            _agent: agent,
+            agent,
             peer: None,
         })
+    }
+
+    /// How many stores trapped so far on `Userfault` (each first store to a
+    /// page after an ACK, and one more for a store that an ACK re-protected
+    /// before it could retry); 0 on the other backends, where stores do not
+    /// stall.
+    ///
+    /// ```
+    /// # use memfd_tripwire::Producer;
+    /// # fn f(p: &Producer) {
+    /// println!("{} stores trapped", p.trapped_stores());
+    /// # }
+    /// ```
+    pub fn trapped_stores(&self) -> u64 {
+        self.agent.as_ref().map_or(0, Agent::faults)
     }
 
     /// The backend the consumer chose.

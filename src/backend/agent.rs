@@ -42,6 +42,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,8 @@ pub(crate) fn parse_pages(msg: &[u8], pages: usize) -> Option<Pages> {
 #[derive(Debug)]
 pub(crate) struct Agent {
     stop: Arc<EventFd>,
+    /// Write faults resolved so far (`Userfault`).
+    faults: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -164,7 +167,9 @@ impl Agent {
             None
         };
         let stop = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
+        let faults = Arc::new(AtomicU64::new(0));
         let mut state = State {
+            faults: faults.clone(),
             uffd: fd,
             pagemap,
             chan,
@@ -184,8 +189,14 @@ impl Agent {
             .map_err(|e| Error::io("spawning the userfault agent thread", e))?;
         Ok(Agent {
             stop,
+            faults,
             thread: Some(thread),
         })
+    }
+
+    /// Write faults resolved so far (stores that trapped, `Userfault`).
+    pub(crate) fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
     }
 }
 
@@ -199,6 +210,7 @@ impl Drop for Agent {
 }
 
 struct State {
+    faults: Arc<AtomicU64>,
     uffd: OwnedFd,
     /// `UserfaultAsync`: our own `/proc/self/pagemap`.
     pagemap: Option<OwnedFd>,
@@ -273,6 +285,7 @@ impl State {
                 continue; // the kernel only reports registered ranges
             }
             let page = (page_addr - self.base) / PAGE;
+            self.faults.fetch_add(1, Ordering::Relaxed);
             self.dirty.mark(page, page + 1);
             self.trip();
             // Lets the stalled store through.

@@ -137,6 +137,11 @@ pub const ALL: &[Scenario] = &[
         BOTH_USERFAULTS,
     ),
     (
+        "racing_acks_bound_the_faults_of_a_store",
+        racing_acks_bound_the_faults_of_a_store,
+        BOTH_USERFAULTS,
+    ),
+    (
         "unprivileged_producer_works",
         unprivileged_producer_works,
         BOTH_USERFAULTS,
@@ -798,6 +803,50 @@ fn wait_until_stopped(pid: u32, limit: Duration) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The lifelock the RFC warns of: an ACK re-protects a page after the fault
+/// was resolved but before the stalled store retried, so it faults again,
+/// and again. Here a thread ACKs as fast as it can while another stores
+/// into the one page: the stores go on, and the trapped stores (counted by
+/// the producer's agent) stay within one per ACK (each ACK protects the
+/// page once) plus the first: no store faults twice for one ACK, no
+/// livelock. (UserfaultAsync stores never stall; its count is 0.)
+fn racing_acks_bound_the_faults_of_a_store(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let acker = std::thread::spawn(move || -> Result<u64, String> {
+        let mut acks = 0;
+        while !stopped.load(Ordering::Relaxed) {
+            tw.ack().map_err(|e| e.to_string())?;
+            acks += 1;
+        }
+        Ok(acks)
+    });
+    // Let the ACKs start racing.
+    std::thread::sleep(Duration::from_millis(5));
+    let before = p.trapped_stores();
+    let start = Instant::now();
+    let mut stores = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        for _ in 0..64 {
+            p.region().write(0, &stores)?;
+            stores += 1;
+        }
+    }
+    let took = start.elapsed();
+    let faults = p.trapped_stores() - before;
+    stop.store(true, Ordering::Relaxed);
+    let acks = acker.join().map_err(|_| "acker panicked")??;
+    eprintln!(
+        "  {}: {stores} stores racing {acks} ACKs took {took:?}, {faults} faults",
+        ctx.kind
+    );
+    ensure(stores > 0, || "no store completed".into())?;
+    ensure(faults <= acks + 1, || {
+        format!("{faults} faults for {acks} ACKs: a store faulted more than once per ACK")
+    })
 }
 
 fn unprivileged_producer_works(ctx: &Ctx) -> Outcome {
