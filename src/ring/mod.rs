@@ -186,7 +186,7 @@ impl<T: Pod> Builder<T> {
     /// and keeps the Sender from faulting or ringing under load.
     ///
     /// By default the budget adapts to the host: the price of one sleep
-    /// (the Receiver's measured ACK cost plus twice this host's measured
+    /// (the Receiver's measured ACK cost plus this host's measured one-way
     /// wake-up latency, 1 to 250 µs), so that a host where wake-ups or
     /// traps cost more spins longer instead of re-arming on every gap.
     ///

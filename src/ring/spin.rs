@@ -10,7 +10,7 @@
 //! budget falls off on a host where wake-ups cost more (a 5 µs spin against
 //! a 30-60 µs wake-up or trap re-arms on every gap and can livelock).
 //!
-//! The budget is `ack + 2 x wake`, where `wake` is the one-way wake-up
+//! The budget is `ack + wake`, where `wake` is the one-way wake-up
 //! latency of this host, measured once per process (a ping-pong between two
 //! threads through eventfds, ~1 ms), and `ack` an average of the ACKs this
 //! Receiver made; clamped to [`MIN`]..[`MAX`].
@@ -40,7 +40,7 @@ impl Spin {
     pub(crate) fn budget(&self) -> Duration {
         match *self {
             Spin::Fixed(d) => d,
-            Spin::Adaptive { ack } => (ack + 2 * wake_cost()).clamp(MIN, MAX),
+            Spin::Adaptive { ack } => (ack + wake_cost()).clamp(MIN, MAX),
         }
     }
 
