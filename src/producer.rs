@@ -139,7 +139,7 @@ impl Producer {
                 return Err(e);
             }
         };
-        let attached = Self::attach(offer);
+        let attached = Self::attach(offer, &sock);
         // Nothing but the verdict goes back: on Userfault and UserfaultAsync
         // the uffd stays with this process's agent.
         let none: Extras<BorrowedFd<'_>> = Extras {
@@ -177,7 +177,7 @@ impl Producer {
 
     /// Maps what the offer carries; for Userfault and UserfaultAsync also
     /// registers the mapping and starts the agent that owns the uffd.
-    fn attach(offer: crate::handoff::Offer) -> Result<Producer, Error> {
+    fn attach(offer: crate::handoff::Offer, sock: &UnixStream) -> Result<Producer, Error> {
         let len = offer.len;
         let mut fds = offer.fds.into_iter();
         let mut next = || fds.next().expect("fd count checked by receive_offer");
@@ -202,7 +202,12 @@ impl Producer {
             BackendKind::Poll => (map_memfd(next(), len)?, None),
             BackendKind::Userfault | BackendKind::UserfaultAsync => {
                 let region = map_memfd(next(), len)?;
-                agent = Some(Agent::start(region.mapping(), next(), offer.kind)?);
+                agent = Some(Agent::start(
+                    region.mapping(),
+                    next(),
+                    offer.kind,
+                    sock.as_fd(),
+                )?);
                 (region, None)
             }
             BackendKind::Doorbell => {

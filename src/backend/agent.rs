@@ -40,7 +40,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -129,10 +129,17 @@ impl Agent {
     /// Registers `map` with a new uffd (write-protect; `kind` says whether
     /// async), protects it, marks it `MADV_DONTFORK`, and starts the agent
     /// on `chan`, the consumer's channel end.
+    ///
+    /// `peer` is the handshake socket: should the agent fail (an ioctl
+    /// error), it shuts the socket down, so that both sides learn that the
+    /// producer's stores are no longer watched (the consumer sees its
+    /// producer gone, the producer `is_closed()`), rather than go on
+    /// silently unwatched.
     pub(crate) fn start(
         map: &Arc<Mapping>,
         chan: OwnedFd,
         kind: BackendKind,
+        peer: BorrowedFd<'_>,
     ) -> Result<Agent, Error> {
         let chan = Channel::from_peer(chan)
             .map_err(|why| Error::handshake(format!("the agent channel fd: {why}")))?;
@@ -141,6 +148,16 @@ impl Agent {
             backend: kind,
             reason,
         };
+        if map.len() > super::userfault::MAX_LEN {
+            return Err(unavailable(format!(
+                "a region of {} bytes is over the {} this backend watches",
+                map.len(),
+                super::userfault::MAX_LEN
+            )));
+        }
+        let peer = peer
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("dup of the handshake socket", e))?;
         if is_async {
             super::userfault_async::probe().map_err(unavailable)?;
         } else {
@@ -169,6 +186,7 @@ impl Agent {
         let stop = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
         let faults = Arc::new(AtomicU64::new(0));
         let mut state = State {
+            peer,
             faults: faults.clone(),
             uffd: fd,
             pagemap,
@@ -185,7 +203,13 @@ impl Agent {
         let stopper = stop.clone();
         let thread = std::thread::Builder::new()
             .name("memfd-tripwire-agent".into())
-            .spawn(move || state.run(&stopper))
+            .spawn(move || {
+                if state.run(&stopper).is_err() {
+                    // Unwatched from now on: say so the only way both sides
+                    // hear (the consumer's peer set, `Producer::is_closed`).
+                    let _ = rustix::net::shutdown(&state.peer, rustix::net::Shutdown::Both);
+                }
+            })
             .map_err(|e| Error::io("spawning the userfault agent thread", e))?;
         Ok(Agent {
             stop,
@@ -210,6 +234,8 @@ impl Drop for Agent {
 }
 
 struct State {
+    /// A duplicate of the handshake socket, shut down if the agent fails.
+    peer: OwnedFd,
     faults: Arc<AtomicU64>,
     uffd: OwnedFd,
     /// `UserfaultAsync`: our own `/proc/self/pagemap`.
@@ -226,7 +252,9 @@ struct State {
 }
 
 impl State {
-    fn run(&mut self, stop: &EventFd) {
+    /// Serves until stopped (`Ok`), the consumer goes (`Ok`), or something
+    /// fails (`Err`: the stores are no longer watched).
+    fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let mut next_scan = Instant::now() + self.interval;
         loop {
             let timeout = self
@@ -234,20 +262,17 @@ impl State {
                 .as_ref()
                 .filter(|_| self.armed)
                 .map(|_| next_scan.saturating_duration_since(Instant::now()));
-            let (uffd_ready, chan_ready, stopped) = match self.wait(stop, timeout) {
-                Ok(r) => r,
-                Err(_) => return,
-            };
+            let (uffd_ready, chan_ready, stopped) = self.wait(stop, timeout)?;
             if stopped {
                 // A producer going away: report what was not scanned yet.
                 self.scan();
-                return;
+                return Ok(());
             }
-            if uffd_ready && self.resolve_faults().is_err() {
-                return;
+            if uffd_ready {
+                self.resolve_faults()?;
             }
-            if chan_ready && !self.serve() {
-                return; // the consumer is gone: dropping the uffd unregisters
+            if chan_ready && !self.serve()? {
+                return Ok(()); // the consumer is gone: dropping the uffd unregisters
             }
             if self.pagemap.is_some() && Instant::now() >= next_scan {
                 self.scan();
@@ -327,29 +352,38 @@ impl State {
         }
     }
 
-    /// Serves the consumer's messages; `false` once it is gone.
-    fn serve(&mut self) -> bool {
+    /// Serves the consumer's messages (at most 64 per wake-up, so that a
+    /// flooding consumer cannot keep faults waiting); `Ok(false)` once the
+    /// consumer is gone.
+    fn serve(&mut self) -> io::Result<bool> {
         let mut buf = [0u8; 16];
-        loop {
+        for _ in 0..64 {
             match self.chan.recv(&mut buf) {
                 Ok(Recv::Message(8)) if buf[0] == ACK => {
                     let seq = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-                    if self.ack(seq).is_err() {
-                        return false;
+                    match self.ack(seq) {
+                        Ok(()) => {}
+                        // A consumer that closed its end mid-reply.
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(Recv::Message(16)) if buf[0] == CONFIG => {
                     let ns = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
                     // The consumer's choice, within sane bounds.
-                    self.interval = Duration::from_nanos(ns)
+                    let interval = Duration::from_nanos(ns)
                         .clamp(Duration::from_micros(10), Duration::from_secs(10));
-                    super::set_timer_slack_for(self.interval);
+                    if interval != self.interval {
+                        self.interval = interval;
+                        super::set_timer_slack_for(interval);
+                    }
                 }
                 Ok(Recv::Message(_)) => {} // not ours to understand: ignored
-                Ok(Recv::Empty) => return true,
-                Ok(Recv::Closed) | Err(_) => return false,
+                Ok(Recv::Empty) => return Ok(true),
+                Ok(Recv::Closed) | Err(_) => return Ok(false),
             }
         }
+        Ok(true)
     }
 
     /// Re-protects what was written since the last ACK and replies with it.

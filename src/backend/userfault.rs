@@ -33,6 +33,14 @@ use crate::{BackendKind, Error, Region};
 
 pub(crate) const PAGE: usize = 4096;
 
+/// How many queued messages of one channel a look at it takes at most.
+const MAX_PER_LOOK: usize = 64;
+
+/// The largest region these backends watch: the agent keeps a bit per page
+/// and write-protects every page (page tables for the whole span), and its
+/// replies number pages in `u32`.
+pub(crate) const MAX_LEN: usize = 16 << 30;
+
 /// How long an ACK waits for every producer's agent to answer.
 pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -96,6 +104,15 @@ impl Userfault {
             backend: kind,
             reason,
         })?;
+        if len > MAX_LEN {
+            return Err(Error::Unavailable {
+                backend: kind,
+                reason: format!(
+                    "a region of {len} bytes is over the {MAX_LEN} this backend watches; use \
+                     several tripwires, or Backend::Doorbell"
+                ),
+            });
+        }
         let (memfd, region) = super::region_memfd(len)?;
         let wake = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|e| Error::io("epoll_create for the agents' channels", e))?;
@@ -194,7 +211,9 @@ impl Userfault {
     /// now: any is stale).
     fn drain_chan(&mut self, idx: usize) -> io::Result<()> {
         let mut buf = [0u8; 16];
-        loop {
+        // At most this many per look: a flooding agent cannot keep us here
+        // (what is left keeps the wake-up fd readable).
+        for _ in 0..MAX_PER_LOOK {
             let Some(Some(chan)) = self.chans.get(idx) else {
                 return Ok(());
             };
@@ -208,15 +227,19 @@ impl Userfault {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Forgets a producer whose agent is gone.
+    /// Forgets a producer whose agent is gone. The pages it recorded since
+    /// the last ACK went with it: the next ACK reports the whole region. On
+    /// `UserfaultAsync` its last stores may not even have been scanned, so
+    /// the wire trips; on `Userfault` every store sent its trip before it
+    /// completed.
     fn gone(&mut self, idx: usize) {
         if let Some(chan) = self.chans.get_mut(idx).and_then(Option::take) {
             let _ = epoll::delete(&self.wake, &chan);
+            self.report_all = true;
             if self.kind == BackendKind::UserfaultAsync {
-                // Its last stores may not have been scanned.
-                self.report_all = true;
                 self.tripped = true;
             }
         }
@@ -242,6 +265,20 @@ impl Userfault {
 
     /// The round trip: an ACK request to every agent, then every reply.
     fn rearm(&mut self) -> io::Result<()> {
+        let result = self.round_trip();
+        if result.is_err() {
+            // Agents that answered (or got the request) re-armed and forgot
+            // their pages; their replies are dropped: the wire stays
+            // tripped, and the next ACK that succeeds reports the whole
+            // region.
+            self.report_all = true;
+            self.tripped = true;
+        }
+        result
+    }
+
+    /// One ACK request to every agent, then every reply.
+    fn round_trip(&mut self) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let request = agent::encode_ack(seq);
@@ -273,7 +310,11 @@ impl Userfault {
                             }
                             break;
                         }
-                        // A trip from before the request, or a stale reply.
+                        // A trip from before the request, or a stale reply; a
+                        // flood of them does not outlast the deadline.
+                        _ if Instant::now() >= deadline => {
+                            return Err(not_answering("a flood instead of the reply"));
+                        }
                         _ => {}
                     },
                     Recv::Closed => {
@@ -284,7 +325,6 @@ impl Userfault {
                     Recv::Empty => {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() || !chan.wait(left)? {
-                            self.report_all |= all;
                             return Err(not_answering("no reply"));
                         }
                     }

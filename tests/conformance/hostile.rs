@@ -76,6 +76,16 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Userfault, BackendKind::UserfaultAsync],
     ),
     (
+        "hostile_producer_leaving_loses_no_page",
+        producer_leaving_loses_no_page,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
+        "hostile_stopped_producer_times_out_the_ack_and_loses_no_page",
+        stopped_producer_times_out_the_ack_and_loses_no_page,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
         "hostile_extreme_durations_are_handled",
         extreme_durations_are_handled,
         ANY,
@@ -675,6 +685,70 @@ fn consumer_gets_no_fd_and_cannot_stall_the_producer(ctx: &Ctx) -> Outcome {
     );
     drop((ours, chan_ours, chan_theirs));
     Ok(())
+}
+
+/// Takes trips until one comes with pages (or `limit` passes).
+fn pages_of_next_trip(
+    tw: &mut blocking::Tripwire,
+    limit: Duration,
+) -> Result<Vec<std::ops::Range<usize>>, Failed> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pages = Vec::new();
+    loop {
+        match tw.try_changed_with_pages(&mut pages) {
+            Ok(Some(_)) => return Ok(pages),
+            Ok(None) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(None) => return Err("no trip".into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A producer writes a page and drops its `Producer` (its agent goes with
+/// the record of that page) before the consumer ACKs: the page must still
+/// be among those reported. (Found by a review of the agent: the page list
+/// came back empty.)
+fn producer_leaving_loses_no_page(ctx: &Ctx) -> Outcome {
+    let (mut tw, producer) = pair(ctx, 4 * PAGE)?;
+    producer.region().write(2 * PAGE, &7u32)?;
+    drop(producer);
+    let pages = pages_of_next_trip(&mut tw, ms(5_000))?;
+    ensure(pages.iter().any(|p| p.contains(&(2 * PAGE))), || {
+        format!("page 2 missing from {pages:?}")
+    })
+}
+
+/// Two producers; one is stopped (SIGSTOP) when the consumer ACKs: the ACK
+/// fails with `TimedOut` after its bound (never a hang), and the page the
+/// other producer wrote, whose agent already answered and forgot it, is
+/// still reported by the next ACK that succeeds.
+fn stopped_producer_times_out_the_ack_and_loses_no_page(ctx: &Ctx) -> Outcome {
+    use rustix::process::{Pid, Signal, kill_process};
+    let (mut tw, a) = pair(ctx, 4 * PAGE)?;
+    let child = crate::util::share_with_child(&mut tw, "connect_then_linger", &[])?;
+    let child = crate::scenarios::KillOnDrop(child);
+    let pid = Pid::from_child(&child.0);
+    tw.ack()?;
+    a.region().write(PAGE, &9u32)?;
+    kill_process(pid, Signal::STOP)?;
+    // A stop reaches the other threads of a process only once one of its
+    // threads took the signal: wait until all are stopped.
+    crate::scenarios::wait_until_stopped(child.0.id(), ms(5_000))?;
+    let start = std::time::Instant::now();
+    let first = tw.ack();
+    let took = start.elapsed();
+    ensure(
+        matches!(&first, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        || format!("an ACK with a stopped producer gave {first:?}"),
+    )?;
+    ensure(took < ms(5_000), || format!("the ACK took {took:?}"))?;
+    kill_process(pid, Signal::CONT)?;
+    let pages = pages_of_next_trip(&mut tw, ms(5_000))?;
+    ensure(pages.iter().any(|p| p.contains(&PAGE)), || {
+        format!("page 1 missing from {pages:?} after a timed-out ACK")
+    })
 }
 
 /// `wait_timeout(Duration::MAX)` is "forever", not an `Instant` overflow;

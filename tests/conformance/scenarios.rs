@@ -786,7 +786,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Waits until every thread of `pid` is stopped (state `T`).
-fn wait_until_stopped(pid: u32, limit: Duration) -> Outcome {
+pub fn wait_until_stopped(pid: u32, limit: Duration) -> Outcome {
     let deadline = Instant::now() + limit;
     loop {
         let mut all = true;
