@@ -55,9 +55,10 @@
 //!   `MEMFD_TRIPWIRE_BENCH_ROLE=producer`), one per tripwire, with the
 //!   handshake socket as its stdin and a second socket (the per-round
 //!   control channel) as its stdout. The consumer (parent) is pinned to
-//!   CPU1, so its fault-resolver threads run there too; the producers to
-//!   CPU0: the anchor's placement (writer thread on CPU0, resolver thread on
-//!   CPU1).
+//!   CPU1; the producers to CPU0, and with them (since #12) their agents,
+//!   which resolve the faults: unlike the anchor's placement (writer thread
+//!   on CPU0, resolver thread on CPU1), the resolution is a wake-up on the
+//!   writer's own CPU.
 //! - Each producer first stores once into every page it will use (each
 //!   store traps and is resolved), and the consumer takes that trip
 //!   (UserfaultAsync: re-arms with `ack()`): the pages are populated before
@@ -87,7 +88,7 @@
 //!
 //! | `MODE` | where the consumer's main thread is when the store traps | ACK |
 //! |---|---|---|
-//! | `blocking` (default) | blocked on the control socket: the trap wakes only the resolver thread, like the anchor's `poll` resolver (`poll()` + `read()` + un-protect) | `blocking::Tripwire::try_changed_with_pages` after `done` |
+//! | `blocking` (default) | blocked on the control socket: the trap wakes only the producer's agent, like the anchor's `poll` resolver (`poll()` + `read()` + un-protect) | `blocking::Tripwire::try_changed_with_pages` after `done` |
 //! | `wait` | in `blocking::Tripwire::wait()`: woken by the trip, ACKs at once | inside `wait()` |
 //! | `tokio` | in tokio `Tripwire::changed_with_pages().await` (current_thread runtime): woken by the trip, ACKs at once | inside `changed_with_pages` |
 //!

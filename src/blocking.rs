@@ -229,9 +229,10 @@ impl Tripwire {
     /// Like [`try_changed`](Tripwire::try_changed), and on a trip also
     /// appends to `out` the byte ranges of the region that were written
     /// since the previous ACK: exactly the written pages on `Userfault` and
-    /// `UserfaultAsync` (which the ACK re-protects; on `UserfaultAsync`, the
-    /// whole region once when a producer goes away), the whole region on
-    /// the backends that cannot tell. Ranges are page-granular and merged where they touch.
+    /// `UserfaultAsync` (which the ACK re-protects; the whole region once
+    /// after a producer went away or an ACK failed, as their record of
+    /// pages is then lost), the whole region on the backends that cannot
+    /// tell. Ranges are page-granular and merged where they touch.
     ///
     /// # Errors
     ///

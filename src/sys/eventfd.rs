@@ -1,5 +1,5 @@
 //! An eventfd that only this process holds: a wake-up between our own
-//! threads (a resolver or poller thread and the consumer). It is never handed
+//! threads (a poller or calibration thread and the consumer). It is never handed
 //! to a peer: a peer sharing its open file description could clear
 //! `O_NONBLOCK` or drain or fill the counter, and make our calls block (for
 //! wake-ups across processes, see [`Bell`](super::Bell)).
