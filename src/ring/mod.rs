@@ -187,7 +187,8 @@ impl<T: Pod> Builder<T> {
     ///
     /// By default the budget adapts to the host: the price of one sleep
     /// (the Receiver's measured ACK cost plus this host's measured one-way
-    /// wake-up latency, 1 to 250 µs), so that a host where wake-ups or
+    /// wake-up latency, plus the interval on `Poll` and `UserfaultAsync`,
+    /// which a sleeping Receiver waits out; 1 to 250 µs), so that a host where wake-ups or
     /// traps cost more spins longer instead of re-arming on every gap.
     ///
     /// ```

@@ -126,6 +126,7 @@ impl<T: Pod> Receiver<T> {
             .backend(b.backend)
             .poll_interval(b.poll_interval)
             .create()?;
+        let tw_kind = tw.backend();
         let region = tw.region().clone();
         let control_mem = SharedMemory::create_named("memfd-tripwire-ring", layout::CONTROL_LEN)?;
         let control = control_mem.region().clone();
@@ -159,6 +160,12 @@ impl<T: Pod> Receiver<T> {
                 Some(d) => Spin::Fixed(d),
                 None => Spin::Adaptive {
                     ack: Duration::ZERO,
+                    // The interval backends see a store up to one interval
+                    // late: a sleeping Receiver waits that out.
+                    detect: match tw_kind {
+                        BackendKind::Poll | BackendKind::UserfaultAsync => b.poll_interval,
+                        _ => Duration::ZERO,
+                    },
                 },
             },
             done: false,

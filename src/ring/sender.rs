@@ -141,6 +141,7 @@ impl<T: Pod> Sender<T> {
             tail,
             space_spin: super::spin::Spin::Adaptive {
                 ack: std::time::Duration::ZERO,
+                detect: std::time::Duration::ZERO,
             }
             .budget(),
             _t: PhantomData,

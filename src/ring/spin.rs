@@ -10,7 +10,9 @@
 //! budget falls off on a host where wake-ups cost more (a 5 µs spin against
 //! a 30-60 µs wake-up or trap re-arms on every gap and can livelock).
 //!
-//! The budget is `ack + wake`, where `wake` is the one-way wake-up
+//! The budget is `ack + wake + detect`, where `detect` is how late the
+//! wire reports a store (the interval of `Poll` and `UserfaultAsync`: a
+//! sleeping Receiver waits it out), `wake` the one-way wake-up
 //! latency of this host, measured once per process (a ping-pong between two
 //! threads through eventfds, ~1 ms), and `ack` an average of the ACKs this
 //! Receiver made; clamped to [`MIN`]..[`MAX`].
@@ -31,8 +33,11 @@ pub(crate) const MAX: Duration = Duration::from_micros(250);
 pub(crate) enum Spin {
     /// A budget set by the user.
     Fixed(Duration),
-    /// The cost of a sleep here: `ack` is an average of measured ACKs.
-    Adaptive { ack: Duration },
+    /// The cost of a sleep here: `ack` is an average of measured ACKs,
+    /// `detect` how late the wire reports a store (the interval of `Poll`
+    /// and `UserfaultAsync`, which a sleeping Receiver waits out; zero on
+    /// the backends that trap or ring at once).
+    Adaptive { ack: Duration, detect: Duration },
 }
 
 impl Spin {
@@ -40,13 +45,13 @@ impl Spin {
     pub(crate) fn budget(&self) -> Duration {
         match *self {
             Spin::Fixed(d) => d,
-            Spin::Adaptive { ack } => (ack + wake_cost()).clamp(MIN, MAX),
+            Spin::Adaptive { ack, detect } => (ack + wake_cost() + detect).clamp(MIN, MAX),
         }
     }
 
     /// Records what one ACK cost (an exponential average, weight 1/8).
     pub(crate) fn record_ack(&mut self, took: Duration) {
-        if let Spin::Adaptive { ack } = self {
+        if let Spin::Adaptive { ack, .. } = self {
             *ack = (*ack * 7 + took.min(MAX)) / 8;
         }
     }
@@ -116,6 +121,7 @@ mod tests {
         assert!(w > Duration::ZERO && w < Duration::from_secs(1), "{w:?}");
         let mut s = Spin::Adaptive {
             ack: Duration::ZERO,
+            detect: Duration::ZERO,
         };
         let cheap = s.budget();
         for _ in 0..64 {
