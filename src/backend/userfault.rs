@@ -20,15 +20,14 @@
 //! `read(2)` into the region) fails with `EFAULT` instead of trapping.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::event::{Timespec, epoll};
+use rustix::event::epoll;
 
 use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
-use crate::sys::{Channel, Recv, SealedMemfd, uffd};
+use crate::sys::{Channel, FdSet, Recv, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
 pub(crate) const PAGE: usize = 4096;
@@ -51,10 +50,9 @@ pub(crate) struct Userfault {
     len: usize,
     /// `UserfaultAsync`: the agents' scan interval.
     interval: Duration,
-    /// An epoll set of the channels: readable when one has a message.
-    wake: OwnedFd,
     /// One per live producer; a slot is reused once its producer is gone.
-    chans: Vec<Option<Channel>>,
+    /// Its fd is the wake-up fd: readable when one has a message.
+    chans: FdSet<Channel>,
     /// The channel of the share in progress: ours, and the agent's end.
     pending: Option<(Channel, OwnedFd)>,
     /// A trip was seen and not yet ACKed.
@@ -114,15 +112,14 @@ impl Userfault {
             });
         }
         let (memfd, region) = super::region_memfd(len)?;
-        let wake = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| Error::io("epoll_create for the agents' channels", e))?;
+        let chans =
+            FdSet::new().map_err(|e| Error::io("epoll_create for the agents' channels", e))?;
         let wire = Userfault {
             kind,
             memfd,
             len,
             interval,
-            wake,
-            chans: Vec::new(),
+            chans,
             pending: None,
             tripped: false,
             report_all: false,
@@ -158,28 +155,14 @@ impl Userfault {
         if self.kind == BackendKind::UserfaultAsync {
             let _ = chan.send(&agent::encode_config(self.interval));
         }
-        let idx = self
-            .chans
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.chans.len());
-        epoll::add(
-            &self.wake,
-            &chan,
-            epoll::EventData::new_u64(idx as u64),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| Error::io("epoll_ctl for an agent channel", e))?;
-        if idx == self.chans.len() {
-            self.chans.push(Some(chan));
-        } else {
-            self.chans[idx] = Some(chan);
-        }
+        self.chans
+            .insert(chan, epoll::EventFlags::IN)
+            .map_err(|e| Error::io("epoll_ctl for an agent channel", e))?;
         Ok(())
     }
 
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+        self.chans.fd()
     }
 
     pub(crate) fn kind(&self) -> BackendKind {
@@ -188,23 +171,10 @@ impl Userfault {
 
     /// Reads what the agents sent: trips, stale replies, hang-ups.
     fn collect(&mut self) -> io::Result<()> {
-        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
-        loop {
-            let (ready, _) = loop {
-                match epoll::wait(&self.wake, &mut events, Some(&Timespec::default())) {
-                    Err(rustix::io::Errno::INTR) => continue,
-                    other => break other?,
-                }
-            };
-            let n = ready.len();
-            let idxs: Vec<usize> = ready.iter().map(|e| e.data.u64() as usize).collect();
-            for idx in idxs {
-                self.drain_chan(idx)?;
-            }
-            if n < events.len() {
-                return Ok(());
-            }
+        for idx in self.chans.ready()? {
+            self.drain_chan(idx)?;
         }
+        Ok(())
     }
 
     /// Takes every queued message of channel `idx` (no reply is expected
@@ -214,7 +184,7 @@ impl Userfault {
         // At most this many per look: a flooding agent cannot keep us here
         // (what is left keeps the wake-up fd readable).
         for _ in 0..MAX_PER_LOOK {
-            let Some(Some(chan)) = self.chans.get(idx) else {
+            let Some(chan) = self.chans.get(idx) else {
                 return Ok(());
             };
             match chan.recv(&mut buf)? {
@@ -236,8 +206,7 @@ impl Userfault {
     /// the wire trips; on `Userfault` every store sent its trip before it
     /// completed.
     fn gone(&mut self, idx: usize) {
-        if let Some(chan) = self.chans.get_mut(idx).and_then(Option::take) {
-            let _ = epoll::delete(&self.wake, &chan);
+        if self.chans.remove(idx).is_some() {
             self.report_all = true;
             if self.kind == BackendKind::UserfaultAsync {
                 self.tripped = true;
@@ -283,8 +252,9 @@ impl Userfault {
         let seq = self.seq;
         let request = agent::encode_ack(seq);
         let mut waiting = Vec::new();
-        for idx in 0..self.chans.len() {
-            let Some(chan) = &self.chans[idx] else {
+        let members: Vec<usize> = self.chans.indices().collect();
+        for idx in members {
+            let Some(chan) = self.chans.get(idx) else {
                 continue;
             };
             match chan.send(&request) {
@@ -300,7 +270,7 @@ impl Userfault {
         let mut ranges = Vec::new();
         let mut buf = vec![0u8; MAX_MESSAGE];
         for idx in waiting {
-            while let Some(chan) = &self.chans[idx] {
+            while let Some(chan) = self.chans.get(idx) {
                 match chan.recv(&mut buf)? {
                     Recv::Message(n) => match agent::parse_pages(&buf[..n], pages) {
                         Some(reply) if reply.seq == seq => {

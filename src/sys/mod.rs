@@ -14,12 +14,14 @@
 //! no peer can jam), [`Channel`] (messages across processes, likewise),
 //! [`EventFd`] (a wake-up between our own threads),
 //! `uffd` (userfaultfd and `PAGEMAP_SCAN`), `tripwire` (the RFC syscall),
-//! `fdkind` (what a received fd is), `reactor` (a tokio registration that
+//! `fdkind` (what a received fd is), [`FdSet`] (fds watched together
+//! through one epoll fd), `reactor` (a tokio registration that
 //! owns its fd).
 
 pub(crate) mod bell;
 pub(crate) mod channel;
 pub(crate) mod eventfd;
+pub(crate) mod fd_set;
 pub(crate) mod fdkind;
 pub(crate) mod mapping;
 pub(crate) mod memfd;
@@ -32,5 +34,6 @@ pub(crate) mod uffd;
 pub(crate) use bell::Bell;
 pub(crate) use channel::{Channel, Recv};
 pub(crate) use eventfd::EventFd;
+pub(crate) use fd_set::FdSet;
 pub(crate) use mapping::Mapping;
 pub(crate) use memfd::SealedMemfd;
