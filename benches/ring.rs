@@ -697,7 +697,7 @@ fn rtt<T: Msg + PartialEq>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
     let (b_ours, b_theirs) = UnixStream::pair()?;
     let peer = Peer::spawn(case, a_theirs.into(), b_theirs.into())?;
     from_peer.share(a_ours)?;
-    let mut to_peer = Sender::<T>::connect(b_ours, T::TAG)?;
+    let mut to_peer = Sender::<T>::connect_with_tag(b_ours, T::TAG)?;
     let clock = Clock::calibrate();
 
     let total = k.warmup + k.rtt_n;
@@ -706,7 +706,7 @@ fn rtt<T: Msg + PartialEq>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
     for i in 0..total as u64 {
         let m = T::make(i);
         let t0 = Clock::ticks();
-        to_peer.blocking_send(m).map_err(|e| e.into_error())?;
+        to_peer.blocking_send(m)?;
         let back = from_peer.blocking_recv()?;
         let t1 = Clock::ticks();
         match back {
@@ -770,7 +770,7 @@ fn produce<T: Msg>(
     mut ctl: UnixStream,
 ) -> Result<(), BoxError> {
     let n = k.n;
-    let mut tx = Sender::<T>::connect(sock, T::TAG)?;
+    let mut tx = Sender::<T>::connect_with_tag(sock, T::TAG)?;
     let mut batch = Vec::with_capacity(match case.send {
         SendMode::Many(b) => b,
         SendMode::One => 0,
@@ -784,7 +784,7 @@ fn produce<T: Msg>(
     match case.send {
         SendMode::One => {
             for i in 0..n {
-                tx.blocking_send(T::make(i)).map_err(|e| e.into_error())?;
+                tx.blocking_send(T::make(i))?;
             }
         }
         SendMode::Many(b) => {
@@ -793,7 +793,7 @@ fn produce<T: Msg>(
                 let end = (i + b as u64).min(n);
                 batch.clear();
                 batch.extend((i..end).map(T::make));
-                tx.blocking_send_many(&batch).map_err(|e| e.into_error())?;
+                tx.blocking_send_many(&batch)?;
                 i = end;
             }
         }
@@ -814,12 +814,12 @@ fn echo<T: Msg>(
     to_main: UnixStream,
     from_main: UnixStream,
 ) -> Result<(), BoxError> {
-    let mut tx = Sender::<T>::connect(to_main, T::TAG)?;
+    let mut tx = Sender::<T>::connect_with_tag(to_main, T::TAG)?;
     let mut rx = ring::<T>(k, case)?;
     rx.share(from_main)?;
     let usage = Usage::now();
     while let Some(m) = rx.blocking_recv()? {
-        tx.blocking_send(m).map_err(|e| e.into_error())?;
+        tx.blocking_send(m)?;
     }
     let usage = Usage::now().since(usage);
     let stats = rx.stats();

@@ -80,18 +80,12 @@ fn args() -> Result<Args, String> {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--backend" => {
-                out.backend = match val()?.as_str() {
-                    "auto" => Backend::Auto,
-                    "kernel" => Backend::Kernel,
-                    "userfault" => Backend::Userfault,
-                    "poll" => Backend::Poll,
-                    "doorbell" => {
-                        return Err("the driver never calls notify(), so Backend::Doorbell \
-                                    cannot see its doorbell writes: use auto, kernel, \
-                                    userfault or poll"
-                            .into());
-                    }
-                    other => return Err(format!("unknown backend {other}")),
+                out.backend = val()?.parse().map_err(|e| format!("--backend: {e}"))?;
+                if out.backend == Backend::Doorbell {
+                    return Err("the driver never calls notify(), so Backend::Doorbell \
+                                cannot see its doorbell writes: use auto, kernel, \
+                                userfault, userfault-async or poll"
+                        .into());
                 }
             }
             "--requests" => {
@@ -99,7 +93,7 @@ fn args() -> Result<Args, String> {
             }
             _ => {
                 return Err(
-                    "usage: doorbell_device [--backend auto|kernel|userfault|poll] [--requests N]"
+                    "usage: doorbell_device [--backend auto|kernel|userfault|userfault-async|poll] [--requests N]"
                         .into(),
                 );
             }

@@ -55,16 +55,7 @@ fn args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--backend" => {
-                out.backend = match val()?.as_str() {
-                    "auto" => Backend::Auto,
-                    "kernel" => Backend::Kernel,
-                    "userfault" => Backend::Userfault,
-                    "doorbell" => Backend::Doorbell,
-                    "poll" => Backend::Poll,
-                    other => return Err(format!("unknown backend {other}")),
-                }
-            }
+            "--backend" => out.backend = val()?.parse().map_err(|e| format!("--backend: {e}"))?,
             "--messages" => {
                 out.messages = val()?.parse().map_err(|e| format!("--messages: {e}"))?
             }
@@ -74,7 +65,7 @@ fn args() -> Result<Args, String> {
             }
             _ => {
                 return Err(
-                    "usage: ring_ipc [--backend auto|kernel|userfault|doorbell|poll] \
+                    "usage: ring_ipc [--backend auto|kernel|userfault|userfault-async|doorbell|poll] \
                             [--messages N] [--spin-us N]"
                         .into(),
                 );
@@ -120,8 +111,14 @@ async fn main_process(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .stdin(Stdio::from(OwnedFd::from(a_theirs)))
         .stdout(Stdio::from(OwnedFd::from(b_theirs)))
         .spawn()?;
-    from_peer.share(a_ours)?;
-    let mut to_peer = Sender::<Msg>::connect(b_ours, TAG)?;
+    // The handshakes block (up to 10 s against a silent peer): off the
+    // runtime's thread.
+    let (mut from_peer, mut to_peer) = tokio::task::spawn_blocking(move || {
+        from_peer.share(a_ours)?;
+        let to_peer = Sender::<Msg>::connect_with_tag(b_ours, TAG)?;
+        Ok::<_, memfd_tripwire::Error>((from_peer, to_peer))
+    })
+    .await??;
     println!(
         "ring_ipc: {}-slot rings of {}-byte messages, {} backend, spin {:?}",
         from_peer.capacity(),
@@ -156,7 +153,7 @@ async fn main_process(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rtt = Vec::with_capacity(ROUND_TRIPS as usize);
     for i in 0..ROUND_TRIPS + 1000 {
         let t0 = Instant::now();
-        to_peer.send(msg(i)).await.map_err(|e| e.into_error())?;
+        to_peer.send(msg(i)).await?;
         let back = from_peer.recv().await?.ok_or("the peer closed early")?;
         if i >= 1000 {
             rtt.push(t0.elapsed());
@@ -192,7 +189,7 @@ async fn main_process(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 fn peer(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
     let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
-    let mut to_main = Sender::<Msg>::connect(UnixStream::from(stdin), TAG)?;
+    let mut to_main = Sender::<Msg>::connect_with_tag(UnixStream::from(stdin), TAG)?;
     let mut from_main = ring(&args)?;
     from_main.share(UnixStream::from(stdout))?;
     let mut batch = Vec::with_capacity(256);
@@ -200,13 +197,11 @@ fn peer(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     while i < args.messages {
         batch.clear();
         batch.extend((i..(i + 256).min(args.messages)).map(msg));
-        to_main
-            .blocking_send_many(&batch)
-            .map_err(|e| e.into_error())?;
+        to_main.blocking_send_many(&batch)?;
         i += batch.len() as u64;
     }
     while let Some(m) = from_main.blocking_recv()? {
-        to_main.blocking_send(m).map_err(|e| e.into_error())?;
+        to_main.blocking_send(m)?;
     }
     Ok(())
 }

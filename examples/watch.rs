@@ -61,16 +61,10 @@ fn parse_backend() -> Result<Backend, String> {
         .as_slice()
     {
         [] => Ok(Backend::Auto),
-        ["--backend", name] => match *name {
-            "auto" => Ok(Backend::Auto),
-            "kernel" => Ok(Backend::Kernel),
-            "doorbell" => Ok(Backend::Doorbell),
-            "poll" => Ok(Backend::Poll),
-            other => Err(format!(
-                "unknown backend {other}: use auto, kernel, doorbell or poll"
-            )),
-        },
-        _ => Err("usage: watch [--backend auto|kernel|doorbell|poll]".into()),
+        ["--backend", name] => name.parse().map_err(|e| format!("--backend: {e}")),
+        _ => Err(
+            "usage: watch [--backend auto|kernel|userfault|userfault-async|doorbell|poll]".into(),
+        ),
     }
 }
 
@@ -80,7 +74,9 @@ async fn consumer(mut tw: blocking::Tripwire) -> Result<(), Box<dyn std::error::
         .env(PRODUCER_ENV, "1")
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .spawn()?;
-    tw.share(ours)?;
+    // The handshake blocks (up to 10 s against a silent producer): off the
+    // runtime's thread.
+    let tw = tokio::task::spawn_blocking(move || tw.share(ours).map(|()| tw)).await??;
     println!(
         "consumer: watching {LEN} bytes with the {} backend",
         tw.backend()

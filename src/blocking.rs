@@ -304,7 +304,7 @@ impl Tripwire {
             if let Some(e) = self.try_changed()? {
                 return Ok(e);
             }
-            self.block(None)?;
+            self.wait_ready(None)?;
         }
     }
 
@@ -334,17 +334,52 @@ impl Tripwire {
             if now >= deadline {
                 return Ok(None);
             }
-            self.block(Some(deadline - now))?;
+            self.wait_ready(Some(deadline - now))?;
         }
     }
 
-    /// `true` once every producer it was shared with has hung up.
-    pub(crate) fn peers_gone(&mut self) -> io::Result<bool> {
+    /// `true` once this tripwire was [shared](Tripwire::share) and every
+    /// producer has hung up; never for one that was not shared. Does not
+    /// look at the wire (a last trip may still be pending: take it with
+    /// [`try_changed`](Tripwire::try_changed), which reports the hang-up
+    /// only after it). Closes the sockets of the producers that left.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `epoll_wait`.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// assert!(!tw.producers_gone().unwrap()); // never shared
+    /// ```
+    pub fn producers_gone(&mut self) -> io::Result<bool> {
         self.peers.all_gone()
     }
 
-    /// Sleeps until the wake-up fd or the peer set is readable, or `timeout`.
-    pub(crate) fn block(&self, timeout: Option<Duration>) -> io::Result<()> {
+    /// Sleeps until the wire may have tripped or a producer may have hung
+    /// up (its wake-up fd or its peer set turned readable), or until
+    /// `timeout` (`None`: no limit). Does not ACK; returns early on a signal.
+    /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
+    /// for consumers that ACK on their own schedule: read while data flows
+    /// (the wire stays tripped, so producers neither fault nor ring), then
+    /// [`try_changed`](Tripwire::try_changed) when dry, then sleep here.
+    /// Readiness is a hint: look at the level afterwards.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `poll(2)`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// tw.region().write(0, &1u8).unwrap();
+    /// while tw.try_changed().unwrap().is_none() {
+    ///     tw.wait_ready(Some(Duration::from_secs(1))).unwrap();
+    /// }
+    /// ```
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<()> {
         let wake = self.wire.wake_fd();
         let peers = self.peers.fd();
         let mut fds = [
@@ -372,7 +407,10 @@ impl Tripwire {
     /// gone. A forked child that inherits the producer's socket hides the
     /// producer's death until the child exits too.
     ///
-    /// Blocks for the handshake; gives up after 10 s of silence.
+    /// Blocks for the handshake; gives up after 10 s of silence. In async
+    /// code, call it on `tokio::task::spawn_blocking` (as the `watch`
+    /// example does) or before entering the runtime: never straight from a
+    /// task, where it would stall the runtime's thread.
     ///
     /// # Errors
     ///
@@ -395,9 +433,55 @@ impl Tripwire {
         self.share_then(peer, |_| Ok(()))
     }
 
-    /// [`share`](Tripwire::share), then `then` on the socket (a layer on top
-    /// exchanging its own frame) before the socket joins the peer set.
-    pub(crate) fn share_then(
+    /// [`share`](Tripwire::share), then a second frame over the same socket
+    /// that hands over `fds`, tagged `tag`: for a protocol on top that needs
+    /// more than the tripwire (the [`ring`](crate::ring) sends its slots
+    /// this way). The producer takes them with
+    /// [`Producer::connect_with_fds`](crate::Producer::connect_with_fds)
+    /// and the same `tag`; its verdict is reported here, and only a producer
+    /// that accepted joins the peer set (a refusal leaves this tripwire as it
+    /// was, free to be shared again).
+    ///
+    /// Blocks for the handshake, as [`share`](Tripwire::share).
+    ///
+    /// # Errors
+    ///
+    /// As [`share`](Tripwire::share); [`Error::Handshake`] carrying the
+    /// producer's reason if it refused the fds.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsFd;
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, Producer, SharedMemory, blocking::Tripwire};
+    ///
+    /// const TAG: [u8; 8] = *b"MYDEVICE";
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let producer = std::thread::spawn(move || {
+    ///     Producer::connect_with_fds(theirs, TAG, 1, |_producer, mut fds| {
+    ///         SharedMemory::from_fd(fds.remove(0))
+    ///     })
+    /// });
+    /// let descriptors = SharedMemory::create(4096)?;
+    /// let mut tw = Tripwire::builder(4096).backend(Backend::Poll).create()?;
+    /// tw.share_with_fds(ours, TAG, &[descriptors.as_fd()])?;
+    /// let (_producer, theirs) = producer.join().unwrap()?;
+    /// theirs.region().write(0, &7u32)?;
+    /// assert_eq!(descriptors.region().read::<u32>(0)?, 7);
+    /// # Ok(()) }
+    /// ```
+    pub fn share_with_fds(
+        &mut self,
+        peer: UnixStream,
+        tag: [u8; 8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        self.share_then(peer, |sock| crate::handoff::offer_extra(sock, tag, fds))
+    }
+
+    /// [`share`](Tripwire::share), then `then` on the socket before the
+    /// socket joins the peer set.
+    fn share_then(
         &mut self,
         peer: UnixStream,
         then: impl FnOnce(&UnixStream) -> Result<(), Error>,
@@ -412,6 +496,29 @@ impl Tripwire {
         self.wire.accept(extras.fds)?;
         then(&peer)?;
         self.peers.add(peer)
+    }
+
+    /// Registers this tripwire with the current tokio runtime:
+    /// [`Tripwire::new`](crate::Tripwire::new).
+    ///
+    /// # Errors
+    ///
+    /// As [`Tripwire::new`](crate::Tripwire::new): the error hands this
+    /// tripwire back.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, blocking};
+    /// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// let mut tw = tw.into_async()?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// tw.changed().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<crate::Tripwire, crate::NewError> {
+        crate::Tripwire::new(self)
     }
 
     /// The fd that turns readable when a producer hangs up (an epoll set,

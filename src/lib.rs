@@ -82,8 +82,8 @@ mod sys;
 mod tokio;
 
 #[cfg(feature = "tokio")]
-pub use self::tokio::{Changes, Tripwire};
-pub use backend::{Backend, BackendKind};
+pub use self::tokio::{Changes, NewError, Tripwire};
+pub use backend::{Backend, BackendKind, ParseBackendError};
 pub use error::Error;
 pub use producer::Producer;
 pub use region::Region;
@@ -116,12 +116,13 @@ impl Epoch {
         self.0
     }
 
-    /// The epoch after this one.
+    /// The epoch after this one (this one is unchanged).
     ///
     /// ```
     /// use memfd_tripwire::Epoch;
     /// assert_eq!(Epoch::ZERO.next().next().get(), 2);
     /// ```
+    #[must_use = "next() returns the following epoch; it does not advance this one"]
     pub fn next(self) -> Epoch {
         Epoch(self.0.wrapping_add(1))
     }
@@ -160,7 +161,7 @@ pub mod __fuzz {
     /// The longest message a reply may announce.
     pub const MAX_MESSAGE: usize = handoff::MAX_MESSAGE;
     /// The magic of a ring's extra frame.
-    pub const RING_MAGIC: [u8; 8] = handoff::RING_MAGIC;
+    pub const RING_MAGIC: [u8; 8] = crate::ring::layout::FRAME_TAG;
 
     /// An offer's header that passed every check.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -110,7 +110,8 @@ impl Producer {
     /// the pair works together: the socket's hang-up tells the consumer that
     /// the producer is gone.
     ///
-    /// Blocks for the handshake; gives up after 10 s of silence.
+    /// Blocks for the handshake; gives up after 10 s of silence. In async
+    /// code, call it on `tokio::task::spawn_blocking`.
     ///
     /// # Errors
     ///
@@ -152,6 +153,52 @@ impl Producer {
         Ok(producer)
     }
 
+    /// [`connect`](Producer::connect), then takes the `count` fds of the
+    /// second frame a consumer sends with
+    /// [`share_with_fds`](crate::blocking::Tripwire::share_with_fds) and
+    /// the same `tag`, and hands them to `accept` next to the attached
+    /// producer. What `accept` returns is the verdict the consumer gets: an
+    /// error there fails both sides (with its message on the consumer's).
+    ///
+    /// For protocols on top of a tripwire (the [`ring`](crate::ring)'s
+    /// Sender attaches this way). At most 4 fds.
+    ///
+    /// Blocks for the handshake, as [`connect`](Producer::connect).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Producer::connect); [`Error::Handshake`] if the frame
+    /// has another tag or another number of fds (they are closed); and
+    /// whatever `accept` returns.
+    ///
+    /// ```no_run
+    /// # fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
+    /// use memfd_tripwire::{Producer, SharedMemory};
+    /// let (producer, descriptors) = Producer::connect_with_fds(sock, *b"MYDEVICE", 1, |_, mut fds| {
+    ///     SharedMemory::from_fd(fds.remove(0))
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_with_fds<R>(
+        sock: UnixStream,
+        tag: [u8; 8],
+        count: usize,
+        accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
+    ) -> Result<(Producer, R), Error> {
+        let producer = Self::connect(sock)?;
+        let Some(sock) = producer.peer.as_ref() else {
+            return Err(Error::handshake("connect left no handshake socket"));
+        };
+        let accepted =
+            crate::handoff::receive_extra(sock, tag, count).and_then(|fds| accept(&producer, fds));
+        // The verdict must arrive: a consumer that does not hear it fails,
+        // and so must we.
+        let replied = crate::handoff::reply_extra(sock, accepted.as_ref().map(|_| ()));
+        let accepted = accepted?;
+        replied?;
+        Ok((producer, accepted))
+    }
+
     /// `true` once the consumer is gone (its end of the handshake socket
     /// hung up). Always `false` for a producer made with
     /// [`from_fd`](Producer::from_fd), which has no socket.
@@ -168,11 +215,6 @@ impl Producer {
         self.peer
             .as_ref()
             .is_some_and(|p| sys::bell::hung_up(p.as_fd()).unwrap_or(true))
-    }
-
-    /// The handshake socket (for layers on top that exchange more frames).
-    pub(crate) fn peer(&self) -> Option<&UnixStream> {
-        self.peer.as_ref()
     }
 
     /// Maps what the offer carries; for Userfault and UserfaultAsync also

@@ -56,31 +56,55 @@ impl Tripwire {
     ///
     /// # Errors
     ///
-    /// Fails outside a tokio runtime, or if registration fails. (Inside a
-    /// runtime built without IO, tokio itself panics.)
+    /// Fails outside a tokio runtime, or if registration fails (no fd left,
+    /// say); the [`NewError`] hands the tripwire back
+    /// ([`into_parts`](NewError::into_parts)), untouched. (Inside a runtime
+    /// built without IO, tokio itself panics.)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
+    /// # async fn main() -> std::io::Result<()> {
     /// # use memfd_tripwire::{Backend, Tripwire, blocking};
     /// let tw = blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
-    /// let tw = Tripwire::new(tw).unwrap();
-    /// # }
+    /// let tw = Tripwire::new(tw)?; // a NewError converts into an io::Error
+    /// # Ok(()) }
     /// ```
-    pub fn new(tripwire: blocking::Tripwire) -> io::Result<Self> {
+    ///
+    /// Outside a runtime the tripwire comes back:
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// let err = Tripwire::new(tw).unwrap_err();
+    /// let (mut tw, why) = err.into_parts();
+    /// assert!(why.to_string().contains("runtime"));
+    /// assert!(tw.try_changed().unwrap().is_none()); // still usable, blocking
+    /// ```
+    pub fn new(tripwire: blocking::Tripwire) -> Result<Self, NewError> {
         if ::tokio::runtime::Handle::try_current().is_err() {
-            return Err(io::Error::other(
-                "Tripwire::new needs a tokio runtime (with IO enabled): call it from async \
-                 code or inside Runtime::enter",
-            ));
+            return Err(NewError {
+                tripwire: Box::new(tripwire),
+                error: io::Error::other(
+                    "Tripwire::new needs a tokio runtime (with IO enabled): call it from \
+                     async code or inside Runtime::enter",
+                ),
+            });
         }
-        let wake = reactor::register_owned(tripwire.as_fd().try_clone_to_owned()?)?;
-        let peers = reactor::register_owned(tripwire.peers_fd().try_clone_to_owned()?)?;
-        Ok(Tripwire {
-            inner: tripwire,
-            wake,
-            peers,
-        })
+        let register =
+            |fd: BorrowedFd<'_>| fd.try_clone_to_owned().and_then(reactor::register_owned);
+        let registered = register(tripwire.as_fd())
+            .and_then(|wake| register(tripwire.peers_fd()).map(|peers| (wake, peers)));
+        match registered {
+            Ok((wake, peers)) => Ok(Tripwire {
+                inner: tripwire,
+                wake,
+                peers,
+            }),
+            Err(error) => Err(NewError {
+                tripwire: Box::new(tripwire),
+                error,
+            }),
+        }
     }
 
     /// Waits until the wire trips, ACKs it, and returns the new epoch.
@@ -174,36 +198,62 @@ impl Tripwire {
     }
 
     /// The level-checking loop: never trusts readiness, so no edge is lost.
+    /// Spends a unit of tokio's coop budget per epoch, like tokio's own
+    /// channels: a producer that keeps the wire tripped cannot starve the
+    /// other tasks of this thread.
     fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
         mut take: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<Epoch>>,
     ) -> Poll<io::Result<Epoch>> {
+        let coop = ready!(::tokio::task::coop::poll_proceed(cx));
         loop {
-            if let Some(epoch) = take(&mut self.inner)? {
-                return Poll::Ready(Ok(epoch));
+            match take(&mut self.inner) {
+                Ok(None) => {}
+                Ok(Some(epoch)) => {
+                    coop.made_progress();
+                    return Poll::Ready(Ok(epoch));
+                }
+                Err(e) => {
+                    coop.made_progress();
+                    return Poll::Ready(Err(e));
+                }
             }
             // Not tripped: sleep on readiness, then look at the level again.
-            if let Poll::Ready(guard) = self.wake.poll_read_ready(cx) {
-                guard?.clear_ready();
-                continue;
-            }
-            if let Poll::Ready(guard) = self.peers.poll_read_ready(cx) {
-                guard?.clear_ready();
-                continue;
-            }
-            return Poll::Pending;
+            ready!(self.poll_ready(cx))?;
         }
     }
 
-    /// The blocking tripwire inside (still registered).
-    pub(crate) fn get_mut(&mut self) -> &mut blocking::Tripwire {
-        &mut self.inner
-    }
-
-    /// Ready once the wake-up fd or a peer socket signalled since the last
-    /// call; clears that readiness. Says nothing of the wire's level.
-    pub(crate) fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Polls for readiness: `Ready` once the wire may have tripped or a
+    /// producer may have hung up since the last call, without ACKing
+    /// anything. Readiness is only a hint, and this clears it: look at the
+    /// level next ([`try_changed`](Tripwire::try_changed), or the memory
+    /// then [`ack`](Tripwire::ack)), and call this again only once the wire
+    /// is armed, or it may sleep through a trip that already happened.
+    ///
+    /// For consumers that ACK on their own schedule, as a ring does: keep
+    /// reading while data flows (the wire stays tripped, so producers neither
+    /// fault nor ring), `try_changed` when dry, and sleep here.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of the reactor.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// loop {
+    ///     if let Some(_epoch) = tw.try_changed()? {
+    ///         break; // or: read the memory first, then ack()
+    ///     }
+    ///     tw.ready().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut ready = false;
         if let Poll::Ready(guard) = self.wake.poll_read_ready(cx) {
             guard?.clear_ready();
@@ -218,6 +268,115 @@ impl Tripwire {
         } else {
             Poll::Pending
         }
+    }
+
+    /// Waits for readiness, without ACKing: the `async` form of
+    /// [`poll_ready`](Tripwire::poll_ready), with its caveats.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of the reactor.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// tw.ready().await?; // the poller saw the write
+    /// assert!(tw.try_changed()?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn ready(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Takes a pending trip without waiting: ACKs it and returns the new
+    /// epoch, or `None` if the wire is armed; see
+    /// [`blocking::Tripwire::try_changed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`changed`](Tripwire::changed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
+    /// assert_eq!(tw.try_changed()?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
+        self.inner.try_changed()
+    }
+
+    /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`].
+    ///
+    /// # Errors
+    ///
+    /// The OS error of the ACK; the wire then stays tripped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
+    /// tw.ack()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ack(&mut self) -> io::Result<()> {
+        self.inner.ack()
+    }
+
+    /// The last epoch returned (zero before the first change).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Epoch, Tripwire, blocking};
+    /// let tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// assert_eq!(tw.epoch(), Epoch::ZERO);
+    /// # Ok(()) }
+    /// ```
+    pub fn epoch(&self) -> Epoch {
+        self.inner.epoch()
+    }
+
+    /// The blocking tripwire inside, still registered.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// assert_eq!(tw.get_ref().region().len(), 64);
+    /// # Ok(()) }
+    /// ```
+    pub fn get_ref(&self) -> &blocking::Tripwire {
+        &self.inner
+    }
+
+    /// The blocking tripwire inside, still registered: to
+    /// [`share`](blocking::Tripwire::share) it with one more producer (from
+    /// `spawn_blocking`, or before the first await, as `share` blocks for its
+    /// handshake). Its blocking waits ([`wait`](blocking::Tripwire::wait))
+    /// would block the runtime's thread: use [`changed`](Tripwire::changed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// let inner: &mut blocking::Tripwire = tw.get_mut();
+    /// # Ok(()) }
+    /// ```
+    pub fn get_mut(&mut self) -> &mut blocking::Tripwire {
+        &mut self.inner
     }
 
     /// Turns the tripwire into a [`Stream`] of epochs.
@@ -251,6 +410,7 @@ impl Tripwire {
     /// let blocking: blocking::Tripwire = tw.into_inner();
     /// # Ok(()) }
     /// ```
+    #[must_use = "dropping the tripwire closes it; into_inner() is for keeping it"]
     pub fn into_inner(self) -> blocking::Tripwire {
         self.inner
     }
@@ -347,6 +507,7 @@ impl Changes {
     /// let tw: Tripwire = changes.into_inner();
     /// # Ok(()) }
     /// ```
+    #[must_use = "dropping the tripwire closes it; into_inner() is for keeping it"]
     pub fn into_inner(self) -> Tripwire {
         self.tripwire
     }
@@ -369,5 +530,90 @@ impl Stream for Changes {
 impl FusedStream for Changes {
     fn is_terminated(&self) -> bool {
         self.done
+    }
+}
+
+/// Why [`Tripwire::new`] did not register a tripwire; hands it back.
+///
+/// Converts into an [`io::Error`] for `?` (dropping the tripwire).
+///
+/// ```
+/// # use memfd_tripwire::{Backend, Tripwire, blocking};
+/// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+/// match Tripwire::new(tw) {
+///     Ok(tw) => drop(tw),
+///     Err(e) => {
+///         eprintln!("{e}; waiting on the blocking tripwire instead");
+///         let tw: blocking::Tripwire = e.into_tripwire();
+///     }
+/// }
+/// ```
+pub struct NewError {
+    /// Boxed: keeps `Result<Tripwire, NewError>` small.
+    tripwire: Box<blocking::Tripwire>,
+    error: io::Error,
+}
+
+impl NewError {
+    /// The tripwire, untouched, and why registration failed.
+    ///
+    /// ```
+    /// # fn f(e: memfd_tripwire::NewError) {
+    /// let (tripwire, why) = e.into_parts();
+    /// # }
+    /// ```
+    #[must_use = "dropping the tripwire closes it"]
+    pub fn into_parts(self) -> (blocking::Tripwire, io::Error) {
+        (*self.tripwire, self.error)
+    }
+
+    /// The tripwire, untouched.
+    ///
+    /// ```
+    /// # fn f(e: memfd_tripwire::NewError) {
+    /// let tripwire = e.into_tripwire();
+    /// # }
+    /// ```
+    #[must_use = "dropping the tripwire closes it"]
+    pub fn into_tripwire(self) -> blocking::Tripwire {
+        *self.tripwire
+    }
+
+    /// Why registration failed.
+    ///
+    /// ```
+    /// # fn f(e: memfd_tripwire::NewError) {
+    /// eprintln!("{:?}", e.error().kind());
+    /// # }
+    /// ```
+    pub fn error(&self) -> &io::Error {
+        &self.error
+    }
+}
+
+impl fmt::Debug for NewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewError")
+            .field("tripwire", &self.tripwire)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl fmt::Display for NewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "registering the tripwire with tokio: {}", self.error)
+    }
+}
+
+impl std::error::Error for NewError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<NewError> for io::Error {
+    fn from(e: NewError) -> io::Error {
+        io::Error::new(e.error.kind(), e)
     }
 }

@@ -169,7 +169,7 @@ fn ring_across_threads(backend: Backend, n: u64) {
         .expect("ring");
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let tx = thread::spawn(move || {
-        let mut tx = Sender::<Msg>::connect(theirs, 0).expect("connect");
+        let mut tx = Sender::<Msg>::connect(theirs).expect("connect");
         let mut i = 0;
         while i < n {
             if i % 3 == 0 {

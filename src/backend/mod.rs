@@ -95,6 +95,81 @@ pub enum Backend {
     Poll,
 }
 
+impl Backend {
+    /// Every choice, in the order of [`Display`](fmt::Display) names:
+    /// `auto`, `kernel`, `userfault`, `userfault-async`, `doorbell`, `poll`.
+    const NAMES: [(&'static str, Backend); 6] = [
+        ("auto", Backend::Auto),
+        ("kernel", Backend::Kernel),
+        ("userfault", Backend::Userfault),
+        ("userfault-async", Backend::UserfaultAsync),
+        ("doorbell", Backend::Doorbell),
+        ("poll", Backend::Poll),
+    ];
+}
+
+/// The lower-case name [`FromStr`](std::str::FromStr) takes back.
+///
+/// ```
+/// use memfd_tripwire::Backend;
+/// assert_eq!(Backend::UserfaultAsync.to_string(), "userfault-async");
+/// ```
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Backend::NAMES
+            .iter()
+            .find(|(_, b)| b == self)
+            .map_or("?", |(name, _)| name);
+        f.write_str(name)
+    }
+}
+
+/// Parses a backend's name, as a command line would give it: `auto`,
+/// `kernel`, `userfault`, `userfault-async`, `doorbell` or `poll`
+/// (ASCII case and `_` for `-` are accepted).
+///
+/// ```
+/// use memfd_tripwire::Backend;
+/// assert_eq!("poll".parse::<Backend>().unwrap(), Backend::Poll);
+/// assert_eq!("Userfault_Async".parse::<Backend>().unwrap(), Backend::UserfaultAsync);
+/// let err = "epoll".parse::<Backend>().unwrap_err();
+/// assert!(err.to_string().contains("doorbell"));
+/// ```
+impl std::str::FromStr for Backend {
+    type Err = ParseBackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.to_ascii_lowercase().replace('_', "-");
+        Backend::NAMES
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| ParseBackendError(s.to_owned()))
+    }
+}
+
+/// A name that is not a [`Backend`]; says which names are.
+///
+/// ```
+/// let err = "fast".parse::<memfd_tripwire::Backend>().unwrap_err();
+/// eprintln!("{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseBackendError(String);
+
+impl fmt::Display for ParseBackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown backend {:?}: choose one of ", self.0)?;
+        for (i, (name, _)) in Backend::NAMES.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ParseBackendError {}
+
 /// The mechanism a tripwire actually uses (never "auto").
 ///
 /// ```

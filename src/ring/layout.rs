@@ -26,6 +26,11 @@ pub(crate) const HEAD: usize = 0;
 pub(crate) const STATE: usize = 8;
 pub(crate) const TAIL: usize = 128;
 pub(crate) const CONTROL_LEN: usize = 4096;
+/// The tag of the ring's frame after the tripwire's handshake (its fds:
+/// control memfd, space bell, slots memfd).
+pub(crate) const FRAME_TAG: [u8; 8] = *b"MFDTRING";
+/// The fds of the ring's frame.
+pub(crate) const FRAME_FDS: usize = 3;
 /// Bytes of the header at the start of the control memfd.
 pub(crate) const HEADER_LEN: usize = 32;
 

@@ -27,8 +27,8 @@
 //! valid `T`, and no reference into shared memory is handed out. Indices
 //! read from the peer are copied once and validated; an impossible one gives
 //! [`Error::Corrupt`], never a panic, an out-of-bounds access or an endless
-//! loop. The layout (size and alignment of `T`, capacity, a caller-chosen
-//! type tag) is checked when the Sender attaches and kept locally.
+//! loop. The layout (size and alignment of `T`, capacity, a type tag) is
+//! checked when the Sender attaches and kept locally.
 //!
 //! # Peer death
 //!
@@ -47,9 +47,9 @@
 //! use memfd_tripwire::ring::{Sender, SharedRing};
 //!
 //! let (ours, theirs) = UnixStream::pair()?;
-//! // The Sender normally lives in another process.
+//! // The Sender normally lives in another process; connecting blocks.
 //! let sender = std::thread::spawn(move || -> Result<(), memfd_tripwire::Error> {
-//!     let mut tx = Sender::<[u64; 2]>::connect(theirs, 7)?;
+//!     let mut tx = Sender::<[u64; 2]>::connect(theirs)?;
 //!     for i in 0..100 {
 //!         tx.blocking_send([i, i * i]).map_err(|e| e.into_error())?;
 //!     }
@@ -57,9 +57,9 @@
 //! });
 //! let mut rx = SharedRing::<[u64; 2]>::builder(64)
 //!     .backend(Backend::Doorbell)
-//!     .type_tag(7)
 //!     .create()?;
-//! rx.share(ours)?;
+//! // Sharing blocks for the handshake: not on the runtime's thread.
+//! let mut rx = tokio::task::spawn_blocking(move || rx.share(ours).map(|()| rx)).await??;
 //! let mut n = 0;
 //! while let Some([i, sq]) = rx.recv().await? {
 //!     assert_eq!((i, sq), (n, n * n));
@@ -70,7 +70,7 @@
 //! # Ok(()) }
 //! ```
 
-mod layout;
+pub(crate) mod layout;
 pub(crate) mod protocol;
 mod receiver;
 mod sender;
@@ -86,6 +86,38 @@ pub use receiver::{Receiver, RingStats};
 pub use sender::Sender;
 
 use crate::{Backend, Error};
+
+/// The default type tag of a ring of `T`: a hash of `T`'s size, alignment
+/// and [`type_name`](std::any::type_name), so a Sender of another type is
+/// refused ([`Error::LayoutMismatch`]) even when sizes agree.
+///
+/// Both ends compute it from `T`, so neither has to be told. Type names
+/// are the compiler's, not a stable format: two programs that name the type
+/// differently (another crate path, another compiler version) disagree.
+/// Set one tag on both ends then ([`Builder::type_tag`],
+/// [`Sender::connect_with_tag`]).
+///
+/// ```
+/// use memfd_tripwire::ring::type_tag;
+/// assert_eq!(type_tag::<[u8; 8]>(), type_tag::<[u8; 8]>());
+/// assert_ne!(type_tag::<[u8; 8]>(), type_tag::<u64>());
+/// ```
+pub fn type_tag<T>() -> u64 {
+    // FNV-1a, 64 bits: small, fixed, and the same in every process.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = std::mem::size_of::<T>() as u64;
+    let align = std::mem::align_of::<T>() as u64;
+    let name = std::any::type_name::<T>().as_bytes();
+    for &b in size
+        .to_le_bytes()
+        .iter()
+        .chain(&align.to_le_bytes())
+        .chain(name)
+    {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
 
 /// The entry point: `SharedRing::<T>::builder(capacity)`.
 ///
@@ -113,7 +145,7 @@ impl<T: Pod> SharedRing<T> {
         Builder {
             capacity,
             backend: Backend::Auto,
-            tag: 0,
+            tag: type_tag::<T>(),
             spin: None,
             poll_interval: Duration::from_millis(1),
             _t: PhantomData,
@@ -167,9 +199,11 @@ impl<T: Pod> Builder<T> {
         self
     }
 
-    /// A caller-chosen `u64` naming the message type: a Sender that
-    /// connects with another tag is refused ([`Error::LayoutMismatch`]).
-    /// Default 0.
+    /// The `u64` naming the message type: a Sender that connects with
+    /// another tag is refused ([`Error::LayoutMismatch`]). Default:
+    /// [`type_tag::<T>()`](type_tag), which [`Sender::connect`] uses too;
+    /// a Sender of a tag set here connects with
+    /// [`Sender::connect_with_tag`].
     ///
     /// ```
     /// # use memfd_tripwire::ring::SharedRing;
@@ -240,6 +274,21 @@ pub enum TrySendError<T> {
     Failed(T, Error),
 }
 
+impl<T> TrySendError<T> {
+    /// The value that was not sent.
+    ///
+    /// ```
+    /// # use memfd_tripwire::ring::TrySendError;
+    /// assert_eq!(TrySendError::Full(7u8).into_inner(), 7);
+    /// ```
+    #[must_use = "into_inner() hands back the value that was not sent"]
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(v) | TrySendError::Closed(v) | TrySendError::Failed(v, _) => v,
+        }
+    }
+}
+
 impl<T> fmt::Debug for TrySendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -260,7 +309,95 @@ impl<T> fmt::Display for TrySendError<T> {
     }
 }
 
-impl<T> std::error::Error for TrySendError<T> {}
+impl<T> std::error::Error for TrySendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrySendError::Failed(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`Receiver::try_recv`] returned no message.
+///
+/// ```
+/// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+/// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+/// match rx.try_recv() {
+///     Ok(v) => println!("{v}"),
+///     Err(TryRecvError::Empty) => {} // come back later
+///     Err(TryRecvError::Closed) => println!("done"),
+///     Err(TryRecvError::Failed(e)) => eprintln!("{e}"),
+/// }
+/// ```
+#[derive(Debug)]
+pub enum TryRecvError {
+    /// Nothing is there now; more may come.
+    Empty,
+    /// The Sender was dropped and everything it sent was received; or the
+    /// ring ended earlier (after an error).
+    Closed,
+    /// The Sender's process died ([`Error::PeerDied`], after everything it
+    /// published was received), an index was impossible
+    /// ([`Error::Corrupt`]), or the tripwire failed.
+    Failed(Error),
+}
+
+impl PartialEq for TryRecvError {
+    /// Equal variants; two `Failed` are equal when their errors display the
+    /// same.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TryRecvError::Empty, TryRecvError::Empty) => true,
+            (TryRecvError::Closed, TryRecvError::Closed) => true,
+            (TryRecvError::Failed(a), TryRecvError::Failed(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl From<Error> for TryRecvError {
+    fn from(e: Error) -> Self {
+        TryRecvError::Failed(e)
+    }
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("the ring is empty"),
+            TryRecvError::Closed => f.write_str("the sender closed the ring"),
+            TryRecvError::Failed(e) => write!(f, "receive failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TryRecvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TryRecvError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<TryRecvError> for Error {
+    /// `Empty` and `Closed` become [`Error::Io`] of kind `WouldBlock` and
+    /// `BrokenPipe`.
+    fn from(e: TryRecvError) -> Error {
+        match e {
+            TryRecvError::Failed(e) => e,
+            TryRecvError::Empty => Error::io(
+                "try_recv",
+                std::io::Error::new(std::io::ErrorKind::WouldBlock, "the ring is empty"),
+            ),
+            TryRecvError::Closed => Error::io(
+                "try_recv",
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sender closed the ring"),
+            ),
+        }
+    }
+}
 
 /// Why [`Sender::send`] / [`Sender::blocking_send`] failed; carries the
 /// value back.
@@ -277,6 +414,7 @@ impl<T> SendError<T> {
     /// let v: u64 = e.into_inner();
     /// # }
     /// ```
+    #[must_use = "into_inner() hands back the value that was not sent"]
     pub fn into_inner(self) -> T {
         self.value
     }
@@ -292,7 +430,8 @@ impl<T> SendError<T> {
         &self.error
     }
 
-    /// The error, dropping the value.
+    /// The error, dropping the value (or use `?`: `From<SendError<T>>`
+    /// for [`Error`]).
     ///
     /// ```
     /// # fn f(e: memfd_tripwire::ring::SendError<u64>) -> memfd_tripwire::Error {
@@ -318,7 +457,60 @@ impl<T> fmt::Display for SendError<T> {
     }
 }
 
-impl<T> std::error::Error for SendError<T> {}
+impl<T> std::error::Error for SendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// `?` on a send in a function returning [`Error`]: drops the value.
+///
+/// ```no_run
+/// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
+/// tx.blocking_send(1)?;
+/// # Ok(()) }
+/// ```
+impl<T> From<SendError<T>> for Error {
+    fn from(e: SendError<T>) -> Error {
+        e.error
+    }
+}
+
+/// Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:
+/// how many values went out before the error (`values[sent..]` did not).
+///
+/// ```no_run
+/// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) {
+/// if let Err(e) = tx.blocking_send_many(&[1, 2, 3]) {
+///     eprintln!("{} sent, then: {}", e.sent, e.error);
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SendManyError {
+    /// How many values were sent, in order, before the error.
+    pub sent: usize,
+    /// Why the rest were not: [`Error::PeerDied`] when the Receiver is gone.
+    pub error: Error,
+}
+
+impl fmt::Display for SendManyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "send failed after {} values: {}", self.sent, self.error)
+    }
+}
+
+impl std::error::Error for SendManyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SendManyError> for Error {
+    fn from(e: SendManyError) -> Error {
+        e.error
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -2,17 +2,17 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use super::Builder;
 use super::layout::{self, Header};
 use super::protocol;
 use super::spin::Spin;
+use super::{Builder, TryRecvError};
 use crate::sys::Bell;
 use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 
@@ -25,14 +25,14 @@ use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 /// and [`blocking_recv_many`](Receiver::blocking_recv_many).
 ///
 /// ```
-/// # fn main() -> Result<(), memfd_tripwire::Error> {
-/// use memfd_tripwire::{Backend, ring::SharedRing};
-/// let mut rx = SharedRing::<u64>::builder(64).backend(Backend::Doorbell).create()?;
-/// assert_eq!(rx.try_recv()?, None); // nothing sent yet
-/// # Ok(()) }
+/// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+/// let mut rx = SharedRing::<u64>::builder(64).backend(Backend::Doorbell).create().unwrap();
+/// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // nothing sent yet
 /// ```
 pub struct Receiver<T> {
-    tw: Wire,
+    tw: RingTripwire,
+    /// The backend `tw` was created with.
+    kind: BackendKind,
     pub(super) region: Region,
     pub(super) control: Region,
     slots: Region,
@@ -74,37 +74,60 @@ pub struct Receiver<T> {
 pub struct RingStats {
     /// Messages received.
     pub received: u64,
-    /// Times the Receiver re-armed the wire because it ran dry.
+    /// Times the Receiver ran dry, found the wire tripped, and re-armed it.
     pub rearms: u64,
     /// Times it then went to sleep (found nothing after re-arming).
     pub sleeps: u64,
 }
 
-/// The tripwire, registered with tokio once `recv().await` is first used.
-enum Wire {
+/// The ring's tripwire, used through its public API only: blocking until
+/// the first `recv().await` registers it with tokio.
+enum RingTripwire {
     Blocking(blocking::Tripwire),
     #[cfg(feature = "tokio")]
     Async(crate::Tripwire),
+    /// Only inside `Receiver::registered`, which always puts a tripwire
+    /// back (a failed registration hands it back), unless tokio panics in
+    /// there (a runtime without IO): the Receiver is then poisoned.
     #[cfg(feature = "tokio")]
-    Moving,
+    Poisoned,
 }
 
-impl Wire {
-    fn get_mut(&mut self) -> &mut blocking::Tripwire {
+impl RingTripwire {
+    fn get(&self) -> std::io::Result<&blocking::Tripwire> {
         match self {
-            Wire::Blocking(tw) => tw,
+            RingTripwire::Blocking(tw) => Ok(tw),
             #[cfg(feature = "tokio")]
-            Wire::Async(tw) => tw.get_mut(),
+            RingTripwire::Async(tw) => Ok(tw.get_ref()),
             #[cfg(feature = "tokio")]
-            Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
+            RingTripwire::Poisoned => Err(poisoned()),
         }
     }
+
+    fn get_mut(&mut self) -> std::io::Result<&mut blocking::Tripwire> {
+        match self {
+            RingTripwire::Blocking(tw) => Ok(tw),
+            #[cfg(feature = "tokio")]
+            RingTripwire::Async(tw) => Ok(tw.get_mut()),
+            #[cfg(feature = "tokio")]
+            RingTripwire::Poisoned => Err(poisoned()),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn poisoned() -> std::io::Error {
+    std::io::Error::other(
+        "the ring lost its tripwire to a panic while registering with tokio (a runtime \
+         without IO?)",
+    )
 }
 
 impl<T> fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
             .field("capacity", &self.header.capacity)
+            .field("backend", &self.kind)
             .field("tail", &self.tail)
             .field("done", &self.done)
             .finish()
@@ -142,7 +165,8 @@ impl<T: Pod> Receiver<T> {
             super::spin::wake_cost();
         }
         Ok(Receiver {
-            tw: Wire::Blocking(tw),
+            tw: RingTripwire::Blocking(tw),
+            kind: tw_kind,
             region,
             control,
             slots,
@@ -196,9 +220,10 @@ impl<T: Pod> Receiver<T> {
             self.space_peer.as_fd(),
             self.slots_mem.as_fd(),
         ];
-        self.tw.get_mut().share_then(peer, |sock| {
-            crate::handoff::offer_extra(sock, crate::handoff::RING_MAGIC, &fds)
-        })
+        self.tw
+            .get_mut()
+            .map_err(|e| Error::io("sharing the ring", e))?
+            .share_with_fds(peer, layout::FRAME_TAG, &fds)
     }
 
     /// Counters of messages and waits (see [`RingStats`]).
@@ -232,13 +257,64 @@ impl<T: Pod> Receiver<T> {
     /// assert_eq!(rx.backend(), BackendKind::Poll);
     /// ```
     pub fn backend(&self) -> BackendKind {
-        match &self.tw {
-            Wire::Blocking(tw) => tw.backend(),
-            #[cfg(feature = "tokio")]
-            Wire::Async(tw) => tw.backend(),
-            #[cfg(feature = "tokio")]
-            Wire::Moving => unreachable!("the wire is only moved inside Receiver::registered"),
-        }
+        self.kind
+    }
+
+    /// How many messages are published and not yet received (an
+    /// impossible head from the Sender counts as none; the next receive
+    /// reports it).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert_eq!(rx.len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        let Ok(head) = self.head() else { return 0 };
+        let head = protocol::load_head(head);
+        layout::available(head, self.tail, self.header.capacity).map_or(0, |n| n as usize)
+    }
+
+    /// `true` when no message waits ([`len`](Receiver::len) is 0).
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert!(rx.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `true` when every slot holds a message not yet received: the Sender
+    /// cannot send until this end receives.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert!(!rx.is_full());
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.len() == self.capacity()
+    }
+
+    /// Publishes now how far this end has received, so the Sender sees the
+    /// free slots at once. Receiving publishes by itself once per quarter
+    /// of the ring, whenever the Sender waits for space, and before every
+    /// sleep: call this only to free slots early (before a long pause in
+    /// receiving, say).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if ringing a waiting Sender fails.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// rx.flush().unwrap();
+    /// ```
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.publish_tail()
     }
 
     fn head(&self) -> Result<&AtomicU64, Error> {
@@ -291,10 +367,14 @@ impl<T: Pod> Receiver<T> {
         Ok(Some(value))
     }
 
-    /// Appends up to `limit` published messages to `buf`, one bounds-checked
-    /// copy per contiguous run of slots (no waiting, no ACK). Returns how
-    /// many.
-    pub(super) fn pop_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+    /// Takes up to `limit` published messages, one bounds-checked copy per
+    /// contiguous run of slots, each run handed to `copy` as (slots, offset,
+    /// messages); no waiting, no ACK. Returns how many.
+    fn pop_runs(
+        &mut self,
+        limit: usize,
+        mut copy: impl FnMut(&Region, usize, usize) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
         let mut n = 0;
         while n < limit {
             let ready = self.ready()?;
@@ -304,16 +384,20 @@ impl<T: Pod> Receiver<T> {
             let run = ready
                 .min(self.header.slots_to_end(self.tail))
                 .min(limit - n);
-            let old = buf.len();
-            buf.resize(old + run, T::zeroed());
-            self.slots.read_bytes(
-                self.header.slot_offset(self.tail),
-                bytemuck::cast_slice_mut(&mut buf[old..]),
-            )?;
+            copy(&self.slots, self.header.slot_offset(self.tail), run)?;
             self.taken(run)?;
             n += run;
         }
         Ok(n)
+    }
+
+    /// Appends up to `limit` published messages to `buf` (no waiting).
+    pub(super) fn pop_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        self.pop_runs(limit, |slots, offset, run| {
+            let old = buf.len();
+            buf.resize(old + run, T::zeroed());
+            slots.read_bytes(offset, bytemuck::cast_slice_mut(&mut buf[old..]))
+        })
     }
 
     /// Publishes the tail; rings the Sender if it waits for space.
@@ -360,35 +444,64 @@ impl<T: Pod> Receiver<T> {
         }
     }
 
+    /// Gets ready to sleep: publishes the tail and re-arms the wire if it
+    /// is tripped. `Ok(true)`: still empty and armed, so the next message
+    /// trips the wire (sleep now: [`wait_ready`](blocking::Tripwire::wait_ready),
+    /// mio, `poll(2)` on [`as_fd`](AsFd::as_fd)). `Ok(false)`: something is
+    /// there or the Sender is gone; receive before sleeping.
+    ///
+    /// For your own event loop; `recv` and `blocking_recv` do this
+    /// themselves.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the ACK fails; the wire then stays tripped.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// assert!(rx.rearm().unwrap()); // empty: safe to sleep
+    /// ```
+    pub fn rearm(&mut self) -> Result<bool, Error> {
+        self.publish_tail()?;
+        let tw = self
+            .tw
+            .get_mut()
+            .map_err(|e| Error::io("re-arming the ring's tripwire", e))?;
+        let start = Instant::now();
+        match tw.try_changed() {
+            // Tripped, and now re-armed: what was stored before is visible.
+            Ok(Some(_)) => {
+                self.stats.rearms += 1;
+                self.spin.record_ack(start.elapsed());
+            }
+            // Armed since the last re-arm: the next store trips it.
+            Ok(None) => {}
+            // Every Sender is gone: nothing will trip it any more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+            Err(e) => return Err(Error::io("re-arming the ring's tripwire", e)),
+        }
+        Ok(self.ready()? == 0)
+    }
+
     /// One round of "nothing there": spin, re-arm, look again. `Some` is
     /// the outcome to return; `None` means: sleep until the wire trips.
     fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
         if self.spin_for_data()? {
             return self.pop().map(|v| v.map(Some));
         }
-        self.publish_tail()?;
-        self.stats.rearms += 1;
-        let tw = self.tw.get_mut();
-        let start = Instant::now();
-        tw.ack()
-            .map_err(|e| Error::io("ACK of the ring's tripwire", e))?;
-        self.spin.record_ack(start.elapsed());
-        if let Some(v) = self.pop()? {
-            return Ok(Some(Some(v)));
+        if self.rearm()? {
+            self.stats.sleeps += 1;
+            return Ok(None);
         }
-        if self
-            .tw
-            .get_mut()
-            .peers_gone()
-            .map_err(|e| Error::io("peer check", e))?
-        {
-            return self.finish().map(Some);
+        match self.pop()? {
+            Some(v) => Ok(Some(Some(v))),
+            // Nothing, though not armed: the Sender is gone.
+            None => self.finish().map(Some),
         }
-        self.stats.sleeps += 1;
-        Ok(None)
     }
 
-    /// Every Sender is gone: drain what was published, then say how it ended.
+    /// The Sender is gone: drain what was published, then say how it ended.
     fn finish(&mut self) -> Result<Option<T>, Error> {
         if let Some(v) = self.pop()? {
             return Ok(Some(v));
@@ -401,25 +514,86 @@ impl<T: Pod> Receiver<T> {
         }
     }
 
-    /// Takes a message if one is there, without waiting.
+    /// Nothing was there: has the Sender finished? `Empty` if not; else
+    /// one more look (its flag and its hang-up come after its last head
+    /// store), then how it ended.
+    fn finished(&mut self) -> Result<T, TryRecvError> {
+        let closed = self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0;
+        let gone = closed
+            || self
+                .tw
+                .get_mut()
+                .and_then(|tw| tw.producers_gone())
+                .map_err(|e| Error::io("checking for the Sender's hang-up", e))?;
+        if !gone {
+            return Err(TryRecvError::Empty);
+        }
+        self.finish()?.ok_or(TryRecvError::Closed)
+    }
+
+    /// Takes a message if one is there, without waiting or ACKing.
     ///
-    /// `Ok(None)` means "nothing right now"; a closed or dead Sender is
-    /// reported by [`recv`](Receiver::recv) / [`blocking_recv`](Receiver::blocking_recv).
+    /// When nothing is there it tells whether more may come, which costs a
+    /// load from shared memory and one system call (has the Sender's
+    /// process hung up?).
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the Sender's head index is impossible.
+    /// - [`TryRecvError::Empty`]: nothing now; more may come.
+    /// - [`TryRecvError::Closed`]: the Sender was dropped and everything it
+    ///   sent was received (and on every call after the ring ended).
+    /// - [`TryRecvError::Failed`]: [`Error::PeerDied`] once the Sender's
+    ///   process died and everything it published was received;
+    ///   [`Error::Corrupt`] for an impossible index.
     ///
     /// ```
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
-    /// assert_eq!(rx.try_recv().unwrap(), None);
+    /// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     /// ```
-    pub fn try_recv(&mut self) -> Result<Option<T>, Error> {
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         if self.done {
-            return Ok(None);
+            return Err(TryRecvError::Closed);
         }
-        self.pop()
+        match self.pop()? {
+            Some(v) => Ok(v),
+            None => self.finished(),
+        }
+    }
+
+    /// Fills the start of `buf` with the messages that are there, without
+    /// waiting: one bounds-checked copy per contiguous run of slots (at
+    /// most two), from shared memory straight into `buf`. Returns how many
+    /// (at least one; 0 only for an empty `buf`).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Receiver::try_recv), when not one message is there.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// let mut buf = [0u64; 8];
+    /// assert_eq!(rx.try_recv_into(&mut buf), Err(TryRecvError::Empty));
+    /// ```
+    pub fn try_recv_into(&mut self, buf: &mut [T]) -> Result<usize, TryRecvError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.done {
+            return Err(TryRecvError::Closed);
+        }
+        let mut at = 0;
+        let n = self.pop_runs(buf.len(), |slots, offset, run| {
+            let dst = bytemuck::cast_slice_mut(&mut buf[at..at + run]);
+            at += run;
+            slots.read_bytes(offset, dst)
+        })?;
+        if n > 0 {
+            return Ok(n);
+        }
+        buf[0] = self.finished()?;
+        Ok(1)
     }
 
     /// Waits for the next message, blocking the thread.
@@ -434,7 +608,6 @@ impl<T: Pod> Receiver<T> {
     /// index; [`Error::Io`] if the tripwire fails.
     ///
     /// ```no_run
-    /// # use memfd_tripwire::ring::SharedRing;
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
     /// while let Some(v) = rx.blocking_recv()? {
     ///     println!("{v}");
@@ -453,8 +626,8 @@ impl<T: Pod> Receiver<T> {
                 return Ok(outcome);
             }
             self.tw
-                .get_mut()
-                .block(None)
+                .get()
+                .and_then(|tw| tw.wait_ready(None))
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
         }
     }
@@ -495,38 +668,122 @@ impl<T: Pod> Receiver<T> {
     }
 }
 
+impl<T> AsFd for Receiver<T> {
+    /// The tripwire's wake-up fd: readable while the wire is tripped. (The
+    /// Sender's hang-up is another fd: [`mio::event::Source`], feature
+    /// `mio`, watches both.)
+    ///
+    /// # Panics
+    ///
+    /// If the Receiver was poisoned: tokio panicked while registering it (a
+    /// runtime without IO) and the panic was caught.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self.tw.get() {
+            Ok(tw) => tw.as_fd(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+impl<T> AsRawFd for Receiver<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers the ring's tripwire and the Sender's hang-up under one token:
+/// an event means "call [`try_recv`](Receiver::try_recv) until it says
+/// [`Empty`](TryRecvError::Empty)". `try_recv` never ACKs: once it says
+/// `Empty`, call [`rearm`](Receiver::rearm) and sleep only if it returns
+/// `true`, or the wire, still tripped by the last message, stays quiet.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use mio::{Events, Interest, Poll, Token};
+/// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+///
+/// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create()?;
+/// let mut poll = Poll::new()?;
+/// poll.registry().register(&mut rx, Token(1), Interest::READABLE)?;
+/// let mut events = Events::with_capacity(4);
+/// for _ in 0..3 {
+///     match rx.try_recv() {
+///         Ok(v) => println!("{v}"),
+///         Err(TryRecvError::Empty) => {
+///             if rx.rearm()? {
+///                 poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+///             }
+///         }
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "mio")]
+impl<T> mio::event::Source for Receiver<T> {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> std::io::Result<()> {
+        self.tw.get_mut()?.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> std::io::Result<()> {
+        self.tw.get_mut()?.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+        self.tw.get_mut()?.deregister(registry)
+    }
+}
+
 #[cfg(feature = "tokio")]
 mod r#async {
     use std::pin::Pin;
-    use std::task::{Context, Poll};
+    use std::task::{Context, Poll, ready};
 
     use futures_core::{FusedStream, Stream};
 
     use super::*;
 
     impl<T: Pod> Receiver<T> {
-        /// The tokio-registered tripwire (registers it on first use).
+        /// The tokio-registered tripwire (registers it on first use; a
+        /// failed registration leaves the ring as it was).
         fn registered(&mut self) -> Result<&mut crate::Tripwire, Error> {
-            if let Wire::Blocking(_) = self.tw {
-                let Wire::Blocking(tw) = std::mem::replace(&mut self.tw, Wire::Moving) else {
-                    unreachable!("checked above")
+            if let RingTripwire::Blocking(_) = self.tw {
+                let RingTripwire::Blocking(tw) =
+                    std::mem::replace(&mut self.tw, RingTripwire::Poisoned)
+                else {
+                    unreachable!("matched just above")
                 };
                 match crate::Tripwire::new(tw) {
-                    Ok(tw) => self.tw = Wire::Async(tw),
+                    Ok(tw) => self.tw = RingTripwire::Async(tw),
                     Err(e) => {
-                        self.done = true;
-                        return Err(Error::io("registering the ring with tokio", e));
+                        let (tw, why) = e.into_parts();
+                        self.tw = RingTripwire::Blocking(tw);
+                        return Err(Error::io("registering the ring with tokio", why));
                     }
                 }
             }
             match &mut self.tw {
-                Wire::Async(tw) => Ok(tw),
-                _ => unreachable!("registered above"),
+                RingTripwire::Async(tw) => Ok(tw),
+                _ => Err(Error::io("registering the ring with tokio", poisoned())),
             }
         }
 
         /// Polls for the next message; the building block of
-        /// [`recv`](Receiver::recv) and the `Stream`.
+        /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
+        /// tokio's coop budget per message, like `tokio::sync::mpsc`: a
+        /// Sender that keeps the ring full cannot starve the other tasks of
+        /// this thread.
         ///
         /// # Errors
         ///
@@ -543,9 +800,15 @@ mod r#async {
         /// # }
         /// ```
         pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
-            if let Err(e) = self.registered() {
-                return Poll::Ready(Err(e));
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            let outcome = self.poll_next_message(cx);
+            if outcome.is_ready() {
+                coop.made_progress();
             }
+            outcome
+        }
+
+        fn poll_next_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
             loop {
                 if self.done {
                     return Poll::Ready(Ok(None));
@@ -560,10 +823,11 @@ mod r#async {
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(e)),
                 }
-                let Wire::Async(tw) = &mut self.tw else {
-                    unreachable!("registered above")
+                let tw = match self.registered() {
+                    Ok(tw) => tw,
+                    Err(e) => return Poll::Ready(Err(e)),
                 };
-                match tw.poll_wake(cx) {
+                match tw.poll_ready(cx) {
                     Poll::Ready(Ok(())) => continue,
                     Poll::Ready(Err(e)) => {
                         return Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e)));

@@ -10,8 +10,7 @@ use bytemuck::Pod;
 
 use super::layout::{self, Header};
 use super::protocol;
-use super::{SendError, TrySendError};
-use crate::handoff::{RING_MAGIC, receive_extra, reply_extra};
+use super::{SendError, SendManyError, TrySendError};
 use crate::sys::{self, Bell};
 use crate::{Error, Producer, Region, SharedMemory};
 
@@ -20,8 +19,8 @@ use crate::{Error, Producer, Region, SharedMemory};
 /// ```no_run
 /// # fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
 /// use memfd_tripwire::ring::Sender;
-/// let mut tx = Sender::<[u8; 64]>::connect(sock, 0)?;
-/// tx.blocking_send([7; 64]).map_err(|e| e.into_error())?;
+/// let mut tx = Sender::<[u8; 64]>::connect(sock)?;
+/// tx.blocking_send([7; 64])?;
 /// # Ok(()) }
 /// ```
 pub struct Sender<T> {
@@ -30,7 +29,10 @@ pub struct Sender<T> {
     control: Region,
     slots: Region,
     space: Bell,
-    sock: UnixStream,
+    /// A duplicate of `space` registered with tokio, once, at the first
+    /// wait for space in async code.
+    #[cfg(feature = "tokio")]
+    registered: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
     header: Header,
     head: u64,
     tail: u64,
@@ -52,9 +54,11 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T: Pod> Sender<T> {
     /// Attaches to the ring a [`Receiver`](super::Receiver) shares over the
-    /// other end of `sock`. `type_tag` must equal the Receiver's
-    /// [`type_tag`](super::Builder::type_tag), and `T` must have the same
-    /// size and alignment; a mismatch is refused on both sides.
+    /// other end of `sock`. `T` must have the Receiver's size, alignment and
+    /// [type tag](super::type_tag); a mismatch is refused on both sides.
+    ///
+    /// Blocks for the handshake (up to 10 s against a silent peer): in
+    /// async code, call it on `tokio::task::spawn_blocking`.
     ///
     /// # Errors
     ///
@@ -64,30 +68,64 @@ impl<T: Pod> Sender<T> {
     ///
     /// ```no_run
     /// # fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
-    /// let tx = memfd_tripwire::ring::Sender::<u64>::connect(sock, 0)?;
+    /// let tx = memfd_tripwire::ring::Sender::<u64>::connect(sock)?;
     /// # Ok(()) }
     /// ```
-    pub fn connect(sock: UnixStream, type_tag: u64) -> Result<Sender<T>, Error> {
-        let producer = Producer::connect(sock)?;
-        let peer = producer
-            .peer()
-            .ok_or_else(|| Error::handshake("no handshake socket"))?
-            .try_clone()
-            .map_err(|e| Error::io("dup of the handshake socket", e))?;
-        let fds = receive_extra(&peer, RING_MAGIC, 3)?;
-        let attached = Self::attach(producer, peer.try_clone(), fds, type_tag);
-        let _ = reply_extra(&peer, attached.as_ref().map(|_| ()));
-        let mut tx = attached?;
-        tx.sock = peer;
-        Ok(tx)
+    pub fn connect(sock: UnixStream) -> Result<Sender<T>, Error> {
+        Self::connect_with_tag(sock, super::type_tag::<T>())
     }
 
-    fn attach(
-        producer: Producer,
-        sock: std::io::Result<UnixStream>,
-        fds: Vec<OwnedFd>,
-        tag: u64,
-    ) -> Result<Sender<T>, Error> {
+    /// [`connect`](Sender::connect) to a ring built with
+    /// [`Builder::type_tag`](super::Builder::type_tag)`(type_tag)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Sender::connect).
+    ///
+    /// ```no_run
+    /// # fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
+    /// const PRICES: u64 = u64::from_le_bytes(*b"PRICE\0\0\0");
+    /// let tx = memfd_tripwire::ring::Sender::<u64>::connect_with_tag(sock, PRICES)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_with_tag(sock: UnixStream, type_tag: u64) -> Result<Sender<T>, Error> {
+        let (producer, attached) = Producer::connect_with_fds(
+            sock,
+            layout::FRAME_TAG,
+            layout::FRAME_FDS,
+            |producer, fds| Self::attach(producer.region(), fds, type_tag),
+        )?;
+        let Attached {
+            control,
+            slots,
+            space,
+            header,
+            head,
+            tail,
+        } = attached;
+        Ok(Sender {
+            region: producer.region().clone(),
+            producer,
+            control,
+            slots,
+            space,
+            #[cfg(feature = "tokio")]
+            registered: None,
+            header,
+            head,
+            tail,
+            space_spin: super::spin::Spin::Adaptive {
+                ack: std::time::Duration::ZERO,
+                detect: std::time::Duration::ZERO,
+            }
+            .budget(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Checks the ring's frame (control memfd, space bell, slots memfd)
+    /// against the tripwire's `region` and what this end expects.
+    fn attach(region: &Region, fds: Vec<OwnedFd>, tag: u64) -> Result<Attached, Error> {
         let mut fds = fds.into_iter();
         let (Some(control_fd), Some(space), Some(slots_fd)) = (fds.next(), fds.next(), fds.next())
         else {
@@ -114,7 +152,6 @@ impl<T: Pod> Sender<T> {
             SharedMemory::from_peer(slots_fd, Some(header.slots_len()), "the ring's slots memfd")?
                 .region()
                 .clone();
-        let region = producer.region().clone();
         if region.len() < header.region_len() {
             return Err(Error::LayoutMismatch {
                 reason: format!(
@@ -129,22 +166,13 @@ impl<T: Pod> Sender<T> {
         let head = region.atomic_u64(layout::HEAD)?.load(Ordering::Relaxed);
         let tail = control.atomic_u64(layout::TAIL)?.load(Ordering::Acquire);
         layout::available(head, tail, header.capacity)?;
-        Ok(Sender {
-            producer,
-            region,
+        Ok(Attached {
             control,
             slots,
             space,
-            sock: sock.map_err(|e| Error::io("dup of the handshake socket", e))?,
             header,
             head,
             tail,
-            space_spin: super::spin::Spin::Adaptive {
-                ack: std::time::Duration::ZERO,
-                detect: std::time::Duration::ZERO,
-            }
-            .budget(),
-            _t: PhantomData,
         })
     }
 
@@ -157,6 +185,47 @@ impl<T: Pod> Sender<T> {
     /// ```
     pub fn capacity(&self) -> usize {
         self.header.capacity as usize
+    }
+
+    /// How many sent messages the Receiver has not yet taken, as far as it
+    /// has published (it publishes in batches: see
+    /// [`Receiver::flush`](super::Receiver::flush)). An impossible tail from
+    /// the Receiver counts as a full ring; the next send reports it.
+    ///
+    /// ```no_run
+    /// # fn f(tx: memfd_tripwire::ring::Sender<u64>) {
+    /// println!("{} of {} in flight", tx.len(), tx.capacity());
+    /// # }
+    /// ```
+    pub fn len(&self) -> usize {
+        let tail = match self.control.atomic_u64(layout::TAIL) {
+            Ok(tail) => tail.load(Ordering::Acquire),
+            Err(_) => return self.capacity(),
+        };
+        layout::advance_tail(self.head, self.tail, tail, self.header.capacity)
+            .map_or(self.capacity(), |used| used as usize)
+    }
+
+    /// `true` when the Receiver has taken everything sent.
+    ///
+    /// ```no_run
+    /// # fn f(tx: memfd_tripwire::ring::Sender<u64>) {
+    /// if tx.is_empty() { println!("all caught up"); }
+    /// # }
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `true` when no slot is free: a send would wait (or `try_send` fail).
+    ///
+    /// ```no_run
+    /// # fn f(tx: memfd_tripwire::ring::Sender<u64>) {
+    /// if tx.is_full() { println!("the receiver is behind"); }
+    /// # }
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.len() == self.capacity()
     }
 
     fn head_atomic(&self) -> Result<&AtomicU64, Error> {
@@ -214,15 +283,17 @@ impl<T: Pod> Sender<T> {
         Ok(n)
     }
 
-    /// `true` once the Receiver's end of the socket hung up.
+    /// `true` once the Receiver is gone (its end of the handshake socket or
+    /// of the space bell hung up).
     ///
     /// ```no_run
     /// # fn f(tx: memfd_tripwire::ring::Sender<u64>) {
     /// if tx.is_closed() { eprintln!("receiver gone"); }
     /// # }
     /// ```
+    #[must_use]
     pub fn is_closed(&self) -> bool {
-        sys::bell::hung_up(self.sock.as_fd()).unwrap_or(true)
+        self.producer.is_closed() || sys::bell::hung_up(self.space.as_fd()).unwrap_or(true)
     }
 
     /// Sends without waiting.
@@ -253,6 +324,31 @@ impl<T: Pod> Sender<T> {
                 Err(e) => Err(TrySendError::Failed(value, e)),
             },
             Err(e) => Err(TrySendError::Failed(value, e)),
+        }
+    }
+
+    /// Sends as many of `values` as there are free slots for, in order,
+    /// without waiting: one copy per contiguous run of slots, one head
+    /// store and one `notify()`. Returns how many (0 when full).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerDied`] when the ring is full and the Receiver is gone
+    /// (or `notify()` finds it gone); [`Error::Corrupt`] for an impossible
+    /// tail index. Nothing was sent then.
+    ///
+    /// ```no_run
+    /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// let values = [1, 2, 3, 4];
+    /// let n = tx.try_send_slice(&values)?;
+    /// let rest = &values[n..]; // for later
+    /// # Ok(()) }
+    /// ```
+    pub fn try_send_slice(&mut self, values: &[T]) -> Result<usize, Error> {
+        match self.free()? {
+            0 if self.is_closed() => Err(Error::PeerDied),
+            0 => Ok(0),
+            free => self.write(values, free),
         }
     }
 
@@ -310,17 +406,18 @@ impl<T: Pod> Sender<T> {
                 return Ok(free);
             }
             if !self.start_waiting()? {
-                let mut fds = [
-                    rustix::event::PollFd::new(&self.space, rustix::event::PollFlags::IN),
-                    rustix::event::PollFd::new(&self.sock, rustix::event::PollFlags::RDHUP),
-                ];
+                // The Receiver rings the bell when it frees space; its end
+                // closes (HUP) when it is gone, with or without its process.
+                let mut fds = [rustix::event::PollFd::new(
+                    &self.space,
+                    rustix::event::PollFlags::IN,
+                )];
                 match rustix::event::poll(&mut fds, None) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(Error::io("waiting for space", e)),
                 }
-                // The Receiver's end of the bell or of the socket closed:
-                // it is gone (once the space it freed is used up).
-                let gone = self.drain_space()? || !fds[1].revents().is_empty();
+                // Gone once the space it freed is used up.
+                let gone = self.drain_space()? || self.producer.is_closed();
                 if gone && self.free()? == 0 {
                     self.stop_waiting()?;
                     return Err(Error::PeerDied);
@@ -356,15 +453,16 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Errors
     ///
-    /// As [`blocking_send`](Sender::blocking_send). The error carries how
-    /// many values were sent before it (`values[n..]` were not).
+    /// As [`blocking_send`](Sender::blocking_send), in a [`SendManyError`]
+    /// that says how many values were sent before it (`values[sent..]`
+    /// were not).
     ///
     /// ```no_run
-    /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<usize>> {
+    /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
     /// tx.blocking_send_many(&[1, 2, 3])?;
     /// # Ok(()) }
     /// ```
-    pub fn blocking_send_many(&mut self, values: &[T]) -> Result<(), SendError<usize>> {
+    pub fn blocking_send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
         let mut sent = 0;
         while sent < values.len() {
             let r = self
@@ -372,34 +470,44 @@ impl<T: Pod> Sender<T> {
                 .and_then(|free| self.write(&values[sent..], free));
             match r {
                 Ok(n) => sent += n,
-                Err(error) => return Err(SendError { value: sent, error }),
+                Err(error) => return Err(SendManyError { sent, error }),
             }
         }
         Ok(())
     }
 }
 
+/// What the ring's frame gave a Sender, checked.
+struct Attached {
+    control: Region,
+    slots: Region,
+    space: Bell,
+    header: Header,
+    head: u64,
+    tail: u64,
+}
+
 #[cfg(feature = "tokio")]
 mod r#async {
-    use std::task::{Context, Poll};
-
-    use tokio::io::unix::AsyncFd;
+    use std::task::{Context, Poll, ready};
 
     use super::*;
     use crate::sys::reactor;
 
-    /// The space doorbell and the socket, registered with tokio.
-    pub(super) struct Registered {
-        space: AsyncFd<OwnedFd>,
-        sock: AsyncFd<OwnedFd>,
-    }
-
     impl<T: Pod> Sender<T> {
-        fn poll_reserve(
-            &mut self,
-            reg: &Registered,
-            cx: &mut Context<'_>,
-        ) -> Poll<Result<u64, Error>> {
+        /// Polls for free slots, spending a unit of tokio's coop budget
+        /// when it finds some (like `tokio::sync::mpsc`): a Receiver that
+        /// keeps up cannot make a sending task starve the others.
+        fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+            let coop = ready!(::tokio::task::coop::poll_proceed(cx));
+            let outcome = self.poll_space(cx);
+            if outcome.is_ready() {
+                coop.made_progress();
+            }
+            outcome
+        }
+
+        fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
             loop {
                 let free = self.free()?;
                 if free > 0 {
@@ -418,30 +526,28 @@ mod r#async {
                     self.stop_waiting()?;
                     return Poll::Ready(Err(Error::PeerDied));
                 }
-                let mut woke = false;
-                for fd in [&reg.space, &reg.sock] {
-                    if let Poll::Ready(g) = fd.poll_read_ready(cx) {
-                        g.map_err(|e| Error::io("waiting for space", e))?
-                            .clear_ready();
-                        woke = true;
-                    }
-                }
-                if !woke {
-                    return Poll::Pending;
+                let space = self.registered()?;
+                match space.poll_read_ready(cx) {
+                    Poll::Ready(guard) => guard
+                        .map_err(|e| Error::io("waiting for space", e))?
+                        .clear_ready(),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
         }
 
-        fn register(&self) -> Result<Registered, Error> {
-            let dup = |fd: std::os::fd::BorrowedFd<'_>| {
-                fd.try_clone_to_owned()
+        /// The space bell, registered with tokio on first use and kept.
+        fn registered(&mut self) -> Result<&tokio::io::unix::AsyncFd<OwnedFd>, Error> {
+            let fd = match self.registered.take() {
+                Some(fd) => fd,
+                None => self
+                    .space
+                    .as_fd()
+                    .try_clone_to_owned()
                     .and_then(reactor::register_owned)
-                    .map_err(|e| Error::io("registering the sender with tokio", e))
+                    .map_err(|e| Error::io("registering the sender with tokio", e))?,
             };
-            Ok(Registered {
-                space: dup(self.space.as_fd())?,
-                sock: dup(self.sock.as_fd())?,
-            })
+            Ok(self.registered.insert(fd))
         }
 
         /// Sends, waiting while the ring is full.
@@ -461,16 +567,9 @@ mod r#async {
         /// ```
         pub async fn send(&mut self, value: T) -> Result<(), SendError<T>> {
             let fail = |error| SendError { value, error };
-            let free = match self.free() {
-                Ok(0) => {
-                    let reg = self.register().map_err(fail)?;
-                    std::future::poll_fn(|cx| self.poll_reserve(&reg, cx))
-                        .await
-                        .map_err(fail)?
-                }
-                Ok(free) => free,
-                Err(e) => return Err(fail(e)),
-            };
+            let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+                .await
+                .map_err(fail)?;
             self.write(std::slice::from_ref(&value), free)
                 .map_err(fail)?;
             Ok(())
@@ -478,35 +577,31 @@ mod r#async {
 
         /// Sends all of `values` in order, in batches, waiting while full.
         ///
+        /// # Cancel safety
+        ///
+        /// Not cancel safe as a whole: dropped midway, an unknown prefix of
+        /// `values` was sent. Loop over [`send`](Sender::send) or
+        /// [`try_send_slice`](Sender::try_send_slice) when that matters.
+        ///
         /// # Errors
         ///
         /// As [`blocking_send_many`](Sender::blocking_send_many).
         ///
         /// ```no_run
-        /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<usize>> {
+        /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
         /// tx.send_many(&[1, 2, 3]).await?;
         /// # Ok(()) }
         /// ```
-        pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendError<usize>> {
+        pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
             let mut sent = 0;
-            let mut reg = None;
             while sent < values.len() {
-                let free = match self.free() {
-                    Ok(0) => {
-                        if reg.is_none() {
-                            reg = Some(
-                                self.register()
-                                    .map_err(|error| SendError { value: sent, error })?,
-                            );
-                        }
-                        let r = reg.as_ref().expect("registered above");
-                        std::future::poll_fn(|cx| self.poll_reserve(r, cx)).await
-                    }
-                    other => other,
+                let r = match std::future::poll_fn(|cx| self.poll_reserve(cx)).await {
+                    Ok(free) => self.write(&values[sent..], free),
+                    Err(e) => Err(e),
                 };
-                match free.and_then(|free| self.write(&values[sent..], free)) {
+                match r {
                     Ok(n) => sent += n,
-                    Err(error) => return Err(SendError { value: sent, error }),
+                    Err(error) => return Err(SendManyError { sent, error }),
                 }
             }
             Ok(())

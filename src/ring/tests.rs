@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use proptest::prelude::*;
 
 use super::layout::{self, Header};
-use super::{Receiver, Sender, SharedRing, TrySendError};
+use super::{Receiver, Sender, SharedRing, TryRecvError, TrySendError};
 use crate::{Backend, Error, Region};
 
 type Msg = [u64; 2];
@@ -18,7 +18,7 @@ fn pair(capacity: usize) -> (Receiver<Msg>, Sender<Msg>) {
         .create()
         .expect("ring");
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || Sender::<Msg>::connect(theirs, 0));
+    let tx = std::thread::spawn(move || Sender::<Msg>::connect(theirs));
     rx.share(ours).expect("share");
     (rx, tx.join().expect("thread").expect("connect"))
 }
@@ -30,19 +30,25 @@ fn a_head_too_far_ahead_is_corrupt() {
         .atomic_u64(layout::HEAD)
         .unwrap()
         .store(9, Ordering::Relaxed);
-    assert!(matches!(rx.try_recv(), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        rx.try_recv(),
+        Err(TryRecvError::Failed(Error::Corrupt { .. }))
+    ));
 }
 
 #[test]
 fn a_head_moving_backwards_is_corrupt() {
     let (mut rx, mut tx) = pair(8);
     tx.try_send([1, 1]).unwrap();
-    assert_eq!(rx.try_recv().unwrap(), Some([1, 1]));
+    assert_eq!(rx.try_recv().unwrap(), [1, 1]);
     rx.region
         .atomic_u64(layout::HEAD)
         .unwrap()
         .store(0, Ordering::Relaxed);
-    assert!(matches!(rx.try_recv(), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        rx.try_recv(),
+        Err(TryRecvError::Failed(Error::Corrupt { .. }))
+    ));
 }
 
 #[test]
@@ -178,9 +184,9 @@ proptest! {
         let mut got = 0;
         loop {
             match rx.try_recv() {
-                Ok(Some(_)) => got += 1,
-                Ok(None) => break,
-                Err(Error::Corrupt { .. }) => break,
+                Ok(_) => got += 1,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Failed(Error::Corrupt { .. })) => break,
                 Err(e) => prop_assert!(false, "unexpected {e}"),
             }
             prop_assert!(got <= 8);

@@ -126,7 +126,7 @@ pub fn run(role: &str) -> ! {
         }
         "ring_sender" => {
             let sock = UnixStream::from(stdin_fd());
-            let mut tx = memfd_tripwire::ring::Sender::<crate::scenarios::Msg>::connect(
+            let mut tx = memfd_tripwire::ring::Sender::<crate::scenarios::Msg>::connect_with_tag(
                 sock,
                 crate::scenarios::RING_TAG,
             )

@@ -358,8 +358,8 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
             let mut n = 0;
             let outcome = loop {
                 match rx.try_recv() {
-                    Ok(Some(_)) => n += 1,
-                    Ok(None) => break Ok(()),
+                    Ok(_) => n += 1,
+                    Err(memfd_tripwire::ring::TryRecvError::Empty) => break Ok(()),
                     Err(e) => break Err(e.to_string()),
                 }
             };

@@ -918,8 +918,9 @@ fn ring_pair(
 > {
     let mut rx = ring_rx(ctx, capacity)?;
     let (ours, theirs) = UnixStream::pair()?;
-    let tx =
-        std::thread::spawn(move || memfd_tripwire::ring::Sender::<Msg>::connect(theirs, RING_TAG));
+    let tx = std::thread::spawn(move || {
+        memfd_tripwire::ring::Sender::<Msg>::connect_with_tag(theirs, RING_TAG)
+    });
     rx.share(ours)?;
     let tx = tx.join().map_err(|_| "sender thread panicked")??;
     Ok((rx, tx))
@@ -1081,7 +1082,7 @@ fn ring_receiver_gone_sender_errors(ctx: &Ctx) -> Outcome {
         theirs.into(),
         None,
     )?;
-    let mut tx = memfd_tripwire::ring::Sender::<Msg>::connect(ours, RING_TAG)?;
+    let mut tx = memfd_tripwire::ring::Sender::<Msg>::connect_with_tag(ours, RING_TAG)?;
     reap(child, "ring receiver")?;
     for i in 0..=8 {
         match tx.blocking_send(msg(i)) {
@@ -1098,8 +1099,10 @@ fn ring_layout_mismatch_refused_on_both_sides(ctx: &Ctx) -> Outcome {
         let mut rx = ring_rx(ctx, 8)?;
         let (ours, theirs) = UnixStream::pair()?;
         let tx = std::thread::spawn(move || match wrong {
-            0 => memfd_tripwire::ring::Sender::<[u64; 4]>::connect(theirs, RING_TAG).map(drop),
-            _ => memfd_tripwire::ring::Sender::<Msg>::connect(theirs, RING_TAG + 1).map(drop),
+            0 => memfd_tripwire::ring::Sender::<[u64; 4]>::connect_with_tag(theirs, RING_TAG)
+                .map(drop),
+            _ => memfd_tripwire::ring::Sender::<Msg>::connect_with_tag(theirs, RING_TAG + 1)
+                .map(drop),
         });
         let consumer = rx.share(ours);
         let producer = tx.join().map_err(|_| "sender thread panicked")?;
