@@ -477,7 +477,9 @@ impl<T> From<SendError<T>> for Error {
 }
 
 /// Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:
-/// how many values went out before the error (`values[sent..]` did not).
+/// how many values were published into the ring before the error
+/// (`values[sent..]` were not; after [`Error::PeerDied`], the published
+/// ones may never be read).
 ///
 /// ```no_run
 /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) {

@@ -253,34 +253,47 @@ impl<T: Pod> Sender<T> {
     }
 
     /// Writes up to `free` of `items` and publishes them with one head store
-    /// and one `notify()`. Returns how many were written.
-    fn write(&mut self, items: &[T], free: u64) -> Result<usize, Error> {
+    /// and one `notify()`. Returns how many were published (0 if a copy
+    /// failed), and the outcome: `notify()` can find the Receiver gone
+    /// after the head store.
+    fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
         let n = items.len().min(free as usize);
         let mut done = 0;
-        if let [one] = &items[..n] {
-            // A fixed-size copy (`send`, `blocking_send`, `try_send`).
-            self.slots.write(self.header.slot_offset(self.head), one)?;
-            self.head = self.head.wrapping_add(1);
-            done = 1;
+        let copied = (|| {
+            if let [one] = &items[..n] {
+                // A fixed-size copy (`send`, `blocking_send`, `try_send`).
+                self.slots.write(self.header.slot_offset(self.head), one)?;
+                done = 1;
+            }
+            // One bounds-checked copy per contiguous run of slots (at most two).
+            while done < n {
+                let at = self.head.wrapping_add(done as u64);
+                let run = (n - done).min(self.header.slots_to_end(at));
+                self.slots.write_bytes(
+                    self.header.slot_offset(at),
+                    bytemuck::cast_slice(&items[done..done + run]),
+                )?;
+                done += run;
+            }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            return (0, Err(e));
         }
-        // One bounds-checked copy per contiguous run of slots (at most two).
-        while done < n {
-            let run = (n - done).min(self.header.slots_to_end(self.head));
-            self.slots.write_bytes(
-                self.header.slot_offset(self.head),
-                bytemuck::cast_slice(&items[done..done + run]),
-            )?;
-            self.head = self.head.wrapping_add(run as u64);
-            done += run;
+        if n == 0 {
+            return (0, Ok(()));
         }
-        if n > 0 {
-            protocol::publish_head(self.head_atomic()?, self.head);
-            self.producer.notify().map_err(|e| match e.kind() {
-                std::io::ErrorKind::BrokenPipe => Error::PeerDied,
-                _ => Error::io("notify", e),
-            })?;
+        let head = self.head.wrapping_add(n as u64);
+        match self.head_atomic() {
+            Ok(atomic) => protocol::publish_head(atomic, head),
+            Err(e) => return (0, Err(e)),
         }
-        Ok(n)
+        self.head = head;
+        let rung = self.producer.notify().map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Error::PeerDied,
+            _ => Error::io("notify", e),
+        });
+        (n, rung)
     }
 
     /// `true` once the Receiver is gone (its end of the handshake socket or
@@ -318,8 +331,8 @@ impl<T: Pod> Sender<T> {
         match self.free() {
             Ok(0) if self.is_closed() => Err(TrySendError::Closed(value)),
             Ok(0) => Err(TrySendError::Full(value)),
-            Ok(free) => match self.write(std::slice::from_ref(&value), free) {
-                Ok(_) => Ok(()),
+            Ok(free) => match self.write(std::slice::from_ref(&value), free).1 {
+                Ok(()) => Ok(()),
                 Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
                 Err(e) => Err(TrySendError::Failed(value, e)),
             },
@@ -333,9 +346,10 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::PeerDied`] when the ring is full and the Receiver is gone
-    /// (or `notify()` finds it gone); [`Error::Corrupt`] for an impossible
-    /// tail index. Nothing was sent then.
+    /// [`Error::PeerDied`] when the ring is full and the Receiver is gone,
+    /// or `notify()` finds it gone (the values may then sit in the ring of a
+    /// Receiver that will never read them); [`Error::Corrupt`] for an
+    /// impossible tail index.
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
@@ -348,7 +362,10 @@ impl<T: Pod> Sender<T> {
         match self.free()? {
             0 if self.is_closed() => Err(Error::PeerDied),
             0 => Ok(0),
-            free => self.write(values, free),
+            free => {
+                let (n, rung) = self.write(values, free);
+                rung.map(|()| n)
+            }
         }
     }
 
@@ -444,8 +461,8 @@ impl<T: Pod> Sender<T> {
         let fail = |error| SendError { value, error };
         let free = self.blocking_reserve().map_err(fail)?;
         self.write(std::slice::from_ref(&value), free)
-            .map_err(fail)?;
-        Ok(())
+            .1
+            .map_err(fail)
     }
 
     /// Sends all of `values`, in order, publishing them in batches (one
@@ -465,13 +482,12 @@ impl<T: Pod> Sender<T> {
     pub fn blocking_send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
         let mut sent = 0;
         while sent < values.len() {
-            let r = self
+            let free = self
                 .blocking_reserve()
-                .and_then(|free| self.write(&values[sent..], free));
-            match r {
-                Ok(n) => sent += n,
-                Err(error) => return Err(SendManyError { sent, error }),
-            }
+                .map_err(|error| SendManyError { sent, error })?;
+            let (n, rung) = self.write(&values[sent..], free);
+            sent += n;
+            rung.map_err(|error| SendManyError { sent, error })?;
         }
         Ok(())
     }
@@ -571,8 +587,8 @@ mod r#async {
                 .await
                 .map_err(fail)?;
             self.write(std::slice::from_ref(&value), free)
-                .map_err(fail)?;
-            Ok(())
+                .1
+                .map_err(fail)
         }
 
         /// Sends all of `values` in order, in batches, waiting while full.
@@ -595,14 +611,12 @@ mod r#async {
         pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
             let mut sent = 0;
             while sent < values.len() {
-                let r = match std::future::poll_fn(|cx| self.poll_reserve(cx)).await {
-                    Ok(free) => self.write(&values[sent..], free),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(n) => sent += n,
-                    Err(error) => return Err(SendManyError { sent, error }),
-                }
+                let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+                    .await
+                    .map_err(|error| SendManyError { sent, error })?;
+                let (n, rung) = self.write(&values[sent..], free);
+                sent += n;
+                rung.map_err(|error| SendManyError { sent, error })?;
             }
             Ok(())
         }

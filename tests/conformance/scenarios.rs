@@ -107,6 +107,11 @@ pub const ALL: &[Scenario] = &[
         ANY,
     ),
     (
+        "ring_try_recv_tells_a_death_from_empty",
+        ring_try_recv_tells_a_death_from_empty,
+        ANY,
+    ),
+    (
         "ring_receiver_gone_sender_errors",
         ring_receiver_gone_sender_errors,
         ANY,
@@ -1047,12 +1052,17 @@ fn ring_full_ring_backpressure(ctx: &Ctx) -> Outcome {
     ensure(end.is_none(), || format!("after a clean close: {end:?}"))
 }
 
-fn ring_sender_killed_is_peer_died(ctx: &Ctx) -> Outcome {
+/// A ring whose Sender, in a child process, has sent `count` messages and
+/// lingers until killed.
+fn ring_with_lingering_sender(
+    ctx: &Ctx,
+    count: u64,
+) -> Result<(memfd_tripwire::ring::Receiver<Msg>, KillOnDrop), Failed> {
     let mut rx = ring_rx(ctx, 64)?;
     let (ours, theirs) = UnixStream::pair()?;
     let child = spawn(
         "ring_sender",
-        &[("COUNT", "10".into()), ("LINGER", "1".into())],
+        &[("COUNT", count.to_string()), ("LINGER", "1".into())],
         theirs.into(),
         None,
     )?;
@@ -1060,6 +1070,11 @@ fn ring_sender_killed_is_peer_died(ctx: &Ctx) -> Outcome {
     rx.share(ours)?;
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    Ok((rx, child))
+}
+
+fn ring_sender_killed_is_peer_died(ctx: &Ctx) -> Outcome {
+    let (mut rx, mut child) = ring_with_lingering_sender(ctx, 10)?;
     child.0.kill()?;
     child.0.wait()?;
     for i in 0..10 {
@@ -1072,6 +1087,32 @@ fn ring_sender_killed_is_peer_died(ctx: &Ctx) -> Outcome {
         Err(Error::PeerDied) => Ok(()),
         other => Err(format!("after the sender was killed: {other:?}").into()),
     }
+}
+
+/// `try_recv`, which never waits, still tells "nothing yet" (the Sender
+/// lives) from "the Sender's process died" (after what it published), and
+/// then says `Closed`.
+fn ring_try_recv_tells_a_death_from_empty(ctx: &Ctx) -> Outcome {
+    use memfd_tripwire::ring::TryRecvError;
+    let (mut rx, mut child) = ring_with_lingering_sender(ctx, 3)?;
+    for i in 0..3 {
+        let m = rx.try_recv();
+        ensure(m == Ok(msg(i)), || format!("message {i}: {m:?}"))?;
+    }
+    let m = rx.try_recv();
+    ensure(m == Err(TryRecvError::Empty), || {
+        format!("a live sender that sent everything: {m:?}")
+    })?;
+    child.0.kill()?;
+    child.0.wait()?;
+    match rx.try_recv() {
+        Err(TryRecvError::Failed(Error::PeerDied)) => {}
+        other => return Err(format!("after the sender was killed: {other:?}").into()),
+    }
+    let m = rx.try_recv();
+    ensure(m == Err(TryRecvError::Closed), || {
+        format!("afterwards: {m:?}")
+    })
 }
 
 fn ring_receiver_gone_sender_errors(ctx: &Ctx) -> Outcome {
