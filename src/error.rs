@@ -35,6 +35,14 @@ pub enum Error {
     },
     /// A region of zero bytes was asked for.
     ZeroLength,
+    /// A write, or a writable atomic, into memory this process mapped
+    /// read-only (see [`SharedMemory::options`](crate::SharedMemory::options)).
+    ReadOnly {
+        /// Where the access started.
+        offset: usize,
+        /// How many bytes it covered.
+        len: usize,
+    },
     /// An access reached past the end of the region.
     OutOfBounds {
         /// Where the access started.
@@ -110,6 +118,11 @@ impl fmt::Display for Error {
         match self {
             Error::Io { op, source } => write!(f, "{op} failed: {source}"),
             Error::ZeroLength => write!(f, "a tripwire needs a length of at least one byte"),
+            Error::ReadOnly { offset, len } => write!(
+                f,
+                "a write of {len} bytes at offset {offset} into memory mapped read-only here \
+                 (the peer writes it; read it with read/read_bytes/load_u64)"
+            ),
             Error::OutOfBounds { offset, len, size } => write!(
                 f,
                 "access of {len} bytes at offset {offset} reaches past the end of the \
@@ -177,6 +190,7 @@ impl From<Error> for io::Error {
             | Error::Corrupt { .. }
             | Error::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
             Error::PeerDied => io::ErrorKind::BrokenPipe,
+            Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, e)
     }
@@ -189,6 +203,7 @@ impl From<AccessError> for Error {
                 Error::OutOfBounds { offset, len, size }
             }
             AccessError::Misaligned { offset, align } => Error::Misaligned { offset, align },
+            AccessError::ReadOnly { offset, len } => Error::ReadOnly { offset, len },
         }
     }
 }

@@ -87,7 +87,7 @@ pub use backend::{Backend, BackendKind, ParseBackendError};
 pub use error::Error;
 pub use producer::Producer;
 pub use region::Region;
-pub use shared_memory::SharedMemory;
+pub use shared_memory::{SharedMemory, SharedMemoryOptions};
 
 /// How many changes a consumer has observed: an ordered counter that starts
 /// at zero and goes up by one with each trip taken.

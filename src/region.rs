@@ -129,7 +129,8 @@ impl Region {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfBounds`] if it does not fit; nothing is written then.
+    /// [`Error::OutOfBounds`] if it does not fit, [`Error::ReadOnly`] on a
+    /// read-only region; nothing is written then.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -145,7 +146,8 @@ impl Region {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfBounds`] if it does not fit; nothing is written then.
+    /// [`Error::OutOfBounds`] if it does not fit, [`Error::ReadOnly`] on a
+    /// read-only region; nothing is written then.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -169,7 +171,8 @@ impl Region {
     ///
     /// # Errors
     ///
-    /// [`Error::Misaligned`] or [`Error::OutOfBounds`].
+    /// [`Error::Misaligned`] or [`Error::OutOfBounds`]; [`Error::ReadOnly`]
+    /// on a read-only region.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -187,7 +190,9 @@ impl Region {
     ///
     /// # Errors
     ///
-    /// [`Error::Misaligned`] or [`Error::OutOfBounds`].
+    /// [`Error::Misaligned`] or [`Error::OutOfBounds`]; [`Error::ReadOnly`]
+    /// on a read-only region (a `&AtomicU64` allows stores: use
+    /// [`load_u64`](Region::load_u64)).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -199,5 +204,36 @@ impl Region {
     #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, Error> {
         Ok(self.map.atomic_u64(offset)?)
+    }
+
+    /// Loads the `u64` at `offset` (a multiple of 8) with acquire ordering:
+    /// what the peer wrote before it stored this value (with release
+    /// ordering) is visible afterwards. Works on read-only regions too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Misaligned`] or [`Error::OutOfBounds`].
+    ///
+    /// ```
+    /// # use memfd_tripwire::SharedMemory;
+    /// let mem = SharedMemory::create(64).unwrap();
+    /// mem.region().write(8, &5u64).unwrap();
+    /// assert_eq!(mem.region().load_u64(8).unwrap(), 5);
+    /// assert!(mem.region().load_u64(4).is_err());
+    /// ```
+    #[inline]
+    pub fn load_u64(&self, offset: usize) -> Result<u64, Error> {
+        Ok(self.map.load_u64(offset)?)
+    }
+
+    /// `false` if this process mapped the region read-only: then writes
+    /// fail with [`Error::ReadOnly`].
+    ///
+    /// ```
+    /// # use memfd_tripwire::SharedMemory;
+    /// assert!(SharedMemory::create(64).unwrap().region().is_writable());
+    /// ```
+    pub fn is_writable(&self) -> bool {
+        self.map.is_writable()
     }
 }

@@ -25,7 +25,10 @@ use crate::{Error, Region};
 pub(crate) const HEAD: usize = 0;
 pub(crate) const STATE: usize = 8;
 pub(crate) const TAIL: usize = 128;
-pub(crate) const CONTROL_LEN: usize = 4096;
+/// Bytes of the control memfd: one page of this host.
+pub(crate) fn control_len() -> usize {
+    rustix::param::page_size()
+}
 /// The tag of the ring's frame after the tripwire's handshake (its fds:
 /// control memfd, space bell, slots memfd).
 pub(crate) const FRAME_TAG: [u8; 8] = *b"MFDTRING";
@@ -62,14 +65,16 @@ impl Header {
         }
     }
 
-    /// Bytes of the tripwire region: the head and the state.
+    /// Bytes of the tripwire region: the head and the state, on a page of
+    /// their own.
     pub(crate) fn region_len(&self) -> usize {
-        4096
+        rustix::param::page_size()
     }
 
     /// Bytes of the slots memfd (page-rounded).
     pub(crate) fn slots_len(&self) -> usize {
-        (self.capacity as usize * self.size as usize).div_ceil(4096) * 4096
+        let page = rustix::param::page_size();
+        (self.capacity as usize * self.size as usize).div_ceil(page) * page
     }
 
     /// Where in the slots memfd the message with (wrapping) index `i` lives.

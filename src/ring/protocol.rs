@@ -90,12 +90,22 @@ pub fn load_head<I: Index>(head: &I) -> u64 {
 }
 
 /// Sender: announces that it waits for space; returns the tail to re-check
-/// before sleeping.
+/// before sleeping. (The model's form: the Sender itself calls [`announce`]
+/// and loads the tail from its read-only mapping.)
+#[cfg(memfd_tripwire_loom)]
 #[inline]
 pub fn announce_wait<S: State, I: Index>(state: &S, tail: &I) -> u64 {
+    announce(state);
+    tail.load(Acquire)
+}
+
+/// The first half of [`announce_wait`], for a Sender that loads the tail
+/// by other means (its mapping of the tail is read-only: a relaxed load and
+/// an acquire fence, at least as strong as the acquire load modelled).
+#[inline]
+pub fn announce<S: State>(state: &S) {
     state.fetch_or(WAITING, Relaxed);
     S::fence();
-    tail.load(Acquire)
 }
 
 /// Receiver: publishes the tail; returns whether the Sender must be rung.

@@ -35,7 +35,7 @@ pub struct Receiver<T> {
     kind: BackendKind,
     pub(super) region: Region,
     pub(super) control: Region,
-    slots: Region,
+    pub(super) slots: Region,
     /// The memfds behind `control` and `slots`, handed to the Sender.
     control_mem: SharedMemory,
     slots_mem: SharedMemory,
@@ -151,11 +151,17 @@ impl<T: Pod> Receiver<T> {
             .create()?;
         let tw_kind = tw.backend();
         let region = tw.region().clone();
-        let control_mem = SharedMemory::create_named("memfd-tripwire-ring", layout::CONTROL_LEN)?;
+        let control_mem = SharedMemory::options()
+            .name("memfd-tripwire-ring")
+            .create(layout::control_len())?;
         let control = control_mem.region().clone();
         header.write(&control)?;
         let slots_mem =
-            SharedMemory::create_named("memfd-tripwire-ring-slots", header.slots_len())?;
+            // Only the Sender writes the slots: mapped read-only here.
+            SharedMemory::options()
+                .name("memfd-tripwire-ring-slots")
+                .read_only(true)
+                .create(header.slots_len())?;
         let slots = slots_mem.region().clone();
         let (space, space_peer) =
             Bell::pair().map_err(|e| Error::io("socketpair for the space bell", e))?;
@@ -474,6 +480,15 @@ impl<T: Pod> Receiver<T> {
             Ok(Some(_)) => {
                 self.stats.rearms += 1;
                 self.spin.record_ack(start.elapsed());
+                // That may have been the last trip of a Sender that is
+                // gone (taken with its hang-up, which then wakes no one):
+                // sleeping now would be for ever.
+                if tw
+                    .producers_gone()
+                    .map_err(|e| Error::io("checking for the Sender's hang-up", e))?
+                {
+                    return Ok(false);
+                }
             }
             // Armed since the last re-arm: the next store trips it.
             Ok(None) => {}

@@ -26,8 +26,8 @@ use crate::{Error, Producer, Region, SharedMemory};
 pub struct Sender<T> {
     producer: Producer,
     region: Region,
-    control: Region,
-    slots: Region,
+    pub(super) control: Region,
+    pub(super) slots: Region,
     space: Bell,
     /// A duplicate of `space` registered with tokio, once, at the first
     /// wait for space in async code.
@@ -133,13 +133,14 @@ impl<T: Pod> Sender<T> {
                 "the ring frame needs 3 fds: control memfd, space bell, slots memfd",
             ));
         };
-        let control = SharedMemory::from_peer(
-            control_fd,
-            Some(layout::CONTROL_LEN),
-            "the ring's control memfd",
-        )?
-        .region()
-        .clone();
+        // Only the Receiver writes the control memory: read-only here.
+        let control = SharedMemory::options()
+            .name("the ring's control memfd")
+            .expect_len(layout::control_len())
+            .read_only(true)
+            .attach(control_fd)?
+            .region()
+            .clone();
         let space = Bell::from_peer(space)
             .map_err(|why| Error::handshake(format!("the ring's space bell: {why}")))?;
         if std::mem::size_of::<T>() == 0 {
@@ -148,10 +149,12 @@ impl<T: Pod> Sender<T> {
             });
         }
         let header = Header::check(&control, Header::of::<T>(0, tag))?;
-        let slots =
-            SharedMemory::from_peer(slots_fd, Some(header.slots_len()), "the ring's slots memfd")?
-                .region()
-                .clone();
+        let slots = SharedMemory::options()
+            .name("the ring's slots memfd")
+            .expect_len(header.slots_len())
+            .attach(slots_fd)?
+            .region()
+            .clone();
         if region.len() < header.region_len() {
             return Err(Error::LayoutMismatch {
                 reason: format!(
@@ -164,7 +167,7 @@ impl<T: Pod> Sender<T> {
             });
         }
         let head = region.atomic_u64(layout::HEAD)?.load(Ordering::Relaxed);
-        let tail = control.atomic_u64(layout::TAIL)?.load(Ordering::Acquire);
+        let tail = control.load_u64(layout::TAIL)?;
         layout::available(head, tail, header.capacity)?;
         Ok(Attached {
             control,
@@ -198,9 +201,8 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn len(&self) -> usize {
-        let tail = match self.control.atomic_u64(layout::TAIL) {
-            Ok(tail) => tail.load(Ordering::Acquire),
-            Err(_) => return self.capacity(),
+        let Ok(tail) = self.control.load_u64(layout::TAIL) else {
+            return self.capacity();
         };
         layout::advance_tail(self.head, self.tail, tail, self.header.capacity)
             .map_or(self.capacity(), |used| used as usize)
@@ -243,10 +245,7 @@ impl<T: Pod> Sender<T> {
         if used < cap {
             return Ok(cap - used);
         }
-        let tail = self
-            .control
-            .atomic_u64(layout::TAIL)?
-            .load(Ordering::Acquire);
+        let tail = self.control.load_u64(layout::TAIL)?;
         let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
         self.tail = tail;
         Ok(cap - used)
@@ -372,7 +371,8 @@ impl<T: Pod> Sender<T> {
     /// Announces that the Sender waits for space; `true` if space appeared
     /// meanwhile (then it does not wait).
     fn start_waiting(&mut self) -> Result<bool, Error> {
-        let tail = protocol::announce_wait(self.state()?, self.control.atomic_u64(layout::TAIL)?);
+        protocol::announce(self.state()?);
+        let tail = self.control.load_u64(layout::TAIL)?;
         let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
         self.tail = tail;
         Ok(used < u64::from(self.header.capacity))

@@ -23,6 +23,25 @@ fn pair(capacity: usize) -> (Receiver<Msg>, Sender<Msg>) {
     (rx, tx.join().expect("thread").expect("connect"))
 }
 
+/// Each end maps read-only what only the other writes: the Receiver its
+/// slots, the Sender the control memory (the tail). A write through those
+/// mappings is refused, not a SIGSEGV.
+#[test]
+fn each_end_maps_what_it_only_reads_read_only() {
+    let (rx, tx) = pair(8);
+    assert!(!rx.slots.is_writable(), "the receiver's slots");
+    assert!(!tx.control.is_writable(), "the sender's control memory");
+    assert!(rx.control.is_writable() && tx.slots.is_writable());
+    assert!(matches!(
+        rx.slots.write(0, &[1u64, 2]),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        tx.control.atomic_u64(layout::TAIL),
+        Err(Error::ReadOnly { .. })
+    ));
+}
+
 #[test]
 fn a_head_too_far_ahead_is_corrupt() {
     let (mut rx, _tx) = pair(8);
@@ -68,7 +87,7 @@ fn a_tail_past_the_head_is_corrupt() {
 }
 
 fn control_with(bytes: &[u8]) -> Region {
-    let r = crate::SharedMemory::create(layout::CONTROL_LEN)
+    let r = crate::SharedMemory::create(layout::control_len())
         .unwrap()
         .region()
         .clone();

@@ -24,8 +24,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, fence};
 
 /// Why an access was refused. Checked here, because the soundness of every
 /// raw access below rests on these checks.
@@ -40,6 +40,11 @@ pub(crate) enum AccessError {
         offset: usize,
         align: usize,
     },
+    /// A write, or a view that allows writes, into a read-only mapping.
+    ReadOnly {
+        offset: usize,
+        len: usize,
+    },
 }
 
 /// The access size of the mapping's words (see the module doc).
@@ -49,7 +54,14 @@ const WORD: usize = std::mem::size_of::<u64>();
 /// falls back to two read-modify-writes that always complete.
 const MERGE_TRIES: usize = 4;
 
-/// A shared, read-write mapping of `len` bytes. Unmapped on drop.
+/// A shared mapping of `len` bytes, read-write or read-only. Unmapped on
+/// drop.
+///
+/// A read-only mapping is only ever accessed by relaxed atomic loads of at
+/// most 8 bytes, which the standard library allows on read-only memory
+/// (`core::sync::atomic`, "Atomic accesses to read-only memory"): writes,
+/// and views that would allow them (`atomic_u32`, `atomic_u64`), are
+/// refused with [`AccessError::ReadOnly`] before any access.
 ///
 /// Another process may write the same memory at any time: nothing here hands
 /// out a reference to plain data, and nothing reads or writes it with a plain
@@ -57,6 +69,7 @@ const MERGE_TRIES: usize = 4;
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the mapping is shared memory owned by this value; every access to
@@ -72,6 +85,7 @@ impl std::fmt::Debug for Mapping {
         f.debug_struct("Mapping")
             .field("addr", &self.ptr)
             .field("len", &self.len)
+            .field("writable", &self.writable)
             .finish()
     }
 }
@@ -79,12 +93,27 @@ impl std::fmt::Debug for Mapping {
 impl Mapping {
     /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`.
     pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, true)
+    }
+
+    /// `mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0)`: for memory this
+    /// process only reads, so that no bug of ours can write it.
+    pub(crate) fn map_shared_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        Self::map(fd, len, false)
+    }
+
+    fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "cannot map a zero-length region",
             ));
         }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // Through libc, not rustix's raw system calls: sanitizers intercept
         // libc's mmap/munmap, and ThreadSanitizer must see a mapping end, or
         // a later mapping at the same address inherits its access history
@@ -95,7 +124,7 @@ impl Mapping {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -106,7 +135,12 @@ impl Mapping {
         }
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { ptr, len, writable })
+    }
+
+    /// `false` for a read-only mapping.
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -325,6 +359,7 @@ impl Mapping {
     #[inline(always)]
     pub(crate) fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
         self.check(offset, src.len(), 1)?;
+        self.check_writable(offset, src.len())?;
         if self.whole_words(offset, src.len()) {
             // SAFETY: `whole_words` checked what `store_words` needs.
             unsafe { self.store_words(offset, src) };
@@ -382,6 +417,9 @@ impl Mapping {
     #[inline]
     pub(crate) fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, AccessError> {
         self.check(offset, 4, std::mem::align_of::<AtomicU32>())?;
+        // A `&AtomicU32` allows stores, which a read-only mapping would
+        // answer with SIGSEGV.
+        self.check_writable(offset, 4)?;
         // SAFETY: in bounds and aligned (checked); the memory lives as long
         // as `&self`; concurrent atomic accesses of these same 4 bytes, by
         // threads or processes, are sound, and any bit pattern is a valid
@@ -395,10 +433,36 @@ impl Mapping {
     #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, AccessError> {
         self.check(offset, 8, std::mem::align_of::<AtomicU64>())?;
+        // As in `atomic_u32`: a view that allows stores needs a writable
+        // mapping.
+        self.check_writable(offset, 8)?;
         // SAFETY: in bounds and 8-aligned (checked), hence a whole word
         // below `words_end`, accessed by every copy as this same `AtomicU64`
         // (see `word`).
         Ok(unsafe { self.word(offset) })
+    }
+
+    /// The naturally aligned `u64` at `offset`, loaded with acquire
+    /// ordering: a relaxed load, then an acquire fence. Works on read-only
+    /// mappings, where only relaxed loads are allowed.
+    #[inline]
+    pub(crate) fn load_u64(&self, offset: usize) -> Result<u64, AccessError> {
+        self.check(offset, 8, std::mem::align_of::<AtomicU64>())?;
+        // SAFETY: as in `atomic_u64`; and a relaxed load of 8 aligned bytes
+        // is the one access the standard library allows on read-only
+        // memory on the 64-bit targets this crate builds for.
+        let value = unsafe { self.word(offset) }.load(Relaxed);
+        fence(Acquire);
+        Ok(value)
+    }
+
+    #[inline(always)]
+    fn check_writable(&self, offset: usize, len: usize) -> Result<(), AccessError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(AccessError::ReadOnly { offset, len })
+        }
     }
 }
 
@@ -462,6 +526,53 @@ mod tests {
             .unwrap()
             .map()
             .unwrap()
+    }
+
+    /// A read-only mapping is `r--s` in `/proc/self/maps`, refuses writes
+    /// and writable atomics before touching the memory (no SIGSEGV), and
+    /// reads what a writable mapping of the same memfd wrote.
+    #[test]
+    fn a_read_only_mapping_reads_and_refuses_writes() {
+        let fd = super::super::SealedMemfd::create("mapping-ro-test", 100).unwrap();
+        let rw = fd.map().unwrap();
+        let ro = fd.map_read_only().unwrap();
+        let start = format!("{:x}-", ro.addr());
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .expect("the mapping in /proc/self/maps");
+        assert_eq!(line.split_whitespace().nth(1), Some("r--s"), "{line}");
+        assert!(!ro.is_writable() && rw.is_writable());
+
+        rw.write_from(0, &[1, 2, 3]).unwrap();
+        rw.atomic_u64(8).unwrap().store(77, Relaxed);
+        rw.write_from(96, &[9, 9, 9, 9]).unwrap();
+        let mut got = [0u8; 3];
+        ro.read_into(0, &mut got).unwrap();
+        assert_eq!(got, [1, 2, 3]);
+        assert_eq!(ro.load_u64(8), Ok(77));
+        let mut tail = [0u8; 4];
+        ro.read_into(96, &mut tail).unwrap();
+        assert_eq!(tail, [9; 4]);
+
+        let refused = AccessError::ReadOnly { offset: 8, len: 8 };
+        assert_eq!(ro.write_from(8, &[0; 8]), Err(refused));
+        assert_eq!(ro.atomic_u64(8).err(), Some(refused));
+        assert_eq!(
+            ro.atomic_u32(8).err(),
+            Some(AccessError::ReadOnly { offset: 8, len: 4 })
+        );
+        // Bounds and alignment come first.
+        assert!(matches!(
+            ro.load_u64(4),
+            Err(AccessError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            ro.write_from(99, &[0; 2]),
+            Err(AccessError::OutOfBounds { .. })
+        ));
+        assert_eq!(ro.load_u64(8), Ok(77), "nothing was written");
     }
 
     /// Every offset and length of a mapping whose length is not a multiple

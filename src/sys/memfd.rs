@@ -65,6 +65,11 @@ impl SealedMemfd {
     pub(crate) fn map(&self) -> io::Result<Mapping> {
         Mapping::map_shared(self.fd.as_fd(), self.len)
     }
+
+    /// A read-only mapping of the whole memfd.
+    pub(crate) fn map_read_only(&self) -> io::Result<Mapping> {
+        Mapping::map_shared_read_only(self.fd.as_fd(), self.len)
+    }
 }
 
 impl AsFd for SealedMemfd {
