@@ -63,6 +63,7 @@
 //!   `mio::event::Source` with feature `mio`); [`Tripwire`] wraps it for
 //!   tokio (default feature `tokio`).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
