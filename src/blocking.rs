@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::backend::{Options, Wire};
+use crate::backend::{Options, Take, Wait, Wire};
 use crate::peers::Peers;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 
@@ -196,8 +196,14 @@ impl Tripwire {
         self.epoch
     }
 
-    /// Takes a pending trip without blocking: if the wire is tripped, ACKs
-    /// it and returns the new epoch; otherwise `None`.
+    /// Takes a pending trip without waiting for a write: if the wire is
+    /// tripped, ACKs it and returns the new epoch; otherwise `None`.
+    ///
+    /// On `Userfault` and `UserfaultAsync` the ACK is a round trip to each
+    /// producer's agent: this blocks for it (tens of µs; at most 1 s, for a
+    /// stopped producer, then `TimedOut`). The async
+    /// [`Tripwire`](crate::Tripwire) never blocks: its ACK stays in flight
+    /// while it waits for the replies.
     ///
     /// # Errors
     ///
@@ -212,18 +218,33 @@ impl Tripwire {
     /// assert!(tw.try_changed().unwrap().is_none());
     /// ```
     pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
-        if self.wire.take()? {
-            return Ok(Some(self.advance()));
-        }
-        if self.peers.all_gone()? {
+        self.look(Wait::Block, None)
+    }
+
+    /// The look at the wire behind `try_changed` (and, with `Wait::No`, the
+    /// async layer's): `None` also while an ACK is in flight. On a trip,
+    /// appends the written ranges to `pages`.
+    pub(crate) fn look(
+        &mut self,
+        wait: Wait,
+        pages: Option<&mut Vec<Range<usize>>>,
+    ) -> io::Result<Option<Epoch>> {
+        let mut taken = self.wire.take(wait)?;
+        if taken == Take::Idle && self.peers.all_gone()? {
             // The producers' last writes happen before their sockets close:
             // look once more, and let the mechanism report what it has not yet.
-            if self.wire.take_final()? {
-                return Ok(Some(self.advance()));
+            taken = self.wire.take_final(wait)?;
+            if taken == Take::Idle {
+                return Err(crate::error::peer_gone());
             }
-            return Err(crate::error::peer_gone());
         }
-        Ok(None)
+        if taken != Take::Taken {
+            return Ok(None);
+        }
+        if let Some(out) = pages {
+            self.wire.pages_into(self.region.len(), out);
+        }
+        Ok(Some(self.advance()))
     }
 
     /// Like [`try_changed`](Tripwire::try_changed), and on a trip also
@@ -252,16 +273,13 @@ impl Tripwire {
         &mut self,
         out: &mut Vec<Range<usize>>,
     ) -> io::Result<Option<Epoch>> {
-        let epoch = self.try_changed()?;
-        if epoch.is_some() {
-            self.wire.pages_into(self.region.len(), out);
-        }
-        Ok(epoch)
+        self.look(Wait::Block, Some(out))
     }
 
     /// ACKs now, tripped or not: re-arms the wire, makes every write made
     /// before it visible, and lets any later write trip it again. Does not
-    /// count an epoch.
+    /// count an epoch. Blocks on `Userfault` and `UserfaultAsync` as
+    /// [`try_changed`](Tripwire::try_changed) does.
     ///
     /// For consumers that read the memory on their own schedule (busy-poll
     /// a ring's head while data flows, then `ack()`, re-check, and only then
@@ -279,7 +297,14 @@ impl Tripwire {
     /// assert_eq!(tw.try_changed().unwrap(), None);
     /// ```
     pub fn ack(&mut self) -> io::Result<()> {
-        self.wire.ack()
+        self.wire.ack(Wait::Block).map(drop)
+    }
+
+    /// [`ack`](Tripwire::ack) that never blocks: `false` while the ACK is in
+    /// flight (look again when the wake-up fd turns readable).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ack_nowait(&mut self) -> io::Result<bool> {
+        Ok(self.wire.ack(Wait::No)? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
@@ -439,10 +464,14 @@ impl Tripwire {
     /// this way). The producer takes them with
     /// [`Producer::connect_with_fds`](crate::Producer::connect_with_fds)
     /// and the same `tag`; its verdict is reported here, and only a producer
-    /// that accepted joins the peer set (a refusal leaves this tripwire as it
-    /// was, free to be shared again).
+    /// that accepted is watched (a refusal leaves this tripwire as it was,
+    /// free to be shared again: the refused producer is not in the peer set
+    /// and, on `Userfault`, has no agent channel; it still holds what the
+    /// first frame gave it, the memory among them, as any producer that was
+    /// once handed the tripwire does).
     ///
-    /// Blocks for the handshake, as [`share`](Tripwire::share).
+    /// Blocks for the handshake, as [`share`](Tripwire::share), and as long
+    /// again for the second frame's verdict.
     ///
     /// # Errors
     ///
@@ -493,8 +522,15 @@ impl Tripwire {
             self.region.len(),
             &self.wire.offer_fds(),
         )?;
-        self.wire.accept(extras.fds)?;
-        then(&peer)?;
+        Wire::check_reply(extras.fds)?;
+        // The layer on top goes first: a producer it refuses is not watched
+        // (no agent channel, not in the peer set), and the tripwire stays
+        // as it was.
+        if let Err(e) = then(&peer) {
+            self.wire.reject();
+            return Err(e);
+        }
+        self.wire.accept()?;
         self.peers.add(peer)
     }
 

@@ -163,7 +163,8 @@ impl Producer {
     /// For protocols on top of a tripwire (the [`ring`](crate::ring)'s
     /// Sender attaches this way). At most 4 fds.
     ///
-    /// Blocks for the handshake, as [`connect`](Producer::connect).
+    /// Blocks for the handshake, as [`connect`](Producer::connect), and as
+    /// long again for the second frame.
     ///
     /// # Errors
     ///
@@ -215,6 +216,25 @@ impl Producer {
         self.peer
             .as_ref()
             .is_some_and(|p| sys::bell::hung_up(p.as_fd()).unwrap_or(true))
+    }
+
+    /// The handshake socket (`None` for a producer made with
+    /// [`from_fd`](Producer::from_fd)): poll it for `POLLRDHUP` in your own
+    /// event loop to learn that the consumer went away (what
+    /// [`is_closed`](Producer::is_closed) checks). Do not read or write it:
+    /// the consumer treats anything on it as a protocol error.
+    ///
+    /// ```no_run
+    /// # fn f(p: &memfd_tripwire::Producer) -> std::io::Result<()> {
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    /// if let Some(sock) = p.handshake_socket() {
+    ///     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    ///     poll(&mut fds, None)?; // returns once the consumer is gone
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn handshake_socket(&self) -> Option<BorrowedFd<'_>> {
+        self.peer.as_ref().map(|p| p.as_fd())
     }
 
     /// Maps what the offer carries; for Userfault and UserfaultAsync also

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 use ::tokio::io::unix::AsyncFd;
 use futures_core::{FusedStream, Stream};
 
+use crate::backend::Wait;
 use crate::sys::reactor;
 use crate::{BackendKind, Epoch, Region, blocking};
 
@@ -164,7 +165,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Epoch>> {
-        self.poll_take(cx, |tw| tw.try_changed())
+        self.poll_take(cx, |tw| tw.look(Wait::No, None))
     }
 
     /// [`changed`](Tripwire::changed), and also appends to `out` the byte
@@ -194,34 +195,26 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub async fn changed_with_pages(&mut self, out: &mut Vec<Range<usize>>) -> io::Result<Epoch> {
-        std::future::poll_fn(|cx| self.poll_take(cx, |tw| tw.try_changed_with_pages(out))).await
+        std::future::poll_fn(|cx| self.poll_take(cx, |tw| tw.look(Wait::No, Some(&mut *out)))).await
     }
 
     /// The level-checking loop: never trusts readiness, so no edge is lost.
-    /// Spends a unit of tokio's coop budget per epoch, like tokio's own
-    /// channels: a producer that keeps the wire tripped cannot starve the
-    /// other tasks of this thread.
+    /// Spends a unit of tokio's coop budget per turn (an epoch, or a
+    /// wake-up that found the wire armed), like tokio's own channels: a
+    /// producer that keeps the wire tripped, or its fd readable, cannot
+    /// starve the other tasks of this thread.
     fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
         mut take: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<Epoch>>,
     ) -> Poll<io::Result<Epoch>> {
-        let coop = ready!(::tokio::task::coop::poll_proceed(cx));
-        loop {
-            match take(&mut self.inner) {
-                Ok(None) => {}
-                Ok(Some(epoch)) => {
-                    coop.made_progress();
-                    return Poll::Ready(Ok(epoch));
-                }
-                Err(e) => {
-                    coop.made_progress();
-                    return Poll::Ready(Err(e));
-                }
-            }
-            // Not tripped: sleep on readiness, then look at the level again.
-            ready!(self.poll_ready(cx))?;
-        }
+        reactor::poll_turns(cx, |cx| match take(&mut self.inner) {
+            Ok(Some(epoch)) => Poll::Ready(Ok(Some(epoch))),
+            Err(e) => Poll::Ready(Err(e)),
+            // Not tripped (or an ACK in flight): sleep on readiness, then
+            // look at the level again.
+            Ok(None) => self.poll_ready(cx).map_ok(|()| None),
+        })
     }
 
     /// Polls for readiness: `Ready` once the wire may have tripped or a
@@ -297,7 +290,10 @@ impl Tripwire {
 
     /// Takes a pending trip without waiting: ACKs it and returns the new
     /// epoch, or `None` if the wire is armed; see
-    /// [`blocking::Tripwire::try_changed`].
+    /// [`blocking::Tripwire::try_changed`]. Never blocks: on `Userfault`
+    /// and `UserfaultAsync`, where the ACK is a round trip to the
+    /// producers' agents, it returns `None` while the ACK is in flight, and
+    /// [`ready`](Tripwire::ready) wakes as the replies come.
     ///
     /// # Errors
     ///
@@ -312,25 +308,43 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
-        self.inner.try_changed()
+        self.inner.look(Wait::No, None)
     }
 
-    /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`].
+    /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`]. On
+    /// `Userfault` and `UserfaultAsync` it waits for the producers' agents
+    /// to answer without blocking the thread.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an ACK in flight goes on at the next look (`ack`,
+    /// `changed`, `try_changed`), and the wire stays tripped until it is
+    /// done.
     ///
     /// # Errors
     ///
-    /// The OS error of the ACK; the wire then stays tripped.
+    /// The OS error of the ACK (`TimedOut` for an agent that did not answer
+    /// within 1 s, noticed at the next wake-up); the wire then stays
+    /// tripped.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// # use memfd_tripwire::{Backend, Tripwire, blocking};
     /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
-    /// tw.ack()?;
+    /// tw.ack().await?;
     /// # Ok(()) }
     /// ```
-    pub fn ack(&mut self) -> io::Result<()> {
-        self.inner.ack()
+    pub async fn ack(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            loop {
+                if self.inner.ack_nowait()? {
+                    return Poll::Ready(Ok(()));
+                }
+                ready!(self.poll_ready(cx))?;
+            }
+        })
+        .await
     }
 
     /// The last epoch returned (zero before the first change).
@@ -362,10 +376,12 @@ impl Tripwire {
     }
 
     /// The blocking tripwire inside, still registered: to
-    /// [`share`](blocking::Tripwire::share) it with one more producer (from
-    /// `spawn_blocking`, or before the first await, as `share` blocks for its
-    /// handshake). Its blocking waits ([`wait`](blocking::Tripwire::wait))
-    /// would block the runtime's thread: use [`changed`](Tripwire::changed).
+    /// [`share`](blocking::Tripwire::share) it with one more producer (in
+    /// `tokio::task::block_in_place` on a multi-thread runtime, as `share`
+    /// blocks for its handshake). Its blocking calls
+    /// ([`wait`](blocking::Tripwire::wait), and `try_changed`'s ACK round
+    /// trip on `Userfault`) would block the runtime's thread: use
+    /// [`changed`](Tripwire::changed) and [`try_changed`](Tripwire::try_changed).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -218,3 +218,45 @@ fn a_refused_follow_up_frame_leaves_the_tripwire_unshared() {
             .expect("wait");
     }
 }
+
+/// A Sender dropped cleanly while a copy of its handshake socket lives on
+/// (a dup, a forked child): the Receiver ends with `Ok(None)` anyway, from
+/// the close flag, instead of sleeping for a hang-up that never comes.
+#[test]
+fn a_clean_close_ends_the_ring_while_the_socket_lives_on() {
+    let mut rx = SharedRing::<u64>::builder(8)
+        .backend(Backend::Doorbell)
+        .create()
+        .expect("ring");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let lingering = theirs.try_clone().expect("dup");
+    let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    rx.share(ours).expect("share");
+    let mut tx = tx.join().expect("thread").expect("connect");
+    tx.try_send(1).expect("send");
+    drop(tx);
+    let (done, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = rx.blocking_recv().map_err(|e| e.to_string());
+        let end = rx.blocking_recv().map_err(|e| e.to_string());
+        let _ = done.send((first, end));
+    });
+    let (first, end) = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the Receiver slept through a clean close");
+    assert_eq!(first, Ok(Some(1)));
+    assert_eq!(end, Ok(None));
+    drop(lingering);
+}
+
+/// A ring has one producer: a second `share` is refused.
+#[test]
+fn a_ring_is_shared_once() {
+    let (mut rx, _tx) = ring::<u64>(8);
+    let (ours, _theirs) = UnixStream::pair().expect("socketpair");
+    let again = rx.share(ours);
+    assert!(
+        matches!(&again, Err(Error::Handshake { reason }) if reason.contains("already")),
+        "{again:?}"
+    );
+}

@@ -17,6 +17,34 @@ pub(crate) mod poll;
 pub(crate) mod userfault;
 pub(crate) mod userfault_async;
 
+/// Whether a look at the wire may block for an ACK's round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Up to the ACK's deadline (the blocking API).
+    Block,
+    /// Never: the ACK stays in flight (the async API).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    No,
+}
+
+/// What a look at the wire found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Not tripped: armed.
+    Idle,
+    /// Tripped, and now ACKed (re-armed).
+    Taken,
+    /// An ACK is in flight (`Wait::No`): look again when the wake-up fd
+    /// turns readable.
+    Pending,
+}
+
+impl From<bool> for Take {
+    fn from(taken: bool) -> Take {
+        if taken { Take::Taken } else { Take::Idle }
+    }
+}
+
 /// Which mechanism a tripwire should use. [`BackendKind`] is what it got.
 ///
 /// | backend | sees | producer must | cost |
@@ -330,14 +358,18 @@ impl Wire {
     }
 
     /// If the wire is tripped, ACKs it (re-arms; prior writes become
-    /// visible) and returns `true`. A failed ACK leaves it tripped.
-    pub(crate) fn take(&mut self) -> io::Result<bool> {
-        match self {
+    /// visible): `Taken`; `Idle` if it is not tripped. With `Wait::No`, an
+    /// ACK that is a round trip (`Userfault`, `UserfaultAsync`) may stay in
+    /// flight: `Pending`, and the wake-up fd turns readable as replies
+    /// come. A failed ACK leaves the wire tripped.
+    pub(crate) fn take(&mut self, wait: Wait) -> io::Result<Take> {
+        let taken = match self {
             Wire::Kernel(w) => w.take(),
             Wire::Doorbell(w) => w.take(),
             Wire::Poll(w) => w.take(),
-            Wire::Userfault(w) => w.take(),
-        }
+            Wire::Userfault(w) => return w.take(wait),
+        };
+        taken.map(Take::from)
     }
 
     /// Appends the byte ranges the last successful take re-armed: the
@@ -359,40 +391,55 @@ impl Wire {
         }
     }
 
-    /// Takes what the producer sent back in the handshake: no fd, on any
-    /// backend (a Userfault producer's agent keeps its uffd).
-    pub(crate) fn accept(&mut self, fds: Vec<OwnedFd>) -> Result<(), Error> {
+    /// Checks what the producer sent back in the handshake: no fd, on any
+    /// backend (a Userfault producer's agent keeps its uffd). Closes them.
+    pub(crate) fn check_reply(fds: Vec<OwnedFd>) -> Result<(), Error> {
         if !fds.is_empty() {
             return Err(Error::handshake(format!(
                 "the producer's reply carried {} unexpected fds (closed)",
                 fds.len()
             )));
         }
+        Ok(())
+    }
+
+    /// The producer attached: starts watching it (its agent's channel on
+    /// `Userfault` and `UserfaultAsync`).
+    pub(crate) fn accept(&mut self) -> Result<(), Error> {
         match self {
             Wire::Userfault(w) => w.accept(),
             _ => Ok(()),
         }
     }
 
+    /// The share in progress failed: forgets what was prepared for it (the
+    /// agent channel, whose close tells a refused agent to stop).
+    pub(crate) fn reject(&mut self) {
+        if let Wire::Userfault(w) = self {
+            w.reject();
+        }
+    }
+
     /// Re-arms now, tripped or not: every write made before it returns is
-    /// visible, and any later one trips the wire. For consumers (the ring)
-    /// that read the memory without waiting for a trip first.
-    pub(crate) fn ack(&mut self) -> io::Result<()> {
+    /// visible, and any later one trips the wire. `Taken` once done;
+    /// `Pending` as for [`take`](Wire::take).
+    pub(crate) fn ack(&mut self, wait: Wait) -> io::Result<Take> {
         match self {
             Wire::Kernel(w) => w.ack(),
             Wire::Doorbell(w) => w.ack(),
             Wire::Poll(w) => w.ack(),
-            Wire::Userfault(w) => w.ack(),
+            Wire::Userfault(w) => return w.ack(wait),
         }
+        .map(|()| Take::Taken)
     }
 
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
     /// not reported yet (the poller's next compare or scan). Used once every
     /// producer is gone, before reporting it.
-    pub(crate) fn take_final(&mut self) -> io::Result<bool> {
+    pub(crate) fn take_final(&mut self, wait: Wait) -> io::Result<Take> {
         match self {
-            Wire::Poll(w) => w.take_final(),
-            _ => self.take(),
+            Wire::Poll(w) => w.take_final().map(Take::from),
+            _ => self.take(wait),
         }
     }
 

@@ -13,6 +13,11 @@
 //! [`ACK_DEADLINE`] (stopped, hung) makes the ACK fail with `TimedOut` and
 //! the wire stay tripped; never a hang.
 //!
+//! The ACK can also run without blocking (`Wait::No`, for the async
+//! layer): the requests go out, the ACK stays in flight, and each later
+//! look takes the replies that arrived (the wake-up fd turns readable with
+//! each), until all are in, or a look after the deadline fails it.
+//!
 //! Watched: stores through the producer's registered mapping. Not watched:
 //! `pwrite(2)` to the memfd, any other mapping (the consumer's own), a
 //! forked child (the mapping is `MADV_DONTFORK`). On `Userfault`, with
@@ -26,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
+use super::{Take, Wait};
 use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
 use crate::sys::{Channel, FdSet, Recv, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
@@ -61,8 +67,23 @@ pub(crate) struct Userfault {
     /// stores may not have been scanned): the next ACK reports everything.
     report_all: bool,
     seq: u32,
+    /// The ACK whose replies are still awaited (sent without blocking).
+    in_flight: Option<InFlight>,
     /// Byte ranges reported by the last ACK (written pages).
     pages: Vec<Range<usize>>,
+}
+
+/// An ACK sent to the agents, and what their replies said so far.
+#[derive(Debug)]
+struct InFlight {
+    seq: u32,
+    /// The channels whose reply is still awaited.
+    waiting: Vec<usize>,
+    deadline: Instant,
+    /// Report the whole region (a producer left, an agent lost its pages).
+    all: bool,
+    /// Written pages, as page-index ranges.
+    ranges: Vec<Range<usize>>,
 }
 
 /// Why this kernel cannot do Userfault, or `Ok` with the features offered.
@@ -124,6 +145,7 @@ impl Userfault {
             tripped: false,
             report_all: false,
             seq: 0,
+            in_flight: None,
             pages: Vec::new(),
         };
         Ok((wire, region))
@@ -161,6 +183,11 @@ impl Userfault {
         Ok(())
     }
 
+    /// The share in progress failed: drops its channel.
+    pub(crate) fn reject(&mut self) {
+        self.pending = None;
+    }
+
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
         self.chans.fd()
     }
@@ -169,9 +196,17 @@ impl Userfault {
         self.kind
     }
 
-    /// Reads what the agents sent: trips, stale replies, hang-ups.
+    /// Reads what the agents sent: trips, stale replies, hang-ups. Leaves
+    /// the channels whose ACK reply is awaited to `progress`.
     fn collect(&mut self) -> io::Result<()> {
         for idx in self.chans.ready()? {
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.waiting.contains(&idx))
+            {
+                continue;
+            }
             self.drain_chan(idx)?;
         }
         Ok(())
@@ -215,42 +250,44 @@ impl Userfault {
     }
 
     /// If tripped, ACKs (re-arming every agent; the pages written since the
-    /// last ACK are then in [`pages`](Userfault::pages)) and returns `true`.
+    /// last ACK are then in [`pages`](Userfault::pages)): `Taken`, or
+    /// `Pending` while the replies of an ACK sent with `Wait::No` are out.
     /// A failed ACK leaves the wire tripped.
-    pub(crate) fn take(&mut self) -> io::Result<bool> {
+    pub(crate) fn take(&mut self, wait: Wait) -> io::Result<Take> {
         self.collect()?;
-        if !self.tripped {
-            return Ok(false);
+        if self.in_flight.is_none() && !self.tripped {
+            return Ok(Take::Idle);
         }
-        self.rearm()?;
-        Ok(true)
+        self.ack(wait)
     }
 
-    /// Re-arms whether or not the wire is tripped.
-    pub(crate) fn ack(&mut self) -> io::Result<()> {
+    /// ACKs whether or not the wire is tripped (or goes on with the ACK in
+    /// flight): `Taken` once every agent answered.
+    pub(crate) fn ack(&mut self, wait: Wait) -> io::Result<Take> {
         self.collect()?;
-        self.rearm()
-    }
-
-    /// The round trip: an ACK request to every agent, then every reply.
-    fn rearm(&mut self) -> io::Result<()> {
-        let result = self.round_trip();
-        if result.is_err() {
-            // Agents that answered (or got the request) re-armed and forgot
-            // their pages; their replies are dropped: the wire stays
-            // tripped, and the next ACK that succeeds reports the whole
-            // region.
-            self.report_all = true;
-            self.tripped = true;
+        let result = match self.in_flight.take() {
+            Some(f) => Ok(f),
+            None => self.send_ack(),
         }
-        result
+        .and_then(|f| self.progress(f, wait));
+        match result {
+            Ok(done) => Ok(if done { Take::Taken } else { Take::Pending }),
+            Err(e) => {
+                // Agents that answered (or got the request) re-armed and
+                // forgot their pages; their replies are dropped (a later
+                // ACK has another sequence number): the wire stays tripped,
+                // and the next ACK that succeeds reports the whole region.
+                self.report_all = true;
+                self.tripped = true;
+                Err(e)
+            }
+        }
     }
 
-    /// One ACK request to every agent, then every reply.
-    fn round_trip(&mut self) -> io::Result<()> {
+    /// Sends an ACK request to every agent.
+    fn send_ack(&mut self) -> io::Result<InFlight> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let request = agent::encode_ack(seq);
+        let request = agent::encode_ack(self.seq);
         let mut waiting = Vec::new();
         let members: Vec<usize> = self.chans.indices().collect();
         for idx in members {
@@ -264,49 +301,72 @@ impl Userfault {
                 Err(e) => return Err(e),
             }
         }
-        let deadline = Instant::now() + ACK_DEADLINE;
+        Ok(InFlight {
+            seq: self.seq,
+            waiting,
+            deadline: Instant::now() + ACK_DEADLINE,
+            all: std::mem::take(&mut self.report_all),
+            ranges: Vec::new(),
+        })
+    }
+
+    /// Takes the replies to `f` that are there, and with `Wait::Block`
+    /// waits for the others until the deadline: `true` once all are in
+    /// (the ACK is done), `false` (kept in flight) if some are not yet.
+    fn progress(&mut self, mut f: InFlight, wait: Wait) -> io::Result<bool> {
         let pages = self.len.div_ceil(PAGE);
-        let mut all = std::mem::take(&mut self.report_all);
-        let mut ranges = Vec::new();
         let mut buf = vec![0u8; MAX_MESSAGE];
-        for idx in waiting {
-            while let Some(chan) = self.chans.get(idx) {
-                match chan.recv(&mut buf)? {
-                    Recv::Message(n) => match agent::parse_pages(&buf[..n], pages) {
-                        Some(reply) if reply.seq == seq => {
-                            match reply.ranges {
-                                Some(r) => ranges.extend(r),
-                                None => all = true,
-                            }
-                            break;
+        while let Some(&idx) = f.waiting.last() {
+            let Some(chan) = self.chans.get(idx) else {
+                f.waiting.pop();
+                continue;
+            };
+            match chan.recv(&mut buf)? {
+                Recv::Message(n) => match agent::parse_pages(&buf[..n], pages) {
+                    Some(reply) if reply.seq == f.seq => {
+                        match reply.ranges {
+                            Some(r) => f.ranges.extend(r),
+                            None => f.all = true,
                         }
-                        // A trip from before the request, or a stale reply; a
-                        // flood of them does not outlast the deadline.
-                        _ if Instant::now() >= deadline => {
-                            return Err(not_answering("a flood instead of the reply"));
-                        }
-                        _ => {}
-                    },
-                    Recv::Closed => {
-                        self.gone(idx);
-                        all |= self.kind == BackendKind::UserfaultAsync;
-                        break;
+                        f.waiting.pop();
                     }
-                    Recv::Empty => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() || !chan.wait(left)? {
-                            return Err(not_answering("no reply"));
+                    // A trip from before the request, or a stale reply; a
+                    // flood of them does not outlast the deadline.
+                    _ if Instant::now() >= f.deadline => {
+                        return Err(not_answering("a flood instead of the reply"));
+                    }
+                    _ => {}
+                },
+                Recv::Closed => {
+                    f.waiting.pop();
+                    self.gone(idx);
+                    f.all |= self.kind == BackendKind::UserfaultAsync;
+                }
+                Recv::Empty => {
+                    let left = f.deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(not_answering("no reply"));
+                    }
+                    match wait {
+                        Wait::No => {
+                            self.in_flight = Some(f);
+                            return Ok(false);
+                        }
+                        Wait::Block => {
+                            if !chan.wait(left)? {
+                                return Err(not_answering("no reply"));
+                            }
                         }
                     }
                 }
             }
         }
         self.pages.clear();
-        if all {
+        if f.all {
             self.pages.push(0..self.len);
         } else {
-            ranges.sort_unstable_by_key(|r| r.start);
-            for r in ranges {
+            f.ranges.sort_unstable_by_key(|r| r.start);
+            for r in f.ranges {
                 push_range(
                     &mut self.pages,
                     r.start * PAGE..(r.end * PAGE).min(self.len),
@@ -314,7 +374,7 @@ impl Userfault {
             }
         }
         self.tripped = false;
-        Ok(())
+        Ok(true)
     }
 
     /// The byte ranges the last successful ACK reported (written pages).

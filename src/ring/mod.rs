@@ -18,8 +18,18 @@
 //! before it re-arms the wire and sleeps, like NAPI: under load the wire
 //! stays tripped, so the Sender neither faults (`Kernel`, `Userfault`) nor
 //! rings (`Doorbell`; the ring calls `notify()` itself). A full ring makes
-//! a blocking Sender poll the tail for 5 µs, then wait on a bell (a unix socket pair) the
-//! Receiver rings when it frees space: it never spins forever or drops.
+//! a Sender poll the tail for the price of a sleep, then wait on a bell (a
+//! unix socket pair) the Receiver rings when it frees space: it never spins
+//! forever or drops.
+//!
+//! # In async code
+//!
+//! `recv().await` and `send().await` never block the thread (on `Userfault`
+//! the Receiver's ACK stays in flight while it waits for the Sender's
+//! agent), and spend tokio's coop budget per message, as
+//! `tokio::sync::mpsc` does. Sharing and connecting do block, for the
+//! handshake (up to 10 s per frame against a silent peer): in async code,
+//! run them on `tokio::task::spawn_blocking`, as the example below does.
 //!
 //! # A peer you do not trust
 //!

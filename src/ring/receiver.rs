@@ -53,6 +53,11 @@ pub struct Receiver<T> {
     batch: u64,
     spin: Spin,
     done: bool,
+    /// A Sender attached (one only: the ring has a single producer).
+    shared: bool,
+    /// An error of publishing the tail after messages were taken: reported
+    /// by the next receive, so that the taken messages are not lost.
+    deferred: Option<Error>,
     stats: RingStats,
     _t: PhantomData<fn() -> T>,
 }
@@ -111,6 +116,17 @@ impl RingTripwire {
             RingTripwire::Async(tw) => Ok(tw.get_mut()),
             #[cfg(feature = "tokio")]
             RingTripwire::Poisoned => Err(poisoned()),
+        }
+    }
+
+    /// `try_changed` of the tripwire as it is: blocking for an ACK's round
+    /// trip (`Userfault`) when blocking, never once registered with tokio
+    /// (`None` while the ACK is in flight; its replies wake the task).
+    fn try_changed(&mut self) -> std::io::Result<Option<crate::Epoch>> {
+        match self {
+            #[cfg(feature = "tokio")]
+            RingTripwire::Async(tw) => tw.try_changed(),
+            other => other.get_mut()?.try_changed(),
         }
     }
 }
@@ -199,6 +215,8 @@ impl<T: Pod> Receiver<T> {
                 },
             },
             done: false,
+            shared: false,
+            deferred: None,
             stats: RingStats::default(),
             _t: PhantomData,
         })
@@ -221,6 +239,11 @@ impl<T: Pod> Receiver<T> {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        if self.shared {
+            return Err(Error::handshake(
+                "this ring already has its Sender (a ring has one producer): make another ring",
+            ));
+        }
         let fds = [
             self.control_mem.as_fd(),
             self.space_peer.as_fd(),
@@ -229,7 +252,9 @@ impl<T: Pod> Receiver<T> {
         self.tw
             .get_mut()
             .map_err(|e| Error::io("sharing the ring", e))?
-            .share_with_fds(peer, layout::FRAME_TAG, &fds)
+            .share_with_fds(peer, layout::FRAME_TAG, &fds)?;
+        self.shared = true;
+        Ok(())
     }
 
     /// Counters of messages and waits (see [`RingStats`]).
@@ -336,6 +361,9 @@ impl<T: Pod> Receiver<T> {
     /// are used up, so a burst costs one read of the Sender's cache line,
     /// not one per message.
     fn ready(&mut self) -> Result<usize, Error> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if self.tail == self.known_head {
             let head = protocol::load_head(self.head()?);
             layout::available(head, self.tail, self.header.capacity)?;
@@ -358,7 +386,10 @@ impl<T: Pod> Receiver<T> {
         self.tail = self.tail.wrapping_add(n as u64);
         self.stats.received += n as u64;
         if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
-            self.publish_tail()?;
+            // The messages are taken: an error now is for the next call.
+            if let Err(e) = self.publish_tail() {
+                self.deferred = Some(e);
+            }
         }
         Ok(())
     }
@@ -470,12 +501,8 @@ impl<T: Pod> Receiver<T> {
     /// ```
     pub fn rearm(&mut self) -> Result<bool, Error> {
         self.publish_tail()?;
-        let tw = self
-            .tw
-            .get_mut()
-            .map_err(|e| Error::io("re-arming the ring's tripwire", e))?;
         let start = Instant::now();
-        match tw.try_changed() {
+        match self.tw.try_changed() {
             // Tripped, and now re-armed: what was stored before is visible.
             Ok(Some(_)) => {
                 self.stats.rearms += 1;
@@ -483,8 +510,10 @@ impl<T: Pod> Receiver<T> {
                 // That may have been the last trip of a Sender that is
                 // gone (taken with its hang-up, which then wakes no one):
                 // sleeping now would be for ever.
-                if tw
-                    .producers_gone()
+                if self
+                    .tw
+                    .get_mut()
+                    .and_then(|tw| tw.producers_gone())
                     .map_err(|e| Error::io("checking for the Sender's hang-up", e))?
                 {
                     return Ok(false);
@@ -495,6 +524,11 @@ impl<T: Pod> Receiver<T> {
             // Every Sender is gone: nothing will trip it any more.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
             Err(e) => return Err(Error::io("re-arming the ring's tripwire", e)),
+        }
+        // A Sender that closed cleanly while its socket lives on (a dup, a
+        // forked child) trips no more either.
+        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
+            return Ok(false);
         }
         Ok(self.ready()? == 0)
     }
@@ -763,7 +797,7 @@ impl<T> mio::event::Source for Receiver<T> {
 #[cfg(feature = "tokio")]
 mod r#async {
     use std::pin::Pin;
-    use std::task::{Context, Poll, ready};
+    use std::task::{Context, Poll};
 
     use futures_core::{FusedStream, Stream};
 
@@ -796,9 +830,9 @@ mod r#async {
 
         /// Polls for the next message; the building block of
         /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
-        /// tokio's coop budget per message, like `tokio::sync::mpsc`: a
-        /// Sender that keeps the ring full cannot starve the other tasks of
-        /// this thread.
+        /// tokio's coop budget per message (and per wake-up that found
+        /// none), like `tokio::sync::mpsc`: a Sender that keeps the ring
+        /// full cannot starve the other tasks of this thread.
         ///
         /// # Errors
         ///
@@ -815,40 +849,30 @@ mod r#async {
         /// # }
         /// ```
         pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
-            let coop = ready!(tokio::task::coop::poll_proceed(cx));
-            let outcome = self.poll_next_message(cx);
-            if outcome.is_ready() {
-                coop.made_progress();
-            }
-            outcome
+            // A unit per turn: a message, or a wake-up that found none (a
+            // Sender ringing without publishing cannot keep the task here).
+            crate::sys::reactor::poll_turns(cx, |cx| self.turn(cx))
         }
 
-        fn poll_next_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
-            loop {
-                if self.done {
-                    return Poll::Ready(Ok(None));
+        /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
+        /// wake-up to look again after.
+        #[allow(clippy::type_complexity)]
+        fn turn(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Option<T>>, Error>> {
+            if self.done {
+                return Poll::Ready(Ok(Some(None)));
+            }
+            if let Some(v) = self.pop()? {
+                return Poll::Ready(Ok(Some(Some(v))));
+            }
+            if let Some(outcome) = self.idle()? {
+                return Poll::Ready(Ok(Some(outcome)));
+            }
+            match self.registered()?.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
+                Poll::Ready(Err(e)) => {
+                    Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e)))
                 }
-                match self.pop() {
-                    Ok(Some(v)) => return Poll::Ready(Ok(Some(v))),
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                match self.idle() {
-                    Ok(Some(outcome)) => return Poll::Ready(Ok(outcome)),
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                let tw = match self.registered() {
-                    Ok(tw) => tw,
-                    Err(e) => return Poll::Ready(Err(e)),
-                };
-                match tw.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e)));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
+                Poll::Pending => Poll::Pending,
             }
         }
 

@@ -29,10 +29,13 @@ pub struct Sender<T> {
     pub(super) control: Region,
     pub(super) slots: Region,
     space: Bell,
-    /// A duplicate of `space` registered with tokio, once, at the first
-    /// wait for space in async code.
+    /// Duplicates of `space` and of the handshake socket registered with
+    /// tokio, once, at the first wait for space in async code.
     #[cfg(feature = "tokio")]
-    registered: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    registered: Option<r#async::Registered>,
+    /// The waiting flag is set in the state word (a wait was announced and
+    /// not yet withdrawn, e.g. by a cancelled `send`).
+    waiting: bool,
     header: Header,
     head: u64,
     tail: u64,
@@ -57,7 +60,7 @@ impl<T: Pod> Sender<T> {
     /// other end of `sock`. `T` must have the Receiver's size, alignment and
     /// [type tag](super::type_tag); a mismatch is refused on both sides.
     ///
-    /// Blocks for the handshake (up to 10 s against a silent peer): in
+    /// Blocks for the handshake (up to 10 s per frame against a silent peer): in
     /// async code, call it on `tokio::task::spawn_blocking`.
     ///
     /// # Errors
@@ -111,6 +114,7 @@ impl<T: Pod> Sender<T> {
             space,
             #[cfg(feature = "tokio")]
             registered: None,
+            waiting: false,
             header,
             head,
             tail,
@@ -253,8 +257,9 @@ impl<T: Pod> Sender<T> {
 
     /// Writes up to `free` of `items` and publishes them with one head store
     /// and one `notify()`. Returns how many were published (0 if a copy
-    /// failed), and the outcome: `notify()` can find the Receiver gone
-    /// after the head store.
+    /// failed), and the outcome: `notify()` can fail after the head store
+    /// (a Receiver found gone is not a failure: what was published counts
+    /// as sent, and the next wait for space reports the death).
     fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
         let n = items.len().min(free as usize);
         let mut done = 0;
@@ -288,10 +293,19 @@ impl<T: Pod> Sender<T> {
             Err(e) => return (0, Err(e)),
         }
         self.head = head;
-        let rung = self.producer.notify().map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe => Error::PeerDied,
-            _ => Error::io("notify", e),
-        });
+        if self.waiting {
+            // A wait announced by a `send` that was cancelled: withdraw it,
+            // or the Receiver rings us at every tail it publishes.
+            let _ = self.stop_waiting();
+        }
+        let rung = match self.producer.notify() {
+            Ok(()) => Ok(()),
+            // Published: a Receiver that is gone may have taken them before
+            // it left; the next wait for space reports it.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            // Published, but the Receiver may not have been woken.
+            Err(e) => Err(Error::io("notify (after publishing)", e)),
+        };
         (n, rung)
     }
 
@@ -372,15 +386,17 @@ impl<T: Pod> Sender<T> {
     /// meanwhile (then it does not wait).
     fn start_waiting(&mut self) -> Result<bool, Error> {
         protocol::announce(self.state()?);
+        self.waiting = true;
         let tail = self.control.load_u64(layout::TAIL)?;
         let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
         self.tail = tail;
         Ok(used < u64::from(self.header.capacity))
     }
 
-    fn stop_waiting(&self) -> Result<(), Error> {
+    fn stop_waiting(&mut self) -> Result<(), Error> {
         self.state()?
             .fetch_and(!layout::STATE_WAITING, Ordering::Relaxed);
+        self.waiting = false;
         Ok(())
     }
 
@@ -423,12 +439,16 @@ impl<T: Pod> Sender<T> {
                 return Ok(free);
             }
             if !self.start_waiting()? {
-                // The Receiver rings the bell when it frees space; its end
-                // closes (HUP) when it is gone, with or without its process.
-                let mut fds = [rustix::event::PollFd::new(
-                    &self.space,
-                    rustix::event::PollFlags::IN,
-                )];
+                // The Receiver rings the bell when it frees space; its death
+                // closes the handshake socket (the bell is the Receiver's
+                // to make: a hostile one may hand over a bell that never
+                // hangs up).
+                use rustix::event::{PollFd, PollFlags};
+                let sock = self.producer.handshake_socket();
+                let mut fds = [
+                    PollFd::new(&self.space, PollFlags::IN),
+                    PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
+                ];
                 match rustix::event::poll(&mut fds, None) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(Error::io("waiting for space", e)),
@@ -505,65 +525,84 @@ struct Attached {
 
 #[cfg(feature = "tokio")]
 mod r#async {
-    use std::task::{Context, Poll, ready};
+    use std::task::{Context, Poll};
+
+    use tokio::io::unix::AsyncFd;
 
     use super::*;
     use crate::sys::reactor;
 
+    /// The space bell and the handshake socket, registered with tokio (as
+    /// duplicates: the Sender keeps the originals for its blocking calls).
+    pub(super) struct Registered {
+        space: AsyncFd<OwnedFd>,
+        sock: Option<AsyncFd<OwnedFd>>,
+    }
+
     impl<T: Pod> Sender<T> {
-        /// Polls for free slots, spending a unit of tokio's coop budget
-        /// when it finds some (like `tokio::sync::mpsc`): a Receiver that
-        /// keeps up cannot make a sending task starve the others.
+        /// Polls for free slots. Each turn (a look at the tail, and a
+        /// wake-up that found none) spends a unit of tokio's coop budget,
+        /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
+        /// one that rings without freeing space can keep the task here.
         fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-            let coop = ready!(::tokio::task::coop::poll_proceed(cx));
-            let outcome = self.poll_space(cx);
-            if outcome.is_ready() {
-                coop.made_progress();
-            }
-            outcome
+            reactor::poll_turns(cx, |cx| self.poll_space(cx))
         }
 
-        fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-            loop {
-                let free = self.free()?;
-                if free > 0 {
-                    return Poll::Ready(Ok(free));
-                }
-                if self.start_waiting()? {
-                    self.stop_waiting()?;
-                    continue;
-                }
-                let gone = self.drain_space()?;
-                if self.free()? > 0 {
-                    self.stop_waiting()?;
-                    continue;
-                }
-                if gone || self.is_closed() {
-                    self.stop_waiting()?;
-                    return Poll::Ready(Err(Error::PeerDied));
-                }
-                let space = self.registered()?;
-                match space.poll_read_ready(cx) {
-                    Poll::Ready(guard) => guard
+        /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
+        /// wake-up to look again after.
+        fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+            let free = self.free()?;
+            if free > 0 {
+                return Poll::Ready(Ok(Some(free)));
+            }
+            if self.start_waiting()? {
+                self.stop_waiting()?;
+                return Poll::Ready(Ok(None));
+            }
+            let gone = self.drain_space()?;
+            if self.free()? > 0 {
+                self.stop_waiting()?;
+                return Poll::Ready(Ok(None));
+            }
+            if gone || self.is_closed() {
+                self.stop_waiting()?;
+                return Poll::Ready(Err(Error::PeerDied));
+            }
+            let reg = self.registered()?;
+            let mut woke = false;
+            for fd in std::iter::once(&reg.space).chain(&reg.sock) {
+                if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
+                    guard
                         .map_err(|e| Error::io("waiting for space", e))?
-                        .clear_ready(),
-                    Poll::Pending => return Poll::Pending,
+                        .clear_ready();
+                    woke = true;
                 }
+            }
+            if woke {
+                Poll::Ready(Ok(None))
+            } else {
+                Poll::Pending
             }
         }
 
-        /// The space bell, registered with tokio on first use and kept.
-        fn registered(&mut self) -> Result<&tokio::io::unix::AsyncFd<OwnedFd>, Error> {
-            let fd = match self.registered.take() {
-                Some(fd) => fd,
-                None => self
-                    .space
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .and_then(reactor::register_owned)
-                    .map_err(|e| Error::io("registering the sender with tokio", e))?,
+        /// The bell and the socket, registered with tokio on first use and
+        /// kept.
+        fn registered(&mut self) -> Result<&Registered, Error> {
+            let reg = match self.registered.take() {
+                Some(reg) => reg,
+                None => {
+                    let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+                        fd.try_clone_to_owned()
+                            .and_then(reactor::register_owned)
+                            .map_err(|e| Error::io("registering the sender with tokio", e))
+                    };
+                    Registered {
+                        space: dup(self.space.as_fd())?,
+                        sock: self.producer.handshake_socket().map(dup).transpose()?,
+                    }
+                }
             };
-            Ok(self.registered.insert(fd))
+            Ok(self.registered.insert(reg))
         }
 
         /// Sends, waiting while the ring is full.

@@ -260,3 +260,87 @@ proptest! {
         prop_assert_eq!(received, sent);
     }
 }
+
+/// A hostile Receiver hands over a space bell that never hangs up (it keeps
+/// the other end somewhere alive), fills the ring, and dies. The Sender
+/// learns of the death from the handshake socket: a full-ring send fails
+/// with `PeerDied` instead of waiting for ever, blocking or async.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_bell_that_never_hangs_up_cannot_hold_the_sender() {
+    use std::os::fd::AsFd;
+    const CAP: u32 = 4;
+    let header = Header::of::<Msg>(CAP, super::type_tag::<Msg>());
+    let mut tw = crate::blocking::Tripwire::builder(header.region_len())
+        .backend(Backend::Doorbell)
+        .create()
+        .unwrap();
+    let control = crate::SharedMemory::create(layout::control_len()).unwrap();
+    header.write(control.region()).unwrap();
+    let slots = crate::SharedMemory::create(header.slots_len()).unwrap();
+    // The bell's other end stays alive here, as in a hostile process.
+    let (_kept, bell) = crate::sys::Bell::pair().unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let tx = std::thread::spawn(move || Sender::<Msg>::connect(theirs));
+    tw.share_with_fds(
+        ours,
+        layout::FRAME_TAG,
+        &[control.as_fd(), bell.as_fd(), slots.as_fd()],
+    )
+    .unwrap();
+    let mut tx = tx.join().unwrap().unwrap();
+    for i in 0..u64::from(CAP) {
+        tx.try_send([i, i]).unwrap();
+    }
+    drop(tw); // the Receiver dies: its handshake socket closes
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let blocking = tx.blocking_send([9, 9]).map_err(|e| e.into_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let nonblocking = rt.block_on(tx.send([9, 9])).map_err(|e| e.into_error());
+        let _ = done_tx.send((blocking, nonblocking));
+    });
+    let (blocking, nonblocking) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a full-ring send waited for ever on a bell that never hangs up");
+    assert!(matches!(blocking, Err(Error::PeerDied)), "{blocking:?}");
+    assert!(
+        matches!(nonblocking, Err(Error::PeerDied)),
+        "{nonblocking:?}"
+    );
+}
+
+/// A `send` cancelled while it waited for space withdraws its waiting flag
+/// at the next send: otherwise the Receiver rings the Sender's bell at every
+/// tail it publishes.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_cancelled_send_withdraws_its_wait() {
+    let (mut rx, mut tx) = pair(2);
+    tx.try_send([1, 1]).unwrap();
+    tx.try_send([2, 2]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let waited = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_millis(20), tx.send([3, 3])).await
+    });
+    assert!(waited.is_err(), "the ring is full: the send waits");
+    let waiting = |rx: &Receiver<Msg>| {
+        rx.region
+            .atomic_u64(layout::STATE)
+            .unwrap()
+            .load(Ordering::Relaxed)
+            & layout::STATE_WAITING
+            != 0
+    };
+    assert!(waiting(&rx), "the cancelled send announced its wait");
+    assert_eq!(rx.try_recv().unwrap(), [1, 1]);
+    rx.flush().unwrap();
+    tx.try_send([4, 4]).unwrap();
+    assert!(!waiting(&rx), "the next send withdrew the wait");
+}

@@ -27,6 +27,13 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, fence};
 
+// Every word of a mapping is an 8-byte atomic, and a read-only mapping is
+// read with relaxed 8-byte loads, which the standard library allows on
+// read-only memory only where they are native (its "Atomic accesses to
+// read-only memory" table: 8 bytes on 64-bit targets, 4 on 32-bit ones).
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("memfd-tripwire needs a 64-bit target (8-byte atomics on shared memory)");
+
 /// Why an access was refused. Checked here, because the soundness of every
 /// raw access below rests on these checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

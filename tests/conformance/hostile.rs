@@ -86,6 +86,11 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Userfault, BackendKind::UserfaultAsync],
     ),
     (
+        "hostile_stopped_producer_cannot_block_the_runtime",
+        stopped_producer_cannot_block_the_runtime,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
         "hostile_extreme_durations_are_handled",
         extreme_durations_are_handled,
         ANY,
@@ -748,6 +753,61 @@ fn stopped_producer_times_out_the_ack_and_loses_no_page(ctx: &Ctx) -> Outcome {
     let pages = pages_of_next_trip(&mut tw, ms(5_000))?;
     ensure(pages.iter().any(|p| p.contains(&PAGE)), || {
         format!("page 1 missing from {pages:?} after a timed-out ACK")
+    })
+}
+
+/// A producer that stops answering ACKs (SIGSTOP; a hostile one can just
+/// ignore them) must not block the runtime thread of an async consumer:
+/// the ACK stays in flight while `changed()` is pending, other tasks run
+/// (the blocking ACK used to hold the thread for its 1 s deadline), and
+/// once the producer answers, the trip comes with its page.
+fn stopped_producer_cannot_block_the_runtime(ctx: &Ctx) -> Outcome {
+    use rustix::process::{Pid, Signal, kill_process};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+    let (mut tw, a) = pair(ctx, 4 * PAGE)?;
+    let child = crate::util::share_with_child(&mut tw, "connect_then_linger", &[])?;
+    let child = crate::scenarios::KillOnDrop(child);
+    let pid = Pid::from_child(&child.0);
+    tw.ack()?;
+    kill_process(pid, Signal::STOP)?;
+    crate::scenarios::wait_until_stopped(child.0.id(), ms(5_000))?;
+    a.region().write(PAGE, &9u32)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut tw = Tripwire::new(tw)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut last, mut worst) = (Instant::now(), Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::task::yield_now().await;
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                }
+                worst
+            }
+        });
+        let mut pages = Vec::new();
+        let pending = tokio::time::timeout(ms(300), tw.changed_with_pages(&mut pages)).await;
+        stop.store(true, Ordering::Relaxed);
+        let worst = ticker.await?;
+        ensure(pending.is_err(), || {
+            format!("changed() with a stopped producer gave {pending:?}")
+        })?;
+        ensure(worst < ms(100), || {
+            format!("the runtime's thread was held for {worst:?}")
+        })?;
+        kill_process(pid, Signal::CONT)?;
+        let epoch = tokio::time::timeout(ms(5_000), tw.changed_with_pages(&mut pages)).await;
+        ensure(matches!(epoch, Ok(Ok(_))), || {
+            format!("after the producer went on: {epoch:?}")
+        })?;
+        ensure(pages.iter().any(|p| p.contains(&PAGE)), || {
+            format!("page 1 missing from {pages:?}")
+        })
     })
 }
 
