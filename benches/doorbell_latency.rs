@@ -44,6 +44,13 @@
 //! | `blocking` | `notify()` -> `blocking::Tripwire::wait()` (no runtime) |
 //! | `raw_epoll` | control, no crate: eventfd `write` -> `epoll_wait` + `read`, as the C anchor |
 //! | `raw_tokio` | control, no crate: eventfd `write` -> tokio `AsyncFd::readable()` + `read` |
+//! | `raw_socket` | control, no crate: a 32-byte message on a unix stream socket -> tokio `readable()` + `read`: the transport of a VFIO-user `region_write`, what a device server gets per doorbell store to a trapped register today |
+//!
+//! `BACKEND` (default `doorbell`; any name `Backend` parses, e.g. `poll`,
+//! `unmodified`) picks the tripwire's backend in the `tokio` and `blocking`
+//! modes; with `poll`, `POLL_INTERVAL_US` (default 1000) and `BUSY_POLL_US`
+//! (default 0: off) set the interval and the busy-poll window. On `Poll` the
+//! producer's `notify()` is a no-op: the poller sees its store.
 //!
 //! In the raw modes the stamp travels as the eventfd's value and the child's
 //! stdin is that eventfd instead of the handshake socket.
@@ -66,6 +73,9 @@ use tokio::io::unix::AsyncFd;
 
 /// Offset of the producer's stamp in the region.
 const STAMP: usize = 0;
+/// Bytes of a VFIO-user `region_write` of 8 bytes (header, offset, count,
+/// data), as `MODE=raw_socket` sends per doorbell.
+const REGION_WRITE_LEN: usize = 32;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -79,6 +89,7 @@ enum Mode {
     Blocking,
     RawEpoll,
     RawTokio,
+    RawSocket,
 }
 
 impl Mode {
@@ -88,9 +99,11 @@ impl Mode {
             Ok("blocking") => Ok(Mode::Blocking),
             Ok("raw_epoll") => Ok(Mode::RawEpoll),
             Ok("raw_tokio") => Ok(Mode::RawTokio),
-            Ok(other) => {
-                Err(format!("MODE={other:?}: use tokio, blocking, raw_epoll or raw_tokio").into())
-            }
+            Ok("raw_socket") => Ok(Mode::RawSocket),
+            Ok(other) => Err(format!(
+                "MODE={other:?}: use tokio, blocking, raw_epoll, raw_tokio or raw_socket"
+            )
+            .into()),
             Err(e) => Err(format!("MODE: {e}").into()),
         }
     }
@@ -102,6 +115,7 @@ impl Mode {
             Mode::Blocking => "doorbell_blocking_wait",
             Mode::RawEpoll => "raw_eventfd_epoll",
             Mode::RawTokio => "raw_eventfd_tokio_current_thread",
+            Mode::RawSocket => "raw_socket_message_tokio_current_thread",
         }
     }
 
@@ -112,6 +126,9 @@ impl Mode {
 
 struct Config {
     mode: Mode,
+    backend: Backend,
+    poll_interval: Duration,
+    busy_poll: Duration,
     iters: usize,
     warmup: usize,
     consumer_cpu: usize,
@@ -120,9 +137,34 @@ struct Config {
 }
 
 impl Config {
+    /// The bench name in the RESULT lines: the mode, and the backend and
+    /// its poll settings where they apply.
+    fn name(&self) -> String {
+        let mode = self.mode.name();
+        if self.mode.raw() || self.mode == Mode::RawSocket || self.backend == Backend::Doorbell {
+            return mode.to_string();
+        }
+        let mode = mode.replacen("doorbell", &self.backend.to_string(), 1);
+        if self.backend == Backend::Poll || self.backend == Backend::Unmodified {
+            let busy = self.busy_poll.as_micros();
+            format!(
+                "{mode}_interval{}us_busy{busy}us",
+                self.poll_interval.as_micros()
+            )
+        } else {
+            mode
+        }
+    }
+
     fn from_env() -> Result<Config, BoxError> {
         Ok(Config {
             mode: Mode::from_env()?,
+            backend: std::env::var("BACKEND")
+                .as_deref()
+                .unwrap_or("doorbell")
+                .parse()?,
+            poll_interval: Duration::from_micros(env_num("POLL_INTERVAL_US", 1000)?),
+            busy_poll: Duration::from_micros(env_num("BUSY_POLL_US", 0)?),
             iters: env_num("ITERS", 20_000)?,
             warmup: env_num("WARMUP", 1_000)?,
             consumer_cpu: env_num("CONSUMER_CPU", 0)?,
@@ -239,7 +281,9 @@ fn consumer() -> Result<(), BoxError> {
     match (cfg.mode, ours, bell) {
         (Mode::Tokio | Mode::Blocking, Some(ours), _) => {
             let mut tw = blocking::Tripwire::builder(4096)
-                .backend(Backend::Doorbell)
+                .backend(cfg.backend)
+                .poll_interval(cfg.poll_interval)
+                .busy_poll(cfg.busy_poll)
                 .create()?;
             tw.share(ours)?;
             if cfg.mode == Mode::Blocking {
@@ -293,6 +337,29 @@ fn consumer() -> Result<(), BoxError> {
                 Ok::<_, BoxError>(())
             })?;
         }
+        (Mode::RawSocket, Some(ours), _) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            rt.block_on(async {
+                ours.set_nonblocking(true)?;
+                let sock = tokio::net::UnixStream::from_std(ours)?;
+                let mut msg = [0u8; REGION_WRITE_LEN];
+                while !s.done() {
+                    sock.readable().await?;
+                    match sock.try_read(&mut msg) {
+                        Ok(REGION_WRITE_LEN) => {
+                            let stamp = u64::from_ne_bytes(msg[24..32].try_into()?);
+                            s.woke(|| Ok(stamp))?;
+                        }
+                        Ok(n) => return Err(format!("a short message of {n} bytes").into()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok::<_, BoxError>(())
+            })?;
+        }
         _ => unreachable!("the raw modes have a bell, the others a socket"),
     }
 
@@ -302,7 +369,7 @@ fn consumer() -> Result<(), BoxError> {
     }
     let (med, p99) = median_p99(&mut s.samples);
     let mut out = std::io::stdout().lock();
-    let name = cfg.mode.name();
+    let name = cfg.name();
     writeln!(out, "RESULT {name} one_way(direct) {med}.0 {p99}.0 ns")?;
     out.flush()?;
     Ok(())
@@ -314,8 +381,13 @@ fn producer() -> Result<(), BoxError> {
 
     let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
     let ack = std::io::stdout().as_fd().try_clone_to_owned()?;
+    let socket = (cfg.mode == Mode::RawSocket)
+        .then(|| stdin.try_clone())
+        .transpose()?;
     let (producer, bell) = if cfg.mode.raw() {
         (None, Some(stdin))
+    } else if socket.is_some() {
+        (None, None)
     } else {
         (Some(Producer::connect(UnixStream::from(stdin))?), None)
     };
@@ -327,13 +399,20 @@ fn producer() -> Result<(), BoxError> {
             std::thread::sleep(cfg.gap);
         }
         let t0 = now_ns();
-        match (&producer, &bell) {
-            (Some(p), _) => {
+        match (&producer, &bell, &socket) {
+            (Some(p), _, _) => {
                 p.region().write(STAMP, &t0)?;
                 p.notify()?;
             }
-            (None, Some(bell)) => write_eventfd(bell.as_fd(), t0)?,
-            (None, None) => unreachable!("a producer or a bell"),
+            (None, Some(bell), _) => write_eventfd(bell.as_fd(), t0)?,
+            (None, None, Some(sock)) => {
+                // A message the size of a VFIO-user region_write of a u64:
+                // a 16-byte header, the region offset, the count, the data.
+                let mut msg = [0u8; REGION_WRITE_LEN];
+                msg[24..32].copy_from_slice(&t0.to_ne_bytes());
+                rustix::io::write(sock, &msg)?;
+            }
+            _ => unreachable!("a producer, a bell or a socket"),
         }
         // Wait for the ack as the anchor waits: epoll_wait, then read.
         epoll_wait_one(ep.as_fd())?;
@@ -344,6 +423,6 @@ fn producer() -> Result<(), BoxError> {
         }
     }
     let (med, p99) = median_p99(&mut rtt);
-    eprintln!("RESULT {} rtt {med}.0 {p99}.0 ns", cfg.mode.name());
+    eprintln!("RESULT {} rtt {med}.0 {p99}.0 ns", cfg.name());
     Ok(())
 }

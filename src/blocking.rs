@@ -71,6 +71,33 @@ impl Builder {
         self
     }
 
+    /// `Poll` (and `Unmodified` when it falls back to `Poll`) for a small
+    /// region, such as a doorbell page: after each ACK the poller compares
+    /// the region without sleeping for up to `window`, then goes back to
+    /// sleeping [`poll_interval`](Builder::poll_interval)s. A store made
+    /// within the window is seen within one compare (well under a µs for a
+    /// page) instead of up to an interval; the price is up to `window` of
+    /// one core per ACK. Zero (the default) turns it off.
+    ///
+    /// Refused (by [`create`](Builder::create)) for other backends, for a
+    /// region over 16 KiB (each compare would cost more than a wake-up), and
+    /// for a window over 100 ms.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let doorbell = Tripwire::builder(4096)
+    ///     .backend(Backend::Poll)
+    ///     .busy_poll(Duration::from_micros(200))
+    ///     .create()
+    ///     .unwrap();
+    /// assert!(Tripwire::builder(1 << 20).backend(Backend::Poll).busy_poll(Duration::from_micros(200)).create().is_err());
+    /// ```
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.opts.busy_poll = window;
+        self
+    }
+
     /// Creates the tripwire: its memory (zeroed), its wake-up fd, armed.
     ///
     /// # Errors
@@ -159,6 +186,7 @@ impl Tripwire {
             backend: Backend::Auto,
             opts: Options {
                 poll_interval: Duration::from_millis(1),
+                busy_poll: Duration::ZERO,
             },
         }
     }
@@ -555,6 +583,39 @@ impl Tripwire {
     #[cfg(feature = "tokio")]
     pub fn into_async(self) -> Result<crate::Tripwire, crate::NewError> {
         crate::Tripwire::new(self)
+    }
+
+    /// The fd a producer that knows nothing of this crate maps
+    /// (`mmap(MAP_SHARED, PROT_READ|PROT_WRITE)`, [`region`](Tripwire::region)`.len()`
+    /// bytes at offset 0) and stores into: on `Kernel` the tripwire fd, on
+    /// `Poll` its sealed memfd; every store through any mapping of it is
+    /// seen. Pass it by inheritance (it is `O_CLOEXEC`: dup it without, or
+    /// hand it to `Command` as a stdio), `SCM_RIGHTS`, or a protocol's own fd
+    /// passing (a VFIO-user region's sparse-mmap area). Such a producer
+    /// cannot be told apart from the consumer's own mappings: its death is
+    /// not reported (there is no handshake socket to hang up).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] on the backends that need the producer's
+    /// cooperation: `Doorbell` (its `notify()`), `Userfault` and
+    /// `UserfaultAsync` (the registration its agent makes in
+    /// [`Producer::connect`](crate::Producer::connect)). Create the
+    /// tripwire with [`Backend::Unmodified`] instead.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsFd;
+    /// use memfd_tripwire::{Backend, Error, blocking::Tripwire};
+    ///
+    /// let tw = Tripwire::builder(4096).backend(Backend::Unmodified).create()?;
+    /// let fd = tw.producer_fd()?.try_clone_to_owned()?; // hand this over
+    /// let doorbell = Tripwire::builder(4096).backend(Backend::Doorbell).create()?;
+    /// assert!(matches!(doorbell.producer_fd(), Err(Error::Unavailable { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        self.wire.producer_fd()
     }
 
     /// The fd that turns readable when a producer hangs up (an epoll set,

@@ -46,7 +46,9 @@
 //!
 //! [`Backend::Auto`] picks `Kernel`, then `Userfault`, and otherwise fails with an error that
 //! names each backend tried and why, and the explicit choices (`UserfaultAsync` is never
-//! picked by `Auto`: choose it by name).
+//! picked by `Auto`: choose it by name). [`Backend::Unmodified`] picks `Kernel`, else
+//! `Poll`: for a producer that only maps
+//! [`producer_fd`](blocking::Tripwire::producer_fd) and stores, knowing nothing of this crate.
 //!
 //! # What is not promised
 //!

@@ -119,20 +119,29 @@ pub enum Backend {
     /// A poller thread compares the region with a snapshot taken at each ACK,
     /// every [`Builder::poll_interval`](crate::blocking::Builder::poll_interval)
     /// (default 1 ms). Needs no cooperation; latency is up to one interval and
-    /// each interval costs a compare of the whole region.
+    /// each interval costs a compare of the whole region. For a small region
+    /// (a doorbell page), [`Builder::busy_poll`](crate::blocking::Builder::busy_poll)
+    /// compares without pause for a while after each ACK.
     Poll,
+    /// For a producer that only maps the memory and stores, and knows
+    /// nothing of this crate (an existing program, a VFIO-user client):
+    /// `Kernel` where the kernel has it, else `Poll`, the two backends that
+    /// see stores through any mapping. Hand the producer
+    /// [`producer_fd`](crate::blocking::Tripwire::producer_fd) by
+    /// inheritance, `SCM_RIGHTS` or your protocol's own fd passing.
+    Unmodified,
 }
 
 impl Backend {
-    /// Every choice, in the order of [`Display`](fmt::Display) names:
-    /// `auto`, `kernel`, `userfault`, `userfault-async`, `doorbell`, `poll`.
-    const NAMES: [(&'static str, Backend); 6] = [
+    /// Every choice, with its [`Display`](fmt::Display) name.
+    const NAMES: [(&'static str, Backend); 7] = [
         ("auto", Backend::Auto),
         ("kernel", Backend::Kernel),
         ("userfault", Backend::Userfault),
         ("userfault-async", Backend::UserfaultAsync),
         ("doorbell", Backend::Doorbell),
         ("poll", Backend::Poll),
+        ("unmodified", Backend::Unmodified),
     ];
 }
 
@@ -153,8 +162,8 @@ impl fmt::Display for Backend {
 }
 
 /// Parses a backend's name, as a command line would give it: `auto`,
-/// `kernel`, `userfault`, `userfault-async`, `doorbell` or `poll`
-/// (ASCII case and `_` for `-` are accepted).
+/// `kernel`, `userfault`, `userfault-async`, `doorbell`, `poll` or
+/// `unmodified` (ASCII case and `_` for `-` are accepted).
 ///
 /// ```
 /// use memfd_tripwire::Backend;
@@ -262,7 +271,15 @@ pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
     pub(crate) poll_interval: Duration,
+    /// `Poll`: how long the poller compares without pause after an ACK.
+    pub(crate) busy_poll: Duration,
 }
+
+/// The largest region `Poll` busy-polls: a compare must cost next to
+/// nothing (4 pages: ~0.1-0.4 µs here) for the spin to be worth a core.
+pub(crate) const BUSY_POLL_MAX_LEN: usize = 16 << 10;
+/// The longest busy-poll window after an ACK.
+pub(crate) const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// The consumer's end of one mechanism.
 #[derive(Debug)]
@@ -284,8 +301,10 @@ impl Wire {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        if matches!(backend, Backend::Poll | Backend::UserfaultAsync)
-            && opts.poll_interval < MIN_POLL_INTERVAL
+        if matches!(
+            backend,
+            Backend::Poll | Backend::UserfaultAsync | Backend::Unmodified
+        ) && opts.poll_interval < MIN_POLL_INTERVAL
         {
             return Err(Error::io(
                 "poll_interval",
@@ -293,20 +312,47 @@ impl Wire {
                     io::ErrorKind::InvalidInput,
                     format!(
                         "{:?} is below the minimum of {MIN_POLL_INTERVAL:?}: a shorter interval \
-                         would keep a thread spinning; use Backend::Doorbell for lower latency",
+                         would keep a thread spinning; for a small region, busy_poll(window) \
+                         spins for a bounded window after each ACK, and Backend::Doorbell \
+                         wakes at once",
                         opts.poll_interval
                     ),
                 ),
             ));
+        }
+        if !opts.busy_poll.is_zero() {
+            let why = if !matches!(backend, Backend::Poll | Backend::Unmodified) {
+                Some(format!(
+                    "busy-polling is for Backend::Poll, not {backend:?}"
+                ))
+            } else if len > BUSY_POLL_MAX_LEN {
+                Some(format!(
+                    "a region of {len} bytes is over the {BUSY_POLL_MAX_LEN} that Poll busy-polls \
+                     (each compare would cost more than a wake-up): put the doorbell in a \
+                     tripwire of its own"
+                ))
+            } else if opts.busy_poll > BUSY_POLL_MAX {
+                Some(format!(
+                    "a busy-poll window of {:?} is over the {BUSY_POLL_MAX:?} allowed",
+                    opts.busy_poll
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::io(
+                    "busy_poll",
+                    io::Error::new(io::ErrorKind::InvalidInput, why),
+                ));
+            }
         }
         match backend {
             Backend::Kernel => kernel::Kernel::create(len).map(|(w, r)| (Wire::Kernel(w), r)),
             Backend::Doorbell => {
                 doorbell::Doorbell::create(len).map(|(w, r)| (Wire::Doorbell(w), r))
             }
-            Backend::Poll => {
-                poll::Poller::create(len, opts.poll_interval).map(|(w, r)| (Wire::Poll(w), r))
-            }
+            Backend::Poll => poll::Poller::create(len, opts.poll_interval, opts.busy_poll)
+                .map(|(w, r)| (Wire::Poll(w), r)),
             Backend::Userfault => {
                 userfault::Userfault::create(BackendKind::Userfault, len, opts.poll_interval)
                     .map(|(w, r)| (Wire::Userfault(w), r))
@@ -315,6 +361,11 @@ impl Wire {
                 userfault::Userfault::create(BackendKind::UserfaultAsync, len, opts.poll_interval)
                     .map(|(w, r)| (Wire::Userfault(w), r))
             }
+            Backend::Unmodified => match kernel::Kernel::create(len) {
+                Ok((w, r)) => Ok((Wire::Kernel(w), r)),
+                Err(_) => poll::Poller::create(len, opts.poll_interval, opts.busy_poll)
+                    .map(|(w, r)| (Wire::Poll(w), r)),
+            },
             Backend::Auto => {
                 let kernel = match kernel::Kernel::create(len) {
                     Ok((w, r)) => return Ok((Wire::Kernel(w), r)),
@@ -443,6 +494,30 @@ impl Wire {
         }
     }
 
+    /// The fd an unmodified producer maps: the tripwire (`Kernel`) or the
+    /// memfd (`Poll`); the others need the producer's cooperation.
+    pub(crate) fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        let why = match self {
+            Wire::Kernel(w) => return Ok(w.wake_fd()),
+            Wire::Poll(w) => return Ok(w.memfd_fd()),
+            Wire::Doorbell(_) => {
+                "its producer must call Producer::notify after its stores, so it needs \
+                 Producer::connect"
+            }
+            Wire::Userfault(_) => {
+                "its producer's mapping is registered with userfaultfd by the agent \
+                 Producer::connect starts: a producer that only maps the fd is not watched"
+            }
+        };
+        Err(Error::Unavailable {
+            backend: self.kind(),
+            reason: format!(
+                "{why}; for a producer that knows nothing of this crate, create the tripwire \
+                 with Backend::Unmodified (Kernel where the kernel has it, else Poll)"
+            ),
+        })
+    }
+
     /// The fds a producer needs, in handshake order.
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
@@ -482,22 +557,29 @@ fn set_timer_slack_for(interval: Duration) {
     let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns));
 }
 
-/// Starts `Poll`'s poller thread: every `interval` it runs `step`, until
-/// `step` says stop (`false`) after an unpark. (`UserfaultAsync` scans in
-/// the producer's agent.)
+/// Starts `Poll`'s poller thread: it runs `step`, then sleeps for what
+/// `step` returned (a zero means: at once, without sleeping), until `step`
+/// returns `None` (after an unpark). (`UserfaultAsync` scans in the
+/// producer's agent.)
 fn spawn_interval_thread(
     name: &str,
     interval: Duration,
-    mut step: impl FnMut() -> bool + Send + 'static,
+    mut step: impl FnMut() -> Option<Duration> + Send + 'static,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             set_timer_slack_for(interval);
+            let mut pause = interval;
             loop {
-                std::thread::park_timeout(interval);
-                if !step() {
-                    break;
+                if pause.is_zero() {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::park_timeout(pause);
+                }
+                match step() {
+                    Some(next) => pause = next,
+                    None => break,
                 }
             }
         })

@@ -4,13 +4,19 @@
 //! Needs no producer cooperation. Latency is up to one interval; each
 //! interval costs a copy and compare of the whole region (O(region)). A
 //! change that is undone within one interval is not seen.
+//!
+//! Busy-poll (a small region, a window set by the consumer): after each
+//! ACK the poller compares without sleeping until the window ends or the
+//! wire trips, then goes back to the interval. A doorbell rung soon after
+//! the last one is then seen within a compare (sub-µs for a page) instead
+//! of an interval, at the price of up to one window of a core per ACK.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys::{EventFd, Mapping, SealedMemfd};
 use crate::{Error, Region};
@@ -27,6 +33,9 @@ struct Shared {
     map: Arc<Mapping>,
     eventfd: EventFd,
     stop: AtomicBool,
+    interval: Duration,
+    /// The busy-poll window after each ACK (zero: none).
+    busy: Duration,
     state: Mutex<State>,
 }
 
@@ -38,6 +47,8 @@ struct State {
     current: Vec<u8>,
     /// `true` from an ACK until the poller trips the wire.
     armed: bool,
+    /// Busy-poll: compare without sleeping until then (set by each ACK).
+    spin_until: Option<Instant>,
 }
 
 impl Shared {
@@ -73,33 +84,57 @@ impl Shared {
             .read_into(0, snapshot)
             .expect("buffers are as long as the mapping");
         st.armed = true;
+        if !self.busy.is_zero() {
+            st.spin_until = Some(Instant::now() + self.busy);
+        }
+    }
+
+    /// How long the poller sleeps before its next compare: not at all while
+    /// armed inside a busy-poll window, else an interval.
+    fn pause(&self) -> Duration {
+        let mut st = self.state();
+        match st.spin_until {
+            Some(until) if st.armed && Instant::now() < until => Duration::ZERO,
+            Some(_) => {
+                st.spin_until = None;
+                self.interval
+            }
+            None => self.interval,
+        }
     }
 }
 
 impl Poller {
-    pub(crate) fn create(len: usize, interval: Duration) -> Result<(Self, Region), Error> {
+    pub(crate) fn create(
+        len: usize,
+        interval: Duration,
+        busy: Duration,
+    ) -> Result<(Self, Region), Error> {
         let (memfd, region) = super::region_memfd(len)?;
         let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
             map: region.mapping().clone(),
             eventfd,
             stop: AtomicBool::new(false),
+            interval,
+            busy,
             state: Mutex::new(State {
                 snapshot: vec![0; len],
                 current: vec![0; len],
                 armed: false,
+                spin_until: None,
             }),
         });
         shared.rearm();
         let worker = shared.clone();
         let thread = super::spawn_interval_thread("memfd-tripwire-poll", interval, move || {
             if worker.stop.load(Ordering::Acquire) {
-                return false;
+                return None;
             }
             // An eventfd write only fails if the fd is broken; the consumer
             // then sees the error from its own read.
             let _ = worker.check();
-            true
+            Some(worker.pause())
         })
         .map_err(|e| Error::io("spawning the poller thread", e))?;
         Ok((
@@ -120,14 +155,25 @@ impl Poller {
         if !self.shared.eventfd.drain()? {
             return Ok(false);
         }
-        self.shared.rearm();
+        self.rearm();
         Ok(true)
     }
 
     pub(crate) fn ack(&mut self) -> io::Result<()> {
         self.shared.eventfd.drain()?;
-        self.shared.rearm();
+        self.rearm();
         Ok(())
+    }
+
+    /// Re-arms; with busy-poll, wakes the poller out of its interval sleep
+    /// so that its window starts now.
+    fn rearm(&self) {
+        self.shared.rearm();
+        if !self.shared.busy.is_zero() {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
     }
 
     pub(crate) fn take_final(&mut self) -> io::Result<bool> {
@@ -136,7 +182,12 @@ impl Poller {
     }
 
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        vec![self.memfd.as_fd()]
+        vec![self.memfd_fd()]
+    }
+
+    /// The sealed memfd of the region.
+    pub(crate) fn memfd_fd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
     }
 }
 

@@ -63,6 +63,7 @@ pub fn run(role: &str) -> ! {
         fail("child: watchdog expired");
     });
     match role {
+        "raw_writer" => raw_writer(),
         "write_once" => {
             let p = connect();
             write_u64(&p, env_u64("OFFSET") as usize, env_u64("VALUE"));
@@ -202,4 +203,89 @@ fn region_address() -> Option<usize> {
         .find(|l| l.ends_with("/memfd:memfd-tripwire (deleted)"))
         .and_then(|l| l.split('-').next())
         .and_then(|a| usize::from_str_radix(a, 16).ok())
+}
+
+/// `tests/unmodified/writer.c` in Rust, for where there is no C compiler
+/// (the RFC VM): maps the fd it gets and stores, with no call into this
+/// crate. Same arguments.
+fn raw_writer() -> ! {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> u64 {
+        args.get(i)
+            .and_then(|a| {
+                a.strip_prefix("0x")
+                    .map_or_else(|| a.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+            })
+            .unwrap_or_else(|| fail(&format!("raw_writer: bad argument {i} in {args:?}")))
+    };
+    let len = num(1) as usize;
+    let map = |fd: &OwnedFd| -> &'static [AtomicU64] {
+        // SAFETY: a fresh shared mapping of `len` bytes (null hint, no
+        // MAP_FIXED), never unmapped (the process exits): the slice of
+        // atomics lives as long as the process, and other processes'
+        // stores into it are atomic accesses as far as this one can tell.
+        unsafe {
+            let p = rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+            .unwrap_or_else(|e| fail(&format!("raw_writer: mmap: {e}")));
+            std::slice::from_raw_parts(p.cast::<AtomicU64>(), len / 8)
+        }
+    };
+    match args.first().map(String::as_str) {
+        Some("inherit") => map(&stdin_fd())[0].store(num(2), Ordering::Release),
+        Some("rounds") => {
+            let mut sock = UnixStream::from(stdin_fd());
+            let fd = recv_fd(&sock);
+            let m = map(&fd);
+            for i in 1..=num(2) {
+                m[0].store(i, Ordering::Release);
+                let mut byte = [b'S'];
+                sock.write_all(&byte)
+                    .unwrap_or_else(|e| fail(&format!("raw_writer: {e}")));
+                sock.read_exact(&mut byte)
+                    .unwrap_or_else(|e| fail(&format!("raw_writer: {e}")));
+            }
+        }
+        Some("free") => {
+            let m = map(&stdin_fd());
+            let slot = num(3) as usize;
+            for i in 1..=num(2) {
+                m[slot].store(i, Ordering::Release);
+            }
+        }
+        other => fail(&format!("raw_writer: unknown mode {other:?}")),
+    }
+    println!("done");
+    let _ = std::io::stdout().flush();
+    std::process::exit(0)
+}
+
+/// One fd received with one byte (`SCM_RIGHTS`).
+fn recv_fd(sock: &UnixStream) -> OwnedFd {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8];
+    rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::empty(),
+    )
+    .unwrap_or_else(|e| fail(&format!("raw_writer: recvmsg: {e}")));
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+            if let Some(fd) = fds.next() {
+                return fd;
+            }
+        }
+    }
+    fail("raw_writer: no fd came")
 }

@@ -14,6 +14,7 @@
 mod child;
 mod hostile;
 mod scenarios;
+mod unmodified;
 mod util;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -48,7 +49,11 @@ fn main() {
             Err(e) => Some(e.to_string()),
         };
         let required = required.contains(&name);
-        for &(scenario, f, only) in scenarios::ALL.iter().chain(hostile::ALL) {
+        for &(scenario, f, only) in scenarios::ALL
+            .iter()
+            .chain(hostile::ALL)
+            .chain(unmodified::ALL)
+        {
             if !only.is_empty() && !only.contains(&kind) {
                 continue;
             }

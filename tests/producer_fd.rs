@@ -1,0 +1,146 @@
+//! The fd a producer that knows nothing of this crate maps, the backend
+//! that picks a tripwire such a producer can use, and `Poll`'s busy-poll
+//! mode for a doorbell page (#14). Host tests; the RFC selftest's scenarios
+//! against an unmodified producer are in the conformance suite.
+
+use std::time::{Duration, Instant};
+
+use memfd_tripwire::{Backend, BackendKind, Error, blocking::Tripwire};
+
+/// `Unmodified` gives `Kernel` or `Poll`, and a producer fd; the backends
+/// that need cooperation refuse with the reason and the way out.
+#[test]
+fn producer_fd_is_there_exactly_where_a_producer_needs_nothing() {
+    let tw = Tripwire::builder(4096)
+        .backend(Backend::Unmodified)
+        .create()
+        .expect("Kernel or Poll");
+    assert!(matches!(
+        tw.backend(),
+        BackendKind::Kernel | BackendKind::Poll
+    ));
+    assert!(tw.producer_fd().is_ok());
+    let poll = Tripwire::builder(4096)
+        .backend(Backend::Poll)
+        .create()
+        .unwrap();
+    assert!(poll.producer_fd().is_ok());
+    let doorbell = Tripwire::builder(4096)
+        .backend(Backend::Doorbell)
+        .create()
+        .unwrap();
+    match doorbell.producer_fd() {
+        Err(Error::Unavailable { backend, reason }) => {
+            assert_eq!(backend, BackendKind::Doorbell);
+            assert!(
+                reason.contains("notify") && reason.contains("Unmodified"),
+                "{reason}"
+            );
+        }
+        other => panic!("Doorbell gave {other:?}"),
+    }
+    if let Ok(uffd) = Tripwire::builder(4096).backend(Backend::Userfault).create() {
+        assert!(matches!(uffd.producer_fd(), Err(Error::Unavailable { .. })));
+    } else {
+        eprintln!("skipping the Userfault case: userfaultfd is unavailable here");
+    }
+    assert_eq!(
+        "unmodified".parse::<Backend>().unwrap(),
+        Backend::Unmodified
+    );
+}
+
+/// Busy-poll is for `Poll` and small regions, with a bounded window; a zero
+/// interval stays refused and points at it.
+#[test]
+fn busy_poll_is_bounded_and_only_where_it_pays() {
+    let refused = |b: memfd_tripwire::blocking::Builder, why: &str| match b.create() {
+        Err(e) => assert!(e.to_string().contains(why), "{e}"),
+        Ok(tw) => panic!("accepted {tw:?}"),
+    };
+    let ms = Duration::from_millis;
+    refused(
+        Tripwire::builder(4096)
+            .backend(Backend::Doorbell)
+            .busy_poll(ms(1)),
+        "Backend::Poll",
+    );
+    refused(
+        Tripwire::builder(1 << 20)
+            .backend(Backend::Poll)
+            .busy_poll(ms(1)),
+        "tripwire of its own",
+    );
+    refused(
+        Tripwire::builder(4096)
+            .backend(Backend::Poll)
+            .busy_poll(ms(101)),
+        "100ms",
+    );
+    refused(
+        Tripwire::builder(4096)
+            .backend(Backend::Poll)
+            .poll_interval(Duration::ZERO),
+        "busy_poll",
+    );
+}
+
+/// CPU time of this process's poller threads, in clock ticks.
+fn poller_ticks() -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "memfd-tripwire-" && !comm.starts_with("memfd-tripwire-p") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after ") ".
+        ticks += fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        ticks += fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ticks
+}
+
+/// Within its window the poller sees a store at once, where the interval
+/// alone would take seconds; after the window it sleeps again: the CPU it
+/// burns is bounded by the window per ACK, not "spin forever".
+#[test]
+fn busy_poll_sees_a_store_in_its_window_and_then_sleeps() {
+    let mut tw = Tripwire::builder(4096)
+        .backend(Backend::Poll)
+        .poll_interval(Duration::from_secs(2))
+        .busy_poll(Duration::from_millis(100))
+        .create()
+        .unwrap();
+    // Two rounds: an ACK opens a window; a store in it trips within the wait.
+    for round in 1..=2u64 {
+        tw.ack().unwrap();
+        tw.region().write(0, &round).unwrap();
+        let seen = tw.wait_timeout(Duration::from_secs(1)).unwrap();
+        assert!(
+            seen.is_some(),
+            "round {round}: the store was not seen in the window"
+        );
+    }
+    // An ACK, then nothing: the window ends and the poller sleeps.
+    tw.ack().unwrap();
+    let before = poller_ticks();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(600));
+    let spent = poller_ticks() - before;
+    let tick = Duration::from_millis(10); // USER_HZ = 100 on Linux
+    assert!(
+        tick * spent as u32 <= Duration::from_millis(100) + tick * 5,
+        "the poller burnt {spent} ticks in {:?} after one 100 ms window",
+        start.elapsed()
+    );
+    drop(tw);
+}
