@@ -310,53 +310,83 @@ impl Userfault {
         })
     }
 
-    /// Takes the replies to `f` that are there, and with `Wait::Block`
-    /// waits for the others until the deadline: `true` once all are in
-    /// (the ACK is done), `false` (kept in flight) if some are not yet.
-    fn progress(&mut self, mut f: InFlight, wait: Wait) -> io::Result<bool> {
-        let pages = self.len.div_ceil(PAGE);
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        while let Some(&idx) = f.waiting.last() {
+    /// Reads agent `idx`'s channel until its reply to `f` or its close
+    /// (`true`: no longer awaited), or until it is empty or gave
+    /// `MAX_PER_LOOK` other messages (`false`). A trip from before the
+    /// request, or a stale reply, is dropped; a flood of them does not
+    /// outlast the deadline.
+    fn take_reply(
+        &mut self,
+        f: &mut InFlight,
+        idx: usize,
+        pages: usize,
+        buf: &mut [u8],
+    ) -> io::Result<bool> {
+        for _ in 0..MAX_PER_LOOK {
             let Some(chan) = self.chans.get(idx) else {
-                f.waiting.pop();
-                continue;
+                return Ok(true);
             };
-            match chan.recv(&mut buf)? {
+            match chan.recv(buf)? {
                 Recv::Message(n) => match agent::parse_pages(&buf[..n], pages) {
                     Some(reply) if reply.seq == f.seq => {
                         match reply.ranges {
                             Some(r) => f.ranges.extend(r),
                             None => f.all = true,
                         }
-                        f.waiting.pop();
+                        return Ok(true);
                     }
-                    // A trip from before the request, or a stale reply; a
-                    // flood of them does not outlast the deadline.
                     _ if Instant::now() >= f.deadline => {
                         return Err(not_answering("a flood instead of the reply"));
                     }
                     _ => {}
                 },
                 Recv::Closed => {
-                    f.waiting.pop();
                     self.gone(idx);
                     f.all |= self.kind == BackendKind::UserfaultAsync;
+                    return Ok(true);
                 }
-                Recv::Empty => {
-                    let left = f.deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                Recv::Empty => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes the replies to `f` that are there, from every agent still
+    /// awaited, and with `Wait::Block` waits for the others until the
+    /// deadline: `true` once all are in (the ACK is done), `false` (kept in
+    /// flight) if some are not yet.
+    fn progress(&mut self, mut f: InFlight, wait: Wait) -> io::Result<bool> {
+        let pages = self.len.div_ceil(PAGE);
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let mut i = 0;
+            while i < f.waiting.len() {
+                let idx = f.waiting[i];
+                if self.take_reply(&mut f, idx, pages, &mut buf)? {
+                    f.waiting.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            let Some(&first) = f.waiting.first() else {
+                break;
+            };
+            let left = f.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(not_answering("no reply"));
+            }
+            match wait {
+                Wait::No => {
+                    self.in_flight = Some(f);
+                    return Ok(false);
+                }
+                Wait::Block => {
+                    let answered = match self.chans.get(first) {
+                        Some(chan) => chan.wait(left)?,
+                        None => true,
+                    };
+                    if !answered {
                         return Err(not_answering("no reply"));
-                    }
-                    match wait {
-                        Wait::No => {
-                            self.in_flight = Some(f);
-                            return Ok(false);
-                        }
-                        Wait::Block => {
-                            if !chan.wait(left)? {
-                                return Err(not_answering("no reply"));
-                            }
-                        }
                     }
                 }
             }
