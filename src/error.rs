@@ -116,7 +116,13 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { op, source } => write!(f, "{op} failed: {source}"),
+            Error::Io { op, source } => {
+                write!(
+                    f,
+                    "{op} failed: {source}{}",
+                    fd_limit_hint(errno_of(source))
+                )
+            }
             Error::ZeroLength => write!(f, "a tripwire needs a length of at least one byte"),
             Error::ReadOnly { offset, len } => write!(
                 f,
@@ -206,6 +212,37 @@ impl From<AccessError> for Error {
             AccessError::ReadOnly { offset, len } => Error::ReadOnly { offset, len },
         }
     }
+}
+
+/// What to do when a call failed for want of fds (`EMFILE`, `ENFILE`), to
+/// append to its message; empty for any other error.
+pub(crate) fn fd_limit_hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::EMFILE) => {
+            " (this process is at its limit of open files: raise it with `ulimit -n` or \
+             RLIMIT_NOFILE, or hold fewer tripwires; each holds a few fds)"
+        }
+        Some(libc::ENFILE) => " (the system is at its limit of open files: fs.file-max)",
+        _ => "",
+    }
+}
+
+/// The OS error number behind `e`, through wrapped errors and sources.
+fn errno_of(e: &io::Error) -> Option<i32> {
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    let mut inner: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(cur) = inner {
+        if let Some(n) = cur
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        inner = cur.source();
+    }
+    None
 }
 
 /// The error `changed()` and friends return once every producer hung up.

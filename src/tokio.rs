@@ -618,7 +618,12 @@ impl fmt::Debug for NewError {
 
 impl fmt::Display for NewError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "registering the tripwire with tokio: {}", self.error)
+        write!(
+            f,
+            "registering the tripwire with tokio: {}{}",
+            self.error,
+            crate::error::fd_limit_hint(self.error.raw_os_error())
+        )
     }
 }
 

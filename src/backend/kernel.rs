@@ -24,7 +24,10 @@ impl Kernel {
             },
             CreateError::Os(e) => Error::Unavailable {
                 backend: BackendKind::Kernel,
-                reason: format!("memfd_tripwire(0) failed: {e}"),
+                reason: format!(
+                    "memfd_tripwire(0) failed: {e}{}",
+                    crate::error::fd_limit_hint(e.raw_os_error())
+                ),
             },
             CreateError::NotATripwire { nr, returned, why } => Error::Unavailable {
                 backend: BackendKind::Kernel,

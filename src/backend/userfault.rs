@@ -96,7 +96,7 @@ pub(crate) fn probe() -> Result<u64, String> {
                               it with sysctl vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, \
                               or use Backend::Doorbell"
             .to_string(),
-        _ => format!("userfaultfd failed: {e}"),
+        n => format!("userfaultfd failed: {e}{}", crate::error::fd_limit_hint(n)),
     })?;
     let features = uffd::api(fd.as_fd(), 0).map_err(|e| format!("UFFDIO_API failed: {e}"))?;
     if features & uffd::FEATURE_WP_SHMEM == 0 {

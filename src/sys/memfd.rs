@@ -27,8 +27,9 @@ impl SealedMemfd {
     /// A new anonymous memfd of `len` zeroed bytes, sealed against resizing
     /// (and against adding or removing seals).
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
-        let step = |what: &str, e: rustix::io::Errno| {
-            io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+        let step = |what: &'static str, e: rustix::io::Errno| {
+            let source = io::Error::from(e);
+            io::Error::new(source.kind(), Step { what, source })
         };
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| step("memfd_create", e))?;
@@ -99,5 +100,25 @@ mod tests {
         let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, 4096).unwrap();
         assert!(SealedMemfd::from_peer(unsealed, None).is_err());
+    }
+}
+
+/// A failed step of `create`: its name, and the OS error (kept as the
+/// source, so that its number can still be found).
+#[derive(Debug)]
+struct Step {
+    what: &'static str,
+    source: io::Error,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Step {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }

@@ -163,6 +163,29 @@ pub fn run(role: &str) -> ! {
             rx.share(UnixStream::from(stdin_fd()))
                 .unwrap_or_else(|e| fail(&format!("child: ring share: {e}")));
         }
+        "exhaust_fds" => {
+            // A low limit of open files, then tripwires until one fails:
+            // the error must say what to do.
+            let limit = rustix::process::Rlimit {
+                current: Some(64),
+                maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                .unwrap_or_else(|e| fail(&format!("child: setrlimit: {e}")));
+            let mut held = Vec::new();
+            loop {
+                match Tripwire::builder(4096).backend(env_backend()).create() {
+                    Ok(tw) => held.push(tw),
+                    Err(e) => {
+                        println!("{} {e}", held.len());
+                        std::process::exit(0);
+                    }
+                }
+                if held.len() > 1000 {
+                    fail("child: 1000 tripwires under a limit of 64 fds");
+                }
+            }
+        }
         "connect_then_linger" => {
             let _p = connect();
             loop {

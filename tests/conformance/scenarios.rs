@@ -87,6 +87,11 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Kernel],
     ),
     (
+        "fd_exhaustion_names_ulimit",
+        fd_exhaustion_names_ulimit,
+        ANY,
+    ),
+    (
         "ring_1e6_messages_in_order",
         ring_1e6_messages_in_order,
         ANY,
@@ -1171,5 +1176,26 @@ fn odd_length_region_works(ctx: &Ctx) -> Outcome {
     let past = p.region().write(96, &1u64);
     ensure(matches!(past, Err(Error::OutOfBounds { .. })), || {
         format!("write past 100 bytes: {past:?}")
+    })
+}
+
+/// Out of fds (a child with `RLIMIT_NOFILE` at 64 creates tripwires until
+/// one fails): the error names the limit and what to do (issue #16).
+fn fd_exhaustion_names_ulimit(ctx: &Ctx) -> Outcome {
+    let null = std::fs::File::open("/dev/null")?;
+    let child = spawn(
+        "exhaust_fds",
+        &[("BACKEND", ctx.kind.to_string())],
+        null.into(),
+        None,
+    )?;
+    let out = child.wait_with_output()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    ensure(out.status.success(), || {
+        format!("the child failed: {} {line}", out.status)
+    })?;
+    eprintln!("  {}: {}", ctx.kind, line.trim());
+    ensure(line.contains("ulimit -n"), || {
+        format!("the error does not name the limit: {line}")
     })
 }
