@@ -21,37 +21,20 @@ use std::time::Instant;
 
 use memfd_tripwire::{Backend, Producer, SharedMemory, Tripwire, blocking};
 
+#[path = "common/requests.rs"]
+mod requests;
+use requests::{CQE_LEN, Cqe, DESC_LEN, Desc};
+
 const DRIVER_ENV: &str = "DOORBELL_EXAMPLE_DRIVER";
 /// BAR layout: the submission-queue tail doorbell.
 const SQ_TAIL_DOORBELL: usize = 0x0;
 const BAR_LEN: usize = 4096;
 /// Queue memory layout.
 const ENTRIES: u32 = 64;
-const SQ: usize = 0; // ENTRIES x Desc (64 bytes)
-const CQ: usize = 4096; // ENTRIES x Cqe (16 bytes)
+const SQ: usize = 0; // ENTRIES x Desc
+const CQ: usize = 4096; // ENTRIES x Cqe
 const CQ_TAIL: usize = 8192; // u32, written by the device
 const QUEUES_LEN: usize = 3 * 4096;
-
-/// A submission: checksum `len` bytes of `payload`.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct Desc {
-    id: u64,
-    len: u32,
-    op: u32,
-    payload: [u8; 48],
-}
-
-/// A completion.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct Cqe {
-    id: u64,
-    status: u32,
-    result: u32,
-}
-
-const OP_CHECKSUM: u32 = 1;
 
 fn main() {
     let outcome = if std::env::var_os(DRIVER_ENV).is_some() {
@@ -147,13 +130,9 @@ async fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok((served, wakeups)),
             Err(e) => return Err(e.into()),
         }
-        // The trip fires when the store faults, just before it lands: give
-        // it a moment (re-arming at once would make it fault again).
+        // On Kernel the trip fires just before the store lands.
         let doorbell = bar.region().atomic_u32(SQ_TAIL_DOORBELL)?;
-        let spin_until = Instant::now() + std::time::Duration::from_micros(50);
-        while doorbell.load(Ordering::Acquire) == head && Instant::now() < spin_until {
-            std::hint::spin_loop();
-        }
+        requests::settle(doorbell, head);
         // The register is the driver's: read it once and validate it.
         let tail = doorbell.load(Ordering::Acquire);
         if tail.wrapping_sub(head) > ENTRIES {
@@ -164,25 +143,8 @@ async fn serve(
         }
         while head != tail {
             let slot = (head % ENTRIES) as usize;
-            let d: Desc = q.read(SQ + slot * 64)?;
-            let (status, result) = match d.op {
-                OP_CHECKSUM if d.len as usize <= d.payload.len() => (
-                    0,
-                    d.payload[..d.len as usize]
-                        .iter()
-                        .map(|&b| u32::from(b))
-                        .sum(),
-                ),
-                _ => (1, 0),
-            };
-            q.write(
-                CQ + slot * 16,
-                &Cqe {
-                    id: d.id,
-                    status,
-                    result,
-                },
-            )?;
+            let d: Desc = q.read(SQ + slot * DESC_LEN)?;
+            q.write(CQ + slot * CQE_LEN, &d.execute())?;
             head = head.wrapping_add(1);
             q.atomic_u32(CQ_TAIL)?.store(head, Ordering::Release);
             served += 1;
@@ -203,22 +165,10 @@ fn driver() -> Result<(), Box<dyn std::error::Error>> {
     for id in 0..requests {
         let tail = id as u32;
         let slot = (tail % ENTRIES) as usize;
-        let mut payload = [0u8; 48];
-        payload
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (id as u8).wrapping_add(i as u8));
+        let request = Desc::checksum_request(id);
         let t0 = Instant::now();
         // An unmodified driver: the descriptor, then the doorbell store.
-        q.write(
-            SQ + slot * 64,
-            &Desc {
-                id,
-                len: 48,
-                op: OP_CHECKSUM,
-                payload,
-            },
-        )?;
+        q.write(SQ + slot * DESC_LEN, &request)?;
         doorbell.store(tail.wrapping_add(1), Ordering::Release);
         // Poll for the completion, as drivers do; give up if the device died.
         let mut spins = 0u64;
@@ -230,27 +180,9 @@ fn driver() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         lat.push(t0.elapsed());
-        let c: Cqe = q.read(CQ + slot * 16)?;
-        let want: u32 = payload.iter().map(|&b| u32::from(b)).sum();
-        if c.id != id || c.status != 0 || c.result != want {
-            return Err(format!(
-                "request {id}: bad completion (id {}, status {}, result {})",
-                c.id, c.status, c.result
-            )
-            .into());
-        }
+        let c: Cqe = q.read(CQ + slot * CQE_LEN)?;
+        c.check(&request)?;
     }
-    let total = start.elapsed();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
-    eprintln!(
-        "driver: {requests} requests in {:.2?} ({:.0} req/s); latency p50 {:.1?}, p90 {:.1?}, p99 {:.1?}, max {:.1?}",
-        total,
-        requests as f64 / total.as_secs_f64(),
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        lat[lat.len() - 1]
-    );
+    eprintln!("driver: {}", requests::summary(&mut lat, start.elapsed()));
     Ok(())
 }
