@@ -5,7 +5,15 @@
 //! cargo run --release --example vfio_user_device                  # Unmodified: Kernel, else Poll
 //! cargo run --release --example vfio_user_device -- --backend poll --requests 20000
 //! cargo run --release --example vfio_user_device -- --backend poll --busy-poll-us 0
+//! cargo run --release --example vfio_user_device -- --doorbell message  # today's trapped path
 //! ```
+//!
+//! `--doorbell message` rings the same device the way a vfio-user device
+//! server is rung today when its doorbell is a trapped register: the client
+//! sends a `region_write` of the DOORBELL register per request, and the
+//! server thread serves the queue in its callback. The two paths share
+//! everything else (queues, interrupt, latency measurement), for comparing
+//! them in one session.
 //!
 //! One binary, two processes. The **device** (this process) is a
 //! `vfio_user::Server` on a unix socket under the temp dir. Its BAR0 is two
@@ -99,6 +107,8 @@ type Res<T> = Result<T, Box<dyn Error>>;
 /// Set (to the socket path) in the client process.
 const CLIENT_SOCKET_ENV: &str = "VFIO_USER_EXAMPLE_SOCKET";
 const CLIENT_REQUESTS_ENV: &str = "VFIO_USER_EXAMPLE_REQUESTS";
+/// Set (to anything) when the client rings by `region_write` messages.
+const CLIENT_BY_MESSAGE_ENV: &str = "VFIO_USER_EXAMPLE_DOORBELL_MESSAGE";
 
 const BAR0: u32 = VFIO_PCI_BAR0_REGION_INDEX;
 /// In BAR0's page 0 (the doorbell page): the submission-queue tail, a u32
@@ -113,7 +123,8 @@ const REG_CQ_ADDR: usize = 0x10; // u64: guest address of the completion queue
 const REG_ENTRIES: usize = 0x18; // u32, RO: ENTRIES
 const REG_CONTROL: usize = 0x1c; // u32: CONTROL_ENABLE
 const REG_SERVED: usize = 0x20; // u32, RO: requests completed since enable
-const REGS_LEN: usize = 0x24;
+const REG_DOORBELL: usize = 0x24; // u32, WO: the trapped doorbell (`--doorbell message`)
+const REGS_LEN: usize = 0x28;
 
 const DEVICE_ID: u32 = u32::from_le_bytes(*b"MFTW");
 const STATUS_DMA: u32 = 1 << 0;
@@ -159,16 +170,19 @@ struct Args {
     backend: Backend,
     requests: u32,
     busy_poll: Duration,
+    /// `--doorbell message`: ring by a trapped register write instead.
+    by_message: bool,
 }
 
 const USAGE: &str = "usage: vfio_user_device [--backend unmodified|kernel|poll] [--requests N] \
-                     [--busy-poll-us US (Poll only; 0: off)]";
+                     [--busy-poll-us US (Poll only; 0: off)] [--doorbell store|message]";
 
 fn args() -> Result<Args, String> {
     let mut out = Args {
         backend: Backend::Unmodified,
         requests: 10_000,
         busy_poll: Duration::from_micros(200),
+        by_message: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -188,6 +202,15 @@ fn args() -> Result<Args, String> {
             "--busy-poll-us" => {
                 let us: u64 = val()?.parse().map_err(|e| format!("--busy-poll-us: {e}"))?;
                 out.busy_poll = Duration::from_micros(us);
+            }
+            "--doorbell" => {
+                out.by_message = match val()?.as_str() {
+                    "store" => false,
+                    "message" => true,
+                    other => {
+                        return Err(format!("--doorbell {other:?}: store or message\n{USAGE}"));
+                    }
+                };
             }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
@@ -390,6 +413,14 @@ impl ServerBackend for VfioDevice {
             // A doorbell rung by message: into the page, where it trips the
             // wire as the client's own store does.
             Target::DoorbellPage(at) => self.bar.write_bytes(at, data).map_err(io::Error::other),
+            Target::Register(REG_DOORBELL) if data.len() == 4 => {
+                // Today's path: the doorbell came as a message; serve the
+                // queue here, in the server thread, as a device server does.
+                let mut tail = [0u8; 4];
+                tail.copy_from_slice(data);
+                lock(&self.state)?.serve_to(u32::from_le_bytes(tail))?;
+                Ok(())
+            }
             Target::Register(at) => {
                 let mut st = lock(&self.state)?;
                 let mut regs = st.registers();
@@ -672,6 +703,7 @@ fn device(args: &Args) -> Res<()> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(CLIENT_SOCKET_ENV, &path)
         .env(CLIENT_REQUESTS_ENV, args.requests.to_string())
+        .envs(args.by_message.then_some((CLIENT_BY_MESSAGE_ENV, "1")))
         .stdin(Stdio::null())
         .spawn()?;
     let waiter = std::thread::spawn(move || {
@@ -703,10 +735,17 @@ fn device(args: &Args) -> Res<()> {
     if !status.success() {
         return Err(format!("the client failed ({status})").into());
     }
-    println!(
-        "device: served {served} requests in {wakeups} wake-ups on the {kind} backend; \
-         {trapped} trapped register accesses in all (none per doorbell); the client has gone"
-    );
+    if args.by_message {
+        println!(
+            "device: served every request in the server thread, one trapped DOORBELL write \
+             each ({trapped} trapped register accesses in all); the client has gone"
+        );
+    } else {
+        println!(
+            "device: served {served} requests in {wakeups} wake-ups on the {kind} backend; \
+             {trapped} trapped register accesses in all (none per doorbell); the client has gone"
+        );
+    }
     Ok(())
 }
 
@@ -735,45 +774,61 @@ async fn serve(mut bar: Tripwire, state: &Mutex<State>, done: UnixStream) -> Res
             }
         }
         let mut st = lock(state)?;
-        let Some(q) = st.queues.clone() else {
+        if st.queues.is_none() {
             continue; // not enabled: a doorbell means nothing yet
-        };
-        let head = st.head;
+        }
         // On Kernel the trip fires just before the store lands.
         if kernel {
-            requests::settle(doorbell, head);
+            requests::settle(doorbell, st.head);
         }
-        // The register is the driver's: read it once and validate it.
+        // The register is the driver's: read it once, then validate it.
         let tail = doorbell.load(Ordering::Acquire);
-        if tail.wrapping_sub(head) > ENTRIES {
-            st.fault = true;
-            st.queues = None;
+        served += st.serve_to(tail)?;
+    }
+}
+
+impl State {
+    /// Serves the submissions up to `tail` (the driver's doorbell value,
+    /// validated here) and raises one interrupt for them; returns how many.
+    fn serve_to(&mut self, tail: u32) -> io::Result<u64> {
+        let Some(q) = self.queues.clone() else {
+            return Ok(0);
+        };
+        if tail.wrapping_sub(self.head) > ENTRIES {
+            self.fault = true;
+            self.queues = None;
             eprintln!(
-                "device: the driver rang doorbell {tail} with {head} served: not a valid tail; \
-                 queues stopped (STATUS.FAULT)"
+                "device: the driver rang doorbell {tail} with {} served: not a valid tail; \
+                 queues stopped (STATUS.FAULT)",
+                self.head
             );
-            continue;
+            return Ok(0);
         }
-        if tail == head {
-            continue;
-        }
-        while st.head != tail {
-            let slot = (st.head % ENTRIES) as usize;
-            let d: Desc = q.sq.read(q.sq_at + slot * DESC_LEN)?;
-            q.cq.write(q.cq_at + slot * CQE_LEN, &d.execute())?;
-            st.head = st.head.wrapping_add(1);
-            st.served = st.served.wrapping_add(1);
-            q.cq.atomic_u32(q.cq_at + CQ_TAIL)?
-                .store(st.head, Ordering::Release);
+        let mut served = 0;
+        while self.head != tail {
+            let slot = (self.head % ENTRIES) as usize;
+            let d: Desc =
+                q.sq.read(q.sq_at + slot * DESC_LEN)
+                    .map_err(io::Error::other)?;
+            q.cq.write(q.cq_at + slot * CQE_LEN, &d.execute())
+                .map_err(io::Error::other)?;
+            self.head = self.head.wrapping_add(1);
+            self.served = self.served.wrapping_add(1);
+            q.cq.atomic_u32(q.cq_at + CQ_TAIL)
+                .map_err(io::Error::other)?
+                .store(self.head, Ordering::Release);
             served += 1;
         }
-        // One interrupt for what this wake-up served.
-        if let Some(irq) = &st.irq {
-            if let Err(e) = (&*irq).write_all(&1u64.to_ne_bytes()) {
-                eprintln!("device: signalling the interrupt eventfd: {e}");
-                st.fault = true;
+        // One interrupt for what this doorbell served.
+        if served > 0 {
+            if let Some(irq) = &self.irq {
+                if let Err(e) = (&*irq).write_all(&1u64.to_ne_bytes()) {
+                    eprintln!("device: signalling the interrupt eventfd: {e}");
+                    self.fault = true;
+                }
             }
         }
+        Ok(served)
     }
 }
 
@@ -840,6 +895,7 @@ fn write_reg(client: &mut Client, regs: u64, reg: usize, value: &[u8]) -> Res<()
 
 fn client(socket: &Path) -> Res<()> {
     let requests: u32 = std::env::var(CLIENT_REQUESTS_ENV)?.parse()?;
+    let by_message = std::env::var_os(CLIENT_BY_MESSAGE_ENV).is_some();
     let device_pid = rustix::process::getppid();
     let page = rustix::param::page_size();
 
@@ -968,7 +1024,12 @@ fn client(socket: &Path) -> Res<()> {
     println!(
         "client: mapped BAR0's doorbell page ({area_len} bytes at fd offset {fd_offset:#x}); \
          guest RAM {GUEST_RAM_LEN} bytes DMA-mapped at {GUEST_RAM_ADDR:#x}; MSI-X eventfd set; \
-         {requests} requests, each rung by one store"
+         {requests} requests, each rung by {}",
+        if by_message {
+            "a region_write message to the trapped DOORBELL register (--doorbell message)"
+        } else {
+            "one store"
+        }
     );
 
     let mem = ram.region();
@@ -982,8 +1043,18 @@ fn client(socket: &Path) -> Res<()> {
         let request = Desc::checksum_request(u64::from(i));
         mem.write(SQ_OFFSET + slot * DESC_LEN, &request)?;
         let t0 = Instant::now();
-        // The doorbell: a plain store into the mapped page. Nothing else.
-        doorbell.store(idx.wrapping_add(1), Ordering::Release);
+        if by_message {
+            // Today's trapped doorbell: a region_write message per request.
+            write_reg(
+                &mut client,
+                regs,
+                REG_DOORBELL,
+                &idx.wrapping_add(1).to_le_bytes(),
+            )?;
+        } else {
+            // The doorbell: a plain store into the mapped page. Nothing else.
+            doorbell.store(idx.wrapping_add(1), Ordering::Release);
+        }
         let deadline = t0 + REQUEST_TIMEOUT;
         while cq_tail.load(Ordering::Acquire) != idx.wrapping_add(1) {
             wait_interrupt(&irq, deadline, device_pid).map_err(|e| format!("request {i}: {e}"))?;
