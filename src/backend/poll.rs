@@ -13,8 +13,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,16 @@ pub(crate) struct Poller {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The wire's state, shared by the consumer (ACK) and the poller.
+const ARMED: u8 = 0;
+/// The poller tripped the wire; nothing to compare until the next ACK.
+const TRIPPED: u8 = 1;
+/// An ACK is rewriting the snapshot: a compare now means nothing.
+const REARMING: u8 = 2;
+
+/// What the consumer and the poller share. No lock: the snapshot is a row
+/// of atomic words, and `state` says whose turn it is, so an ACK (an
+/// O(region) copy) never makes the poller wait, nor the poller an ACK.
 #[derive(Debug)]
 struct Shared {
     map: Arc<Mapping>,
@@ -36,70 +46,68 @@ struct Shared {
     interval: Duration,
     /// The busy-poll window after each ACK (zero: none).
     busy: Duration,
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    /// The region as it was at the last ACK.
-    snapshot: Vec<u8>,
-    /// Scratch for the current contents.
-    current: Vec<u8>,
-    /// `true` from an ACK until the poller trips the wire.
-    armed: bool,
-    /// Busy-poll: compare without sleeping until then (set by each ACK).
-    spin_until: Option<Instant>,
+    /// The region as it was at the last ACK, word by word
+    /// (`Mapping::snapshot_word`): the only copy kept, so the memory
+    /// `Poll` adds is one region's worth.
+    snapshot: Box<[AtomicU64]>,
+    state: AtomicU8,
+    /// Busy-poll: compare without sleeping until this many ns after `epoch`.
+    spin_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere; the buffers are fine.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Compares once; trips the wire on a difference. Returns whether it did.
+    /// Compares once, word by word, stopping at the first difference; trips
+    /// the wire on one. Returns whether it did.
     fn check(&self) -> io::Result<bool> {
-        let mut st = self.state();
-        if !st.armed {
+        if self.state.load(Ordering::Acquire) != ARMED {
             return Ok(false);
         }
-        let State {
-            snapshot, current, ..
-        } = &mut *st;
-        self.map
-            .read_into(0, current)
-            .expect("buffers are as long as the mapping");
-        if current == snapshot {
+        let differs = self
+            .snapshot
+            .iter()
+            .enumerate()
+            .any(|(i, w)| self.map.snapshot_word(i) != Some(w.load(Ordering::Relaxed)));
+        // An ACK that began meanwhile moved the state on: the compare may
+        // have met a half-written snapshot, and the ACK's copy decides.
+        if !differs
+            || self
+                .state
+                .compare_exchange(ARMED, TRIPPED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
             return Ok(false);
         }
-        st.armed = false;
         self.eventfd.ring()?;
         Ok(true)
     }
 
+    /// Takes the snapshot and arms: every write before it returns is in the
+    /// snapshot or trips the wire.
     fn rearm(&self) {
-        let mut st = self.state();
-        let State { snapshot, .. } = &mut *st;
-        self.map
-            .read_into(0, snapshot)
-            .expect("buffers are as long as the mapping");
-        st.armed = true;
+        self.state.store(REARMING, Ordering::Release);
+        for (i, w) in self.snapshot.iter().enumerate() {
+            w.store(self.map.snapshot_word(i).unwrap_or(0), Ordering::Relaxed);
+        }
+        self.state.store(ARMED, Ordering::Release);
         if !self.busy.is_zero() {
-            st.spin_until = Some(Instant::now() + self.busy);
+            let until = self.epoch.elapsed() + self.busy;
+            self.spin_until
+                .store(until.as_nanos() as u64, Ordering::Relaxed);
         }
     }
 
     /// How long the poller sleeps before its next compare: not at all while
     /// armed inside a busy-poll window, else an interval.
     fn pause(&self) -> Duration {
-        let mut st = self.state();
-        match st.spin_until {
-            Some(until) if st.armed && Instant::now() < until => Duration::ZERO,
-            Some(_) => {
-                st.spin_until = None;
-                self.interval
-            }
-            None => self.interval,
+        let until = self.spin_until.load(Ordering::Relaxed);
+        if until != 0
+            && self.state.load(Ordering::Relaxed) == ARMED
+            && (self.epoch.elapsed().as_nanos() as u64) < until
+        {
+            Duration::ZERO
+        } else {
+            self.interval
         }
     }
 }
@@ -112,18 +120,17 @@ impl Poller {
     ) -> Result<(Self, Region), Error> {
         let (memfd, region) = super::region_memfd(len)?;
         let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
+        let words = region.mapping().snapshot_words();
         let shared = Arc::new(Shared {
             map: region.mapping().clone(),
             eventfd,
             stop: AtomicBool::new(false),
             interval,
             busy,
-            state: Mutex::new(State {
-                snapshot: vec![0; len],
-                current: vec![0; len],
-                armed: false,
-                spin_until: None,
-            }),
+            snapshot: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            state: AtomicU8::new(TRIPPED),
+            spin_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         shared.rearm();
         let worker = shared.clone();

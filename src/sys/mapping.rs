@@ -449,6 +449,34 @@ impl Mapping {
         Ok(unsafe { self.word(offset) })
     }
 
+    /// How many `u64`s [`snapshot_word`](Mapping::snapshot_word) numbers:
+    /// the whole words, and one more for the trailing bytes if any.
+    pub(crate) fn snapshot_words(&self) -> usize {
+        self.len.div_ceil(WORD)
+    }
+
+    /// Word `i` of the mapping as a `u64`, for a snapshot: a whole word is
+    /// one relaxed load; the last, partial one is its trailing bytes (each a
+    /// relaxed byte load, the module doc's rule), zero-padded. `None` past
+    /// the end.
+    #[inline]
+    pub(crate) fn snapshot_word(&self, i: usize) -> Option<u64> {
+        let at = i.checked_mul(WORD)?;
+        if at + WORD <= self.words_end() {
+            // SAFETY: 8-aligned and a whole word below `words_end`.
+            return Some(unsafe { self.word(at) }.load(Relaxed));
+        }
+        if at >= self.len {
+            return None;
+        }
+        let mut bytes = [0u8; WORD];
+        for (k, b) in bytes.iter_mut().enumerate().take(self.len - at) {
+            // SAFETY: `words_end <= at + k < len`: one of the trailing bytes.
+            *b = unsafe { self.byte(at + k) }.load(Relaxed);
+        }
+        Some(u64::from_ne_bytes(bytes))
+    }
+
     /// The naturally aligned `u64` at `offset`, loaded with acquire
     /// ordering: a relaxed load, then an acquire fence. Works on read-only
     /// mappings, where only relaxed loads are allowed.
