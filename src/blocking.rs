@@ -328,6 +328,13 @@ impl Tripwire {
         self.wire.ack(Wait::Block).map(drop)
     }
 
+    /// `true` while an ACK sent without blocking (by the async layer)
+    /// awaits the producers' replies.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ack_in_flight(&self) -> bool {
+        self.wire.ack_in_flight()
+    }
+
     /// [`ack`](Tripwire::ack) that never blocks: `false` while the ACK is in
     /// flight (look again when the wake-up fd turns readable).
     #[cfg(feature = "tokio")]

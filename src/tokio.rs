@@ -311,6 +311,24 @@ impl Tripwire {
         self.inner.look(Wait::No, None)
     }
 
+    /// `true` while an ACK awaits the producers' replies: on `Userfault`
+    /// and `UserfaultAsync`, where [`try_changed`](Tripwire::try_changed)
+    /// and [`changed`](Tripwire::changed) send the ACK without waiting for
+    /// it. The wire is not re-armed yet; its replies wake
+    /// [`ready`](Tripwire::ready). Always `false` on the other backends.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
+    /// assert!(!tw.ack_in_flight());
+    /// # Ok(()) }
+    /// ```
+    pub fn ack_in_flight(&self) -> bool {
+        self.inner.ack_in_flight()
+    }
+
     /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`]. On
     /// `Userfault` and `UserfaultAsync` it waits for the producers' agents
     /// to answer without blocking the thread.

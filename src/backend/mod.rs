@@ -423,6 +423,12 @@ impl Wire {
         taken.map(Take::from)
     }
 
+    /// `true` while an ACK sent without blocking awaits replies.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ack_in_flight(&self) -> bool {
+        matches!(self, Wire::Userfault(w) if w.ack_in_flight())
+    }
+
     /// Appends the byte ranges the last successful take re-armed: the
     /// written pages on `Userfault` and `UserfaultAsync`, the whole region
     /// on the backends that cannot tell.

@@ -284,6 +284,12 @@ impl Userfault {
         }
     }
 
+    /// `true` while an ACK sent with `Wait::No` awaits replies.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ack_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// Sends an ACK request to every agent.
     fn send_ack(&mut self) -> io::Result<InFlight> {
         self.seq = self.seq.wrapping_add(1);

@@ -53,6 +53,9 @@ pub struct Receiver<T> {
     batch: u64,
     spin: Spin,
     done: bool,
+    /// When the ACK now in flight (async, `Userfault`) was sent: its cost,
+    /// for the spin budget, runs from then to its completion.
+    ack_sent: Option<Instant>,
     /// A Sender attached (one only: the ring has a single producer).
     shared: bool,
     /// An error of publishing the tail after messages were taken: reported
@@ -116,6 +119,15 @@ impl RingTripwire {
             RingTripwire::Async(tw) => Ok(tw.get_mut()),
             #[cfg(feature = "tokio")]
             RingTripwire::Poisoned => Err(poisoned()),
+        }
+    }
+
+    /// `true` while an ACK sent without blocking awaits replies.
+    fn ack_in_flight(&self) -> bool {
+        match self {
+            #[cfg(feature = "tokio")]
+            RingTripwire::Async(tw) => tw.ack_in_flight(),
+            _ => false,
         }
     }
 
@@ -215,6 +227,7 @@ impl<T: Pod> Receiver<T> {
                 },
             },
             done: false,
+            ack_sent: None,
             shared: false,
             deferred: None,
             stats: RingStats::default(),
@@ -502,11 +515,18 @@ impl<T: Pod> Receiver<T> {
     pub fn rearm(&mut self) -> Result<bool, Error> {
         self.publish_tail()?;
         let start = Instant::now();
-        match self.tw.try_changed() {
+        let changed = self.tw.try_changed();
+        if self.tw.ack_in_flight() {
+            self.ack_sent.get_or_insert(start);
+        }
+        match changed {
             // Tripped, and now re-armed: what was stored before is visible.
             Ok(Some(_)) => {
                 self.stats.rearms += 1;
-                self.spin.record_ack(start.elapsed());
+                // An ACK that went out without blocking cost the Receiver
+                // from its sending to here (a sleep in between included).
+                let sent = self.ack_sent.take().unwrap_or(start);
+                self.spin.record_ack(sent.elapsed());
                 // That may have been the last trip of a Sender that is
                 // gone (taken with its hang-up, which then wakes no one):
                 // sleeping now would be for ever.
