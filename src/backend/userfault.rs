@@ -258,13 +258,18 @@ impl Userfault {
         if self.in_flight.is_none() && !self.tripped {
             return Ok(Take::Idle);
         }
-        self.ack(wait)
+        self.acknowledge(wait)
     }
 
     /// ACKs whether or not the wire is tripped (or goes on with the ACK in
     /// flight): `Taken` once every agent answered.
     pub(crate) fn ack(&mut self, wait: Wait) -> io::Result<Take> {
         self.collect()?;
+        self.acknowledge(wait)
+    }
+
+    /// The ACK itself, once the agents' messages were collected.
+    fn acknowledge(&mut self, wait: Wait) -> io::Result<Take> {
         let result = match self.in_flight.take() {
             Some(f) => Ok(f),
             None => self.send_ack(),
