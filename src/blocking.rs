@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+use crate::backend::peers::Peers;
 use crate::backend::{Options, Take, Wait, Wire};
-use crate::peers::Peers;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 
 /// Configures and creates a [`Tripwire`]; from [`Tripwire::builder`].
@@ -116,11 +116,12 @@ impl Builder {
     /// ```
     pub fn create(self) -> Result<Tripwire, Error> {
         let (wire, region) = Wire::create(self.backend, self.len, self.opts)?;
+        let peers = wire.peers()?;
         Ok(Tripwire {
             wire,
             region,
             epoch: Epoch::ZERO,
-            peers: Peers::new()?,
+            peers,
         })
     }
 }
@@ -136,9 +137,13 @@ impl Builder {
 /// possibly more. Nothing slips through: a write racing with the ACK is
 /// either visible once it returns or trips the wire again.
 ///
-/// [`AsFd`]/[`AsRawFd`] give the wake-up fd (the tripwire itself on
-/// `Kernel`, an eventfd on the emulations), readable while tripped. With the
-/// `mio` feature it is a [`mio::event::Source`]. Wrap it in
+/// [`AsFd`]/[`AsRawFd`] give the tripwire's one fd, readable while the wire
+/// is tripped or once a producer hung up: an epoll set over the mechanism's
+/// wake-up fd (the tripwire itself on `Kernel`, an eventfd on `Poll`, the
+/// agents' channels on the Userfaults, the producers' sockets on
+/// `Doorbell`) and the producers' handshake sockets. It is the only fd to
+/// watch, before and after [`share`](Tripwire::share); with the `mio`
+/// feature the tripwire is a [`mio::event::Source`] for it. Wrap it in
 /// [`crate::Tripwire`] for `changed().await`.
 ///
 /// # Examples
@@ -168,7 +173,7 @@ impl fmt::Debug for Tripwire {
             .field("backend", &self.wire.kind())
             .field("len", &self.region.len())
             .field("epoch", &self.epoch)
-            .field("wake_fd", &self.as_raw_fd())
+            .field("fd", &self.as_raw_fd())
             .finish()
     }
 }
@@ -257,11 +262,11 @@ impl Tripwire {
         wait: Wait,
         pages: Option<&mut Vec<Range<usize>>>,
     ) -> io::Result<Option<Epoch>> {
-        let mut taken = self.wire.take(wait)?;
+        let mut taken = self.wire.take(&mut self.peers, wait)?;
         if taken == Take::Idle && self.peers.all_gone()? {
             // The producers' last writes happen before their sockets close:
             // look once more, and let the mechanism report what it has not yet.
-            taken = self.wire.take_final(wait)?;
+            taken = self.wire.take_final(&mut self.peers, wait)?;
             if taken == Take::Idle {
                 return Err(crate::error::peer_gone());
             }
@@ -325,7 +330,7 @@ impl Tripwire {
     /// assert_eq!(tw.try_changed().unwrap(), None);
     /// ```
     pub fn ack(&mut self) -> io::Result<()> {
-        self.wire.ack(Wait::Block).map(drop)
+        self.wire.ack(&mut self.peers, Wait::Block).map(drop)
     }
 
     /// `true` while an ACK sent without blocking (by the async layer)
@@ -339,7 +344,7 @@ impl Tripwire {
     /// flight (look again when the wake-up fd turns readable).
     #[cfg(feature = "tokio")]
     pub(crate) fn ack_nowait(&mut self) -> io::Result<bool> {
-        Ok(self.wire.ack(Wait::No)? == Take::Taken)
+        Ok(self.wire.ack(&mut self.peers, Wait::No)? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
@@ -418,7 +423,7 @@ impl Tripwire {
     }
 
     /// Sleeps until the wire may have tripped or a producer may have hung
-    /// up (its wake-up fd or its peer set turned readable), or until
+    /// up (its fd turned readable), or until
     /// `timeout` (`None`: no limit). Does not ACK; returns early on a signal.
     /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
     /// for consumers that ACK on their own schedule: read while data flows
@@ -440,12 +445,8 @@ impl Tripwire {
     /// }
     /// ```
     pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let wake = self.wire.wake_fd();
-        let peers = self.peers.fd();
-        let mut fds = [
-            PollFd::new(&wake, PollFlags::IN),
-            PollFd::new(&peers, PollFlags::IN),
-        ];
+        let fd = self.peers.fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         let ts = timeout.map(|d| Timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: d.subsec_nanos().into(),
@@ -625,29 +626,31 @@ impl Tripwire {
         self.wire.producer_fd()
     }
 
-    /// The fd that turns readable when a producer hangs up (an epoll set,
-    /// there from creation, so that registering it before `share` works).
+    /// The tripwire's fd ([`AsFd`]), for a tokio registration that keeps
+    /// it open: no duplicate fd.
     #[cfg(feature = "tokio")]
-    pub(crate) fn peers_fd(&self) -> BorrowedFd<'_> {
-        self.peers.fd()
+    pub(crate) fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
+        self.peers.shared_fd()
     }
 }
 
 impl AsFd for Tripwire {
-    /// The wake-up fd: readable while the wire is tripped.
+    /// The tripwire's one fd (an epoll set, there from creation): readable
+    /// while the wire is tripped or once a producer hung up, whenever it was
+    /// shared.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wire.wake_fd()
+        self.peers.fd()
     }
 }
 
 impl AsRawFd for Tripwire {
     fn as_raw_fd(&self) -> RawFd {
-        self.wire.wake_fd().as_raw_fd()
+        self.peers.fd().as_raw_fd()
     }
 }
 
-/// Registers the wake-up fd and, once shared, the peer set under one token:
-/// an event means "call [`Tripwire::try_changed`] until it returns `None`".
+/// Registers the tripwire's one fd: an event means "call
+/// [`Tripwire::try_changed`] until it returns `None`".
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -672,8 +675,7 @@ impl mio::event::Source for Tripwire {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        mio::unix::SourceFd(&self.as_raw_fd()).register(registry, token, interests)?;
-        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).register(registry, token, interests)
+        mio::unix::SourceFd(&self.as_raw_fd()).register(registry, token, interests)
     }
 
     fn reregister(
@@ -682,12 +684,10 @@ impl mio::event::Source for Tripwire {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        mio::unix::SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)?;
-        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).reregister(registry, token, interests)
+        mio::unix::SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        mio::unix::SourceFd(&self.as_raw_fd()).deregister(registry)?;
-        mio::unix::SourceFd(&self.peers.fd().as_raw_fd()).deregister(registry)
+        mio::unix::SourceFd(&self.as_raw_fd()).deregister(registry)
     }
 }

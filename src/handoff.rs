@@ -5,8 +5,9 @@
 //! ```text
 //! offer (consumer -> producer), 24 bytes + fds:
 //!   magic "MFDTWIRE" | version u16 | backend u16 | fd count u32 | region length u64
-//!   fds: Kernel [tripwire]; Doorbell [memfd, bell (a unix stream socket
-//!        end; an eventfd up to version 1), control memfd]; Poll [memfd];
+//!   fds: Kernel [tripwire]; Doorbell [memfd: the region rounded up to a
+//!        page, then the control page; up to version 3 a bell socket and a
+//!        control memfd came apart]; Poll [memfd];
 //!        Userfault, UserfaultAsync [memfd, the agent's channel (a unix
 //!        seqpacket socket end; from version 3)]
 //! reply (producer -> consumer), 24 bytes + message, never fds (from
@@ -25,8 +26,8 @@
 //! (`MSG_CTRUNC`), a wrong fd count, an unknown magic or version, a short
 //! frame, a peer that hangs up or stays silent for [`TIMEOUT`]: each is an
 //! [`Error::Handshake`] and every fd received is closed. After the handshake
-//! the socket carries nothing: its hang-up is how each side learns that the
-//! other is gone.
+//! the socket carries nothing but, on Doorbell, the producer's rings (one
+//! byte each): its hang-up is how each side learns that the other is gone.
 //!
 //! Waiting never depends on the socket's own settings, which the caller (or
 //! the peer, through a shared file description) chooses: each side polls
@@ -58,8 +59,10 @@ pub(crate) const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
 pub(crate) const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
 /// 2: the Doorbell offer's second fd is a unix socket end, no longer an
 /// eventfd. 3: a Userfault(Async) offer carries the agent's channel, and no
-/// reply carries fds (the producer's uffd never leaves it).
-pub(crate) const VERSION: u16 = 3;
+/// reply carries fds (the producer's uffd never leaves it). 4: the Doorbell
+/// offer is one memfd (region, then control page), and the producer rings
+/// through the handshake socket.
+pub(crate) const VERSION: u16 = 4;
 pub(crate) const OFFER_LEN: usize = 24;
 pub(crate) const REPLY_LEN: usize = 24;
 pub(crate) const MAX_MESSAGE: usize = 4096;
@@ -112,9 +115,8 @@ pub(crate) struct ReplyHeader {
 /// How many fds an offer for `kind` carries.
 pub(crate) fn offer_fds(kind: BackendKind) -> usize {
     match kind {
-        BackendKind::Kernel | BackendKind::Poll => 1,
+        BackendKind::Kernel | BackendKind::Poll | BackendKind::Doorbell => 1,
         BackendKind::Userfault | BackendKind::UserfaultAsync => 2,
-        BackendKind::Doorbell => 3,
     }
 }
 

@@ -73,7 +73,6 @@ mod backend;
 pub mod blocking;
 mod error;
 mod handoff;
-mod peers;
 mod producer;
 mod region;
 pub mod ring;

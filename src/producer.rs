@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::backend::agent::Agent;
-use crate::backend::doorbell::{self, CONTROL_LEN, protocol};
+use crate::backend::doorbell::{self, protocol};
 use crate::backend::kernel;
 use crate::handoff::Extras;
 use crate::sys::{self, Mapping};
@@ -55,10 +55,10 @@ pub struct Producer {
     peer: Option<UnixStream>,
 }
 
-/// What a Doorbell producer rings.
+/// The consumer's armed flag, on Doorbell (it rings through its handshake
+/// socket).
 struct Doorbell {
     control: Mapping,
-    bell: sys::Bell,
 }
 
 impl fmt::Debug for Producer {
@@ -222,7 +222,7 @@ impl Producer {
     /// [`from_fd`](Producer::from_fd)): poll it for `POLLRDHUP` in your own
     /// event loop to learn that the consumer went away (what
     /// [`is_closed`](Producer::is_closed) checks). Do not read or write it:
-    /// the consumer treats anything on it as a protocol error.
+    /// it belongs to the tripwire (on `Doorbell` it carries the rings).
     ///
     /// ```no_run
     /// # fn f(p: &memfd_tripwire::Producer) -> std::io::Result<()> {
@@ -273,14 +273,13 @@ impl Producer {
                 (region, None)
             }
             BackendKind::Doorbell => {
-                let region = map_memfd(next(), len)?;
-                let bell = sys::Bell::from_peer(next())
-                    .map_err(|why| Error::handshake(format!("the doorbell fd: {why}")))?;
-                let control = sys::SealedMemfd::from_peer(next(), Some(CONTROL_LEN))
-                    .map_err(|why| Error::handshake(format!("the control memfd {why}")))?
-                    .map()
-                    .map_err(|e| Error::io("mmap of the control page", e))?;
-                (region, Some(Doorbell { control, bell }))
+                let (_, size) = doorbell::control_at(len).ok_or_else(|| {
+                    Error::handshake(format!("a region of {len} bytes overflows"))
+                })?;
+                let memfd = sys::SealedMemfd::from_peer(next(), Some(size))
+                    .map_err(|why| Error::handshake(format!("the Doorbell memfd {why}")))?;
+                let (region, control) = doorbell::map(&memfd, len)?;
+                (region, Some(Doorbell { control }))
             }
         };
         Ok(Producer {
@@ -333,8 +332,9 @@ impl Producer {
 
     /// Tells the consumer that the region changed. Call it after writing.
     ///
-    /// On `Doorbell` it costs a fence and an atomic swap, plus a one-byte non-blocking socket send
-    /// write when the consumer is waiting for one. On every other backend it
+    /// On `Doorbell` it costs a fence and an atomic swap, plus a one-byte
+    /// non-blocking send on the handshake socket when the consumer is
+    /// waiting for one. On every other backend it
     /// does nothing (the writes themselves are seen).
     ///
     /// # Errors
@@ -363,15 +363,18 @@ impl Producer {
         if !protocol::should_ring(armed) {
             return Ok(());
         }
-        self.ring(bell)
+        self.ring()
     }
 
     /// The slow half of `notify()`: the consumer is armed.
     #[cold]
-    fn ring(&self, doorbell: &Doorbell) -> io::Result<()> {
+    fn ring(&self) -> io::Result<()> {
+        let Some(sock) = &self.peer else {
+            return Err(crate::error::peer_gone());
+        };
         // Never blocks (see `sys::bell`); `BrokenPipe` once the consumer's
         // end is closed: the consumer is gone.
-        doorbell.bell.ring().map_err(|e| match e.kind() {
+        sys::bell::ring(sock.as_fd()).map_err(|e| match e.kind() {
             io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
             _ => e,
         })

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -37,10 +37,9 @@ use crate::{BackendKind, Epoch, Region, blocking};
 /// ```
 pub struct Tripwire {
     inner: blocking::Tripwire,
-    /// Registrations of duplicates of the wake-up fd and of the peer set's
-    /// fd: each owns what it watches.
-    wake: AsyncFd<OwnedFd>,
-    peers: AsyncFd<OwnedFd>,
+    /// The registration of the tripwire's one fd, which it keeps open
+    /// through a shared reference: no duplicate fd.
+    fd: AsyncFd<reactor::SharedFd>,
 }
 
 impl fmt::Debug for Tripwire {
@@ -91,15 +90,10 @@ impl Tripwire {
                 ),
             });
         }
-        let register =
-            |fd: BorrowedFd<'_>| fd.try_clone_to_owned().and_then(reactor::register_owned);
-        let registered = register(tripwire.as_fd())
-            .and_then(|wake| register(tripwire.peers_fd()).map(|peers| (wake, peers)));
-        match registered {
-            Ok((wake, peers)) => Ok(Tripwire {
+        match reactor::register_shared(tripwire.shared_fd()) {
+            Ok(fd) => Ok(Tripwire {
                 inner: tripwire,
-                wake,
-                peers,
+                fd,
             }),
             Err(error) => Err(NewError {
                 tripwire: Box::new(tripwire),
@@ -247,20 +241,9 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut ready = false;
-        if let Poll::Ready(guard) = self.wake.poll_read_ready(cx) {
-            guard?.clear_ready();
-            ready = true;
-        }
-        if let Poll::Ready(guard) = self.peers.poll_read_ready(cx) {
-            guard?.clear_ready();
-            ready = true;
-        }
-        if ready {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+        guard.clear_ready();
+        Poll::Ready(Ok(()))
     }
 
     /// Waits for readiness, without ACKing: the `async` form of

@@ -1,23 +1,38 @@
-//! `Backend::Doorbell`: the producer rings a bell (`sys::Bell`, one end of a
-//! unix socket pair; the consumer keeps the other) from `notify()`, but only
-//! when the consumer is armed (a Dekker handshake on a shared flag), so a
-//! busy producer pays one fence and one atomic swap per `notify()`. Neither
-//! side can make the other block through the bell (see `sys::bell`).
+//! `Backend::Doorbell`: the producer rings from `notify()`, but only when
+//! the consumer is armed (a Dekker handshake on a shared flag), so a busy
+//! producer pays one fence and one atomic swap per `notify()`. It rings
+//! through its handshake socket (a byte, `sys::bell::ring`): the socket that
+//! tells each side of the other's death also carries the rings, so a
+//! Doorbell tripwire costs the consumer its memfd, its epoll set and one
+//! socket per producer (`backend::peers`). Neither side can make the other
+//! block through it (see `sys::bell`).
+//!
+//! The armed flag lives in one page after the region, in the same memfd
+//! (the region's length rounded up to a page, plus a page): the producer
+//! maps both, the consumer's `Region` only the first.
 //!
 //! Contract: a `notify()` that follows a write and comes after an ACK trips
 //! the wire; writes without `notify()` are not seen.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::AtomicU32;
 
-use crate::sys::{Bell, Mapping, SealedMemfd};
+use super::peers::Peers;
+use crate::sys::{Mapping, SealedMemfd};
 use crate::{Error, Region};
 
-/// Size of the control memfd that holds the armed flag.
-pub(crate) const CONTROL_LEN: usize = 4096;
-/// Offset of the armed flag (a `u32`: 1 = the consumer wants a ring).
+/// Offset of the armed flag in the control page (a `u32`: 1 = the consumer
+/// wants a ring).
 pub(crate) const ARMED_OFFSET: usize = 0;
+
+/// Where the control page starts in a Doorbell memfd for a region of `len`
+/// bytes, and the memfd's whole size; `None` if that overflows.
+pub(crate) fn control_at(len: usize) -> Option<(usize, usize)> {
+    let page = rustix::param::page_size();
+    let at = len.checked_next_multiple_of(page)?;
+    Some((at, at.checked_add(page)?))
+}
 
 pub(crate) mod protocol {
     //! The armed-flag protocol, generic over its atomic so that loom can
@@ -84,34 +99,42 @@ pub(crate) mod protocol {
     }
 }
 
+/// Maps a Doorbell memfd (of the size [`control_at`] gives): the region of
+/// `len` bytes, and the control page.
+pub(crate) fn map(memfd: &SealedMemfd, len: usize) -> Result<(Region, Mapping), Error> {
+    let at = control_at(len).map_or(usize::MAX, |(at, _)| at);
+    let region = memfd
+        .map_range(0, len)
+        .map_err(|e| Error::io("mmap of the region", e))?;
+    let control = memfd
+        .map_range(at, rustix::param::page_size())
+        .map_err(|e| Error::io("mmap of the control page", e))?;
+    Ok((Region::new(region), control))
+}
+
 #[derive(Debug)]
 pub(crate) struct Doorbell {
+    /// The region, then the control page.
     memfd: SealedMemfd,
-    /// Our end of the bell: its rings are the wake-ups.
-    bell: Bell,
-    /// The producers' end, handed to each in the handshake.
-    bell_peer: OwnedFd,
-    control_fd: SealedMemfd,
     control: Mapping,
 }
 
 impl Doorbell {
     pub(crate) fn create(len: usize) -> Result<(Self, Region), Error> {
-        let (memfd, region) = super::region_memfd(len)?;
-        let (bell, bell_peer) =
-            Bell::pair().map_err(|e| Error::io("socketpair for the bell", e))?;
-        let control_fd = SealedMemfd::create("memfd-tripwire-control", CONTROL_LEN)
-            .map_err(|e| Error::io("creating the control memfd", e))?;
-        let control = control_fd
-            .map()
-            .map_err(|e| Error::io("mmap of the control page", e))?;
-        let wire = Doorbell {
-            memfd,
-            bell,
-            bell_peer,
-            control_fd,
-            control,
+        let too_long = || {
+            Error::io(
+                "sizing the Doorbell memfd",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a region of {len} bytes plus a control page overflows"),
+                ),
+            )
         };
+        let (_, size) = control_at(len).ok_or_else(too_long)?;
+        let memfd = SealedMemfd::create("memfd-tripwire", size)
+            .map_err(|e| Error::io("creating the region's memfd", e))?;
+        let (region, control) = map(&memfd, len)?;
+        let wire = Doorbell { memfd, control };
         protocol::arm(wire.armed());
         Ok((wire, region))
     }
@@ -122,29 +145,21 @@ impl Doorbell {
             .expect("the armed flag lies inside the control page")
     }
 
-    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.bell.as_fd()
-    }
-
-    pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !self.bell.drain()? {
+    pub(crate) fn take(&mut self, peers: &mut Peers) -> io::Result<bool> {
+        if !peers.take_rings()? {
             return Ok(false);
         }
         protocol::arm(self.armed());
         Ok(true)
     }
 
-    pub(crate) fn ack(&mut self) -> io::Result<()> {
-        self.bell.drain()?;
+    pub(crate) fn ack(&mut self, peers: &mut Peers) -> io::Result<()> {
+        peers.take_rings()?;
         protocol::arm(self.armed());
         Ok(())
     }
 
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        vec![
-            self.memfd.as_fd(),
-            self.bell_peer.as_fd(),
-            self.control_fd.as_fd(),
-        ]
+        vec![self.memfd.as_fd()]
     }
 }

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use crate::sys::SealedMemfd;
 use crate::{Error, Region};
+use peers::Peers;
 
 pub(crate) mod agent;
 pub(crate) mod doorbell;
 pub(crate) mod kernel;
+pub(crate) mod peers;
 pub(crate) mod poll;
 pub(crate) mod userfault;
 pub(crate) mod userfault_async;
@@ -398,14 +400,22 @@ impl Wire {
         }
     }
 
-    /// The fd that becomes readable when the wire trips.
-    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+    /// The fd that becomes readable when the wire trips; `None` on
+    /// `Doorbell`, whose producers ring through their handshake sockets
+    /// (the [`Peers`]).
+    pub(crate) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Wire::Kernel(w) => w.wake_fd(),
-            Wire::Doorbell(w) => w.wake_fd(),
-            Wire::Poll(w) => w.wake_fd(),
-            Wire::Userfault(w) => w.wake_fd(),
+            Wire::Kernel(w) => Some(w.wake_fd()),
+            Wire::Doorbell(_) => None,
+            Wire::Poll(w) => Some(w.wake_fd()),
+            Wire::Userfault(w) => Some(w.wake_fd()),
         }
+    }
+
+    /// The set of producers' sockets this wire needs: one that also
+    /// watches its wake-up fd, or, on `Doorbell`, that takes the rings.
+    pub(crate) fn peers(&self) -> Result<Peers, Error> {
+        Peers::new(self.wake_fd(), matches!(self, Wire::Doorbell(_)))
     }
 
     /// If the wire is tripped, ACKs it (re-arms; prior writes become
@@ -413,10 +423,10 @@ impl Wire {
     /// ACK that is a round trip (`Userfault`, `UserfaultAsync`) may stay in
     /// flight: `Pending`, and the wake-up fd turns readable as replies
     /// come. A failed ACK leaves the wire tripped.
-    pub(crate) fn take(&mut self, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn take(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
         let taken = match self {
             Wire::Kernel(w) => w.take(),
-            Wire::Doorbell(w) => w.take(),
+            Wire::Doorbell(w) => w.take(peers),
             Wire::Poll(w) => w.take(),
             Wire::Userfault(w) => return w.take(wait),
         };
@@ -480,10 +490,10 @@ impl Wire {
     /// Re-arms now, tripped or not: every write made before it returns is
     /// visible, and any later one trips the wire. `Taken` once done;
     /// `Pending` as for [`take`](Wire::take).
-    pub(crate) fn ack(&mut self, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn ack(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
         match self {
             Wire::Kernel(w) => w.ack(),
-            Wire::Doorbell(w) => w.ack(),
+            Wire::Doorbell(w) => w.ack(peers),
             Wire::Poll(w) => w.ack(),
             Wire::Userfault(w) => return w.ack(wait),
         }
@@ -493,10 +503,10 @@ impl Wire {
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
     /// not reported yet (the poller's next compare or scan). Used once every
     /// producer is gone, before reporting it.
-    pub(crate) fn take_final(&mut self, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn take_final(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
         match self {
             Wire::Poll(w) => w.take_final().map(Take::from),
-            _ => self.take(wait),
+            _ => self.take(peers, wait),
         }
     }
 

@@ -199,7 +199,7 @@ impl Userfault {
     /// Reads what the agents sent: trips, stale replies, hang-ups. Leaves
     /// the channels whose ACK reply is awaited to `progress`.
     fn collect(&mut self) -> io::Result<()> {
-        for idx in self.chans.ready()? {
+        for (idx, _) in self.chans.ready()? {
             if self
                 .in_flight
                 .as_ref()

@@ -50,19 +50,7 @@ impl Bell {
     /// `BrokenPipe` once every holder of the other end closed it.
     #[inline]
     pub(crate) fn ring(&self) -> io::Result<()> {
-        loop {
-            match rustix::net::send(&self.sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(_) | Err(Errno::AGAIN) => return Ok(()),
-                Err(Errno::INTR) => continue,
-                Err(Errno::PIPE | Errno::CONNRESET) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the other end of the bell is closed",
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        ring(self.sock.as_fd())
     }
 
     /// Takes the rings sent to this end: `true` if there was at least one.
@@ -73,20 +61,59 @@ impl Bell {
     /// `BrokenPipe` once every holder of the other end closed it and no ring
     /// is left.
     pub(crate) fn drain(&self) -> io::Result<bool> {
-        let mut buf = [0u8; DRAIN_MAX];
-        loop {
-            match rustix::net::recv(&self.sock, &mut buf, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the other end of the bell is closed",
-                    ));
-                }
-                Ok(_) => return Ok(true),
-                Err(Errno::AGAIN) => return Ok(false),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
+        drain(self.sock.as_fd())
+    }
+}
+
+/// Rings the other end of any connected unix stream socket, as
+/// [`Bell::ring`]: a Doorbell producer rings through its handshake socket.
+#[inline]
+pub(crate) fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match rustix::net::send(sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(_) | Err(Errno::AGAIN) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::PIPE | Errno::CONNRESET) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the other end of the bell is closed",
+                ));
             }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Takes the rings sent to this end of any connected unix stream socket, as
+/// [`Bell::drain`] (at most [`DRAIN_MAX`] bytes).
+pub(crate) fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut buf = [0u8; DRAIN_MAX];
+    loop {
+        match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the other end of the bell is closed",
+                ));
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether rings are waiting on this end of a connected unix stream socket,
+/// without taking them. Never blocks.
+pub(crate) fn has_data(sock: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::net::recv(sock, &mut byte, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
+            Ok((n, _)) => return Ok(n > 0),
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -100,22 +100,30 @@ impl std::fmt::Debug for Mapping {
 impl Mapping {
     /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`.
     pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
-        Self::map(fd, len, true)
+        Self::map(fd, 0, len, true)
+    }
+
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset)`;
+    /// `offset` must be a multiple of the page size (else `EINVAL`).
+    pub(crate) fn map_shared_at(fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<Self> {
+        Self::map(fd, offset, len, true)
     }
 
     /// `mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0)`: for memory this
     /// process only reads, so that no bug of ours can write it.
     pub(crate) fn map_shared_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
-        Self::map(fd, len, false)
+        Self::map(fd, 0, len, false)
     }
 
-    fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+    fn map(fd: BorrowedFd<'_>, offset: usize, len: usize, writable: bool) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "cannot map a zero-length region",
             ));
         }
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -134,7 +142,7 @@ impl Mapping {
                 prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {

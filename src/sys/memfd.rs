@@ -67,6 +67,21 @@ impl SealedMemfd {
         Mapping::map_shared(self.fd.as_fd(), self.len)
     }
 
+    /// Maps `len` bytes from `offset` (a multiple of the page size), shared
+    /// and read-write; refused past the end.
+    pub(crate) fn map_range(&self, offset: usize, len: usize) -> io::Result<Mapping> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at {offset} lie past the end of a {}-byte memfd",
+                    self.len
+                ),
+            ));
+        }
+        Mapping::map_shared_at(self.fd.as_fd(), offset, len)
+    }
+
     /// A read-only mapping of the whole memfd.
     pub(crate) fn map_read_only(&self) -> io::Result<Mapping> {
         Mapping::map_shared_read_only(self.fd.as_fd(), self.len)

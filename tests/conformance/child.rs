@@ -186,6 +186,46 @@ pub fn run(role: &str) -> ! {
                 }
             }
         }
+        "count_fds" => {
+            // What one tripwire costs this process in fds, counted where no
+            // other test opens any: created, shared with a producer in
+            // another process, registered with tokio.
+            let fds = || {
+                std::fs::read_dir("/proc/self/fd")
+                    .unwrap_or_else(|e| fail(&format!("child: /proc/self/fd: {e}")))
+                    .count()
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(&format!("child: runtime: {e}")));
+            let base = fds();
+            let mut tw = Tripwire::builder(4096)
+                .backend(env_backend())
+                .create()
+                .unwrap_or_else(|e| fail(&format!("child: create: {e}")));
+            let created = fds() - base;
+            let (ours, theirs) =
+                UnixStream::pair().unwrap_or_else(|e| fail(&format!("child: socketpair: {e}")));
+            let mut producer = crate::util::spawn("connect_then_linger", &[], theirs.into(), None)
+                .unwrap_or_else(|e| fail(&format!("child: spawn: {e:?}")));
+            tw.share(ours)
+                .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
+            // The producer's stdout pipe is the harness's, not the tripwire's.
+            drop(producer.stdout.take());
+            let shared = fds() - base;
+            let registered = rt.block_on(async {
+                let tw = memfd_tripwire::Tripwire::new(tw)
+                    .unwrap_or_else(|e| fail(&format!("child: register: {e}")));
+                let n = fds() - base;
+                drop(tw);
+                n
+            });
+            let _ = producer.kill();
+            let _ = producer.wait();
+            println!("{created} {shared} {registered}");
+            std::process::exit(0);
+        }
         "connect_then_linger" => {
             let _p = connect();
             loop {

@@ -36,6 +36,11 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Doorbell],
     ),
     (
+        "hostile_producer_that_rang_and_left_loses_no_ring",
+        producer_that_rang_and_left_loses_no_ring,
+        &[BackendKind::Doorbell],
+    ),
+    (
         "hostile_sender_cannot_jam_the_ring_receiver",
         sender_cannot_jam_the_ring_receiver,
         &[BackendKind::Poll],
@@ -194,27 +199,31 @@ fn sealed_memfd(name: &str, len: u64) -> Result<OwnedFd, Failed> {
     Ok(fd)
 }
 
-/// A producer that holds the Doorbell's fds clears `O_NONBLOCK` on each,
-/// drains whatever it can read and floods the bell. The consumer's
-/// `try_changed`, `wait_timeout` and `changed().await` must still return.
-/// (With the eventfd bell of c7b7db3 they blocked in `read` forever.)
+/// A producer that holds the Doorbell's fds and its handshake socket (its
+/// bell) clears `O_NONBLOCK` on each, drains whatever it can read and
+/// floods the bell. The consumer's `try_changed`, `wait_timeout` and
+/// `changed().await` must still return. (With the eventfd bell of c7b7db3
+/// they blocked in `read` forever.)
 fn producer_cannot_jam_the_doorbell(ctx: &Ctx) -> Outcome {
     let mut tw = create(ctx, 4096)?;
     let (ours, theirs) = UnixStream::pair()?;
     let hostile = std::thread::spawn(move || -> Result<_, Failed> {
         let (_, fds) = fake_producer(&theirs, 0, &[])?;
-        for fd in &fds {
-            clear_nonblock(fd.as_fd());
+        for fd in fds.iter().map(|f| f.as_fd()).chain([theirs.as_fd()]) {
+            clear_nonblock(fd);
             let mut buf = [0u8; 64];
             // Drain what is readable (poll first: its own reads must not block).
-            let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            let mut p = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
             if rustix::event::poll(&mut p, Some(&rustix::event::Timespec::default()))? > 0 {
                 let _ = rustix::io::read(fd, &mut buf);
             }
         }
-        // Flood the bell (fd 1) until it is full.
+        // Flood the bell (the handshake socket) until it is full.
         for _ in 0..1_000_000 {
-            if rustix::net::send(&fds[1], &[7; 64], SendFlags::DONTWAIT).is_err() {
+            if rustix::net::send(&theirs, &[7; 64], SendFlags::DONTWAIT).is_err() {
                 break;
             }
         }
@@ -245,6 +254,34 @@ fn producer_cannot_jam_the_doorbell(ctx: &Ctx) -> Outcome {
     })?
 }
 
+/// A Doorbell producer rings through its handshake socket, stores, rings and
+/// leaves: its socket then holds a ring and the hang-up. Sharing the
+/// tripwire with another producer reaps the sockets of the producers that
+/// left; the ring must survive it (a socket is closed only once its rings
+/// are taken), and the dead producer must still count as gone.
+fn producer_that_rang_and_left_loses_no_ring(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 4096)?;
+    let attach = |tw: &mut blocking::Tripwire| -> Result<Producer, Failed> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let producer = std::thread::spawn(move || Producer::connect(theirs));
+        tw.share(ours)?;
+        Ok(producer.join().map_err(|_| "producer panicked")??)
+    };
+    let leaving = attach(&mut tw)?;
+    let staying = attach(&mut tw)?;
+    leaving.region().write(0, &42u64)?;
+    leaving.notify()?;
+    drop(leaving);
+    let _newcomer = attach(&mut tw)?;
+    let got = tw.try_changed();
+    ensure(matches!(got, Ok(Some(_))), || {
+        format!("the ring of a producer that left was lost when another came: {got:?}")
+    })?;
+    ensure(tw.region().read::<u64>(0)? == 42, || "its store".into())?;
+    drop(staying);
+    ensure(!tw.producers_gone()?, || "the newcomer lives".into())
+}
+
 /// The handshake version this build speaks, learned from a real offer.
 fn handshake_version() -> Result<[u8; 2], Failed> {
     let (a, b) = UnixStream::pair()?;
@@ -256,39 +293,35 @@ fn handshake_version() -> Result<[u8; 2], Failed> {
     probe.join().map_err(|_| "probe panicked")?
 }
 
-/// Offers a Doorbell with `bell` as the bell to a real `Producer::connect`;
-/// `Ok(None)` if the producer refused it.
-fn offer_doorbell(
-    region: &OwnedFd,
-    control: &OwnedFd,
-    bell: BorrowedFd<'_>,
-) -> Result<Option<Producer>, Failed> {
+/// Offers a Doorbell (one memfd: a 4096-byte region, then the control
+/// page) to a real `Producer::connect`; returns the producer and the
+/// consumer's end of the handshake socket, the producer's bell.
+fn offer_doorbell(memfd: &OwnedFd) -> Result<(Producer, UnixStream, UnixStream), Failed> {
     let (ours, theirs) = UnixStream::pair()?;
+    // What a consumer that made the pair keeps: a copy of the producer's end.
+    let their_copy = theirs.try_clone()?;
     let producer = std::thread::spawn(move || Producer::connect(theirs));
     let mut offer = Vec::with_capacity(24);
     offer.extend_from_slice(&OFFER_MAGIC);
     offer.extend_from_slice(&handshake_version()?);
     offer.extend_from_slice(&DOORBELL.to_le_bytes());
-    offer.extend_from_slice(&3u32.to_le_bytes());
+    offer.extend_from_slice(&1u32.to_le_bytes());
     offer.extend_from_slice(&4096u64.to_le_bytes());
-    send_frame(&ours, &offer, &[region.as_fd(), bell, control.as_fd()])?;
+    send_frame(&ours, &offer, &[memfd.as_fd()])?;
     let (reply, _) = recv_frame(&ours, 24)?;
-    let producer = producer.join().map_err(|_| "producer panicked")?;
-    match producer {
-        Ok(p) if reply[10..12] == [0, 0] => {
-            std::mem::forget(ours); // the pair stays connected for the test's life
-            Ok(Some(p))
-        }
-        Ok(_) => Err("the producer attached but replied with an error".into()),
-        Err(_) => Ok(None),
-    }
+    let producer = producer.join().map_err(|_| "producer panicked")??;
+    ensure(reply[10..12] == [0, 0], || {
+        "the producer attached but replied with an error".into()
+    })?;
+    Ok((producer, ours, their_copy))
 }
 
-/// Calls `notify()` 100 times with the consumer armed; each must return.
-fn notify_rounds(producer: Producer, control: &OwnedFd) -> Outcome {
+/// Calls `notify()` 100 times with the consumer armed (the flag at the
+/// control page's start, 4096 in the memfd); each must return.
+fn notify_rounds(producer: Producer, memfd: &OwnedFd) -> Outcome {
     let producer = std::sync::Arc::new(producer);
     for round in 0..100 {
-        rustix::io::pwrite(control, &1u32.to_ne_bytes(), 0)?; // armed
+        rustix::io::pwrite(memfd, &1u32.to_ne_bytes(), 4096)?; // armed
         let p = producer.clone();
         bounded(&format!("notify() round {round}"), ms(5_000), move || {
             p.region()
@@ -300,30 +333,21 @@ fn notify_rounds(producer: Producer, control: &OwnedFd) -> Outcome {
     Ok(())
 }
 
-/// A consumer jams the bell it shares with the producer: an eventfd (the
-/// bell of c7b7db3) filled to `u64::MAX - 1` with `O_NONBLOCK` cleared,
-/// which must be refused (c7b7db3 took it, and `notify()` blocked in
-/// `write`); then a socket pair whose producer end it keeps a copy of,
-/// fills and clears `O_NONBLOCK` on. `notify()` must return at once, every
-/// time.
+/// A consumer jams the bell: the producer rings through its handshake
+/// socket, of which the consumer (who made the pair) keeps a copy of the
+/// producer's end, clears `O_NONBLOCK` on that shared description and on
+/// its own, and never reads, so the queue is full. `notify()` must return
+/// at once, every time. (The eventfd bell of c7b7db3, one description
+/// both held, made `notify()` block in `write`; version 4 offers no bell
+/// fd at all, see tests/handshake.rs.)
 fn consumer_cannot_jam_notify(_: &Ctx) -> Outcome {
-    let region = sealed_memfd("hostile-region", 4096)?;
-    let control = sealed_memfd("hostile-control", 4096)?;
-    let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
-    rustix::io::write(&efd, &(u64::MAX - 1).to_ne_bytes())?;
-    if let Some(producer) = offer_doorbell(&region, &control, efd.as_fd())? {
-        notify_rounds(producer, &control)?;
-        return Err("an eventfd bell shared with the consumer was accepted".into());
-    }
-    let (bell_ours, bell_theirs) = UnixStream::pair()?;
-    let producer = offer_doorbell(&region, &control, bell_theirs.as_fd())?
-        .ok_or("the producer refused a socket-pair bell")?;
-    // The description the producer shares with us: full, then no
-    // O_NONBLOCK; ours blocking too.
-    while rustix::net::send(&bell_theirs, &[1; 4096], SendFlags::DONTWAIT).is_ok() {}
-    clear_nonblock(bell_theirs.as_fd());
-    clear_nonblock(bell_ours.as_fd());
-    notify_rounds(producer, &control)
+    let memfd = sealed_memfd("hostile-doorbell", 8192)?;
+    let (producer, ours, their_copy) = offer_doorbell(&memfd)?;
+    // Fill the queue the producer rings into, then block both descriptions.
+    while rustix::net::send(&their_copy, &[1; 4096], SendFlags::DONTWAIT).is_ok() {}
+    clear_nonblock(their_copy.as_fd());
+    clear_nonblock(ours.as_fd());
+    notify_rounds(producer, &memfd)
 }
 
 /// A ring Sender that clears `O_NONBLOCK` on the space bell and never reads
@@ -492,6 +516,14 @@ fn live_peer_writing_its_socket_is_not_dead(ctx: &Ctx) -> Outcome {
     their_copy.write_all(b"x")?;
     our_copy.write_all(b"y")?;
     std::thread::sleep(ms(50));
+    // On Doorbell the producer rings through its socket: its byte is a
+    // (spurious) ring, taken once; never a death.
+    if ctx.kind == BackendKind::Doorbell {
+        let first = tw.try_changed();
+        ensure(matches!(first, Ok(Some(_))), || {
+            format!("a byte from a live Doorbell producer is a ring, got {first:?}")
+        })?;
+    }
     ensure(matches!(tw.try_changed(), Ok(None)), || {
         "a byte from a live producer was taken for its death".into()
     })?;

@@ -91,6 +91,7 @@ pub const ALL: &[Scenario] = &[
         fd_exhaustion_names_ulimit,
         ANY,
     ),
+    ("fds_per_tripwire", fds_per_tripwire, ANY),
     (
         "ring_1e6_messages_in_order",
         ring_1e6_messages_in_order,
@@ -1181,19 +1182,65 @@ fn odd_length_region_works(ctx: &Ctx) -> Outcome {
 
 /// Out of fds (a child with `RLIMIT_NOFILE` at 64 creates tripwires until
 /// one fails): the error names the limit and what to do (issue #16).
-fn fd_exhaustion_names_ulimit(ctx: &Ctx) -> Outcome {
+/// What one tripwire, shared with one producer and registered with tokio,
+/// costs its consumer in fds (#16): at most 3 where the mechanism allows
+/// it. Counted in a child process, where no other test opens fds. Before
+/// #16 a Doorbell tripwire cost 8 (memfd, control memfd, bell pair, peer
+/// set, socket, and two duplicates registered with tokio).
+fn fds_per_tripwire(ctx: &Ctx) -> Outcome {
+    // The memfd or tripwire, the epoll set (the tripwire's one fd), the
+    // socket; plus Poll's eventfd; plus the Userfault agents' channel set
+    // and the agent's channel.
+    let bound = match ctx.kind {
+        BackendKind::Kernel | BackendKind::Doorbell => 3,
+        BackendKind::Poll => 4,
+        _ => 5,
+    };
+    let line = run_child("count_fds", ctx)?;
+    let counts: Vec<usize> = line
+        .split_whitespace()
+        .map(|w| w.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the child said {line:?}: {e}"))?;
+    let [created, shared, registered] = counts[..] else {
+        return Err(format!("the child said {line:?}").into());
+    };
+    eprintln!(
+        "  {}: fds created {created}, shared {shared}, registered {registered}",
+        ctx.kind
+    );
+    ensure(registered <= bound, || {
+        format!(
+            "{}: a shared, registered tripwire holds {registered} fds, over {bound}",
+            ctx.kind
+        )
+    })
+}
+
+/// Runs child `role` on the backend of `ctx` with no handshake socket (its
+/// stdin is /dev/null), and returns what it printed once it succeeded.
+fn run_child(role: &str, ctx: &Ctx) -> Result<String, Failed> {
     let null = std::fs::File::open("/dev/null")?;
     let child = spawn(
-        "exhaust_fds",
+        role,
         &[("BACKEND", ctx.kind.to_string())],
         null.into(),
         None,
     )?;
     let out = child.wait_with_output()?;
-    let line = String::from_utf8_lossy(&out.stdout);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure(out.status.success(), || {
-        format!("the child failed: {} {line}", out.status)
+        format!(
+            "the child failed: {} {line} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
     })?;
+    Ok(line)
+}
+
+fn fd_exhaustion_names_ulimit(ctx: &Ctx) -> Outcome {
+    let line = run_child("exhaust_fds", ctx)?;
     eprintln!("  {}: {}", ctx.kind, line.trim());
     ensure(line.contains("ulimit -n"), || {
         format!("the error does not name the limit: {line}")
