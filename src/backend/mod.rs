@@ -413,9 +413,13 @@ impl Wire {
     }
 
     /// The set of producers' sockets this wire needs: one that also
-    /// watches its wake-up fd, or, on `Doorbell`, that takes the rings.
+    /// watches its wake-up fd; on `Doorbell`, one that takes the rings; on
+    /// the Userfaults, one in the epoll of the agents' channels.
     pub(crate) fn peers(&self) -> Result<Peers, Error> {
-        Peers::new(self.wake_fd(), matches!(self, Wire::Doorbell(_)))
+        match self {
+            Wire::Userfault(w) => Ok(Peers::beside(w.channels())),
+            _ => Peers::new(self.wake_fd(), matches!(self, Wire::Doorbell(_))),
+        }
     }
 
     /// If the wire is tripped, ACKs it (re-arms; prior writes become

@@ -45,6 +45,15 @@ impl Peers {
         Ok(Peers { socks, rings })
     }
 
+    /// A set in the epoll of the wire's own set (`Userfault`: the agents'
+    /// channels), so that the tripwire has one epoll fd, not two.
+    pub(crate) fn beside<U: AsFd>(wire: &FdSet<U>) -> Self {
+        Peers {
+            socks: FdSet::beside(wire),
+            rings: false,
+        }
+    }
+
     pub(crate) fn add(&mut self, sock: UnixStream) -> Result<(), Error> {
         // Close the sockets of peers that are gone (their slots are reused),
         // so that a long-lived consumer serving many short-lived producers

@@ -192,6 +192,11 @@ impl Userfault {
         self.chans.fd()
     }
 
+    /// The agents' channels: the producers' sockets join their epoll.
+    pub(crate) fn channels(&self) -> &FdSet<Channel> {
+        &self.chans
+    }
+
     pub(crate) fn kind(&self) -> BackendKind {
         self.kind
     }

@@ -4,7 +4,9 @@
 //! epoll fd is what a caller sleeps on (directly, or through tokio or mio).
 //! It sits in an `Arc`, so that a tokio registration can hold it open
 //! without a duplicate fd. A set may also watch one fd it does not own (a
-//! wire's wake-up fd), so that one epoll fd stands for the whole tripwire.
+//! wire's wake-up fd), or share its epoll with another set
+//! ([`FdSet::beside`]): each set's slots are told apart by a tag in the
+//! event data, so that one epoll fd stands for the whole tripwire.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -18,17 +20,33 @@ use rustix::event::{Timespec, epoll};
 pub(crate) struct FdSet<T> {
     epoll: Arc<OwnedFd>,
     slots: Vec<Option<T>>,
+    /// The top byte of this set's event data (the slot is the rest).
+    tag: u64,
 }
 
 /// The event data of the fd watched with [`FdSet::watch`]: no slot's.
 const FOREIGN: u64 = u64::MAX;
+/// The bits of the event data that tell the sets of one epoll apart.
+const TAG_MASK: u64 = 0xff << 56;
 
 impl<T: AsFd> FdSet<T> {
     pub(crate) fn new() -> io::Result<Self> {
         Ok(FdSet {
             epoll: Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?),
             slots: Vec::new(),
+            tag: 0,
         })
+    }
+
+    /// A second set in the epoll of `first` (one fd for both): readiness of
+    /// either makes the fd readable; each set's [`ready`](FdSet::ready)
+    /// reports its own members only.
+    pub(crate) fn beside<U>(first: &FdSet<U>) -> Self {
+        FdSet {
+            epoll: first.epoll.clone(),
+            slots: Vec::new(),
+            tag: first.tag + (1 << 56),
+        }
     }
 
     /// The epoll fd: readable while a member has one of its events.
@@ -67,7 +85,7 @@ impl<T: AsFd> FdSet<T> {
         epoll::add(
             &*self.epoll,
             &item,
-            epoll::EventData::new_u64(idx as u64),
+            epoll::EventData::new_u64(self.tag | idx as u64),
             events,
         )?;
         if idx == self.slots.len() {
@@ -112,6 +130,10 @@ impl<T: AsFd> FdSet<T> {
     pub(crate) fn ready(&self) -> io::Result<Vec<(usize, epoll::EventFlags)>> {
         let mut out = Vec::new();
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
+        // Another set's members may take room in each batch: enough
+        // batches for this set's members, and a few more, then what is
+        // left is for the next look (the fd stays readable meanwhile).
+        let mut batches = self.slots.len() / events.len() + 4;
         loop {
             let (ready, _) = loop {
                 match epoll::wait(&*self.epoll, &mut events, Some(&Timespec::default())) {
@@ -123,16 +145,51 @@ impl<T: AsFd> FdSet<T> {
             out.extend(
                 ready
                     .iter()
-                    .filter(|e| e.data.u64() != FOREIGN)
-                    .map(|e| (e.data.u64() as usize, e.flags)),
+                    .map(|e| (e.data.u64(), e.flags))
+                    .filter(|&(data, _)| data != FOREIGN && data & TAG_MASK == self.tag)
+                    .map(|(data, flags)| ((data & !TAG_MASK) as usize, flags)),
             );
+            batches -= 1;
             // A level-triggered set reports the same members again: one
             // full batch is all there is to take now. Each slot once.
-            if n < events.len() || out.len() >= self.slots.len() {
+            if n < events.len() || out.len() >= self.slots.len() || batches == 0 {
                 out.sort_unstable_by_key(|&(idx, _)| idx);
                 out.dedup_by_key(|&mut (idx, _)| idx);
                 return Ok(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn sets_beside_each_other_report_only_their_own_members() {
+        let mut first = FdSet::<UnixStream>::new().unwrap();
+        let mut second = FdSet::<UnixStream>::beside(&first);
+        assert_eq!(first.fd().as_raw_fd(), second.fd().as_raw_fd());
+        // Many ready members in the first set (more than a batch), one in
+        // the second, in slot 0 of each.
+        let mut keep = Vec::new();
+        for _ in 0..40 {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            b.write_all(b"x").unwrap();
+            first.insert(a, epoll::EventFlags::IN).unwrap();
+            keep.push(b);
+        }
+        let (a, b) = UnixStream::pair().unwrap();
+        second.insert(a, epoll::EventFlags::RDHUP).unwrap();
+        drop(b);
+        let mine: Vec<usize> = second.ready().unwrap().iter().map(|&(i, _)| i).collect();
+        assert_eq!(mine, [0]);
+        let theirs = first.ready().unwrap();
+        assert_eq!(theirs.len(), 40, "{theirs:?}");
+        assert!(theirs.iter().all(|(_, ev)| ev.contains(epoll::EventFlags::IN)));
     }
 }

@@ -1189,12 +1189,10 @@ fn odd_length_region_works(ctx: &Ctx) -> Outcome {
 /// set, socket, and two duplicates registered with tokio).
 fn fds_per_tripwire(ctx: &Ctx) -> Outcome {
     // The memfd or tripwire, the epoll set (the tripwire's one fd), the
-    // socket; plus Poll's eventfd; plus the Userfault agents' channel set
-    // and the agent's channel.
+    // socket; plus Poll's eventfd, or the Userfault agent's channel.
     let bound = match ctx.kind {
         BackendKind::Kernel | BackendKind::Doorbell => 3,
-        BackendKind::Poll => 4,
-        _ => 5,
+        _ => 4,
     };
     let line = run_child("count_fds", ctx)?;
     let counts: Vec<usize> = line
