@@ -48,12 +48,27 @@ impl Builder {
     }
 
     /// How often [`Backend::Poll`] compares the region, and how often
-    /// [`Backend::UserfaultAsync`] scans the producers' page tables (default
-    /// 1 ms); ignored by the other backends.
+    /// [`Backend::UserfaultAsync`] scans the producers' page tables; ignored
+    /// by the other backends. An interval set here is kept as it is: you
+    /// choose the CPU it costs.
+    ///
+    /// When it is not set: `UserfaultAsync` scans every 1 ms; `Poll`
+    /// compares every 1 ms, stretched so that its compares cost at most ~4 %
+    /// of a core: the interval is 25 times the measured (and smoothed)
+    /// duration of a compare of the whole region, if that is longer. A page
+    /// compares in well under a µs (1 ms); a 1 MiB region in ~100-120 µs on
+    /// a 2-vCPU EPYC VM, which stretches its interval to ~3 ms; 16 MiB to
+    /// ~40-65 ms, 64 MiB to ~330 ms (latency grows with it). `Poll` suits
+    /// doorbell pages and small regions; for large regions prefer
+    /// [`Backend::Kernel`] or [`Backend::Userfault`], idle at no cost. All
+    /// `Poll` tripwires of a process share one poller thread, which compares
+    /// them in turn: a large one delays the others' compares by its own
+    /// compare time.
     ///
     /// A store is seen within about one interval, plus the time the thread
     /// that checks takes to wake (its timer slack is set to a twentieth of
-    /// the interval, 1 to 50 µs) and, for `UserfaultAsync`, the scan: on a
+    /// the interval, 1 to 50 µs; on `Poll`, of the shortest interval of the
+    /// process's `Poll` tripwires) and, for `UserfaultAsync`, the scan: on a
     /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
@@ -67,7 +82,7 @@ impl Builder {
     /// assert!(Tripwire::builder(64).backend(Backend::Poll).poll_interval(Duration::ZERO).create().is_err());
     /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.opts.poll_interval = interval;
+        self.opts.poll_interval = Some(interval);
         self
     }
 
@@ -78,6 +93,11 @@ impl Builder {
     /// within the window is seen within one compare (well under a µs for a
     /// page) instead of up to an interval; the price is up to `window` of
     /// one core per ACK. Zero (the default) turns it off.
+    ///
+    /// The process's one poller thread does the spinning (the ACK wakes it,
+    /// so the window starts at once); meanwhile it still compares the other
+    /// `Poll` tripwires when they are due, and a large one among them delays
+    /// the next compare by its own compare time.
     ///
     /// Refused (by [`create`](Builder::create)) for other backends, for a
     /// region over 16 KiB (each compare would cost more than a wake-up), and
@@ -190,7 +210,7 @@ impl Tripwire {
             len,
             backend: Backend::Auto,
             opts: Options {
-                poll_interval: Duration::from_millis(1),
+                poll_interval: None,
                 busy_poll: Duration::ZERO,
             },
         }

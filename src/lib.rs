@@ -42,7 +42,7 @@
 //! | [`Userfault`](Backend::Userfault) | every store through the producer's mapping, and which pages | the producer registers at handshake ([`Producer::connect`] starts an agent thread that keeps the uffd) | a stalled store (a fault resolved by the producer's own agent) per written page per ACK; the ACK is a round trip to the agent | Linux >= 5.19 |
 //! | [`UserfaultAsync`](Backend::UserfaultAsync) | as `Userfault`, within one interval | as `Userfault` | a ~1 µs fault per written page per ACK, never a stall; a page-table scan per interval (default 1 ms) | Linux >= 6.7 |
 //! | [`Doorbell`](Backend::Doorbell) | stores followed by [`Producer::notify`] | the producer calls `notify()` | a fence per `notify()`; a one-byte socket send only when the consumer waits | every Linux |
-//! | [`Poll`](Backend::Poll) | any change of the bytes | nobody | a compare of the whole region per interval; latency up to one interval | every Linux |
+//! | [`Poll`](Backend::Poll) | any change of the bytes | nobody | a compare of the whole region per interval (1 ms, stretched so that a large region's compares cost at most ~4 % of a core; one poller thread per process); latency up to one interval | every Linux |
 //!
 //! [`Backend::Auto`] picks `Kernel`, then `Userfault`, and otherwise fails with an error that
 //! names each backend tried and why, and the explicit choices (`UserfaultAsync` is never

@@ -1,9 +1,22 @@
-//! `Backend::Poll`: a poller thread compares the region with a snapshot
-//! taken at each ACK and trips the wire (an eventfd) on any difference.
+//! `Backend::Poll`, the wire: a snapshot of the region taken at each ACK,
+//! compared with the region by the process's poller thread, which trips the
+//! wire (an eventfd) on any difference.
+//!
+//! What lives where: this file holds one tripwire's side (the snapshot, the
+//! state word the ACK and the compare share, the compare itself, the ACK);
+//! [`poller`](super::poller) holds the one thread that runs every `Poll`
+//! tripwire's compares in this process, its registry, and the choice of
+//! each tripwire's interval.
 //!
 //! Needs no producer cooperation. Latency is up to one interval; each
-//! interval costs a copy and compare of the whole region (O(region)). A
-//! change that is undone within one interval is not seen.
+//! interval costs a compare of the whole region (O(region)). A change that
+//! is undone within one interval is not seen.
+//!
+//! Per tripwire this keeps the sealed memfd and its mapping, a snapshot of
+//! the region (one region's worth of memory, as atomic words), an eventfd
+//! (the wake-up fd) and an entry in the poller's registry; no thread. Per
+//! producer, nothing: a producer only maps the memfd (the handshake socket
+//! in the peer set is common to every backend).
 //!
 //! Busy-poll (a small region, a window set by the consumer): after each
 //! ACK the poller compares without sleeping until the window ends or the
@@ -15,17 +28,18 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::poller::{Registration, Timing};
 use crate::sys::{EventFd, Mapping, SealedMemfd};
 use crate::{Error, Region};
 
 #[derive(Debug)]
 pub(crate) struct Poller {
+    /// First, so that the poller thread has let go of the region before
+    /// the memfd closes.
+    reg: Registration,
     memfd: SealedMemfd,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// The wire's state, shared by the consumer (ACK) and the poller.
@@ -35,15 +49,32 @@ const TRIPPED: u8 = 1;
 /// An ACK is rewriting the snapshot: a compare now means nothing.
 const REARMING: u8 = 2;
 
+/// How many snapshot words a compare takes between two looks at whether it
+/// should go on (32 KiB: a few µs): a compare that an ACK or a drop made
+/// pointless stops that soon, however large the region.
+const CHUNK_WORDS: usize = 4096;
+
+/// What one compare found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Compared {
+    /// Nothing compared, or not all of it: the wire is not armed (tripped,
+    /// or an ACK began), or its tripwire is being dropped.
+    Skipped,
+    /// The whole region, equal to the snapshot: what a compare costs.
+    Whole,
+    /// A difference: the wire is tripped.
+    Tripped,
+}
+
 /// What the consumer and the poller share. No lock: the snapshot is a row
 /// of atomic words, and `state` says whose turn it is, so an ACK (an
 /// O(region) copy) never makes the poller wait, nor the poller an ACK.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     map: Arc<Mapping>,
     eventfd: EventFd,
+    /// Set when the tripwire is dropped: a compare under way stops.
     stop: AtomicBool,
-    interval: Duration,
     /// The busy-poll window after each ACK (zero: none).
     busy: Duration,
     /// The region as it was at the last ACK, word by word
@@ -54,32 +85,52 @@ struct Shared {
     /// Busy-poll: compare without sleeping until this many ns after `epoch`.
     spin_until: AtomicU64,
     epoch: Instant,
+    /// The interval: as set, or adapted to what a compare costs.
+    pub(super) timing: Timing,
 }
 
 impl Shared {
     /// Compares once, word by word, stopping at the first difference; trips
-    /// the wire on one. Returns whether it did.
-    fn check(&self) -> io::Result<bool> {
+    /// the wire on one.
+    pub(super) fn compare(&self) -> io::Result<Compared> {
         if self.state.load(Ordering::Acquire) != ARMED {
-            return Ok(false);
+            return Ok(Compared::Skipped);
         }
-        let differs = self
-            .snapshot
-            .iter()
-            .enumerate()
-            .any(|(i, w)| self.map.snapshot_word(i) != Some(w.load(Ordering::Relaxed)));
+        match self.differs() {
+            None => return Ok(Compared::Skipped),
+            Some(false) => return Ok(Compared::Whole),
+            Some(true) => {}
+        }
         // An ACK that began meanwhile moved the state on: the compare may
         // have met a half-written snapshot, and the ACK's copy decides.
-        if !differs
-            || self
-                .state
-                .compare_exchange(ARMED, TRIPPED, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+        if self
+            .state
+            .compare_exchange(ARMED, TRIPPED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
-            return Ok(false);
+            return Ok(Compared::Skipped);
         }
         self.eventfd.ring()?;
-        Ok(true)
+        Ok(Compared::Tripped)
+    }
+
+    /// Whether the region differs from the snapshot; `None` if the compare
+    /// stopped half-way (an ACK began, or the tripwire is being dropped).
+    fn differs(&self) -> Option<bool> {
+        for (c, chunk) in self.snapshot.chunks(CHUNK_WORDS).enumerate() {
+            if self.stop.load(Ordering::Relaxed) || self.state.load(Ordering::Relaxed) != ARMED {
+                return None;
+            }
+            let base = c * CHUNK_WORDS;
+            if chunk
+                .iter()
+                .enumerate()
+                .any(|(k, w)| self.map.snapshot_word(base + k) != Some(w.load(Ordering::Relaxed)))
+            {
+                return Some(true);
+            }
+        }
+        Some(false)
     }
 
     /// Takes the snapshot and arms: every write before it returns is in the
@@ -97,69 +148,59 @@ impl Shared {
         }
     }
 
-    /// How long the poller sleeps before its next compare: not at all while
-    /// armed inside a busy-poll window, else an interval.
-    fn pause(&self) -> Duration {
+    /// Whether this tripwire busy-polls at all (its window is not zero).
+    pub(super) fn busy_polls(&self) -> bool {
+        !self.busy.is_zero()
+    }
+
+    /// Whether the poller should compare now, without sleeping: armed, and
+    /// inside the busy-poll window of the last ACK.
+    pub(super) fn in_busy_window(&self) -> bool {
         let until = self.spin_until.load(Ordering::Relaxed);
-        if until != 0
+        until != 0
             && self.state.load(Ordering::Relaxed) == ARMED
             && (self.epoch.elapsed().as_nanos() as u64) < until
-        {
-            Duration::ZERO
-        } else {
-            self.interval
-        }
+    }
+
+    /// Tells a compare under way to stop: the tripwire is being dropped.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
 impl Poller {
+    /// `interval`: `None` adapts it to what a compare costs (see
+    /// [`poller`](super::poller)).
     pub(crate) fn create(
         len: usize,
-        interval: Duration,
+        interval: Option<Duration>,
         busy: Duration,
     ) -> Result<(Self, Region), Error> {
         let (memfd, region) = super::region_memfd(len)?;
         let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
         let words = region.mapping().snapshot_words();
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             map: region.mapping().clone(),
             eventfd,
             stop: AtomicBool::new(false),
-            interval,
             busy,
             snapshot: (0..words).map(|_| AtomicU64::new(0)).collect(),
             state: AtomicU8::new(TRIPPED),
             spin_until: AtomicU64::new(0),
             epoch: Instant::now(),
-        });
+            timing: Timing::new(interval),
+        };
         shared.rearm();
-        let worker = shared.clone();
-        let thread = super::spawn_interval_thread("memfd-tripwire-poll", interval, move || {
-            if worker.stop.load(Ordering::Acquire) {
-                return None;
-            }
-            // An eventfd write only fails if the fd is broken; the consumer
-            // then sees the error from its own read.
-            let _ = worker.check();
-            Some(worker.pause())
-        })
-        .map_err(|e| Error::io("spawning the poller thread", e))?;
-        Ok((
-            Poller {
-                memfd,
-                shared,
-                thread: Some(thread),
-            },
-            region,
-        ))
+        let reg = Registration::new(shared)?;
+        Ok((Poller { reg, memfd }, region))
     }
 
     pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.shared.eventfd.as_fd()
+        self.reg.shared().eventfd.as_fd()
     }
 
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !self.shared.eventfd.drain()? {
+        if !self.reg.shared().eventfd.drain()? {
             return Ok(false);
         }
         self.rearm();
@@ -167,24 +208,24 @@ impl Poller {
     }
 
     pub(crate) fn ack(&mut self) -> io::Result<()> {
-        self.shared.eventfd.drain()?;
+        self.reg.shared().eventfd.drain()?;
         self.rearm();
         Ok(())
     }
 
-    /// Re-arms; with busy-poll, wakes the poller out of its interval sleep
-    /// so that its window starts now.
+    /// Re-arms; with busy-poll, wakes the poller out of its sleep so that
+    /// the window starts now.
     fn rearm(&self) {
-        self.shared.rearm();
-        if !self.shared.busy.is_zero() {
-            if let Some(t) = &self.thread {
-                t.thread().unpark();
-            }
+        let shared = self.reg.shared();
+        shared.rearm();
+        if shared.busy_polls() {
+            self.reg.wake();
         }
     }
 
+    /// Compares here, in the caller, then takes a trip if there is one.
     pub(crate) fn take_final(&mut self) -> io::Result<bool> {
-        self.shared.check()?;
+        self.reg.shared().compare()?;
         self.take()
     }
 
@@ -196,14 +237,12 @@ impl Poller {
     pub(crate) fn memfd_fd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()
     }
-}
 
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
+    /// The interval the poller uses now, and the smoothed duration of its
+    /// compares (`None` before the first whole one).
+    #[cfg(test)]
+    pub(crate) fn timing(&self) -> (Duration, Option<Duration>) {
+        let t = &self.reg.shared().timing;
+        (t.interval(), t.cost())
     }
 }

@@ -1,0 +1,493 @@
+//! The one thread per process that runs the compares of every
+//! `Backend::Poll` tripwire, and the choice of each one's interval. The
+//! wire itself (snapshot, state word, compare, ACK) is in
+//! [`poll`](super::poll).
+//!
+//! # The thread
+//!
+//! Started by the first `Poll` tripwire the process creates (a failure to
+//! start it fails that creation with `Error::Io`, and the next creation
+//! tries again). It never ends: once the last tripwire is gone it parks
+//! without a time-out (a sleeping thread, no CPU), ready for the next one.
+//! A forked child, whose copy of the registry names a thread it does not
+//! have, starts its own with its first `Poll` tripwire (a child forked
+//! while the thread held the registry's lock, briefly after a change, would
+//! wait forever for it: as everywhere, a threaded process's forked child
+//! should only `exec`).
+//!
+//! # The registry
+//!
+//! A `static` mutex lists the tripwires (an id, a `Weak` reference, the
+//! first due time), and a generation counter tells the thread that the list
+//! changed. The thread keeps its own list with each tripwire's next due
+//! time, and takes the lock only to read the registry again after a change:
+//! never across a compare, so creating or dropping a tripwire never waits
+//! for one (a 64 MiB region takes ~8 ms to compare).
+//!
+//! # A pass
+//!
+//! The thread compares every tripwire that is due, or due within an eighth
+//! of its interval (tripwires compared together are due together again, so
+//! the thread wakes a few times per interval, not once per tripwire), then
+//! sleeps until the earliest due time, with the timer slack of the
+//! shortest interval. While a tripwire is armed inside its busy-poll window
+//! (its ACK unparks the thread, so the window starts at once) the thread
+//! spins instead of sleeping: it compares that tripwire on each turn, and
+//! the others when they are due. The compares are serial: a large region on
+//! `Poll` delays the compares of the others, and the start of a busy-poll
+//! window, by up to its own compare time.
+//!
+//! # The interval
+//!
+//! As given when the user set one
+//! ([`Builder::poll_interval`](crate::blocking::Builder::poll_interval)):
+//! the user chose the CPU. Otherwise it adapts to the host, so that a
+//! tripwire's compares cost at most ~4 % of a core: `max(1 ms, 25 × the
+//! duration of a compare)`, that duration measured (`Instant`) on each
+//! compare of the whole region and smoothed: it falls fast and rises slowly,
+//! and one compare stretched by preemption counts as at most four times the
+//! average. A page compares in well under a µs (1 ms); 1 MiB in ~100-120
+//! µs on a 2-vCPU EPYC VM (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms);
+//! 64 MiB in ~13 ms (~330 ms). The budget is
+//! per tripwire: many large regions add up, and once their compares fill
+//! the thread, each waits for the others.
+//!
+//! # Dropping
+//!
+//! A tripwire's [`Registration`] holds the only strong reference to its
+//! [`Shared`]; the thread holds `Weak`s and upgrades one only for a look or
+//! a compare. A drop tells a compare under way to stop (a compare looks
+//! every 32 KiB), leaves the registry, then waits for the thread to let go,
+//! a few µs (no join): from then on nothing touches the region or rings the
+//! eventfd, and the eventfd is closed before the drop returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::DEFAULT_POLL_INTERVAL;
+use super::poll::{Compared, Shared};
+use crate::Error;
+
+/// With no interval set, a tripwire's compares take at most one
+/// `COST_SHARE`th of a core (4 %).
+const COST_SHARE: u32 = 25;
+
+/// The thread's name (`/proc/self/task/*/comm` shows its first 15 bytes).
+const THREAD_NAME: &str = "memfd-tripwire-poll";
+
+/// How far ahead a due time is put when the interval is too long to add to
+/// an instant (never, in practice).
+const FAR: Duration = Duration::from_secs(86_400);
+
+/// A tripwire's interval: as set, or adapted to what its compares cost.
+#[derive(Debug)]
+pub(super) struct Timing {
+    /// Set by the user: kept as it is.
+    explicit: Option<Duration>,
+    /// The smoothed duration of a whole compare on the poller thread, in
+    /// ns; 0 before the first. Only the poller thread writes it.
+    cost_ns: AtomicU64,
+}
+
+impl Timing {
+    /// `explicit`: the interval the user set, if any.
+    pub(super) fn new(explicit: Option<Duration>) -> Self {
+        Timing {
+            explicit,
+            cost_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The interval now: as set, else `max(1 ms, 25 × cost)`.
+    pub(super) fn interval(&self) -> Duration {
+        self.explicit.unwrap_or_else(|| {
+            let cost = Duration::from_nanos(self.cost_ns.load(Ordering::Relaxed));
+            DEFAULT_POLL_INTERVAL.max(cost.saturating_mul(COST_SHARE))
+        })
+    }
+
+    /// The smoothed duration of a whole compare; `None` before the first.
+    #[cfg(test)]
+    pub(super) fn cost(&self) -> Option<Duration> {
+        match self.cost_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Counts a compare of the whole region that took `took`.
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.cost_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else if sample <= old {
+            // Falls fast: halfway to a shorter compare.
+            old - (old - sample) / 2
+        } else {
+            // Rises slowly, and a compare the scheduler stretched counts as
+            // at most four times the average: one moves it by at most 3/8.
+            let sample = sample.min(old.saturating_mul(4));
+            old + (sample - old) / 8
+        };
+        self.cost_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// A tripwire in the registry.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    shared: Weak<Shared>,
+    /// Whether it busy-polls: the thread then looks at its window each turn.
+    busy: bool,
+    interval: Duration,
+    /// When it is first due.
+    due: Instant,
+}
+
+#[derive(Debug)]
+struct Registry {
+    /// Sorted by id (ids only grow).
+    entries: Vec<Entry>,
+    next_id: u64,
+    /// The thread, and the process that started it.
+    thread: Option<(Thread, u32)>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    entries: Vec::new(),
+    next_id: 0,
+    thread: None,
+});
+
+/// Moved on at every change of the registry's entries: the thread reads
+/// them again.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // Nothing in here panics while holding it; were something to, the list
+    // would still be whole.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `t + d`, or [`FAR`] ahead for a `d` too long to add.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t + FAR)
+}
+
+/// A tripwire's place on the poller thread: owns its [`Shared`] (the one
+/// strong reference), leaves the registry when dropped.
+#[derive(Debug)]
+pub(super) struct Registration {
+    id: u64,
+    /// `None` only while dropping.
+    shared: Option<Arc<Shared>>,
+    thread: Thread,
+}
+
+impl Registration {
+    /// Hands `shared` to the poller thread, starting the thread if this
+    /// process has none yet.
+    pub(super) fn new(shared: Shared) -> Result<Self, Error> {
+        let busy = shared.busy_polls();
+        let interval = shared.timing.interval();
+        let due = later(Instant::now(), interval);
+        let shared = Arc::new(shared);
+        let mut reg = registry();
+        let pid = std::process::id();
+        let thread = match &reg.thread {
+            Some((thread, by)) if *by == pid => thread.clone(),
+            _ => {
+                let thread = std::thread::Builder::new()
+                    .name(THREAD_NAME.into())
+                    .spawn(run)
+                    .map_err(|e| {
+                        Error::io(
+                            "starting the Poll backend's poller thread (one per process)",
+                            e,
+                        )
+                    })?
+                    .thread()
+                    .clone();
+                reg.thread = Some((thread.clone(), pid));
+                thread
+            }
+        };
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.entries.push(Entry {
+            id,
+            shared: Arc::downgrade(&shared),
+            busy,
+            interval,
+            due,
+        });
+        GENERATION.fetch_add(1, Ordering::Release);
+        drop(reg);
+        thread.unpark();
+        Ok(Registration {
+            id,
+            shared: Some(shared),
+            thread,
+        })
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        match &self.shared {
+            Some(shared) => shared,
+            None => unreachable!("taken only by drop"),
+        }
+    }
+
+    /// Wakes the thread: a busy-poll window starts now.
+    pub(super) fn wake(&self) {
+        self.thread.unpark();
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Some(mut shared) = self.shared.take() else {
+            return;
+        };
+        shared.stop();
+        {
+            let mut reg = registry();
+            if let Ok(i) = reg.entries.binary_search_by_key(&self.id, |e| e.id) {
+                reg.entries.remove(i);
+            }
+            GENERATION.fetch_add(1, Ordering::Release);
+        }
+        // The thread holds a strong reference only for a look or a compare,
+        // and a compare stops within a chunk now: wait for it to let go.
+        // Once the count reached zero, its `Weak` no longer upgrades.
+        let mut turns = 0u32;
+        loop {
+            match Arc::try_unwrap(shared) {
+                Ok(last) => {
+                    drop(last);
+                    return;
+                }
+                Err(again) => {
+                    shared = again;
+                    turns = turns.saturating_add(1);
+                    if turns < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The thread's own view of a tripwire.
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    shared: Weak<Shared>,
+    busy: bool,
+    /// Its interval as of its last compare.
+    interval: Duration,
+    due: Instant,
+}
+
+impl Slot {
+    /// Compares now, and sets the next due time.
+    fn compare(&mut self, shared: &Shared) {
+        let start = Instant::now();
+        // An eventfd write only fails if the fd is broken; the consumer then
+        // sees the error from its own read.
+        let found = shared.compare().unwrap_or(Compared::Skipped);
+        let end = Instant::now();
+        if found == Compared::Whole {
+            shared.timing.record(end - start);
+        }
+        self.interval = shared.timing.interval();
+        self.due = later(end, self.interval);
+    }
+}
+
+/// The poller thread.
+fn run() {
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut seen = None;
+    let mut slack = None;
+    loop {
+        let generation = GENERATION.load(Ordering::Acquire);
+        if seen != Some(generation) {
+            seen = Some(generation);
+            resync(&mut slots);
+        }
+        let (spin, next) = pass(&mut slots);
+        if let Some(least) = slots.iter().map(|s| s.interval).min() {
+            let want = super::timer_slack_for(least);
+            if slack != Some(want) {
+                super::set_timer_slack_for(least);
+                slack = Some(want);
+            }
+        }
+        if spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        match next {
+            None => std::thread::park(),
+            Some(at) => {
+                let now = Instant::now();
+                if at > now {
+                    std::thread::park_timeout(at - now);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the registry again: keeps the slots of the tripwires still there
+/// (and their due times), adds the new ones, forgets the dropped ones.
+fn resync(slots: &mut Vec<Slot>) {
+    let reg = registry();
+    let mut old = std::mem::take(slots).into_iter().peekable();
+    slots.reserve(reg.entries.len());
+    for entry in &reg.entries {
+        while old.next_if(|s| s.id < entry.id).is_some() {}
+        let slot = old.next_if(|s| s.id == entry.id).unwrap_or_else(|| Slot {
+            id: entry.id,
+            shared: entry.shared.clone(),
+            busy: entry.busy,
+            interval: entry.interval,
+            due: entry.due,
+        });
+        slots.push(slot);
+    }
+}
+
+/// Compares the tripwires that are due (or nearly), and those armed in a
+/// busy-poll window. Returns whether one is still in its window (spin: do
+/// not sleep) and the earliest due time.
+fn pass(slots: &mut [Slot]) -> (bool, Option<Instant>) {
+    let mut spin = false;
+    let mut next: Option<Instant> = None;
+    let now = Instant::now();
+    for slot in slots.iter_mut() {
+        let due = slot.due <= later(now, slot.interval / 8);
+        if due || slot.busy {
+            // A tripwire being dropped no longer upgrades: skipped, and
+            // forgotten at the next resync.
+            let Some(shared) = slot.shared.upgrade() else {
+                continue;
+            };
+            if due || shared.in_busy_window() {
+                slot.compare(&shared);
+                spin |= slot.busy && shared.in_busy_window();
+            }
+        }
+        next = Some(next.map_or(slot.due, |n| n.min(slot.due)));
+    }
+    (spin, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::poll::Poller;
+
+    /// Waits (for as long as it takes: no timing is asserted) until the
+    /// poller measured a whole compare of `p`.
+    fn measured(p: &Poller) -> (Duration, Duration) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let (interval, Some(cost)) = p.timing() {
+                return (interval, cost);
+            }
+            assert!(Instant::now() < give_up, "no compare in 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// With no interval set, a 16 MiB region (a compare of far more than
+    /// 40 µs on any host) gets an interval over 1 ms, 25 times its cost; an
+    /// interval set by the user is kept, whatever a compare costs.
+    #[test]
+    fn the_default_interval_stretches_for_a_big_region_and_a_set_one_is_kept() {
+        let (big, _region) = Poller::create(16 << 20, None, Duration::ZERO).unwrap();
+        let (interval, cost) = measured(&big);
+        assert!(
+            interval > DEFAULT_POLL_INTERVAL,
+            "{interval:?} for a cost of {cost:?}"
+        );
+        assert_eq!(interval, DEFAULT_POLL_INTERVAL.max(cost * COST_SHARE));
+        drop(big);
+
+        let set = Duration::from_millis(1);
+        let (kept, _region) = Poller::create(16 << 20, Some(set), Duration::ZERO).unwrap();
+        let (interval, _) = measured(&kept);
+        assert_eq!(interval, set);
+        drop(kept);
+
+        let (page, _region) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        assert_eq!(page.timing().0, DEFAULT_POLL_INTERVAL);
+    }
+
+    /// Tripwires created and dropped from several threads at once, some
+    /// busy-polling, while the thread keeps comparing a 16 MiB region back
+    /// to back (and that one dropped mid-compare): every drop returns, and
+    /// every live tripwire sees its store.
+    #[test]
+    fn creating_and_dropping_while_the_thread_compares() {
+        use crate::Backend;
+        use crate::blocking::Tripwire;
+
+        let big = Tripwire::builder(16 << 20)
+            .backend(Backend::Poll)
+            .poll_interval(Duration::from_micros(10))
+            .create()
+            .unwrap();
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    for round in 1..=25u64 {
+                        let mut b = Tripwire::builder(4096).backend(Backend::Poll);
+                        if (w + round) % 2 == 0 {
+                            b = b.busy_poll(Duration::from_micros(200));
+                        }
+                        let mut tw = b.create().unwrap();
+                        tw.ack().unwrap();
+                        tw.region().write(8 * w as usize, &round).unwrap();
+                        let seen = tw.wait_timeout(Duration::from_secs(30)).unwrap();
+                        assert!(seen.is_some(), "worker {w}, round {round}: store missed");
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(big);
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+
+    /// The smoothing: the first compare sets the cost; a longer one moves
+    /// it up by an eighth of the difference, counted as at most four times
+    /// the cost; a shorter one halves the difference.
+    #[test]
+    fn the_cost_rises_slowly_and_falls_fast() {
+        let t = Timing::new(None);
+        let us = Duration::from_micros;
+        t.record(us(100));
+        assert_eq!(t.cost(), Some(us(100)));
+        assert_eq!(t.interval(), us(2500));
+        t.record(Duration::from_millis(10)); // preempted: counts as 400 µs
+        let ns = Duration::from_nanos;
+        assert_eq!(t.cost(), Some(ns(100_000 + 300_000 / 8)));
+        t.record(us(1));
+        assert_eq!(t.cost(), Some(ns(137_500 - (137_500 - 1_000) / 2)));
+        let set = Timing::new(Some(us(50)));
+        set.record(Duration::from_millis(10));
+        assert_eq!(set.interval(), us(50));
+    }
+}
