@@ -159,9 +159,10 @@ impl Builder {
 ///
 /// [`AsFd`]/[`AsRawFd`] give the tripwire's one fd, readable while the wire
 /// is tripped or once a producer hung up: an epoll set over the mechanism's
-/// wake-up fd (the tripwire itself on `Kernel`, an eventfd on `Poll`, the
-/// agents' channels on the Userfaults, the producers' sockets on
-/// `Doorbell`) and the producers' handshake sockets. It is the only fd to
+/// wake-up fd (the tripwire itself on `Kernel`, the agents' channels on the
+/// Userfaults, the producers' sockets on `Doorbell`) and the producers'
+/// handshake sockets; on `Poll` the eventfd its poller rings (which a
+/// process-wide thread also rings when a producer hangs up). It is the only fd to
 /// watch, before and after [`share`](Tripwire::share); with the `mio`
 /// feature the tripwire is a [`mio::event::Source`] for it. Wrap it in
 /// [`crate::Tripwire`] for `changed().await`.

@@ -15,6 +15,7 @@ use peers::Peers;
 
 pub(crate) mod agent;
 pub(crate) mod doorbell;
+mod hangups;
 pub(crate) mod kernel;
 pub(crate) mod peers;
 pub(crate) mod poll;
@@ -440,10 +441,12 @@ impl Wire {
 
     /// The set of producers' sockets this wire needs: one that also
     /// watches its wake-up fd; on `Doorbell`, one that takes the rings; on
-    /// the Userfaults, one in the epoll of the agents' channels.
+    /// the Userfaults, one in the epoll of the agents' channels; on `Poll`,
+    /// no set: its eventfd, rung on a hang-up by `backend::hangups`.
     pub(crate) fn peers(&self) -> Result<Peers, Error> {
         match self {
             Wire::Userfault(w) => Ok(Peers::beside(w.channels())),
+            Wire::Poll(w) => Ok(Peers::watched(w.wake_shared())),
             _ => Peers::new(self.wake_fd(), matches!(self, Wire::Doorbell(_))),
         }
     }

@@ -15,21 +15,43 @@
 //! [`Peers::take_rings`]; such a socket is only closed once its rings are
 //! all taken, so that the last ring of a producer that rang and left is
 //! not lost.
+//!
+//! `Poll` is the exception: its one fd is the eventfd its poller rings, an
+//! fd less than a set would cost, so its producers' sockets are watched by
+//! the process-wide thread of `backend::hangups`, which rings that eventfd
+//! when one hangs up ([`Peers::watched`]).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use rustix::event::epoll::EventFlags;
 
+use super::hangups;
 use crate::Error;
 use crate::sys::{FdSet, bell};
 
 #[derive(Debug)]
 pub(crate) struct Peers {
-    socks: FdSet<UnixStream>,
-    /// `Doorbell`: the sockets carry the producers' rings.
-    rings: bool,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// The sockets in the tripwire's epoll set.
+    Set {
+        socks: FdSet<UnixStream>,
+        /// `Doorbell`: the sockets carry the producers' rings.
+        rings: bool,
+    },
+    /// The sockets watched by `backend::hangups`, which rings `wake`.
+    Watched {
+        wake: Arc<OwnedFd>,
+        /// Each with its id in the watch.
+        socks: Vec<(UnixStream, u64)>,
+        ever: bool,
+    },
 }
 
 impl Peers {
@@ -42,15 +64,31 @@ impl Peers {
                 .watch(wake)
                 .map_err(|e| Error::io("epoll_ctl for the wake-up fd", e))?;
         }
-        Ok(Peers { socks, rings })
+        Ok(Peers {
+            kind: Kind::Set { socks, rings },
+        })
     }
 
     /// A set in the epoll of the wire's own set (`Userfault`: the agents'
     /// channels), so that the tripwire has one epoll fd, not two.
     pub(crate) fn beside<U: AsFd>(wire: &FdSet<U>) -> Self {
         Peers {
-            socks: FdSet::beside(wire),
-            rings: false,
+            kind: Kind::Set {
+                socks: FdSet::beside(wire),
+                rings: false,
+            },
+        }
+    }
+
+    /// No set: `wake` (an eventfd of ours, `Poll`'s) is the tripwire's fd,
+    /// and the process-wide watch rings it when a producer hangs up.
+    pub(crate) fn watched(wake: Arc<OwnedFd>) -> Self {
+        Peers {
+            kind: Kind::Watched {
+                wake,
+                socks: Vec::new(),
+                ever: false,
+            },
         }
     }
 
@@ -59,51 +97,70 @@ impl Peers {
         // so that a long-lived consumer serving many short-lived producers
         // stays flat.
         self.reap()
-            .map_err(|e| Error::io("epoll_wait on the peer set", e))?;
-        let events = if self.rings {
-            EventFlags::RDHUP | EventFlags::IN
-        } else {
-            EventFlags::RDHUP
-        };
-        self.socks
-            .insert(sock, events)
-            .map_err(|e| Error::io("epoll_ctl for a peer socket", e))?;
+            .map_err(|e| Error::io("looking for producers that hung up", e))?;
+        match &mut self.kind {
+            Kind::Set { socks, rings } => {
+                let events = if *rings {
+                    EventFlags::RDHUP | EventFlags::IN
+                } else {
+                    EventFlags::RDHUP
+                };
+                socks
+                    .insert(sock, events)
+                    .map_err(|e| Error::io("epoll_ctl for a peer socket", e))?;
+            }
+            Kind::Watched { wake, socks, ever } => {
+                let id = hangups::watch(sock.as_fd(), Arc::downgrade(wake))
+                    .map_err(|e| Error::io("watching a producer's socket for its hang-up", e))?;
+                socks.push((sock, id));
+                *ever = true;
+            }
+        }
         Ok(())
     }
 
     /// The tripwire's fd: readable when the wire trips (its wake-up fd or,
     /// on `Doorbell`, a ring) or a peer hangs up.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.socks.fd()
+        match &self.kind {
+            Kind::Set { socks, .. } => socks.fd(),
+            Kind::Watched { wake, .. } => wake.as_fd(),
+        }
     }
 
     /// [`fd`](Peers::fd), for a registration that keeps it open.
     #[cfg(feature = "tokio")]
-    pub(crate) fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
-        self.socks.shared_fd()
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        match &self.kind {
+            Kind::Set { socks, .. } => socks.shared_fd(),
+            Kind::Watched { wake, .. } => wake.clone(),
+        }
     }
 
     /// `true` once every peer that was added has hung up (never `true` for a
     /// tripwire that was never shared), rings left in their sockets or not.
     /// Reaps hung-up peers; no blocking.
     pub(crate) fn all_gone(&mut self) -> io::Result<bool> {
-        if !self.socks.ever_used() {
-            return Ok(false);
-        }
         let kept = self.reap()?;
-        Ok(self.socks.live() == kept)
+        Ok(match &self.kind {
+            Kind::Set { socks, .. } => socks.ever_used() && socks.live() == kept,
+            Kind::Watched { socks, ever, .. } => *ever && socks.is_empty(),
+        })
     }
 
     /// `Doorbell`: takes the rings of every socket that has some (at most
     /// 256 bytes each: a flood cannot keep us here); `true` if there was
     /// one. Closes the sockets that reached their end. No blocking.
     pub(crate) fn take_rings(&mut self) -> io::Result<bool> {
+        let Kind::Set { socks, .. } = &mut self.kind else {
+            return Ok(false);
+        };
         let mut rang = false;
-        for (idx, events) in self.socks.ready()? {
+        for (idx, events) in socks.ready()? {
             if !events.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
                 continue;
             }
-            let Some(sock) = self.socks.get(idx) else {
+            let Some(sock) = socks.get(idx) else {
                 continue;
             };
             match bell::drain(sock.as_fd()) {
@@ -111,7 +168,7 @@ impl Peers {
                 // The end of the stream (or a broken one): all its rings
                 // were taken before.
                 Err(_) => {
-                    self.socks.remove(idx);
+                    socks.remove(idx);
                 }
             }
         }
@@ -122,23 +179,47 @@ impl Peers {
     /// those with rings left in them; returns how many of those it kept.
     /// No blocking.
     fn reap(&mut self) -> io::Result<usize> {
+        let (socks, rings) = match &mut self.kind {
+            Kind::Set { socks, rings } => (socks, *rings),
+            Kind::Watched { socks, .. } => {
+                let mut i = 0;
+                while i < socks.len() {
+                    if bell::hung_up(socks[i].0.as_fd())? {
+                        let (sock, id) = socks.swap_remove(i);
+                        hangups::unwatch(sock.as_fd(), id);
+                    } else {
+                        i += 1;
+                    }
+                }
+                return Ok(0);
+            }
+        };
         let hang_up = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
         let mut kept = 0;
-        for (idx, events) in self.socks.ready()? {
+        for (idx, events) in socks.ready()? {
             if !events.intersects(hang_up) {
                 continue;
             }
-            let rings_left = self.rings
-                && self
-                    .socks
+            let rings_left = rings
+                && socks
                     .get(idx)
                     .is_some_and(|s| bell::has_data(s.as_fd()).unwrap_or(false));
             if rings_left {
                 kept += 1;
             } else {
-                self.socks.remove(idx);
+                socks.remove(idx);
             }
         }
         Ok(kept)
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        if let Kind::Watched { socks, .. } = &self.kind {
+            for (sock, id) in socks {
+                hangups::unwatch(sock.as_fd(), *id);
+            }
+        }
     }
 }

@@ -199,8 +199,17 @@ impl Poller {
         self.reg.shared().eventfd.as_fd()
     }
 
+    /// The eventfd, shared: the tripwire's one fd (`Peers::watched`).
+    pub(crate) fn wake_shared(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
+        self.reg.shared().eventfd.shared()
+    }
+
+    /// Takes a trip: the state word says whether there is one (the
+    /// eventfd is also rung when a producer hangs up, which is no trip).
     pub(crate) fn take(&mut self) -> io::Result<bool> {
-        if !self.reg.shared().eventfd.drain()? {
+        let shared = self.reg.shared();
+        shared.eventfd.drain()?;
+        if shared.state.load(Ordering::Acquire) != TRIPPED {
             return Ok(false);
         }
         self.rearm();

@@ -161,6 +161,46 @@ impl<T: AsFd> FdSet<T> {
     }
 }
 
+/// An epoll set of fds owned elsewhere, each named by an id, watched
+/// edge-triggered for hang-up only: a thread sleeps in [`wait`](Watch::wait)
+/// and learns of each hang-up once.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    epoll: OwnedFd,
+}
+
+impl Watch {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Watch {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+        })
+    }
+
+    /// Watches `fd` (a connected socket) for its peer's hang-up, as `id`.
+    /// Stop with [`remove`](Watch::remove) before closing it.
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), events)?;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, fd: BorrowedFd<'_>) {
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
+    /// Sleeps until some watched fds hang up; their ids.
+    pub(crate) fn wait(&self) -> io::Result<Vec<u64>> {
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 64];
+        loop {
+            match epoll::wait(&self.epoll, &mut events, None) {
+                Ok((ready, _)) => return Ok(ready.iter().map(|e| e.data.u64()).collect()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -190,6 +230,10 @@ mod tests {
         assert_eq!(mine, [0]);
         let theirs = first.ready().unwrap();
         assert_eq!(theirs.len(), 40, "{theirs:?}");
-        assert!(theirs.iter().all(|(_, ev)| ev.contains(epoll::EventFlags::IN)));
+        assert!(
+            theirs
+                .iter()
+                .all(|(_, ev)| ev.contains(epoll::EventFlags::IN))
+        );
     }
 }

@@ -34,6 +34,6 @@ pub(crate) mod uffd;
 pub(crate) use bell::Bell;
 pub(crate) use channel::{Channel, Recv};
 pub(crate) use eventfd::EventFd;
-pub(crate) use fd_set::FdSet;
+pub(crate) use fd_set::{FdSet, Watch};
 pub(crate) use mapping::Mapping;
 pub(crate) use memfd::SealedMemfd;

@@ -189,7 +189,9 @@ pub fn run(role: &str) -> ! {
         "count_fds" => {
             // What one tripwire costs this process in fds, counted where no
             // other test opens any: created, shared with a producer in
-            // another process, registered with tokio.
+            // another process, registered with tokio. Twice: the first
+            // also starts what the process keeps once (Poll's threads and
+            // their epoll), the second is what each tripwire adds.
             let fds = || {
                 std::fs::read_dir("/proc/self/fd")
                     .unwrap_or_else(|e| fail(&format!("child: /proc/self/fd: {e}")))
@@ -199,31 +201,41 @@ pub fn run(role: &str) -> ! {
                 .enable_all()
                 .build()
                 .unwrap_or_else(|e| fail(&format!("child: runtime: {e}")));
-            let base = fds();
-            let mut tw = Tripwire::builder(4096)
-                .backend(env_backend())
-                .create()
-                .unwrap_or_else(|e| fail(&format!("child: create: {e}")));
-            let created = fds() - base;
-            let (ours, theirs) =
-                UnixStream::pair().unwrap_or_else(|e| fail(&format!("child: socketpair: {e}")));
-            let mut producer = crate::util::spawn("connect_then_linger", &[], theirs.into(), None)
-                .unwrap_or_else(|e| fail(&format!("child: spawn: {e:?}")));
-            tw.share(ours)
-                .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
-            // The producer's stdout pipe is the harness's, not the tripwire's.
-            drop(producer.stdout.take());
-            let shared = fds() - base;
-            let registered = rt.block_on(async {
-                let tw = memfd_tripwire::Tripwire::new(tw)
-                    .unwrap_or_else(|e| fail(&format!("child: register: {e}")));
-                let n = fds() - base;
+            let mut kept = Vec::new();
+            let mut counts = Vec::new();
+            for _ in 0..2 {
+                let base = fds();
+                let mut tw = Tripwire::builder(4096)
+                    .backend(env_backend())
+                    .create()
+                    .unwrap_or_else(|e| fail(&format!("child: create: {e}")));
+                let created = fds() - base;
+                let (ours, theirs) =
+                    UnixStream::pair().unwrap_or_else(|e| fail(&format!("child: socketpair: {e}")));
+                let mut producer =
+                    crate::util::spawn("connect_then_linger", &[], theirs.into(), None)
+                        .unwrap_or_else(|e| fail(&format!("child: spawn: {e:?}")));
+                tw.share(ours)
+                    .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
+                // The producer's stdout pipe is the harness's, not the
+                // tripwire's.
+                drop(producer.stdout.take());
+                let shared = fds() - base;
+                let (tw, registered) = rt.block_on(async {
+                    let tw = memfd_tripwire::Tripwire::new(tw)
+                        .unwrap_or_else(|e| fail(&format!("child: register: {e}")));
+                    (tw, fds() - base)
+                });
+                kept.push((tw, producer));
+                counts.push(format!("{created} {shared} {registered}"));
+            }
+            for (tw, mut producer) in kept {
+                let _enter = rt.enter();
                 drop(tw);
-                n
-            });
-            let _ = producer.kill();
-            let _ = producer.wait();
-            println!("{created} {shared} {registered}");
+                let _ = producer.kill();
+                let _ = producer.wait();
+            }
+            println!("{}", counts.join(" "));
             std::process::exit(0);
         }
         "connect_then_linger" => {
