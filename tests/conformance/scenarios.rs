@@ -645,9 +645,8 @@ fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
 }
 
 fn from_fd_inherited_producer(ctx: &Ctx) -> Outcome {
-    use std::os::fd::AsFd;
     let mut tw = create(ctx, PAGE)?;
-    let fd = tw.as_fd().try_clone_to_owned()?; // the tripwire fd itself on Kernel
+    let fd = tw.producer_fd()?.try_clone_to_owned()?; // the tripwire fd itself on Kernel
     let child = spawn("from_fd_write", &[("VALUE", "4242".into())], fd, None)?;
     expect_trip(&mut tw, ms(10_000), "write through an inherited fd")?;
     reap(child, "from_fd writer")?;
@@ -656,9 +655,8 @@ fn from_fd_inherited_producer(ctx: &Ctx) -> Outcome {
 }
 
 fn second_ftruncate_is_refused(ctx: &Ctx) -> Outcome {
-    use std::os::fd::AsFd;
     let (mut tw, p) = pair(ctx, PAGE)?;
-    let r = rustix::fs::ftruncate(tw.as_fd(), 2 * PAGE as u64);
+    let r = rustix::fs::ftruncate(tw.producer_fd()?, 2 * PAGE as u64);
     ensure(r.is_err(), || {
         "a second ftruncate of a tripwire succeeded".into()
     })?;
