@@ -32,6 +32,9 @@ use super::hangups;
 use crate::Error;
 use crate::sys::{FdSet, bell};
 
+/// Up to this many Doorbell sockets, a take reads each directly.
+const DIRECT_MAX: usize = 2;
+
 #[derive(Debug)]
 pub(crate) struct Peers {
     kind: Kind,
@@ -156,10 +159,19 @@ impl Peers {
             return Ok(false);
         };
         let mut rang = false;
-        for (idx, events) in socks.ready()? {
-            if !events.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR) {
-                continue;
-            }
+        // A few sockets are read directly (one `recv` each, the common case
+        // of one producer: no `epoll_wait` per ring); more, through the set.
+        let ready: Vec<usize> = if socks.live() <= DIRECT_MAX {
+            socks.indices().collect()
+        } else {
+            socks
+                .ready()?
+                .into_iter()
+                .filter(|(_, ev)| ev.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR))
+                .map(|(idx, _)| idx)
+                .collect()
+        };
+        for idx in ready {
             let Some(sock) = socks.get(idx) else {
                 continue;
             };
