@@ -8,7 +8,10 @@
 //!
 //! Started by the first socket watched (a failure to start it fails that
 //! `share` with the reason); it never ends, and sleeps in `epoll_wait`
-//! while nothing hangs up. It holds each tripwire's eventfd only weakly,
+//! while nothing hangs up. A forked child shares its parent's epoll set (one
+//! open file): it never removes a socket from it (that would blind the
+//! parent's thread), and starts its own set and thread with its first watch
+//! (the parent's set stays open in the child, an fd per such fork). It holds each tripwire's eventfd only weakly,
 //! and takes the lock of its table only to look up a hang-up: a watch or
 //! unwatch waits for at most that.
 
@@ -59,7 +62,12 @@ pub(crate) fn watch(sock: BorrowedFd<'_>, wake: Weak<OwnedFd>) -> io::Result<u64
 /// Stops watching `sock` (watched as `id`); call it before closing it.
 pub(crate) fn unwatch(sock: BorrowedFd<'_>, id: u64) {
     let guard = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(w) = guard.as_ref() {
+    // A forked child shares its parent's epoll set (the same open file):
+    // removing the socket there would blind the parent's thread to it.
+    if let Some(w) = guard
+        .as_ref()
+        .filter(|w| w.pid == rustix::process::getpid())
+    {
         w.watch.remove(sock);
         w.targets
             .lock()

@@ -152,7 +152,7 @@ impl Peers {
     }
 
     /// `Doorbell`: takes the rings of every socket that has some (at most
-    /// 256 bytes each: a flood cannot keep us here); `true` if there was
+    /// 64 KiB each: a flood cannot keep us here); `true` if there was
     /// one. Closes the sockets that reached their end. No blocking.
     pub(crate) fn take_rings(&mut self) -> io::Result<bool> {
         let Kind::Set { socks, .. } = &mut self.kind else {

@@ -186,6 +186,8 @@ pub(super) struct Registration {
     /// `None` only while dropping.
     shared: Option<Arc<Shared>>,
     thread: Thread,
+    /// The process whose poller thread compares it.
+    pid: u32,
 }
 
 impl Registration {
@@ -232,6 +234,7 @@ impl Registration {
             id,
             shared: Some(shared),
             thread,
+            pid,
         })
     }
 
@@ -260,6 +263,12 @@ impl Drop for Registration {
                 reg.entries.remove(i);
             }
             GENERATION.fetch_add(1, Ordering::Release);
+        }
+        // A forked child has no poller thread: a reference the parent's
+        // held at the fork is never let go here, so do not wait for it
+        // (the child's copy of the memory is leaked, its fds closed at exit).
+        if self.pid != std::process::id() {
+            return;
         }
         // The thread holds a strong reference only for a look or a compare,
         // and a compare stops within a chunk now: wait for it to let go.

@@ -18,9 +18,12 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketType};
 
-/// How many bytes one [`Bell::drain`] takes at most: a peer that floods the
-/// bell cannot keep a drain going; what is left makes a later, spurious ring.
-const DRAIN_MAX: usize = 256;
+/// How many bytes one [`Bell::drain`] takes at most (in reads of
+/// [`DRAIN_CHUNK`]): a peer that floods the bell cannot keep a drain going;
+/// what is left makes a later, spurious ring. Large enough that a socket
+/// buffer a peer filled before it left is taken in a few looks.
+const DRAIN_MAX: usize = 64 << 10;
+const DRAIN_CHUNK: usize = 4096;
 
 /// One end of a bell: ring the other end, or drain the rings sent to this one.
 #[derive(Debug)]
@@ -85,23 +88,28 @@ pub(crate) fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Takes the rings sent to this end of any connected unix stream socket, as
-/// [`Bell::drain`] (at most [`DRAIN_MAX`] bytes).
+/// [`Bell::drain`] (at most [`DRAIN_MAX`] bytes; fds a peer sent along are
+/// closed).
 pub(crate) fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut buf = [0u8; DRAIN_MAX];
-    loop {
+    let mut buf = [0u8; DRAIN_CHUNK];
+    let mut taken = 0;
+    while taken < DRAIN_MAX {
         match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+            // The end comes after every ring sent before it.
+            Ok((0, _)) if taken > 0 => return Ok(true),
             Ok((0, _)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "the other end of the bell is closed",
                 ));
             }
-            Ok(_) => return Ok(true),
-            Err(Errno::AGAIN) => return Ok(false),
+            Ok((n, _)) => taken += n,
+            Err(Errno::AGAIN) => return Ok(taken > 0),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(true)
 }
 
 /// Whether rings are waiting on this end of a connected unix stream socket,

@@ -12,6 +12,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::event::{Timespec, epoll};
 
@@ -19,6 +20,8 @@ use rustix::event::{Timespec, epoll};
 #[derive(Debug)]
 pub(crate) struct FdSet<T> {
     epoll: Arc<OwnedFd>,
+    /// How many fds the epoll watches, for every set in it.
+    members: Arc<AtomicUsize>,
     slots: Vec<Option<T>>,
     /// The top byte of this set's event data (the slot is the rest).
     tag: u64,
@@ -33,6 +36,7 @@ impl<T: AsFd> FdSet<T> {
     pub(crate) fn new() -> io::Result<Self> {
         Ok(FdSet {
             epoll: Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?),
+            members: Arc::default(),
             slots: Vec::new(),
             tag: 0,
         })
@@ -44,6 +48,7 @@ impl<T: AsFd> FdSet<T> {
     pub(crate) fn beside<U>(first: &FdSet<U>) -> Self {
         FdSet {
             epoll: first.epoll.clone(),
+            members: first.members.clone(),
             slots: Vec::new(),
             tag: first.tag + (1 << 56),
         }
@@ -71,6 +76,7 @@ impl<T: AsFd> FdSet<T> {
             epoll::EventData::new_u64(FOREIGN),
             epoll::EventFlags::IN,
         )?;
+        self.members.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -88,6 +94,7 @@ impl<T: AsFd> FdSet<T> {
             epoll::EventData::new_u64(self.tag | idx as u64),
             events,
         )?;
+        self.members.fetch_add(1, Ordering::Relaxed);
         if idx == self.slots.len() {
             self.slots.push(Some(item));
         } else {
@@ -100,6 +107,7 @@ impl<T: AsFd> FdSet<T> {
     pub(crate) fn remove(&mut self, idx: usize) -> Option<T> {
         let item = self.slots.get_mut(idx).and_then(Option::take)?;
         let _ = epoll::delete(&*self.epoll, &item);
+        self.members.fetch_sub(1, Ordering::Relaxed);
         Some(item)
     }
 
@@ -130,10 +138,10 @@ impl<T: AsFd> FdSet<T> {
     pub(crate) fn ready(&self) -> io::Result<Vec<(usize, epoll::EventFlags)>> {
         let mut out = Vec::new();
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
-        // Another set's members may take room in each batch: enough
-        // batches for this set's members, and a few more, then what is
-        // left is for the next look (the fd stays readable meanwhile).
-        let mut batches = self.slots.len() / events.len() + 4;
+        // A level-triggered epoll hands out its ready members in turn, a
+        // batch at a time: after as many batches as it has members (of
+        // every set in it) over the batch size, each was reported once.
+        let mut batches = self.members.load(Ordering::Relaxed) / events.len() + 1;
         loop {
             let (ready, _) = loop {
                 match epoll::wait(&*self.epoll, &mut events, Some(&Timespec::default())) {
@@ -152,12 +160,20 @@ impl<T: AsFd> FdSet<T> {
             batches -= 1;
             // A level-triggered set reports the same members again: one
             // full batch is all there is to take now. Each slot once.
-            if n < events.len() || out.len() >= self.slots.len() || batches == 0 {
+            if n < events.len() || batches == 0 {
                 out.sort_unstable_by_key(|&(idx, _)| idx);
                 out.dedup_by_key(|&mut (idx, _)| idx);
                 return Ok(out);
             }
         }
+    }
+}
+
+impl<T> Drop for FdSet<T> {
+    fn drop(&mut self) {
+        // Its members leave the epoll as they close.
+        let live = self.slots.iter().flatten().count();
+        self.members.fetch_sub(live, Ordering::Relaxed);
     }
 }
 
@@ -235,5 +251,31 @@ mod tests {
                 .iter()
                 .all(|(_, ev)| ev.contains(epoll::EventFlags::IN))
         );
+    }
+
+    /// A set behind many ready members of the other set in the ready list
+    /// (100 hung-up sockets not reaped yet) still sees all of its own:
+    /// `ready` takes as many batches as the epoll has members. (With a
+    /// budget of this set's size, it saw none.)
+    #[test]
+    fn a_set_behind_many_ready_members_of_the_other_sees_its_own() {
+        let mut first = FdSet::<UnixStream>::new().unwrap();
+        let mut second = FdSet::<UnixStream>::beside(&first);
+        for _ in 0..100 {
+            let (a, b) = UnixStream::pair().unwrap();
+            first.insert(a, epoll::EventFlags::RDHUP).unwrap();
+            drop(b);
+        }
+        let mut keep = Vec::new();
+        for _ in 0..4 {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            second.insert(a, epoll::EventFlags::IN).unwrap();
+            b.write_all(b"x").unwrap();
+            keep.push(b);
+        }
+        assert_eq!(second.ready().unwrap().len(), 4);
+        assert_eq!(first.ready().unwrap().len(), 100);
+        drop(second);
+        assert_eq!(first.members.load(Ordering::Relaxed), 100);
     }
 }
