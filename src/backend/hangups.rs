@@ -2,9 +2,10 @@
 //! their tripwires: a tripwire whose only fd is the eventfd its poller
 //! rings (`Poll`) has no epoll set of its own to watch its producers'
 //! handshake sockets in, so they sit in this process-wide one
-//! (`sys::Watch`, edge-triggered `EPOLLRDHUP`), and a hang-up rings the
-//! tripwire's eventfd. The consumer then looks, finds the wire armed, and
-//! checks its producers (`Peers::all_gone`).
+//! (`sys::Watch`, edge-triggered `EPOLLRDHUP` and `EPOLLIN`), and a hang-up
+//! (or bytes, which the consumer reads and drops) rings the tripwire's
+//! eventfd. The consumer then looks, finds the wire armed, and checks its
+//! producers (`Peers::all_gone`).
 //!
 //! Started by the first socket watched (a failure to start it fails that
 //! `share` with the reason); it never ends, and sleeps in `epoll_wait`

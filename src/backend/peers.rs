@@ -9,10 +9,12 @@
 //! later too, through one fd and one registration.
 //!
 //! A socket is registered for `EPOLLRDHUP` (`EPOLLHUP` and `EPOLLERR` always
-//! come): a live peer that writes to its socket is not mistaken for a dead
-//! one. On `Doorbell` the sockets are also the producers' bells (see
-//! `backend::doorbell`): registered for `EPOLLIN` too, and drained by
-//! [`Peers::take_rings`]; such a socket is only closed once its rings are
+//! come) and `EPOLLIN`: a live peer that writes to its socket is not
+//! mistaken for a dead one, and what it writes is read and dropped (with
+//! any fd it passed: a producer that parks its own end of the socket in the
+//! socket's queue and exits would otherwise never hang up). On `Doorbell`
+//! the sockets are also the producers' bells (see `backend::doorbell`), and
+//! what they carry are rings, taken by [`Peers::take_rings`]; such a socket is only closed once its rings are
 //! all taken, so that the last ring of a producer that rang and left is
 //! not lost.
 //!
@@ -102,14 +104,9 @@ impl Peers {
         self.reap()
             .map_err(|e| Error::io("looking for producers that hung up", e))?;
         match &mut self.kind {
-            Kind::Set { socks, rings } => {
-                let events = if *rings {
-                    EventFlags::RDHUP | EventFlags::IN
-                } else {
-                    EventFlags::RDHUP
-                };
+            Kind::Set { socks, .. } => {
                 socks
-                    .insert(sock, events)
+                    .insert(sock, EventFlags::RDHUP | EventFlags::IN)
                     .map_err(|e| Error::io("epoll_ctl for a peer socket", e))?;
             }
             Kind::Watched { wake, socks, ever } => {
@@ -196,7 +193,7 @@ impl Peers {
             Kind::Watched { socks, .. } => {
                 let mut i = 0;
                 while i < socks.len() {
-                    if bell::hung_up(socks[i].0.as_fd())? {
+                    if discard(socks[i].0.as_fd())? {
                         let (sock, id) = socks.swap_remove(i);
                         hangups::unwatch(sock.as_fd(), id);
                     } else {
@@ -209,6 +206,16 @@ impl Peers {
         let hang_up = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
         let mut kept = 0;
         for (idx, events) in socks.ready()? {
+            if !rings {
+                // Bytes on a socket that carries none after the handshake.
+                if socks
+                    .get(idx)
+                    .is_none_or(|s| discard(s.as_fd()).unwrap_or(true))
+                {
+                    socks.remove(idx);
+                }
+                continue;
+            }
             if !events.intersects(hang_up) {
                 continue;
             }
@@ -233,5 +240,17 @@ impl Drop for Peers {
                 hangups::unwatch(sock.as_fd(), *id);
             }
         }
+    }
+}
+
+/// Takes what a peer sent on a socket that carries nothing after the
+/// handshake (closing any fd passed along: a producer that parked its own
+/// end of the socket in it would otherwise never hang up), then says
+/// whether the peer hung up. No blocking.
+fn discard(sock: BorrowedFd<'_>) -> io::Result<bool> {
+    match bell::drain(sock) {
+        Ok(_) => bell::hung_up(sock),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e),
     }
 }

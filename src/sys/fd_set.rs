@@ -178,8 +178,8 @@ impl<T> Drop for FdSet<T> {
 }
 
 /// An epoll set of fds owned elsewhere, each named by an id, watched
-/// edge-triggered for hang-up only: a thread sleeps in [`wait`](Watch::wait)
-/// and learns of each hang-up once.
+/// edge-triggered for hang-up and bytes: a thread sleeps in
+/// [`wait`](Watch::wait) and learns of each once.
 #[derive(Debug)]
 pub(crate) struct Watch {
     epoll: OwnedFd,
@@ -192,10 +192,12 @@ impl Watch {
         })
     }
 
-    /// Watches `fd` (a connected socket) for its peer's hang-up, as `id`.
-    /// Stop with [`remove`](Watch::remove) before closing it.
+    /// Watches `fd` (a connected socket) for its peer's hang-up, and for
+    /// bytes (which the owner reads: they may carry a parked fd that
+    /// keeps the peer from hanging up), as `id`. Stop with
+    /// [`remove`](Watch::remove) before closing it.
     pub(crate) fn add(&self, fd: BorrowedFd<'_>, id: u64) -> io::Result<()> {
-        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::IN | epoll::EventFlags::ET;
         epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), events)?;
         Ok(())
     }

@@ -36,6 +36,11 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Doorbell],
     ),
     (
+        "hostile_producer_parking_its_socket_in_itself_still_dies",
+        producer_parking_its_socket_in_itself_still_dies,
+        ANY,
+    ),
+    (
         "hostile_producer_that_rang_and_left_loses_no_ring",
         producer_that_rang_and_left_loses_no_ring,
         &[BackendKind::Doorbell],
@@ -252,6 +257,36 @@ fn producer_cannot_jam_the_doorbell(ctx: &Ctx) -> Outcome {
             Ok(())
         })
     })?
+}
+
+/// A producer sends its own end of the handshake socket over that socket
+/// (`SCM_RIGHTS`), then exits: the end lives on in the consumer's receive
+/// queue, so no hang-up would ever come unless the consumer reads (and so
+/// closes) it. The consumer must still report the producer gone.
+fn producer_parking_its_socket_in_itself_still_dies(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, 4096)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    tw.share(ours)?;
+    let producer = producer.join().map_err(|_| "producer panicked")??;
+    let own = producer
+        .handshake_socket()
+        .ok_or("no handshake socket")?
+        .try_clone_to_owned()?;
+    send_frame(&UnixStream::from(own.try_clone()?), b"x", &[own.as_fd()])?;
+    drop(own);
+    drop(producer);
+    let deadline = std::time::Instant::now() + ms(5_000);
+    loop {
+        match tw.wait_timeout(ms(100)) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(_) if std::time::Instant::now() > deadline => {
+                return Err("a producer that parked its socket in itself never died".into());
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 /// A Doorbell producer rings through its handshake socket, stores, rings and
