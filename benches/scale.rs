@@ -2,7 +2,10 @@
 //!
 //! Prints markdown, ready to paste into BENCHMARKS.md: the host, then one
 //! table per part, then notes (skipped cases and why, fds by kind).
-//! Progress goes to stderr.
+//! Progress goes to stderr. Each case (a backend and an N, or a region
+//! size) runs in a fresh process of this binary (env
+//! `MEMFD_TRIPWIRE_BENCH_ROLE=case`), so that no case measures the heap,
+//! threads or fds another left behind; the first process only prints.
 //!
 //! ```sh
 //! cargo bench --bench scale                      # both parts, the defaults (a few minutes on 2 cores)
@@ -65,9 +68,13 @@
 //!
 //! The first `SCALE_WARMUP` rings are not timed. Poll takes up to an
 //! interval (1 ms by default) per ring and, with one poller thread per
-//! tripwire, saturates a small machine at large N: it has its own sample
-//! count, and every case stops ringing after `SCALE_MAX_SECS` (the
-//! *samples* column then says how many were taken, "capped").
+//! tripwire, saturates a small machine at large N (on 2 vCPUs, from a few
+//! hundred tripwires: then every thread of the process, the one that
+//! creates and shares, the runtime's, crawls). So it has its own sample
+//! count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
+//! column then says how many were taken, "capped"); and a case whose
+//! creating and sharing takes over `SCALE_SETUP_SECS` stops there, says how
+//! far it got, and the larger N of its backend are not run.
 //!
 //! # Part 2: Poll against region size
 //!
@@ -108,6 +115,7 @@
 //! | `SCALE_POLL_SAMPLES` | 200 | timed rings per case of part 1 on Poll |
 //! | `SCALE_WARMUP` | 100 | untimed rings before them |
 //! | `SCALE_MAX_SECS` | 20 | cap on a case's ringing (part 1) |
+//! | `SCALE_SETUP_SECS` | 60 | cap on a case's creating and sharing (part 1) |
 //! | `SCALE_GAP_US` | 0, Poll: 1000 | the producer's pause before a store is pseudo-random below this (part 1) |
 //! | `SCALE_IDLE_MS` | 2000 | the idle CPU window (both parts) |
 //! | `SCALE_REGIONS` | `4K,64K,1M,16M,64M` | part 2's region sizes (K = KiB, M = MiB, G = GiB, or bytes) |
@@ -150,8 +158,136 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// Part 1 gives up when no tripwire wakes for this long.
 const STALL: Duration = Duration::from_secs(10);
 
+/// The case a case process runs: `many <backend> <N>` or `region <bytes>`.
+const CASE_ENV: &str = "MEMFD_TRIPWIRE_SCALE_CASE";
+
+/// Three roles: the orchestrator (no role: prints the host and the tables),
+/// a case process (runs one case, in a fresh process, so that no case
+/// inherits another's heap, threads or fds, and reports it on stdout), and
+/// part 1's producer process.
 fn main() -> ExitCode {
-    common::run_role("scale", producer_process, consumer)
+    let role = std::env::var(ROLE_ENV).unwrap_or_default();
+    let result = match role.as_str() {
+        "producer" => producer_process(),
+        "case" => case_process(),
+        _ => consumer(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if role == "case" {
+                // The orchestrator reports it; keep it on one line.
+                let line = e.to_string().replace('\n', " ");
+                let key = if e.is::<GaveUp>() { "gave_up" } else { "error" };
+                println!("{key} {line}");
+            } else {
+                let role = if role.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({role})")
+                };
+                eprintln!("scale{role}: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A case that stopped at its time budget: later, larger cases of its
+/// backend are skipped.
+#[derive(Debug)]
+struct GaveUp(String);
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// A case's result as a case process prints it: one `key value` a line,
+/// the value being the rest of the line.
+#[derive(Debug, Default)]
+struct Report(BTreeMap<String, String>);
+
+impl Report {
+    fn put(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.0.insert(key.to_string(), value.to_string());
+    }
+
+    fn text(&self) -> String {
+        self.0.iter().map(|(k, v)| format!("{k} {v}\n")).collect()
+    }
+
+    fn parse(text: &str) -> Report {
+        Report(
+            text.lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn str(&self, key: &str) -> Result<&str, BoxError> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("the case process reported no {key:?}").into())
+    }
+
+    fn num<T: std::str::FromStr>(&self, key: &str) -> Result<T, BoxError> {
+        let v = self.str(key)?;
+        v.parse()
+            .map_err(|_| format!("the case process reported {key} {v:?}: not a number").into())
+    }
+
+    /// `n/a` for none.
+    fn opt<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, BoxError> {
+        match self.str(key)? {
+            "n/a" => Ok(None),
+            _ => self.num(key).map(Some),
+        }
+    }
+}
+
+/// Runs one case in a fresh process of this binary (its stderr, the
+/// progress, goes through); its report, or why it failed.
+fn run_case(case: &str) -> Result<Report, BoxError> {
+    let out = Command::new(std::env::current_exe()?)
+        .env(ROLE_ENV, "case")
+        .env(CASE_ENV, case)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("starting the case process: {e}"))?;
+    let report = Report::parse(&String::from_utf8_lossy(&out.stdout));
+    if let Ok(why) = report.str("gave_up") {
+        return Err(Box::new(GaveUp(why.to_string())));
+    }
+    if let Ok(why) = report.str("error") {
+        return Err(why.into());
+    }
+    if !out.status.success() {
+        return Err(format!("the case process failed ({})", out.status).into());
+    }
+    Ok(report)
+}
+
+/// A case process: runs the case in `CASE_ENV`, prints its report.
+fn case_process() -> Result<(), BoxError> {
+    if let Err(why) = raise_nofile() {
+        eprintln!("scale (case): {why}; going on with the soft limit");
+    }
+    let cfg = Config::from_env()?;
+    let case = std::env::var(CASE_ENV).map_err(|e| format!("{CASE_ENV}: {e}"))?;
+    let report = match case.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["many", backend, n] => many(&cfg, backend.parse()?, n.parse()?)?.report(),
+        ["region", size] => region_case(&cfg, size.parse()?)?.report(),
+        _ => return Err(format!("{CASE_ENV}={case:?}: not a case").into()),
+    };
+    print!("{}", report.text());
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -166,6 +302,7 @@ struct Config {
     poll_samples: usize,
     warmup: usize,
     max_ringing: Duration,
+    max_setup: Duration,
     /// `SCALE_GAP_US`; `None`: 1000 on Poll, else 0.
     gap_us: Option<u64>,
     idle: Duration,
@@ -196,6 +333,8 @@ impl Config {
             warmup: env_num("SCALE_WARMUP", 100)?,
             max_ringing: Duration::try_from_secs_f64(env_num("SCALE_MAX_SECS", 20.0)?)
                 .map_err(|e| format!("SCALE_MAX_SECS: {e}"))?,
+            max_setup: Duration::try_from_secs_f64(env_num("SCALE_SETUP_SECS", 60.0)?)
+                .map_err(|e| format!("SCALE_SETUP_SECS: {e}"))?,
             gap_us: match std::env::var_os("SCALE_GAP_US") {
                 None => None,
                 Some(_) => Some(env_num("SCALE_GAP_US", 0)?),
@@ -448,6 +587,10 @@ fn consumer() -> Result<(), BoxError> {
     if cfg.part2 {
         part2(&cfg)?;
     }
+    println!(
+        "Load average (1 / 5 / 15 min) at the end: {}",
+        load_average()
+    );
     Ok(())
 }
 
@@ -469,9 +612,7 @@ fn print_host(nofile: Option<u64>) {
     };
     let idle = read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or("none".into());
     let kernel = read("/proc/sys/kernel/osrelease").unwrap_or("unknown".into());
-    let load = read("/proc/loadavg").map_or("unknown".into(), |l| {
-        l.split_whitespace().take(3).collect::<Vec<_>>().join(" / ")
-    });
+    let load = load_average();
     println!("## Scale (#16): host");
     println!();
     println!("- CPU: {model}; vCPUs: {vcpus}; cpuidle driver: {idle}");
@@ -483,6 +624,12 @@ fn print_host(nofile: Option<u64>) {
         nofile.map_or("unlimited".into(), |n| n.to_string())
     );
     println!();
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or("unknown".into(), |l| {
+        l.split_whitespace().take(3).collect::<Vec<_>>().join(" / ")
+    })
 }
 
 /// The commit measured, if this runs in a git checkout (best effort).
@@ -517,13 +664,62 @@ struct Row {
     registered: Usage,
     theirs: Usage,
     idle_cpu: f64,
-    samples: Vec<u64>,
+    /// Timed rings, and how many were wanted.
+    samples: usize,
     wanted: usize,
+    /// Their p50 and p99, ns (`None`: no sample).
+    p50: Option<u64>,
+    p99: Option<u64>,
     early: u64,
     other: u64,
     gap_us: u64,
-    setup: Duration,
-    wall: Duration,
+    setup_secs: f64,
+    wall_secs: f64,
+}
+
+/// An `Option` as a report value.
+fn or_na(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or("n/a".into(), |v| v.to_string())
+}
+
+impl Row {
+    fn report(&self) -> Report {
+        let mut r = Report::default();
+        r.put("n", self.n);
+        r.put("created", self.created.to_line());
+        r.put("registered", self.registered.to_line());
+        r.put("theirs", self.theirs.to_line());
+        r.put("idle_cpu", self.idle_cpu);
+        r.put("samples", self.samples);
+        r.put("wanted", self.wanted);
+        r.put("p50", or_na(self.p50));
+        r.put("p99", or_na(self.p99));
+        r.put("early", self.early);
+        r.put("other", self.other);
+        r.put("gap_us", self.gap_us);
+        r.put("setup_secs", self.setup_secs);
+        r.put("wall_secs", self.wall_secs);
+        r
+    }
+
+    fn from_report(r: &Report) -> Result<Row, BoxError> {
+        Ok(Row {
+            n: r.num("n")?,
+            created: Usage::from_line(r.str("created")?)?,
+            registered: Usage::from_line(r.str("registered")?)?,
+            theirs: Usage::from_line(r.str("theirs")?)?,
+            idle_cpu: r.num("idle_cpu")?,
+            samples: r.num("samples")?,
+            wanted: r.num("wanted")?,
+            p50: r.opt("p50")?,
+            p99: r.opt("p99")?,
+            early: r.num("early")?,
+            other: r.num("other")?,
+            gap_us: r.num("gap_us")?,
+            setup_secs: r.num("setup_secs")?,
+            wall_secs: r.num("wall_secs")?,
+        })
+    }
 }
 
 /// Fds per tripwire (either process) assumed before one was measured.
@@ -591,7 +787,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                 continue;
             }
             eprintln!("scale: {backend} N={n} ...");
-            match many(cfg, backend, n) {
+            match run_case(&format!("many {backend} {n}")).and_then(|r| Row::from_report(&r)) {
                 Ok(row) => {
                     let mine = row.created.fds.max(row.registered.fds);
                     let fds = mine.max(row.theirs.fds) as f64 / n as f64;
@@ -605,6 +801,14 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                         );
                         largest = Some((n, line));
                     }
+                }
+                Err(e) if e.is::<GaveUp>() => {
+                    eprintln!("scale: {backend} N={n}: stopped: {e}");
+                    notes.push(format!(
+                        "- `{backend}` N={n}: stopped: {e}; larger N of `{backend}` not run \
+                         (`SCALE_SETUP_SECS` raises the budget)"
+                    ));
+                    break;
                 }
                 Err(e) => {
                     eprintln!("scale: {backend} N={n}: failed: {e}");
@@ -638,17 +842,14 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
 fn print_row(backend: Backend, r: &Row) {
     let per = |v: i64| format!("{:.2}", v as f64 / r.n as f64);
     let per_kib = |v: i64| format!("{:.1}", v as f64 / r.n as f64);
-    let mut samples = r.samples.clone();
-    let (p50, p99) = if samples.is_empty() {
-        ("n/a".to_string(), "n/a".to_string())
+    let (p50, p99) = (
+        r.p50.map_or("n/a".into(), us),
+        r.p99.map_or("n/a".into(), us),
+    );
+    let count = if r.samples < r.wanted {
+        format!("{} (capped)", r.samples)
     } else {
-        let (p50, p99) = median_p99(&mut samples);
-        (us(p50), us(p99))
-    };
-    let count = if samples.len() < r.wanted {
-        format!("{} (capped)", samples.len())
-    } else {
-        samples.len().to_string()
+        r.samples.to_string()
     };
     println!(
         "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {count} | {} | {p50} | {p99} | {} | {} | {:.2} | {:.2} |",
@@ -668,8 +869,8 @@ fn print_row(backend: Backend, r: &Row) {
         },
         r.early,
         r.other,
-        r.setup.as_secs_f64(),
-        r.wall.as_secs_f64(),
+        r.setup_secs,
+        r.wall_secs,
     );
 }
 
@@ -879,8 +1080,18 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
         .build()?;
 
     let base = Usage::now()?;
+    let cpu0 = process_cpu_ns();
     let mut wires = Vec::with_capacity(n);
     for i in 0..n {
+        if start.elapsed() > cfg.max_setup {
+            let secs = start.elapsed().as_secs_f64();
+            let cpu = (process_cpu_ns() - cpu0) as f64 / 1e9 / secs * 100.0;
+            return Err(Box::new(GaveUp(format!(
+                "created and shared {i} of {n} tripwires in {secs:.0} s, over the \
+                 setup budget of {:.0} s; this process used {cpu:.0}% of a core meanwhile",
+                cfg.max_setup.as_secs_f64()
+            ))));
+        }
         let mut tw = blocking::Tripwire::builder(LEN)
             .backend(backend)
             .create()
@@ -956,9 +1167,15 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
     // channel closes, and the producer process leaves.
     drop(rt);
     drop(listener);
-    let (samples, early, other, gap_us) = {
+    let (mut samples, early, other, gap_us) = {
         let mut s = lock(&sampler);
         (std::mem::take(&mut s.samples), s.early, s.other, s.gap_us)
+    };
+    let (p50, p99) = if samples.is_empty() {
+        (None, None)
+    } else {
+        let (p50, p99) = median_p99(&mut samples);
+        (Some(p50), Some(p99))
     };
     child.wait()?;
     Ok(Row {
@@ -967,13 +1184,15 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
         registered,
         theirs,
         idle_cpu,
-        samples,
+        samples: samples.len(),
         wanted,
+        p50,
+        p99,
         early,
         other,
         gap_us,
-        setup,
-        wall: start.elapsed(),
+        setup_secs: setup.as_secs_f64(),
+        wall_secs: start.elapsed().as_secs_f64(),
     })
 }
 
@@ -1084,9 +1303,48 @@ struct RegionRow {
     /// The poller's wake-ups per second while idle, and its CPU per
     /// wake-up in ns (`None`: no thread of ours woke).
     poller: Option<(f64, f64)>,
-    wake: Vec<u64>,
-    ack: Vec<u64>,
+    /// Store -> `wait()` returned and ACK: p50 and p99 in ns, and how many.
+    wake: (u64, u64),
+    ack: (u64, u64),
+    samples: usize,
     stray: u64,
+}
+
+impl RegionRow {
+    fn report(&self) -> Report {
+        let mut r = Report::default();
+        r.put("size", self.size);
+        r.put("rss_kib", self.rss_kib);
+        r.put("idle_cpu", self.idle_cpu);
+        r.put("poller_rate", or_na(self.poller.map(|p| p.0)));
+        r.put("poller_per_wake_ns", or_na(self.poller.map(|p| p.1)));
+        r.put("wake", format!("{} {}", self.wake.0, self.wake.1));
+        r.put("ack", format!("{} {}", self.ack.0, self.ack.1));
+        r.put("samples", self.samples);
+        r.put("stray", self.stray);
+        r
+    }
+
+    fn from_report(r: &Report) -> Result<RegionRow, BoxError> {
+        let pair = |key: &str| -> Result<(u64, u64), BoxError> {
+            let v = r.str(key)?;
+            v.split_once(' ')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .ok_or_else(|| format!("the case process reported {key} {v:?}").into())
+        };
+        let rate: Option<f64> = r.opt("poller_rate")?;
+        let per_wake: Option<f64> = r.opt("poller_per_wake_ns")?;
+        Ok(RegionRow {
+            size: r.num("size")?,
+            rss_kib: r.num("rss_kib")?,
+            idle_cpu: r.num("idle_cpu")?,
+            poller: rate.zip(per_wake),
+            wake: pair("wake")?,
+            ack: pair("ack")?,
+            samples: r.num("samples")?,
+            stray: r.num("stray")?,
+        })
+    }
 }
 
 fn part2(cfg: &Config) -> Result<(), BoxError> {
@@ -1104,18 +1362,17 @@ fn part2(cfg: &Config) -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "| region | RSS delta MiB | RSS / region | idle CPU % of a core | poller wake-ups/s | \
+        "| region | RSS delta KiB | RSS / region | idle CPU % of a core | poller wake-ups/s | \
          CPU per wake-up µs | marginal µs per MiB | store -> wait() p50 µs | p99 µs | \
          ACK p50 µs | ACK p99 µs | samples |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     let mut smallest: Option<(usize, f64)> = None;
-    let mut rng = Rng::new(cfg.seed);
     for &size in &cfg.regions {
         eprintln!("scale: poll region {} ...", size_label(size));
-        match region_case(cfg, size, &mut rng) {
-            Ok(mut r) => {
+        match run_case(&format!("region {size}")).and_then(|r| RegionRow::from_report(&r)) {
+            Ok(r) => {
                 let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
                 let (rate, per_wake, marginal) = match r.poller {
                     Some((rate, per_wake)) => {
@@ -1136,19 +1393,17 @@ fn part2(cfg: &Config) -> Result<(), BoxError> {
                     }
                     None => ("n/a".into(), "n/a".into(), "n/a".into()),
                 };
-                let (w50, w99) = median_p99(&mut r.wake);
-                let (a50, a99) = median_p99(&mut r.ack);
                 println!(
-                    "| {} | {:.2} | {:.2} | {:.1} | {rate} | {per_wake} | {marginal} | {} | {} | {} | {} | {}{} |",
+                    "| {} | {} | {:.2} | {:.1} | {rate} | {per_wake} | {marginal} | {} | {} | {} | {} | {}{} |",
                     size_label(r.size),
-                    r.rss_kib as f64 / 1024.0,
+                    r.rss_kib,
                     r.rss_kib as f64 * 1024.0 / r.size as f64,
                     r.idle_cpu,
-                    us(w50),
-                    us(w99),
-                    us(a50),
-                    us(a99),
-                    r.wake.len(),
+                    us(r.wake.0),
+                    us(r.wake.1),
+                    us(r.ack.0),
+                    us(r.ack.1),
+                    r.samples,
                     if r.stray > 0 {
                         format!(" ({} stray)", r.stray)
                     } else {
@@ -1227,7 +1482,8 @@ enum Go {
     Store(Duration),
 }
 
-fn region_case(cfg: &Config, size: usize, rng: &mut Rng) -> Result<RegionRow, BoxError> {
+fn region_case(cfg: &Config, size: usize) -> Result<RegionRow, BoxError> {
+    let rng = &mut Rng::new(cfg.seed ^ size as u64);
     if size < 8 {
         return Err("part 2 needs a region of at least 8 bytes (the stamp)".into());
     }
@@ -1328,8 +1584,9 @@ fn region_case(cfg: &Config, size: usize, rng: &mut Rng) -> Result<RegionRow, Bo
         rss_kib,
         idle_cpu: f * 100.0,
         poller,
-        wake,
-        ack,
+        samples: wake.len(),
+        wake: median_p99(&mut wake),
+        ack: median_p99(&mut ack),
         stray,
     })
 }
