@@ -670,6 +670,10 @@ struct Row {
     /// Their p50 and p99, ns (`None`: no sample).
     p50: Option<u64>,
     p99: Option<u64>,
+    /// Rings sent (warm-up included), and the stores that trapped in the
+    /// producer process meanwhile (and while it connected: none).
+    rings: usize,
+    traps: u64,
     early: u64,
     other: u64,
     gap_us: u64,
@@ -694,6 +698,8 @@ impl Row {
         r.put("wanted", self.wanted);
         r.put("p50", or_na(self.p50));
         r.put("p99", or_na(self.p99));
+        r.put("rings", self.rings);
+        r.put("traps", self.traps);
         r.put("early", self.early);
         r.put("other", self.other);
         r.put("gap_us", self.gap_us);
@@ -713,6 +719,8 @@ impl Row {
             wanted: r.num("wanted")?,
             p50: r.opt("p50")?,
             p99: r.opt("p99")?,
+            rings: r.num("rings")?,
+            traps: r.num("traps")?,
             early: r.num("early")?,
             other: r.num("other")?,
             gap_us: r.num("gap_us")?,
@@ -742,16 +750,19 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
          chosen pseudo-randomly, one task each on one current-thread runtime; the producer \
          pauses a pseudo-random *pause* before each store. *Early wakes*: the rung tripwire \
          woke before its store was visible (then again with it); *other wakes*: a tripwire \
-         not rung woke. Neither is timed."
+         not rung woke. Neither is timed. *Trapped stores/ring*: `Producer::trapped_stores()` \
+         summed over the producer process, per ring sent (warm-up included): stores that \
+         stalled (`Userfault`; 0 elsewhere)."
     );
     println!();
     println!(
         "| backend | N | fds/tw created | fds/tw registered | threads/tw | RSS KiB/tw | \
          producer fds/tw | producer threads/tw | producer RSS KiB/tw | idle CPU % of a core | \
-         samples | pause µs | p50 µs | p99 µs | early wakes | other wakes | setup s | wall s |"
+         samples | pause µs | p50 µs | p99 µs | early wakes | other wakes | trapped stores/ring | \
+         setup s | wall s |"
     );
     println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut notes = Vec::new();
     let mut kinds = Vec::new();
@@ -852,7 +863,7 @@ fn print_row(backend: Backend, r: &Row) {
         r.samples.to_string()
     };
     println!(
-        "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {count} | {} | {p50} | {p99} | {} | {} | {:.2} | {:.2} |",
+        "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {count} | {} | {p50} | {p99} | {} | {} | {:.2} | {:.2} | {:.2} |",
         r.n,
         per(r.created.fds),
         per(r.registered.fds),
@@ -869,6 +880,7 @@ fn print_row(backend: Backend, r: &Row) {
         },
         r.early,
         r.other,
+        r.traps as f64 / r.rings.max(1) as f64,
         r.setup_secs,
         r.wall_secs,
     );
@@ -1084,6 +1096,9 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
     let mut wires = Vec::with_capacity(n);
     for i in 0..n {
         if start.elapsed() > cfg.max_setup {
+            // First the producer process, which waits for this tripwire's
+            // handshake and would time out while the others are dropped.
+            drop(child);
             let secs = start.elapsed().as_secs_f64();
             let cpu = (process_cpu_ns() - cpu0) as f64 / 1e9 / secs * 100.0;
             return Err(Box::new(GaveUp(format!(
@@ -1116,7 +1131,7 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
     } else {
         cfg.samples
     };
-    let (registered, idle_cpu, sampler) = rt.block_on(async {
+    let (registered, idle_cpu, traps, sampler) = rt.block_on(async {
         let mut tws = Vec::with_capacity(n);
         for (i, tw) in wires.into_iter().enumerate() {
             tws.push(Tripwire::new(tw).map_err(|e| format!("registering tripwire {i}: {e}"))?);
@@ -1160,16 +1175,17 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
             s.next_ring()
         };
         send(&ctrl, first).await?;
-        wait_done(&ctrl, &s).await?;
-        Ok::<_, BoxError>((registered, idle_cpu, s))
+        let traps = wait_done(&ctrl, &s).await?;
+        Ok::<_, BoxError>((registered, idle_cpu, traps, s))
     })?;
     // The tasks and their tripwires go with the runtime; then the control
     // channel closes, and the producer process leaves.
     drop(rt);
     drop(listener);
-    let (mut samples, early, other, gap_us) = {
+    let (mut samples, rings, early, other, gap_us) = {
         let mut s = lock(&sampler);
-        (std::mem::take(&mut s.samples), s.early, s.other, s.gap_us)
+        let samples = std::mem::take(&mut s.samples);
+        (samples, s.rings, s.early, s.other, s.gap_us)
     };
     let (p50, p99) = if samples.is_empty() {
         (None, None)
@@ -1188,6 +1204,8 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
         wanted,
         p50,
         p99,
+        rings,
+        traps,
         early,
         other,
         gap_us,
@@ -1197,9 +1215,10 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
 }
 
 /// Waits for the producer process's `DONE` (after the tasks sent `STOP`),
-/// watching for a failed task and for a ring that never wakes anyone.
-async fn wait_done(ctrl: &tokio::net::UnixStream, s: &Mutex<Sampler>) -> Result<(), BoxError> {
-    let mut buf = [0u8; 8];
+/// watching for a failed task and for a ring that never wakes anyone;
+/// returns the stores that trapped in the producer process (`Userfault`).
+async fn wait_done(ctrl: &tokio::net::UnixStream, s: &Mutex<Sampler>) -> Result<u64, BoxError> {
+    let mut buf = [0u8; 16];
     let mut got = 0;
     let mut progress = (0u64, Instant::now());
     loop {
@@ -1230,8 +1249,13 @@ async fn wait_done(ctrl: &tokio::net::UnixStream, s: &Mutex<Sampler>) -> Result<
             Err(e) => return Err(e.into()),
         }
         if got == buf.len() {
-            return match u64::from_le_bytes(buf) {
-                DONE => Ok(()),
+            let word = |at: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&buf[at..at + 8]);
+                u64::from_le_bytes(w)
+            };
+            return match word(0) {
+                DONE => Ok(word(8)),
                 other => Err(format!("the producer process said {other:#x}, not DONE").into()),
             };
         }
@@ -1273,7 +1297,11 @@ fn producer_process() -> Result<(), BoxError> {
         };
         let (i, pause_us) = (word(0), word(8));
         if i == STOP {
-            ctrl.write_all(&DONE.to_le_bytes())?;
+            let traps: u64 = producers.iter().map(Producer::trapped_stores).sum();
+            let mut done = [0u8; 16];
+            done[..8].copy_from_slice(&DONE.to_le_bytes());
+            done[8..].copy_from_slice(&traps.to_le_bytes());
+            ctrl.write_all(&done)?;
             break;
         }
         let p = usize::try_from(i)
