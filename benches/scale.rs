@@ -15,7 +15,7 @@
 //!
 //! # Part 1: many tripwires
 //!
-//! For each backend and each N, this process (the consumer) creates N
+//! For each backend and each N, a case process (the consumer) creates N
 //! tripwires of 4096 bytes and shares each with a producer; all N producers
 //! live in one child process (this binary re-executed, env
 //! `MEMFD_TRIPWIRE_BENCH_ROLE=producer`), which connects N + 1 times to a
@@ -64,7 +64,12 @@
 //! the rung tripwire woke but its region still holds its previous stamp
 //! (the store is not visible yet: it wakes again once it is); *other*, a
 //! tripwire that was not rung woke (on `Userfault`, the previous ring's
-//! tripwire tripped again: its store raced with its ACK).
+//! tripwire tripped again: its store raced with its ACK). On `Userfault`
+//! the producer's agent trips the wire before it lets the stalled store
+//! through, and the consumer's ACK re-protects the page, so a store that
+//! has not retried by then traps again: *trapped stores/ring* is
+//! `Producer::trapped_stores()` summed over the producer process, per ring
+//! sent (warm-up included; 0 on the backends whose stores never stall).
 //!
 //! The first `SCALE_WARMUP` rings are not timed. Poll takes up to an
 //! interval (1 ms by default) per ring and, with one poller thread per
@@ -80,10 +85,10 @@
 //!
 //! For each region size, one `Poll` tripwire at the default interval (the
 //! bench does not call `poll_interval`), shared with a `Producer` on a
-//! thread of this process (started before the baseline):
+//! thread of the case process (started before the baseline):
 //!
 //! - RSS delta after creating and sharing it and letting the poller run for
-//!   200 ms, in MiB and per byte of region (the snapshot, and the region's
+//!   200 ms, in KiB and per byte of region (the snapshot, and the region's
 //!   pages that the compares touch through the consumer's mapping; for a
 //!   small region, mostly the poller thread's stack);
 //! - idle, over `SCALE_IDLE_MS` with nothing written: the CPU of the whole
