@@ -77,9 +77,11 @@
 //! hundred tripwires: then every thread of the process, the one that
 //! creates and shares, the runtime's, crawls). So it has its own sample
 //! count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
-//! column then says how many were taken, "capped"); and a case whose
-//! creating and sharing takes over `SCALE_SETUP_SECS` stops there, says how
-//! far it got, and the larger N of its backend are not run.
+//! column then says how many were taken, "capped"); a case whose creating
+//! and sharing takes over `SCALE_SETUP_SECS` stops there and says how far it
+//! got; and after a case that stopped so, or whose idle CPU was 90% of
+//! every vCPU or more, the larger N of its backend are not run (a note says
+//! why; `SCALE_N` with that N alone runs it).
 //!
 //! # Part 2: Poll against region size
 //!
@@ -120,7 +122,7 @@
 //! | `SCALE_POLL_SAMPLES` | 200 | timed rings per case of part 1 on Poll |
 //! | `SCALE_WARMUP` | 100 | untimed rings before them |
 //! | `SCALE_MAX_SECS` | 20 | cap on a case's ringing (part 1) |
-//! | `SCALE_SETUP_SECS` | 60 | cap on a case's creating and sharing (part 1) |
+//! | `SCALE_SETUP_SECS` | 120 | cap on a case's creating and sharing (part 1) |
 //! | `SCALE_GAP_US` | 0, Poll: 1000 | the producer's pause before a store is pseudo-random below this (part 1) |
 //! | `SCALE_IDLE_MS` | 2000 | the idle CPU window (both parts) |
 //! | `SCALE_REGIONS` | `4K,64K,1M,16M,64M` | part 2's region sizes (K = KiB, M = MiB, G = GiB, or bytes) |
@@ -323,7 +325,7 @@ impl Config {
             "2" => Ok(2),
             _ => Err("use 1, 2 or 1,2".to_string()),
         })?;
-        let cfg = Config {
+        let mut cfg = Config {
             part1: parts.contains(&1),
             part2: parts.contains(&2),
             backends: env_list("SCALE_BACKENDS", "doorbell,poll,userfault", |s| {
@@ -338,7 +340,7 @@ impl Config {
             warmup: env_num("SCALE_WARMUP", 100)?,
             max_ringing: Duration::try_from_secs_f64(env_num("SCALE_MAX_SECS", 20.0)?)
                 .map_err(|e| format!("SCALE_MAX_SECS: {e}"))?,
-            max_setup: Duration::try_from_secs_f64(env_num("SCALE_SETUP_SECS", 60.0)?)
+            max_setup: Duration::try_from_secs_f64(env_num("SCALE_SETUP_SECS", 120.0)?)
                 .map_err(|e| format!("SCALE_SETUP_SECS: {e}"))?,
             gap_us: match std::env::var_os("SCALE_GAP_US") {
                 None => None,
@@ -355,6 +357,11 @@ impl Config {
                     .into(),
             );
         }
+        // Smallest first: a case that cannot run stops the larger ones.
+        cfg.ns.sort_unstable();
+        cfg.ns.dedup();
+        cfg.regions.sort_unstable();
+        cfg.regions.dedup();
         Ok(cfg)
     }
 }
@@ -747,6 +754,7 @@ fn default_fds_per_tripwire(backend: Backend) -> f64 {
 }
 
 fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
+    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("## Scale (#16), part 1: many tripwires of {LEN} bytes, one producer process");
     println!();
     println!(
@@ -809,13 +817,24 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                     let fds = mine.max(row.theirs.fds) as f64 / n as f64;
                     per_tw = Some((fds, n));
                     print_row(backend, &row);
-                    if largest.as_ref().is_none_or(|(at, _)| n >= *at) {
-                        let line = format!(
-                            "- `{backend}`, N={n}: consumer {}; producer process {}",
-                            row.registered.kinds_per(n),
-                            row.theirs.kinds_per(n)
+                    largest = Some(format!(
+                        "- `{backend}`, N={n}: consumer {}; producer process {}",
+                        row.registered.kinds_per(n),
+                        row.theirs.kinds_per(n)
+                    ));
+                    // Idle, and yet the CPUs were busy: a larger N would
+                    // measure a machine that crawls (and take long to).
+                    let full = 90.0 * vcpus as f64;
+                    if row.idle_cpu >= full && n < *cfg.ns.last().unwrap_or(&n) {
+                        let why = format!(
+                            "idle, the consumer kept {:.0}% of a core busy at N={n}, on \
+                             {vcpus} vCPUs: larger N of `{backend}` not run (ask for one \
+                             alone with `SCALE_N`)",
+                            row.idle_cpu
                         );
-                        largest = Some((n, line));
+                        eprintln!("scale: {backend}: {why}");
+                        notes.push(format!("- `{backend}`: {why}"));
+                        break;
                     }
                 }
                 Err(e) if e.is::<GaveUp>() => {
@@ -832,7 +851,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                 }
             }
         }
-        kinds.extend(largest.map(|(_, line)| line));
+        kinds.extend(largest);
     }
     println!();
     if !kinds.is_empty() {
@@ -1410,7 +1429,8 @@ fn part2(cfg: &Config) -> Result<(), BoxError> {
                 let (rate, per_wake, marginal) = match r.poller {
                     Some((rate, per_wake)) => {
                         let marginal = match smallest {
-                            Some((s0, c0)) if s0 < size => {
+                            // Closer, the difference is the wake-up's noise.
+                            Some((s0, c0)) if mib(size) - mib(s0) >= 0.5 => {
                                 format!("{:.1}", (per_wake - c0) / 1000.0 / (mib(size) - mib(s0)))
                             }
                             _ => "—".to_string(),
