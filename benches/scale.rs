@@ -38,6 +38,8 @@
 //!   under the table, the fds by kind (`socket`, `memfd`, `eventpoll`, ...,
 //!   from the `/proc/self/fd` links) at each backend's largest N;
 //! - in the producer process: the same, after all N `Producer::connect`s;
+//! - the time to create and share all N (*setup*), and to drop them with
+//!   the runtime and its tasks (*drop*);
 //! - the consumer's CPU while nothing is rung (all N registered, each
 //!   waited on by its task) over `SCALE_IDLE_MS`, as % of one core
 //!   (`CLOCK_PROCESS_CPUTIME_ID`: every thread of the process);
@@ -79,9 +81,9 @@
 //! count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
 //! column then says how many were taken, "capped"); a case whose creating
 //! and sharing takes over `SCALE_SETUP_SECS` stops there and says how far it
-//! got; and after a case that stopped so, or whose idle CPU was 90% of
-//! every vCPU or more, the larger N of its backend are not run (a note says
-//! why; `SCALE_N` with that N alone runs it).
+//! got, and the larger N of its backend are not run; so are the N whose
+//! idle CPU, extrapolated linearly from the last N run, would reach 90% of
+//! every vCPU (a note says why; `SCALE_N` with that N alone runs it).
 //!
 //! # Part 2: Poll against region size
 //!
@@ -690,6 +692,8 @@ struct Row {
     other: u64,
     gap_us: u64,
     setup_secs: f64,
+    /// Dropping the runtime, its tasks and their tripwires.
+    drop_secs: f64,
     wall_secs: f64,
 }
 
@@ -716,6 +720,7 @@ impl Row {
         r.put("other", self.other);
         r.put("gap_us", self.gap_us);
         r.put("setup_secs", self.setup_secs);
+        r.put("drop_secs", self.drop_secs);
         r.put("wall_secs", self.wall_secs);
         r
     }
@@ -737,6 +742,7 @@ impl Row {
             other: r.num("other")?,
             gap_us: r.num("gap_us")?,
             setup_secs: r.num("setup_secs")?,
+            drop_secs: r.num("drop_secs")?,
             wall_secs: r.num("wall_secs")?,
         })
     }
@@ -765,17 +771,18 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
          woke before its store was visible (then again with it); *other wakes*: a tripwire \
          not rung woke. Neither is timed. *Trapped stores/ring*: `Producer::trapped_stores()` \
          summed over the producer process, per ring sent (warm-up included): stores that \
-         stalled (`Userfault`; 0 elsewhere)."
+         stalled (`Userfault`; 0 elsewhere). *Setup*: creating and sharing all N; *drop*: \
+         dropping the runtime with its tasks and tripwires."
     );
     println!();
     println!(
         "| backend | N | fds/tw created | fds/tw registered | threads/tw | RSS KiB/tw | \
          producer fds/tw | producer threads/tw | producer RSS KiB/tw | idle CPU % of a core | \
          samples | pause µs | p50 µs | p99 µs | early wakes | other wakes | trapped stores/ring | \
-         setup s | wall s |"
+         setup s | drop s | wall s |"
     );
     println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut notes = Vec::new();
     let mut kinds = Vec::new();
@@ -792,7 +799,24 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
         // Fds per tripwire, the larger of the two processes', as last measured.
         let mut per_tw: Option<(f64, usize)> = None;
         let mut largest = None;
+        // The consumer's idle CPU (% of a core) at the last N run.
+        let mut idle: Option<(f64, usize)> = None;
         for &n in &cfg.ns {
+            // Idle CPU grows with N (Poll: a poller each): once it would
+            // fill every vCPU, a case measures a machine that crawls, and
+            // takes minutes to (on 2 vCPUs, Poll at N=1000: 290 s).
+            let full = 90.0 * vcpus as f64;
+            if let Some((cpu, at)) = idle.filter(|(cpu, at)| cpu * n as f64 / *at as f64 >= full) {
+                let why = format!(
+                    "idle, the consumer used {cpu:.1}% of a core at N={at}, so about \
+                     {:.0}% at N={n}, over the {vcpus} vCPUs of this host: N={n} and larger \
+                     not run (`SCALE_N={n}` alone runs it)",
+                    cpu * n as f64 / at as f64
+                );
+                eprintln!("scale: {backend}: {why}");
+                notes.push(format!("- `{backend}`: {why}"));
+                break;
+            }
             let estimate = per_tw.map_or(default_fds_per_tripwire(backend), |(f, _)| f);
             // 64: what the process holds besides the tripwires, and more.
             let need = (n as f64 * estimate).ceil() as u64 + 64;
@@ -822,20 +846,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                         row.registered.kinds_per(n),
                         row.theirs.kinds_per(n)
                     ));
-                    // Idle, and yet the CPUs were busy: a larger N would
-                    // measure a machine that crawls (and take long to).
-                    let full = 90.0 * vcpus as f64;
-                    if row.idle_cpu >= full && n < *cfg.ns.last().unwrap_or(&n) {
-                        let why = format!(
-                            "idle, the consumer kept {:.0}% of a core busy at N={n}, on \
-                             {vcpus} vCPUs: larger N of `{backend}` not run (ask for one \
-                             alone with `SCALE_N`)",
-                            row.idle_cpu
-                        );
-                        eprintln!("scale: {backend}: {why}");
-                        notes.push(format!("- `{backend}`: {why}"));
-                        break;
-                    }
+                    idle = Some((row.idle_cpu, n));
                 }
                 Err(e) if e.is::<GaveUp>() => {
                     eprintln!("scale: {backend} N={n}: stopped: {e}");
@@ -887,7 +898,7 @@ fn print_row(backend: Backend, r: &Row) {
         r.samples.to_string()
     };
     println!(
-        "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {count} | {} | {p50} | {p99} | {} | {} | {:.2} | {:.2} | {:.2} |",
+        "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {count} | {} | {p50} | {p99} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
         r.n,
         per(r.created.fds),
         per(r.registered.fds),
@@ -906,6 +917,7 @@ fn print_row(backend: Backend, r: &Row) {
         r.other,
         r.traps as f64 / r.rings.max(1) as f64,
         r.setup_secs,
+        r.drop_secs,
         r.wall_secs,
     );
 }
@@ -1204,7 +1216,9 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
     })?;
     // The tasks and their tripwires go with the runtime; then the control
     // channel closes, and the producer process leaves.
+    let dropping = Instant::now();
     drop(rt);
+    let drop_secs = dropping.elapsed().as_secs_f64();
     drop(listener);
     let (mut samples, rings, early, other, gap_us) = {
         let mut s = lock(&sampler);
@@ -1234,6 +1248,7 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
         other,
         gap_us,
         setup_secs: setup.as_secs_f64(),
+        drop_secs,
         wall_secs: start.elapsed().as_secs_f64(),
     })
 }
