@@ -57,10 +57,11 @@
 //!   timed rings.
 //!
 //! Before each store the producer sleeps a pseudo-random 0 to
-//! `SCALE_GAP_US` µs: by default 0, but 1000 on Poll, so that its store
-//! lands anywhere in the poller's 1 ms cycle (without it, the store follows
-//! the previous detection by a fixed delay and every ring waits about a
-//! whole interval). The stamp is taken after the pause.
+//! `SCALE_GAP_US` µs: by default 0, but 1000 on the backends that look
+//! every interval (Poll, UserfaultAsync), so that its store lands anywhere
+//! in their 1 ms cycle (without it, the store follows the previous
+//! detection by a fixed delay and every ring waits about a whole
+//! interval). The stamp is taken after the pause.
 //!
 //! Wakes that are not the ring in flight are counted, not timed: *early*,
 //! the rung tripwire woke but its region still holds its previous stamp
@@ -73,12 +74,12 @@
 //! `Producer::trapped_stores()` summed over the producer process, per ring
 //! sent (warm-up included; 0 on the backends whose stores never stall).
 //!
-//! The first `SCALE_WARMUP` rings are not timed. Poll takes up to an
-//! interval (1 ms by default) per ring and, with one poller thread per
-//! tripwire, saturates a small machine at large N (on 2 vCPUs, from a few
-//! hundred tripwires: then every thread of the process, the one that
-//! creates and shares, the runtime's, crawls). So it has its own sample
-//! count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
+//! The first `SCALE_WARMUP` rings are not timed. Poll and UserfaultAsync
+//! take up to an interval (1 ms by default) per ring, and Poll, with one
+//! poller thread per tripwire, saturates a small machine at large N (on 2
+//! vCPUs, from a few hundred tripwires: then every thread of the process,
+//! the one that creates and shares, the runtime's, crawls). So they have
+//! their own sample count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
 //! column then says how many were taken, "capped"); a case whose creating
 //! and sharing takes over `SCALE_SETUP_SECS` stops there and says how far it
 //! got, and the larger N of its backend are not run; so are the N whose
@@ -120,12 +121,12 @@
 //! | `SCALE_PARTS` | `1,2` | which parts to run |
 //! | `SCALE_BACKENDS` | `doorbell,poll,userfault` | part 1's backends, as `Backend: FromStr` names them |
 //! | `SCALE_N` | `1,10,100,1000,3000` | part 1's tripwire counts |
-//! | `SCALE_SAMPLES` | 2000 | timed rings per case of part 1, but on Poll |
-//! | `SCALE_POLL_SAMPLES` | 200 | timed rings per case of part 1 on Poll |
+//! | `SCALE_SAMPLES` | 2000 | timed rings per case of part 1, but on Poll and UserfaultAsync |
+//! | `SCALE_POLL_SAMPLES` | 200 | timed rings per case of part 1 on Poll and UserfaultAsync (about an interval each) |
 //! | `SCALE_WARMUP` | 100 | untimed rings before them |
 //! | `SCALE_MAX_SECS` | 20 | cap on a case's ringing (part 1) |
 //! | `SCALE_SETUP_SECS` | 120 | cap on a case's creating and sharing (part 1) |
-//! | `SCALE_GAP_US` | 0, Poll: 1000 | the producer's pause before a store is pseudo-random below this (part 1) |
+//! | `SCALE_GAP_US` | 0; Poll, UserfaultAsync: 1000 | the producer's pause before a store is pseudo-random below this (part 1) |
 //! | `SCALE_IDLE_MS` | 2000 | the idle CPU window (both parts) |
 //! | `SCALE_REGIONS` | `4K,64K,1M,16M,64M` | part 2's region sizes (K = KiB, M = MiB, G = GiB, or bytes) |
 //! | `SCALE_REGION_SAMPLES` | 40 | part 2's samples per size, for each of latency and ACK |
@@ -147,7 +148,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memfd_tripwire::{Backend, Error, Producer, Tripwire, blocking};
+use memfd_tripwire::{Backend, BackendKind, Error, Producer, Tripwire, blocking};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -312,7 +313,7 @@ struct Config {
     warmup: usize,
     max_ringing: Duration,
     max_setup: Duration,
-    /// `SCALE_GAP_US`; `None`: 1000 on Poll, else 0.
+    /// `SCALE_GAP_US`; `None`: 1000 on Poll and UserfaultAsync, else 0.
     gap_us: Option<u64>,
     idle: Duration,
     regions: Vec<usize>,
@@ -1162,7 +1163,11 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
         .map_err(|e| format!("reading the producer process's usage: {e}"))?;
     let theirs = Usage::from_line(&line)?;
 
-    let wanted = if backend == Backend::Poll {
+    // Poll and UserfaultAsync see a store within an interval (1 ms).
+    let interval = wires
+        .first()
+        .is_some_and(|w| matches!(w.backend(), BackendKind::Poll | BackendKind::UserfaultAsync));
+    let wanted = if interval {
         cfg.poll_samples
     } else {
         cfg.samples
@@ -1184,9 +1189,7 @@ fn many(cfg: &Config, backend: Backend, n: usize) -> Result<Row, BoxError> {
             warmup: cfg.warmup,
             wanted,
             samples: Vec::with_capacity(wanted),
-            gap_us: cfg
-                .gap_us
-                .unwrap_or(if backend == Backend::Poll { 1000 } else { 0 }),
+            gap_us: cfg.gap_us.unwrap_or(if interval { 1000 } else { 0 }),
             early: 0,
             other: 0,
             wakes: 0,
