@@ -25,8 +25,7 @@
 //! one) is skipped with the reason the error gives. Both processes raise
 //! their `RLIMIT_NOFILE` soft limit to the hard one; an N whose fds would not
 //! fit under it (N times the fds per tripwire measured at the previous N of
-//! that backend, or a default per backend, plus 64) is skipped with the
-//! reason.
+//! that backend, plus 64) is skipped with the reason.
 //!
 //! Measured, as deltas against a baseline taken before the first tripwire
 //! is created, divided by N:
@@ -34,7 +33,7 @@
 //! - in the consumer: open fds (`/proc/self/fd`), threads (`Threads:` of
 //!   `/proc/self/status`) and RSS (`VmRSS:`) after creating and sharing all
 //!   N, and the fds once more after registering all with tokio
-//!   (`Tripwire::new`, which registers duplicates of two fds per tripwire);
+//!   (`Tripwire::new`: before aed75bf it added two duplicates per tripwire);
 //!   under the table, the fds by kind (`socket`, `memfd`, `eventpoll`, ...,
 //!   from the `/proc/self/fd` links) at each backend's largest N;
 //! - in the producer process: the same, after all N `Producer::connect`s;
@@ -59,7 +58,7 @@
 //! Before each store the producer sleeps a pseudo-random 0 to
 //! `SCALE_GAP_US` µs: by default 0, but 1000 on the backends that look
 //! every interval (Poll, UserfaultAsync), so that its store lands anywhere
-//! in their 1 ms cycle (without it, the store follows the previous
+//! in their cycle (1 ms for a page when the interval is not set) (without it, the store follows the previous
 //! detection by a fixed delay and every ring waits about a whole
 //! interval). The stamp is taken after the pause.
 //!
@@ -75,16 +74,17 @@
 //! sent (warm-up included; 0 on the backends whose stores never stall).
 //!
 //! The first `SCALE_WARMUP` rings are not timed. Poll and UserfaultAsync
-//! take up to an interval (1 ms by default) per ring, and Poll, with one
-//! poller thread per tripwire, saturates a small machine at large N (on 2
-//! vCPUs, from a few hundred tripwires: then every thread of the process,
-//! the one that creates and shares, the runtime's, crawls). So they have
-//! their own sample count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
+//! take up to an interval (1 ms by default for a page) per ring, and Poll
+//! can saturate a small machine at large N (with one poller thread per
+//! tripwire, before 51245d0, it did on 2 vCPUs from a few hundred
+//! tripwires: then every thread of the process, the one that creates and
+//! shares, the runtime's, crawled). So they have their own sample count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
 //! column then says how many were taken, "capped"); a case whose creating
 //! and sharing takes over `SCALE_SETUP_SECS` stops there and says how far it
 //! got, and the larger N of its backend are not run; so are the N whose
-//! idle CPU, extrapolated linearly from the last N run, would reach 90% of
-//! every vCPU (a note says why; `SCALE_N` with that N alone runs it).
+//! idle CPU, extrapolated along the line through the last two N run, would
+//! reach 90% of every vCPU (a note says why; `SCALE_N` with that N alone
+//! runs it).
 //!
 //! # Part 2: Poll against region size
 //!
@@ -95,7 +95,7 @@
 //! - RSS delta after creating and sharing it and letting the poller run for
 //!   200 ms, in KiB and per byte of region (the snapshot, and the region's
 //!   pages that the compares touch through the consumer's mapping; for a
-//!   small region, mostly the poller thread's stack);
+//!   small region, mostly the stacks of the threads the crate starts);
 //! - idle, over `SCALE_IDLE_MS` with nothing written: the CPU of the whole
 //!   process as % of one core, and the poller's own figures: the thread of
 //!   the process that woke most often in that window (the others sleep
@@ -106,9 +106,10 @@
 //!   the smallest region of the run, removes the wake-up and leaves the
 //!   compare;
 //! - store -> `wait()` returned, p50 and p99: the producer thread sleeps a
-//!   pseudo-random 0 to 3 ms (so its store lands anywhere in the poller's
-//!   cycle), stores the clock into the *last* 8 bytes of the region (the
-//!   compare reaches them last), and the consumer records now - stamp when
+//!   pseudo-random pause below the poller's cycle measured while idle (1 /
+//!   its wake-ups per second; 3 ms if no thread woke), so that its store
+//!   lands anywhere in the cycle, stores the clock into the *last* 8 bytes
+//!   of the region (the compare reaches them last), and the consumer records now - stamp when
 //!   `wait()` returns. `wait()` includes the ACK (a copy of the region into
 //!   the snapshot);
 //! - ACK: the same store, then `wait_ready()` (no ACK), then the time of
@@ -527,13 +528,21 @@ impl Usage {
         })
     }
 
-    /// `2.00 socket, 1.00 memfd` per tripwire, most first.
+    /// `2.00 socket, 1.00 memfd` per tripwire, most first; a kind with a
+    /// few fds in all (a thread's, the process's) as `+1 eventpoll in all`.
     fn kinds_per(&self, n: usize) -> String {
         let mut kinds: Vec<_> = self.kinds.iter().collect();
         kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let list: Vec<String> = kinds
             .iter()
-            .map(|(kind, c)| format!("{:.2} {kind}", **c as f64 / n as f64))
+            .map(|(kind, c)| {
+                let per = **c as f64 / n as f64;
+                if per.abs() < 0.005 {
+                    format!("{c:+} {kind} in all")
+                } else {
+                    format!("{per:.2} {kind}")
+                }
+            })
             .collect();
         if list.is_empty() {
             "none".into()
@@ -749,17 +758,6 @@ impl Row {
     }
 }
 
-/// Fds per tripwire (either process) assumed before one was measured.
-/// (The larger of the two processes', after registering with tokio, as
-/// measured at 72b5ad7; any other backend: the largest of these.)
-fn default_fds_per_tripwire(backend: Backend) -> f64 {
-    match backend {
-        Backend::Poll => 6.0,
-        Backend::Userfault => 7.0,
-        _ => 8.0,
-    }
-}
-
 fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
     let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("## Scale (#16), part 1: many tripwires of {LEN} bytes, one producer process");
@@ -801,31 +799,40 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
         let mut per_tw: Option<(f64, usize)> = None;
         let mut largest = None;
         // The consumer's idle CPU (% of a core) at the last N run.
-        let mut idle: Option<(f64, usize)> = None;
+        // The consumer's idle CPU (% of a core) at the last two N run.
+        let mut idle: Vec<(usize, f64)> = Vec::new();
         for &n in &cfg.ns {
-            // Idle CPU grows with N (Poll: a poller each): once it would
-            // fill every vCPU, a case measures a machine that crawls, and
-            // takes minutes to (on 2 vCPUs, Poll at N=1000: 290 s).
+            // Idle CPU may grow with N (Poll with a poller thread per
+            // tripwire, before 51245d0: about 0.5% of a core each): once it
+            // would fill every vCPU, a case measures a machine that crawls,
+            // and takes minutes to (on 2 vCPUs, Poll at N=1000: 290 s).
+            // Extrapolated along the line through the last two N run.
             let full = 90.0 * vcpus as f64;
-            if let Some((cpu, at)) = idle.filter(|(cpu, at)| cpu * n as f64 / *at as f64 >= full) {
-                let why = format!(
-                    "idle, the consumer used {cpu:.1}% of a core at N={at}, so about \
-                     {:.0}% at N={n}, over the {vcpus} vCPUs of this host: N={n} and larger \
-                     not run (`SCALE_N={n}` alone runs it)",
-                    cpu * n as f64 / at as f64
-                );
-                eprintln!("scale: {backend}: {why}");
-                notes.push(format!("- `{backend}`: {why}"));
-                break;
+            if let [.., (n1, c1), (n2, c2)] = idle[..] {
+                let slope = (c2 - c1) / (n2 - n1) as f64;
+                let guess = c2 + slope * (n - n2) as f64;
+                if guess >= full {
+                    let why = format!(
+                        "idle, the consumer used {c1:.1}% of a core at N={n1} and {c2:.1}% at \
+                         N={n2}, so about {guess:.0}% at N={n}, over the {vcpus} vCPUs of this \
+                         host: N={n} and larger not run (`SCALE_N={n}` alone runs it)"
+                    );
+                    eprintln!("scale: {backend}: {why}");
+                    notes.push(format!("- `{backend}`: {why}"));
+                    break;
+                }
             }
-            let estimate = per_tw.map_or(default_fds_per_tripwire(backend), |(f, _)| f);
-            // 64: what the process holds besides the tripwires, and more.
-            let need = (n as f64 * estimate).ceil() as u64 + 64;
-            if let Some(limit) = nofile.filter(|&l| l < need) {
-                let basis = match per_tw {
-                    Some((f, at)) => format!("{f:.2} fds per tripwire measured at N={at}"),
-                    None => format!("{estimate:.0} fds per tripwire assumed"),
-                };
+            // Known once measured at a smaller N (before, a shortage shows
+            // as the crate's EMFILE error, which says what to raise). 64:
+            // what the process holds besides the tripwires, and more.
+            let short = per_tw.and_then(|(f, at)| {
+                let need = (n as f64 * f).ceil() as u64 + 64;
+                nofile
+                    .filter(|&limit| limit < need)
+                    .map(|limit| (limit, need, f, at))
+            });
+            if let Some((limit, need, f, at)) = short {
+                let basis = format!("{f:.2} fds per tripwire measured at N={at}");
                 let why = format!(
                     "needs about {need} open files in a process ({basis}), over the \
                      RLIMIT_NOFILE hard limit of {limit}: raise it (`ulimit -Hn` as root, \
@@ -847,7 +854,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                         row.registered.kinds_per(n),
                         row.theirs.kinds_per(n)
                     ));
-                    idle = Some((row.idle_cpu, n));
+                    idle.push((n, row.idle_cpu));
                 }
                 Err(e) if e.is::<GaveUp>() => {
                     eprintln!("scale: {backend} N={n}: stopped: {e}");
@@ -1419,7 +1426,7 @@ impl RegionRow {
 
 fn part2(cfg: &Config) -> Result<(), BoxError> {
     println!(
-        "## Scale (#16), part 2: one `Poll` tripwire against region size (default interval, 1 ms)"
+        "## Scale (#16), part 2: one `Poll` tripwire against region size (its default interval)"
     );
     println!();
     println!(
@@ -1427,7 +1434,8 @@ fn part2(cfg: &Config) -> Result<(), BoxError> {
          wake-up (`schedstat`, divided by its voluntary context switches: one sleep each) is \
          one compare of the whole region plus the wake-up; the marginal cost per MiB, against \
          the smallest region of the run, is the compare's alone. The store is to the region's \
-         last 8 bytes; store -> `wait()` returned includes the ACK (a copy of the region into \
+         last 8 bytes, after a pseudo-random pause below the poller's cycle (1 / its wake-ups \
+         per second); store -> `wait()` returned includes the ACK (a copy of the region into \
          the snapshot); ACK: `try_changed()` after `wait_ready()`."
     );
     println!();
@@ -1604,7 +1612,10 @@ fn region_case(cfg: &Config, size: usize) -> Result<RegionRow, BoxError> {
         )
     });
 
-    let pause = |rng: &mut Rng| Duration::from_micros(rng.below(3000));
+    // A store anywhere in the poller's cycle: not always just after the
+    // compare that took the last one (then each would wait a whole cycle).
+    let cycle_us = poller.map_or(3000, |(rate, _)| (1e6 / rate) as u64).max(1);
+    let pause = |rng: &mut Rng| Duration::from_micros(rng.below(cycle_us));
     let mut last = 0u64;
     let mut stray = 0;
     let mut wake = Vec::with_capacity(cfg.region_samples);
