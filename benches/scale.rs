@@ -81,10 +81,9 @@
 //! shares, the runtime's, crawled). So they have their own sample count; every case stops ringing after `SCALE_MAX_SECS` (the *samples*
 //! column then says how many were taken, "capped"); a case whose creating
 //! and sharing takes over `SCALE_SETUP_SECS` stops there and says how far it
-//! got, and the larger N of its backend are not run; so are the N whose
-//! idle CPU, extrapolated along the line through the last two N run, would
-//! reach 90% of every vCPU (a note says why; `SCALE_N` with that N alone
-//! runs it).
+//! got, and the larger N of its backend are not run; so are they after a
+//! case whose idle CPU reached 90% of every vCPU (a note says why; `SCALE_N`
+//! with that N alone runs it).
 //!
 //! # Part 2: Poll against region size
 //!
@@ -799,28 +798,25 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
         let mut per_tw: Option<(f64, usize)> = None;
         let mut largest = None;
         // The consumer's idle CPU (% of a core) at the last N run.
-        // The consumer's idle CPU (% of a core) at the last two N run.
-        let mut idle: Vec<(usize, f64)> = Vec::new();
+        // The consumer's idle CPU (% of a core) at the last N run.
+        let mut idle: Option<(usize, f64)> = None;
         for &n in &cfg.ns {
             // Idle CPU may grow with N (Poll with a poller thread per
             // tripwire, before 51245d0: about 0.5% of a core each): once it
-            // would fill every vCPU, a case measures a machine that crawls,
-            // and takes minutes to (on 2 vCPUs, Poll at N=1000: 290 s).
-            // Extrapolated along the line through the last two N run.
+            // fills every vCPU, a larger case measures a machine that
+            // crawls, and takes minutes to (on 2 vCPUs, Poll at N=1000 took
+            // 290 s then). Not extrapolated: how it grows depends on the
+            // backend's threads (one shared poller cannot pass one core).
             let full = 90.0 * vcpus as f64;
-            if let [.., (n1, c1), (n2, c2)] = idle[..] {
-                let slope = (c2 - c1) / (n2 - n1) as f64;
-                let guess = c2 + slope * (n - n2) as f64;
-                if guess >= full {
-                    let why = format!(
-                        "idle, the consumer used {c1:.1}% of a core at N={n1} and {c2:.1}% at \
-                         N={n2}, so about {guess:.0}% at N={n}, over the {vcpus} vCPUs of this \
-                         host: N={n} and larger not run (`SCALE_N={n}` alone runs it)"
-                    );
-                    eprintln!("scale: {backend}: {why}");
-                    notes.push(format!("- `{backend}`: {why}"));
-                    break;
-                }
+            if let Some((at, cpu)) = idle.filter(|&(_, cpu)| cpu >= full) {
+                let why = format!(
+                    "idle, the consumer kept {cpu:.0}% of a core busy at N={at}, on the \
+                     {vcpus} vCPUs of this host: N={n} and larger not run (`SCALE_N={n}` alone \
+                     runs it)"
+                );
+                eprintln!("scale: {backend}: {why}");
+                notes.push(format!("- `{backend}`: {why}"));
+                break;
             }
             // Known once measured at a smaller N (before, a shortage shows
             // as the crate's EMFILE error, which says what to raise). 64:
@@ -854,7 +850,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
                         row.registered.kinds_per(n),
                         row.theirs.kinds_per(n)
                     ));
-                    idle.push((n, row.idle_cpu));
+                    idle = Some((n, row.idle_cpu));
                 }
                 Err(e) if e.is::<GaveUp>() => {
                     eprintln!("scale: {backend} N={n}: stopped: {e}");
