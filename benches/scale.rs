@@ -611,7 +611,9 @@ fn consumer() -> Result<(), BoxError> {
         part2(&cfg)?;
     }
     println!(
-        "Load average (1 / 5 / 15 min) at the end: {}",
+        "At the end: the host's CPUs {} busy over 1 s; load average (1 / 5 / 15 min) {} \
+         (it counts this bench's own threads too).",
+        host_busy(),
         load_average()
     );
     Ok(())
@@ -636,17 +638,50 @@ fn print_host(nofile: Option<u64>) {
     let idle = read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or("none".into());
     let kernel = read("/proc/sys/kernel/osrelease").unwrap_or("unknown".into());
     let load = load_average();
+    let busy = host_busy();
     println!("## Scale (#16): host");
     println!();
     println!("- CPU: {model}; vCPUs: {vcpus}; cpuidle driver: {idle}");
     println!("- kernel: {kernel}");
     println!("- code: {}", code_version());
-    println!("- load average (1 / 5 / 15 min) at the start: {load}");
+    println!(
+        "- at the start: the host's CPUs {busy} busy over 1 s; load average (1 / 5 / 15 min) {load}"
+    );
     println!(
         "- RLIMIT_NOFILE (soft, raised to the hard limit): {}",
         nofile.map_or("unlimited".into(), |n| n.to_string())
     );
     println!();
+}
+
+/// How busy all the host's CPUs were over the next second (from
+/// `/proc/stat`): other work that would disturb the figures shows here.
+fn host_busy() -> String {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest: in user)
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some((total, idle))
+    };
+    let Some((t0, i0)) = sample() else {
+        return "(unknown)".into();
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    match sample() {
+        Some((t1, i1)) if t1 > t0 => {
+            let busy = 1.0 - (i1 - i0) as f64 / (t1 - t0) as f64;
+            format!("{:.0}%", busy * 100.0)
+        }
+        _ => "(unknown)".into(),
+    }
 }
 
 fn load_average() -> String {
