@@ -4,6 +4,7 @@
 //! re-executed binary (`mod common;` in each bench).
 
 /// Pins the calling process (all its future threads too) to `cpu`.
+#[allow(dead_code)] // the scale bench lets its processes float
 pub fn pin(cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
     use rustix::thread::{CpuSet, sched_setaffinity};
     if cpu >= CpuSet::MAX_CPU {
