@@ -915,12 +915,7 @@ fn part1(cfg: &Config, nofile: Option<u64>) -> Result<(), BoxError> {
         }
         println!();
     }
-    for note in &notes {
-        println!("{note}");
-    }
-    if !notes.is_empty() {
-        println!();
-    }
+    print_notes(&notes);
     Ok(())
 }
 
@@ -1528,12 +1523,7 @@ fn part2(cfg: &Config) -> Result<(), BoxError> {
         }
     }
     println!();
-    for note in &notes {
-        println!("{note}");
-    }
-    if !notes.is_empty() {
-        println!();
-    }
+    print_notes(&notes);
     Ok(())
 }
 
@@ -1740,5 +1730,15 @@ impl WriterGuard {
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         let _ = self.join();
+    }
+}
+
+/// The notes under a table (skipped cases and why), then a blank line.
+fn print_notes(notes: &[String]) {
+    for note in notes {
+        println!("{note}");
+    }
+    if !notes.is_empty() {
+        println!();
     }
 }
