@@ -53,9 +53,11 @@ impl Builder {
     /// choose the CPU it costs.
     ///
     /// When it is not set: `UserfaultAsync` scans every 1 ms; `Poll`
-    /// compares every 1 ms, stretched so that its compares cost at most ~4 %
-    /// of a core: the interval is 25 times the measured (and smoothed)
-    /// duration of a compare of the whole region, if that is longer. A page
+    /// compares every 1 ms, stretched so that its polling costs at most ~4 %
+    /// of a core: the interval is 25 times the measured (and smoothed) cost
+    /// of a compare of the whole region, the poller thread's wake-up around
+    /// it included, if that is longer (so a host whose wake-ups cost more
+    /// polls less often). A page
     /// compares in well under a µs (1 ms); a 1 MiB region in ~100-120 µs on
     /// a 2-vCPU EPYC VM, which stretches its interval to ~3 ms; 16 MiB to
     /// ~40-65 ms, 64 MiB to ~330 ms (latency grows with it). `Poll` suits

@@ -131,7 +131,8 @@ pub enum Backend {
     ///
     /// For doorbell pages and small regions. By default the interval is 1
     /// ms, stretched for a larger region so that its compares cost at most
-    /// ~4 % of a core (25 times a compare): a 1 MiB region compares in
+    /// ~4 % of a core (25 times a compare and its share of the poller's
+    /// wake-up): a 1 MiB region compares in
     /// ~100-120 µs on a 2-vCPU EPYC VM, so ~3 ms there; 16 MiB, ~40-65 ms;
     /// 64 MiB, ~330 ms.
     /// For large regions prefer [`Kernel`](Backend::Kernel) or

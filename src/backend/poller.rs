@@ -42,9 +42,12 @@
 //! As given when the user set one
 //! ([`Builder::poll_interval`](crate::blocking::Builder::poll_interval)):
 //! the user chose the CPU. Otherwise it adapts to the host, so that a
-//! tripwire's compares cost at most ~4 % of a core: `max(1 ms, 25 × the
-//! duration of a compare)`, that duration measured (`Instant`) on each
-//! compare of the whole region and smoothed: it falls fast and rises slowly,
+//! tripwire's polling costs at most ~4 % of a core: `max(1 ms, 25 × the
+//! cost of a compare)`, that cost being the compare's duration (`Instant`)
+//! plus the tripwire's share of the thread's own CPU outside compares
+//! (`CLOCK_THREAD_CPUTIME_ID` between passes: waking up and going back to
+//! sleep, ~20 µs on a 2-vCPU EPYC VM, more where a wake-up costs more),
+//! each smoothed: it falls fast and rises slowly,
 //! and one compare stretched by preemption counts as at most four times the
 //! average. A page compares in well under a µs (1 ms); 1 MiB in ~100-120
 //! µs on a 2-vCPU EPYC VM (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms);
@@ -89,6 +92,11 @@ pub(super) struct Timing {
     /// The smoothed duration of a whole compare on the poller thread, in
     /// ns; 0 before the first. Only the poller thread writes it.
     cost_ns: AtomicU64,
+    /// The smoothed share of the poller thread's own CPU around its
+    /// compares (waking up, going back to sleep) that falls to this
+    /// tripwire, in ns: on a VM a wake-up can cost more than a page's
+    /// compare. Only the poller thread writes it.
+    wake_ns: AtomicU64,
 }
 
 impl Timing {
@@ -97,43 +105,60 @@ impl Timing {
         Timing {
             explicit,
             cost_ns: AtomicU64::new(0),
+            wake_ns: AtomicU64::new(0),
         }
     }
 
-    /// The interval now: as set, else `max(1 ms, 25 × cost)`.
+    /// The interval now: as set, else `max(1 ms, 25 × cost)`, the cost
+    /// being a compare and this tripwire's share of the wake-up around it.
     pub(super) fn interval(&self) -> Duration {
         self.explicit.unwrap_or_else(|| {
-            let cost = Duration::from_nanos(self.cost_ns.load(Ordering::Relaxed));
-            DEFAULT_POLL_INTERVAL.max(cost.saturating_mul(COST_SHARE))
+            let ns = self.cost_ns.load(Ordering::Relaxed) + self.wake_ns.load(Ordering::Relaxed);
+            DEFAULT_POLL_INTERVAL.max(Duration::from_nanos(ns).saturating_mul(COST_SHARE))
         })
     }
 
-    /// The smoothed duration of a whole compare; `None` before the first.
+    /// The smoothed cost of a whole compare, its wake-up share included;
+    /// `None` before the first.
     #[cfg(test)]
     pub(super) fn cost(&self) -> Option<Duration> {
         match self.cost_ns.load(Ordering::Relaxed) {
             0 => None,
-            ns => Some(Duration::from_nanos(ns)),
+            ns => Some(Duration::from_nanos(
+                ns + self.wake_ns.load(Ordering::Relaxed),
+            )),
         }
     }
 
     /// Counts a compare of the whole region that took `took`.
     fn record(&self, took: Duration) {
-        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
-        let old = self.cost_ns.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else if sample <= old {
-            // Falls fast: halfway to a shorter compare.
-            old - (old - sample) / 2
-        } else {
-            // Rises slowly, and a compare the scheduler stretched counts as
-            // at most four times the average: one moves it by at most 3/8.
-            let sample = sample.min(old.saturating_mul(4));
-            old + (sample - old) / 8
-        };
-        self.cost_ns.store(new.max(1), Ordering::Relaxed);
+        smooth(&self.cost_ns, took);
     }
+
+    /// Counts this tripwire's share of the thread's CPU outside compares
+    /// in the pass that compared it (and any pass since that compared
+    /// nothing).
+    fn record_wake(&self, share: Duration) {
+        smooth(&self.wake_ns, share);
+    }
+}
+
+/// Moves a smoothed duration (in ns; 0: none yet) towards `took`.
+fn smooth(value: &AtomicU64, took: Duration) {
+    let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let old = value.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample
+    } else if sample <= old {
+        // Falls fast: halfway to a shorter one.
+        old - (old - sample) / 2
+    } else {
+        // Rises slowly, and one the scheduler stretched counts as at most
+        // four times the average: one moves it by at most 3/8.
+        let sample = sample.min(old.saturating_mul(4));
+        old + (sample - old) / 8
+    };
+    value.store(new.max(1), Ordering::Relaxed);
 }
 
 /// A tripwire in the registry.
@@ -306,18 +331,21 @@ struct Slot {
 }
 
 impl Slot {
-    /// Compares now, and sets the next due time.
-    fn compare(&mut self, shared: &Shared) {
+    /// Compares now, and sets the next due time; the compare's duration
+    /// if it covered the whole region.
+    fn compare(&mut self, shared: &Shared) -> Option<Duration> {
         let start = Instant::now();
         // An eventfd write only fails if the fd is broken; the consumer then
         // sees the error from its own read.
         let found = shared.compare().unwrap_or(Compared::Skipped);
         let end = Instant::now();
-        if found == Compared::Whole {
-            shared.timing.record(end - start);
+        let whole = (found == Compared::Whole).then(|| end - start);
+        if let Some(took) = whole {
+            shared.timing.record(took);
         }
         self.interval = shared.timing.interval();
         self.due = later(end, self.interval);
+        whole
     }
 }
 
@@ -326,13 +354,27 @@ fn run() {
     let mut slots: Vec<Slot> = Vec::new();
     let mut seen = None;
     let mut slack = None;
+    // The thread's CPU time when the last pass that compared ended, and the
+    // tripwires a pass compared whole: the CPU between two such passes,
+    // minus the compares, is what waking up costs, shared among them.
+    let mut mark = thread_cpu();
+    let mut compared: Vec<Arc<Shared>> = Vec::new();
     loop {
         let generation = GENERATION.load(Ordering::Acquire);
         if seen != Some(generation) {
             seen = Some(generation);
             resync(&mut slots);
         }
-        let (spin, next) = pass(&mut slots);
+        compared.clear();
+        let (spin, next, spent) = pass(&mut slots, &mut compared);
+        if !compared.is_empty() {
+            let now = thread_cpu();
+            let share = (now.saturating_sub(mark)).saturating_sub(spent) / compared.len() as u32;
+            for shared in &compared {
+                shared.timing.record_wake(share);
+            }
+            mark = now;
+        }
         if let Some(least) = slots.iter().map(|s| s.interval).min() {
             let want = super::timer_slack_for(least);
             if slack != Some(want) {
@@ -376,11 +418,13 @@ fn resync(slots: &mut Vec<Slot>) {
 }
 
 /// Compares the tripwires that are due (or nearly), and those armed in a
-/// busy-poll window. Returns whether one is still in its window (spin: do
-/// not sleep) and the earliest due time.
-fn pass(slots: &mut [Slot]) -> (bool, Option<Instant>) {
+/// busy-poll window; puts those compared whole in `compared`. Returns
+/// whether one is still in its window (spin: do not sleep), the earliest
+/// due time, and how long the whole compares took.
+fn pass(slots: &mut [Slot], compared: &mut Vec<Arc<Shared>>) -> (bool, Option<Instant>, Duration) {
     let mut spin = false;
     let mut next: Option<Instant> = None;
+    let mut spent = Duration::ZERO;
     let now = Instant::now();
     for slot in slots.iter_mut() {
         let due = slot.due <= later(now, slot.interval / 8);
@@ -391,13 +435,25 @@ fn pass(slots: &mut [Slot]) -> (bool, Option<Instant>) {
                 continue;
             };
             if due || shared.in_busy_window() {
-                slot.compare(&shared);
+                if let Some(took) = slot.compare(&shared) {
+                    spent += took;
+                    compared.push(shared.clone());
+                }
                 spin |= slot.busy && shared.in_busy_window();
             }
         }
         next = Some(next.map_or(slot.due, |n| n.min(slot.due)));
     }
-    (spin, next)
+    (spin, next, spent)
+}
+
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -498,5 +554,18 @@ mod tests {
         let set = Timing::new(Some(us(50)));
         set.record(Duration::from_millis(10));
         assert_eq!(set.interval(), us(50));
+    }
+
+    /// The wake-up around a compare counts: a page (a compare of under a
+    /// µs) on a host where a wake-up costs 60 µs polls every 1.5 ms, not 1.
+    #[test]
+    fn a_costly_wake_up_stretches_the_interval() {
+        let t = Timing::new(None);
+        let us = Duration::from_micros;
+        t.record(Duration::from_nanos(800));
+        assert_eq!(t.interval(), DEFAULT_POLL_INTERVAL);
+        t.record_wake(us(60));
+        assert_eq!(t.cost(), Some(Duration::from_nanos(60_800)));
+        assert_eq!(t.interval(), Duration::from_nanos(60_800 * 25));
     }
 }
