@@ -273,12 +273,12 @@ impl Producer {
                 (region, None)
             }
             BackendKind::Doorbell => {
-                let (_, size) = doorbell::control_at(len).ok_or_else(|| {
+                let (at, size) = doorbell::control_at(len).ok_or_else(|| {
                     Error::handshake(format!("a region of {len} bytes overflows"))
                 })?;
                 let memfd = sys::SealedMemfd::from_peer(next(), Some(size))
                     .map_err(|why| Error::handshake(format!("the Doorbell memfd {why}")))?;
-                let (region, control) = doorbell::map(&memfd, len)?;
+                let (region, control) = doorbell::map(&memfd, len, at)?;
                 (region, Some(Doorbell { control }))
             }
         };

@@ -99,10 +99,9 @@ pub(crate) mod protocol {
     }
 }
 
-/// Maps a Doorbell memfd (of the size [`control_at`] gives): the region of
-/// `len` bytes, and the control page.
-pub(crate) fn map(memfd: &SealedMemfd, len: usize) -> Result<(Region, Mapping), Error> {
-    let at = control_at(len).map_or(usize::MAX, |(at, _)| at);
+/// Maps a Doorbell memfd (laid out as [`control_at`] says): the region of
+/// `len` bytes, and the control page at `at`.
+pub(crate) fn map(memfd: &SealedMemfd, len: usize, at: usize) -> Result<(Region, Mapping), Error> {
     let region = memfd
         .map_range(0, len)
         .map_err(|e| Error::io("mmap of the region", e))?;
@@ -130,10 +129,10 @@ impl Doorbell {
                 ),
             )
         };
-        let (_, size) = control_at(len).ok_or_else(too_long)?;
+        let (at, size) = control_at(len).ok_or_else(too_long)?;
         let memfd = SealedMemfd::create("memfd-tripwire", size)
             .map_err(|e| Error::io("creating the region's memfd", e))?;
-        let (region, control) = map(&memfd, len)?;
+        let (region, control) = map(&memfd, len, at)?;
         let wire = Doorbell { memfd, control };
         protocol::arm(wire.armed());
         Ok((wire, region))

@@ -428,27 +428,18 @@ impl Wire {
         }
     }
 
-    /// The fd that becomes readable when the wire trips; `None` on
-    /// `Doorbell`, whose producers ring through their handshake sockets
-    /// (the [`Peers`]).
-    pub(crate) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Wire::Kernel(w) => Some(w.wake_fd()),
-            Wire::Doorbell(_) => None,
-            Wire::Poll(w) => Some(w.wake_fd()),
-            Wire::Userfault(w) => Some(w.wake_fd()),
-        }
-    }
-
-    /// The set of producers' sockets this wire needs: one that also
-    /// watches its wake-up fd; on `Doorbell`, one that takes the rings; on
-    /// the Userfaults, one in the epoll of the agents' channels; on `Poll`,
-    /// no set: its eventfd, rung on a hang-up by `backend::hangups`.
+    /// The set of producers' sockets this wire needs, which is also the
+    /// tripwire's one fd: on `Kernel`, one that watches the tripwire; on
+    /// `Doorbell`, one that takes the rings (its producers ring through
+    /// their sockets); on the Userfaults, one in the epoll of the agents'
+    /// channels; on `Poll`, no set: its eventfd, rung on a hang-up by
+    /// `backend::hangups`.
     pub(crate) fn peers(&self) -> Result<Peers, Error> {
         match self {
-            Wire::Userfault(w) => Ok(Peers::beside(w.channels())),
+            Wire::Kernel(w) => Peers::new(Some(w.wake_fd()), false),
+            Wire::Doorbell(_) => Peers::new(None, true),
             Wire::Poll(w) => Ok(Peers::watched(w.wake_shared())),
-            _ => Peers::new(self.wake_fd(), matches!(self, Wire::Doorbell(_))),
+            Wire::Userfault(w) => Ok(Peers::beside(w.channels())),
         }
     }
 

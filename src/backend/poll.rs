@@ -195,10 +195,6 @@ impl Poller {
         Ok((Poller { reg, memfd }, region))
     }
 
-    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.reg.shared().eventfd.as_fd()
-    }
-
     /// The eventfd, shared: the tripwire's one fd (`Peers::watched`).
     pub(crate) fn wake_shared(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
         self.reg.shared().eventfd.shared()

@@ -188,10 +188,6 @@ impl Userfault {
         self.pending = None;
     }
 
-    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.chans.fd()
-    }
-
     /// The agents' channels: the producers' sockets join their epoll.
     pub(crate) fn channels(&self) -> &FdSet<Channel> {
         &self.chans
