@@ -91,7 +91,15 @@ pub fn run(role: &str) -> ! {
             }
         }
         "writer_slot" => {
+            // stdout is the sync socket: "d" once every store returned,
+            // then the producer stays connected until the parent closes it.
             let p = connect();
+            let mut sync = UnixStream::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .unwrap_or_else(|e| fail(&format!("child: dup stdout: {e}"))),
+            );
             let offset = (env_u64("SLOT") * env_u64("STRIDE")) as usize;
             for v in 1..=env_u64("COUNT") {
                 write_u64(&p, offset, v);
@@ -99,6 +107,11 @@ pub fn run(role: &str) -> ! {
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
+            sync.write_all(b"d")
+                .unwrap_or_else(|e| fail(&format!("child: sync: {e}")));
+            let mut end = [0u8];
+            let _ = sync.read(&mut end); // EOF (or a byte): exit
+            drop(p);
         }
         "write_then_linger" => {
             let p = connect();

@@ -13,7 +13,8 @@ use libtest_mimic::Failed;
 use memfd_tripwire::{BackendKind, Error, Producer, Tripwire, blocking};
 
 use crate::util::{
-    Ctx, Outcome, create, ensure, expect_trip, ms, pair, reap, runtime, share_with_child, spawn,
+    Ctx, Outcome, create, ensure, expect_trip, ms, pair, reap, runtime, settles, share_with_child,
+    skip, spawn,
 };
 
 /// A scenario: its name, its body, and the backends it runs on (all when
@@ -340,59 +341,96 @@ fn no_lost_events_free_running_writer(ctx: &Ctx) -> Outcome {
     })
 }
 
+/// Several producer processes store into their own slots at once. The
+/// consumer must take a trip after which every slot reads the writer's last
+/// value while every writer is still connected (the writers stay until told
+/// to go, so a hang-up cannot stand in for the last trip); then, with every
+/// store done, the wire goes quiet; then, as the writers leave, the hang-up
+/// is reported. A backend that never trips fails at the first step, one
+/// that never re-arms at the second.
 fn n_writer_processes_all_writes_visible(ctx: &Ctx) -> Outcome {
-    const WRITERS: u64 = 4;
+    use std::io::Read;
+    const WRITERS: usize = 4;
     let count: u64 = if ctx.kind == BackendKind::Poll {
         500
     } else {
         5000
     };
-    let mut tw = create(ctx, WRITERS as usize * PAGE)?;
-    let mut children = Vec::new();
+    let mut tw = create(ctx, WRITERS * PAGE)?;
+    let mut writers = Vec::new();
     for slot in 0..WRITERS {
-        children.push(share_with_child(
-            &mut tw,
+        let (ours, theirs) = UnixStream::pair()?;
+        let (sync, child_sync) = UnixStream::pair()?;
+        let child = spawn(
             "writer_slot",
             &[
                 ("SLOT", slot.to_string()),
                 ("STRIDE", PAGE.to_string()),
                 ("COUNT", count.to_string()),
             ],
-        )?);
+            theirs.into(),
+            Some(child_sync.into()),
+        )?;
+        let child = KillOnDrop(child);
+        tw.share(ours)?;
+        writers.push((child, sync));
     }
-    let mut last = [0u64; WRITERS as usize];
+    let mut last = [0u64; WRITERS];
+    let mut trips = 0u64;
     let deadline = Instant::now() + ms(30_000);
-    let outcome = loop {
-        if Instant::now() > deadline {
-            break Err(format!("not done by the deadline; saw {last:?}"));
-        }
+    while last.iter().any(|&v| v != count) {
+        ensure(Instant::now() < deadline, || {
+            format!("after {trips} trips the slots read {last:?}, not {count} each")
+        })?;
         match tw.wait_timeout(ms(1000)) {
-            Ok(_) => {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                trips += 1;
                 for (slot, seen) in last.iter_mut().enumerate() {
                     let v = tw.region().read::<u64>(slot * PAGE)?;
-                    if v < *seen || v > count {
-                        return Err(format!("slot {slot}: {v} after {seen}").into());
-                    }
+                    ensure(v >= *seen && v <= count, || {
+                        format!("slot {slot}: {v} after {seen}")
+                    })?;
                     *seen = v;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
-            Err(e) => break Err(format!("wait: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "after {trips} trips, every writer still connected, slots {last:?}: {e}"
+                )
+                .into());
+            }
         }
-    };
-    for c in children {
-        reap(c, "writer")?;
     }
-    outcome?;
-    // Every writer has exited, and BrokenPipe came only after the last trip:
-    // every write must be visible now.
-    for slot in 0..WRITERS as usize {
-        let v = tw.region().read::<u64>(slot * PAGE)?;
-        ensure(v == count, || {
-            format!("slot {slot}: final value {v}, wrote {count}")
-        })?;
+    ensure(trips >= 1, || "no trip".into())?;
+    // Every writer's stores have returned: nothing more may trip.
+    for (slot, (_, sync)) in writers.iter_mut().enumerate() {
+        let mut d = [0u8];
+        sync.set_read_timeout(Some(ms(30_000)))?;
+        sync.read_exact(&mut d)
+            .map_err(|e| format!("writer {slot} did not finish: {e}"))?;
     }
-    Ok(())
+    settles(&mut tw, "after the writers' last stores")?;
+    eprintln!(
+        "  {}: {WRITERS} writers x {count} stores, {trips} trips",
+        ctx.kind
+    );
+    for (slot, (mut child, sync)) in writers.into_iter().enumerate() {
+        drop(sync);
+        let status = child.0.wait()?;
+        ensure(status.success(), || format!("writer {slot} exited {status}"))?;
+    }
+    // A producer gone may trip once more (UserfaultAsync reports the whole
+    // region then: its last stores may not have been scanned), then the
+    // hang-up.
+    for _ in 0..=WRITERS {
+        match tw.wait_timeout(ms(5000)) {
+            Ok(Some(_)) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => return Err(format!("after every writer left: {other:?}").into()),
+        }
+    }
+    Err("still tripping after every writer left, and no hang-up".into())
 }
 
 fn quiet_wire_stays_quiet(ctx: &Ctx) -> Outcome {

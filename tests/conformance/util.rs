@@ -121,3 +121,33 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
         .enable_all()
         .build()?)
 }
+
+/// Once every store is done: takes the trips still pending (a store that
+/// raced the last ACK trips once more) and then requires the wire to stay
+/// quiet for a short while. A wire that never re-arms (tripped again at
+/// every look) fails here; a correct one cannot, however slow the host (a
+/// longer wait only makes the check more sensitive).
+pub fn settles(tw: &mut Tripwire, what: &str) -> Outcome {
+    const PENDING: usize = 3;
+    for _ in 0..=PENDING {
+        if tw.wait_timeout(ms(200))?.is_none() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{what}: still tripped after {} ACKs with no store (the wire does not re-arm)",
+        PENDING + 1
+    )
+    .into())
+}
+
+/// Marks the running trial skipped: a `skipping: <why> [<backend>::<scenario>]`
+/// line on stderr, the suite's convention, and `Ok`.
+pub fn skip(ctx: &Ctx, scenario: &str, why: &str) -> Outcome {
+    let backend = crate::BACKENDS
+        .iter()
+        .find(|&&(_, kind, _)| kind == ctx.kind)
+        .map_or("?", |&(_, _, name)| name);
+    eprintln!("skipping: {why} [{backend}::{scenario}]");
+    Ok(())
+}
