@@ -418,7 +418,9 @@ fn n_writer_processes_all_writes_visible(ctx: &Ctx) -> Outcome {
     for (slot, (mut child, sync)) in writers.into_iter().enumerate() {
         drop(sync);
         let status = child.0.wait()?;
-        ensure(status.success(), || format!("writer {slot} exited {status}"))?;
+        ensure(status.success(), || {
+            format!("writer {slot} exited {status}")
+        })?;
     }
     // A producer gone may trip once more (UserfaultAsync reports the whole
     // region then: its last stores may not have been scanned), then the
@@ -852,47 +854,108 @@ pub fn wait_until_stopped(pid: u32, limit: Duration) -> Outcome {
     }
 }
 
-/// The lifelock the RFC warns of: an ACK re-protects a page after the fault
-/// was resolved but before the stalled store retried, so it faults again,
-/// and again. Here a thread ACKs as fast as it can while another stores
-/// into the one page: the stores go on, and the trapped stores (counted by
-/// the producer's agent) stay within one per ACK (each ACK protects the
-/// page once) plus the first: no store faults twice for one ACK, no
-/// livelock. (UserfaultAsync stores never stall; its count is 0.)
+/// The lifelock the RFC warns of: an ACK re-protects a page after the
+/// fault was resolved but before the stalled store retried, so the store
+/// faults again, and again. Here a thread ACKs as fast as it can while
+/// another stores into the one page. What must hold: every store completes
+/// (progress, watched store by store), the ACKs really race the stores (at
+/// least one ACK completes, and a store after an ACK faults again: an ACK
+/// that re-protected nothing fails here), and nothing fails. What the crate
+/// bounds is the total: the agent re-protects a page only on an ACK that
+/// found it written, so trapped stores <= ACKs + 1; one store may fault
+/// once more for each ACK that lands between its fault's resolution and its
+/// retry, which the agent's serialised round trip makes rare, not
+/// impossible. UserfaultAsync stores never trap (the kernel resolves them),
+/// so there it is a skip.
 fn racing_acks_bound_the_faults_of_a_store(ctx: &Ctx) -> Outcome {
+    const STORES: u64 = 200_000;
+    if ctx.kind == BackendKind::UserfaultAsync {
+        return skip(
+            ctx,
+            "racing_acks_bound_the_faults_of_a_store",
+            "UserfaultAsync stores never trap (WP_ASYNC: the kernel resolves the fault), \
+             trapped_stores() is always 0: no lifelock to bound",
+        );
+    }
     let (mut tw, p) = pair(ctx, PAGE)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let acker = std::thread::spawn(move || -> Result<u64, String> {
-        let mut acks = 0;
-        while !stopped.load(Ordering::Relaxed) {
-            tw.ack().map_err(|e| e.to_string())?;
-            acks += 1;
-        }
-        Ok(acks)
-    });
-    // Let the ACKs start racing.
-    std::thread::sleep(Duration::from_millis(5));
+    let acks = Arc::new(AtomicU64::new(0));
+    let acker = {
+        let (stop, acks) = (stop.clone(), acks.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            while !stop.load(Ordering::Relaxed) {
+                tw.ack().map_err(|e| format!("ACK: {e}"))?;
+                acks.fetch_add(1, Ordering::Release);
+            }
+            Ok(())
+        })
+    };
+    let stored = Arc::new(AtomicU64::new(0));
     let before = p.trapped_stores();
-    let start = Instant::now();
-    let mut stores = 0u64;
-    while start.elapsed() < Duration::from_millis(300) {
-        for _ in 0..64 {
-            p.region().write(0, &stores)?;
-            stores += 1;
+    let writer = {
+        let (stored, acks, stop) = (stored.clone(), acks.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<(u64, Producer), String> {
+            // Go on until STORES are done and two ACKs completed after the
+            // first store returned, then store once more: the later of
+            // those ACKs was served after the first store's fault, so it
+            // re-protected the page (or one before it did), and this last
+            // store (if no earlier one) faults again.
+            let mut after_first = None;
+            let mut last_round = false;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                p.region().write(0, &i).map_err(|e| e.to_string())?;
+                stored.store(i, Ordering::Release);
+                if last_round {
+                    return Ok((i, p));
+                }
+                let a = acks.load(Ordering::Acquire);
+                let a1 = *after_first.get_or_insert(a);
+                last_round = i >= STORES && a >= a1 + 2;
+            }
+            Err(format!("stopped after {i} stores"))
+        })
+    };
+    // Every store must complete: no stretch of ms(5000) without one.
+    let mut seen = 0;
+    let mut since = Instant::now();
+    let deadline = Instant::now() + ms(30_000);
+    while !writer.is_finished() {
+        let now = stored.load(Ordering::Acquire);
+        if now != seen {
+            (seen, since) = (now, Instant::now());
         }
+        let stalled =
+            since.elapsed() > ms(5000) || Instant::now() > deadline || acker.is_finished();
+        if stalled {
+            stop.store(true, Ordering::Relaxed);
+            let _ = acker.join();
+            // The writer may be stuck in its store for good: left detached.
+            return Err(format!(
+                "store {} did not complete under racing ACKs ({} ACKs so far)",
+                seen + 1,
+                acks.load(Ordering::Acquire)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let took = start.elapsed();
+    let (stores, p) = writer.join().map_err(|_| "writer panicked")??;
     let faults = p.trapped_stores() - before;
     stop.store(true, Ordering::Relaxed);
-    let acks = acker.join().map_err(|_| "acker panicked")??;
+    acker.join().map_err(|_| "acker panicked")??;
+    let acks = acks.load(Ordering::Acquire);
     eprintln!(
-        "  {}: {stores} stores racing {acks} ACKs took {took:?}, {faults} faults",
+        "  {}: {stores} stores racing {acks} ACKs, {faults} faults",
         ctx.kind
     );
-    ensure(stores > 0, || "no store completed".into())?;
-    ensure(faults <= acks + 1, || {
-        format!("{faults} faults for {acks} ACKs: a store faulted more than once per ACK")
+    ensure(acks > 0, || "no ACK completed".into())?;
+    ensure(faults >= 2, || {
+        format!(
+            "{faults} trapped stores under {acks} racing ACKs: no store faulted again \
+             after an ACK (the ACKs do not re-protect the page)"
+        )
     })
 }
 
