@@ -959,12 +959,34 @@ fn racing_acks_bound_the_faults_of_a_store(ctx: &Ctx) -> Outcome {
     })
 }
 
+/// A producer that runs as nobody (uid 65534, no capability): its agent's
+/// `userfaultfd(UFFD_USER_MODE_ONLY)` is allowed when
+/// `vm.unprivileged_userfaultfd` is 1 (or the sysctl does not exist, before
+/// Linux 5.2), or when the kernel knows `UFFD_USER_MODE_ONLY` (5.11), which
+/// this process, as root, finds out by asking for one. Then the producer
+/// must work; otherwise the share must fail with the documented refusal
+/// naming userfaultfd, and the child must fail. Needs root, to switch.
 fn unprivileged_producer_works(ctx: &Ctx) -> Outcome {
     use std::os::unix::process::CommandExt;
     if !rustix::process::geteuid().is_root() {
-        eprintln!("  skipping the uid switch: not root; the suite itself runs unprivileged");
-        return Ok(());
+        return skip(
+            ctx,
+            "unprivileged_producer_works",
+            "not root: cannot start a producer as another uid",
+        );
     }
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd");
+    let user_mode_only = user_mode_only_known()?;
+    let allowed = match sysctl.as_deref().map(str::trim) {
+        Err(_) => true, // before the sysctl: anyone may
+        Ok("0") => user_mode_only,
+        Ok(_) => true,
+    };
+    let why = format!(
+        "vm.unprivileged_userfaultfd {:?}, UFFD_USER_MODE_ONLY {}",
+        sysctl.as_deref().map(str::trim).ok(),
+        if user_mode_only { "known" } else { "unknown" }
+    );
     let mut tw = create(ctx, PAGE)?;
     let (ours, theirs) = UnixStream::pair()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
@@ -980,25 +1002,54 @@ fn unprivileged_producer_works(ctx: &Ctx) -> Outcome {
         Ok(c) => c,
         Err(e) => return Err(format!("cannot start a child as uid 65534: {e}").into()),
     };
-    match tw.share(ours) {
-        Ok(()) => {}
-        // The documented failure: a producer-side refusal names its cause.
-        Err(Error::Handshake { reason }) if reason.contains("userfaultfd") => {
-            eprintln!("  unprivileged producer refused, as documented: {reason}");
-            return reap_any(child);
+    let child = KillOnDrop(child);
+    match (tw.share(ours), allowed) {
+        (Ok(()), true) => {}
+        (Ok(()), false) => {
+            return Err(format!("{why}: an unprivileged producer was not refused").into());
         }
-        Err(e) => return Err(e.into()),
+        // The documented failure: a producer-side refusal names its cause.
+        (Err(Error::Handshake { reason }), false) if reason.contains("userfaultfd") => {
+            eprintln!("  {why}: the unprivileged producer is refused, as expected: {reason}");
+            let mut child = child;
+            let status = child.0.wait()?;
+            return ensure(!status.success(), || {
+                format!("the refused producer exited {status}")
+            });
+        }
+        (Err(e), _) => return Err(format!("{why}: the share gave {e}").into()),
     }
+    eprintln!("  {}: {why}: the unprivileged producer works", ctx.kind);
     expect_trip(&mut tw, ms(5000), "store from the uid-65534 producer")?;
-    reap(child, "unprivileged writer")?;
+    let mut child = child;
+    let status = child.0.wait()?;
+    ensure(status.success(), || {
+        format!("the unprivileged writer exited {status}")
+    })?;
     ensure(tw.region().read::<u64>(0)? == 65534, || {
         "value not visible".into()
     })
 }
 
-fn reap_any(mut child: std::process::Child) -> Outcome {
-    child.wait()?;
-    Ok(())
+/// Whether this kernel knows `UFFD_USER_MODE_ONLY`: a userfaultfd asked
+/// for with it (here, as root, where nothing else refuses it) fails
+/// `EINVAL` if not.
+fn user_mode_only_known() -> Result<bool, Failed> {
+    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    // SAFETY: userfaultfd takes one int of flags and returns a new fd or -1.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
+    if ret >= 0 {
+        // SAFETY: the kernel just made this fd; nothing else owns it.
+        drop(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ret as libc::c_int)
+        });
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        e => Err(format!("userfaultfd(UFFD_USER_MODE_ONLY) as root: {e}").into()),
+    }
 }
 
 /// The ring tests' message: a sequence number and a check value.
