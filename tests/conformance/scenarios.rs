@@ -451,6 +451,11 @@ fn quiet_wire_stays_quiet(ctx: &Ctx) -> Outcome {
     })
 }
 
+/// A `changed()` future dropped with a trip pending for it loses nothing:
+/// one waits (polled, pending), the write trips the wire and wakes it, and
+/// it is dropped unpolled; then one polled once with the trip there (it
+/// takes it, or, with an ACK in flight, is pending) is dropped too. The
+/// next `changed()` must still report the write. On every backend.
 fn dropped_changed_loses_nothing(ctx: &Ctx) -> Outcome {
     let (tw, p) = pair(ctx, PAGE)?;
     runtime()?.block_on(async move {
@@ -460,60 +465,93 @@ fn dropped_changed_loses_nothing(ctx: &Ctx) -> Outcome {
             ensure(fut.poll().is_pending(), || {
                 "changed() ready with no write".into()
             })?;
-        } // dropped mid-wait
-        write(&p, 0, 5)?;
-        // Start waiting again after the write; if that future has not taken
-        // the trip yet, drop it too: the trip must still be there afterwards.
+            write(&p, 0, 5)?;
+            // The trip reaches the waiting future: it is woken.
+            let deadline = Instant::now() + ms(5000);
+            while !fut.is_woken() {
+                ensure(Instant::now() < deadline, || {
+                    "the write did not wake the waiting changed()".into()
+                })?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        } // dropped, woken for a pending trip, unpolled
         let taken = {
             let mut fut = tokio_test::task::spawn(tw.changed());
             match fut.poll() {
                 std::task::Poll::Ready(r) => Some(r?),
-                std::task::Poll::Pending => None,
+                std::task::Poll::Pending => None, // dropped mid-take
             }
         };
         let e = match taken {
             Some(e) => e,
             None => tokio::time::timeout(ms(5000), tw.changed())
                 .await
-                .map_err(|_| "the trip was lost with the dropped future")??,
+                .map_err(|_| "the trip was lost with the dropped futures")??,
         };
-        ensure(e.get() >= 1, || format!("epoch {e:?}"))?;
+        ensure(e.get() == 1, || format!("epoch {e:?}"))?;
         ensure(tw.region().read::<u64>(0)? == 5, || {
             "value not visible".into()
         })
     })
 }
 
+/// `changed()` raced in `select!` against a branch that wins every other
+/// time (a `yield_now`, ready on its second poll): many futures are
+/// cancelled after being polled, some with a trip pending. The writer
+/// waits for each value to be seen before the next, so a lost trip
+/// stalls it.
 fn cancelled_in_select_loses_nothing(ctx: &Ctx) -> Outcome {
     let (tw, p) = pair(ctx, PAGE)?;
     const WRITES: u64 = 200;
-    let writer = std::thread::spawn(move || -> Result<(), String> {
-        for i in 1..=WRITES {
-            write(&p, 0, i)?;
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        Ok(())
-    });
+    let seen = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let seen = seen.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 1..=WRITES {
+                write(&p, 0, i)?;
+                let deadline = Instant::now() + ms(5000);
+                while seen.load(Ordering::Acquire) < i {
+                    if Instant::now() > deadline {
+                        return Err(format!("write {i} never seen: its trip was lost"));
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            Ok(())
+        })
+    };
     let rt = runtime()?;
-    let (last, tw) = rt.block_on(async move {
+    let writer_ref = &writer;
+    let consumed = rt.block_on(async move {
         let mut tw = Tripwire::new(tw)?;
         let mut last = 0;
-        let mut cancelled = 0u32;
-        let deadline = Instant::now() + ms(20_000);
-        while last < WRITES && Instant::now() < deadline {
+        let mut cancelled = 0u64;
+        while last < WRITES && !writer_ref.is_finished() {
             tokio::select! {
-                r = tw.changed() => { r?; last = tw.region().read::<u64>(0)?; }
-                _ = tokio::time::sleep(Duration::from_micros(200)) => cancelled += 1,
+                r = tw.changed() => {
+                    r?;
+                    let v = tw.region().read::<u64>(0)?;
+                    ensure(v >= last, || format!("value went back from {last} to {v}"))?;
+                    last = v;
+                    seen.store(v, Ordering::Release);
+                }
+                () = tokio::task::yield_now() => cancelled += 1,
             }
         }
-        eprintln!("  {}: {cancelled} changed() futures cancelled", ctx.kind);
-        Ok::<_, libtest_mimic::Failed>((last, tw))
-    })?;
-    // The last value can be seen before the writer's notify() for it: keep
-    // the consumer end alive until the writer is done, or that notify() may
-    // find the consumer gone (as documented) and fail the writer.
-    writer.join().map_err(|_| "writer panicked")??;
+        Ok::<_, libtest_mimic::Failed>((last, cancelled, tw))
+    });
+    // The writer's verdict first (a writer that gave up hangs up, and the
+    // consumer then reports only that). The consumer end stays alive until
+    // the writer is done (its last notify() would find the consumer gone).
+    let written = writer.join().map_err(|_| "writer panicked")?;
+    let (last, cancelled, tw) = match (written, consumed) {
+        (Ok(()), consumed) => consumed?,
+        (Err(w), Ok(_)) => return Err(w.into()),
+        (Err(w), Err(c)) => return Err(format!("{w}; the consumer: {c:?}").into()),
+    };
     drop(tw);
+    eprintln!("  {}: {cancelled} changed() futures cancelled", ctx.kind);
+    ensure(cancelled > 0, || "no changed() was cancelled".into())?;
     ensure(last == WRITES, || {
         format!("last value seen {last}, wrote {WRITES}")
     })
