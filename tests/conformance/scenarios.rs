@@ -319,26 +319,34 @@ fn no_lost_events_free_running_writer(ctx: &Ctx) -> Outcome {
     };
     let mut last = 0u64;
     let mut trips = 0u64;
-    loop {
+    let mut take = |tw: &mut blocking::Tripwire, last: &mut u64| -> Outcome {
+        trips += 1;
+        let v = tw.region().read::<u64>(0)?;
+        ensure(v >= *last, || format!("value went back from {last} to {v}"))?;
+        *last = v;
+        seen.store(v, Ordering::Release);
+        Ok(())
+    };
+    while !done.load(Ordering::Acquire) && !writer.is_finished() {
         if tw.wait_timeout(ms(100))?.is_some() {
-            trips += 1;
-            let v = tw.region().read::<u64>(0)?;
-            ensure(v >= last, || format!("value went back from {last} to {v}"))?;
-            last = v;
-            seen.store(v, Ordering::Release);
-        } else if done.load(Ordering::Acquire) || writer.is_finished() {
-            break;
+            take(&mut tw, &mut last)?;
         }
     }
     let (total, _producer) = writer.join().map_err(|_| "writer panicked")??;
-    // The writer is done: a final quiet period must leave the last value seen.
-    while tw.wait_timeout(ms(100))?.is_some() {
-        last = tw.region().read::<u64>(0)?;
+    // The writer is done: its last write must trip (unless already seen),
+    // and then the wire must go quiet.
+    while last < total {
+        expect_trip(
+            &mut tw,
+            ms(5000),
+            &format!("the last write {total} (saw {last})"),
+        )?;
+        take(&mut tw, &mut last)?;
     }
+    ensure(last == total, || format!("saw {last}, wrote {total}"))?;
+    settles(&mut tw, "after the last write")?;
     eprintln!("  {}: {total} writes, {trips} trips", ctx.kind);
-    ensure(last == total, || {
-        format!("last write {total} never seen (saw {last})")
-    })
+    Ok(())
 }
 
 /// Several producer processes store into their own slots at once. The

@@ -21,7 +21,7 @@ use libtest_mimic::Failed;
 use memfd_tripwire::{BackendKind, blocking::Tripwire};
 
 use crate::scenarios::KillOnDrop;
-use crate::util::{Ctx, Outcome, create, ensure, ms};
+use crate::util::{Ctx, Outcome, create, ensure, ms, settles};
 
 type Scenario = (&'static str, fn(&Ctx) -> Outcome, &'static [BackendKind]);
 
@@ -132,7 +132,8 @@ fn one_store_is_seen(ctx: &Ctx) -> Outcome {
     finished(w)?;
     trip(&mut tw, ms(5_000), "one store by an unmodified producer")?;
     let v: u64 = tw.region().read(0)?;
-    ensure(v == 0xC0FFEE, || format!("read {v:#x}"))
+    ensure(v == 0xC0FFEE, || format!("read {v:#x}"))?;
+    settles(&mut tw, "after the one store")
 }
 
 fn synchronised_rounds(ctx: &Ctx) -> Outcome {
@@ -153,7 +154,8 @@ fn synchronised_rounds(ctx: &Ctx) -> Outcome {
         ensure(v == i, || format!("round {i}: read {v}"))?;
         ours.write_all(b"A")?;
     }
-    finished(w)
+    finished(w)?;
+    settles(&mut tw, "after the last round")
 }
 
 fn free_running_writer_last_store_seen(ctx: &Ctx) -> Outcome {
@@ -186,7 +188,8 @@ fn free_running_writer_last_store_seen(ctx: &Ctx) -> Outcome {
         ensure(Instant::now() < deadline, || format!("stuck at {v}"))?;
     }
     eprintln!("  {}: {COUNT} stores seen in {trips} trips", ctx.kind);
-    finished(w)
+    finished(w)?;
+    settles(&mut tw, "after the last store")
 }
 
 fn several_writer_processes(ctx: &Ctx) -> Outcome {
@@ -220,7 +223,7 @@ fn several_writer_processes(ctx: &Ctx) -> Outcome {
     for w in ws {
         finished(w)?;
     }
-    Ok(())
+    settles(&mut tw, "after the writers' last stores")
 }
 
 /// Sends `fd` over `sock` with one byte (`SCM_RIGHTS`).
