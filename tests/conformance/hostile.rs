@@ -191,9 +191,63 @@ fn fake_producer(
 }
 
 /// Clears `O_NONBLOCK` on the open file description behind `fd`: what a
-/// peer sharing it can do to us.
-fn clear_nonblock(fd: BorrowedFd<'_>) {
-    let _ = rustix::fs::fcntl_setfl(fd, OFlags::empty());
+/// peer sharing it can do to us. The attack must take: `F_SETFL` succeeds
+/// and `F_GETFL` then shows the flag gone.
+fn clear_nonblock(fd: BorrowedFd<'_>) -> Outcome {
+    rustix::fs::fcntl_setfl(fd, OFlags::empty())
+        .map_err(|e| format!("the attack's fcntl(F_SETFL) failed: {e}"))?;
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    ensure(!flags.contains(OFlags::NONBLOCK), || {
+        format!("O_NONBLOCK still set after the attack cleared it: {flags:?}")
+    })
+}
+
+/// Reads what `fd` has to read now, as a peer draining what it shares
+/// would (polling first, so that its own read cannot block): the number of
+/// bytes read. A read that `poll` promised must succeed with data.
+fn drain_readable(fd: BorrowedFd<'_>) -> Result<usize, Failed> {
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    if rustix::event::poll(&mut p, Some(&rustix::event::Timespec::default()))? == 0 {
+        return Ok(0);
+    }
+    let mut buf = [0u8; 64];
+    let n = rustix::io::read(fd, &mut buf)
+        .map_err(|e| format!("the attack's read of a readable fd failed: {e}"))?;
+    ensure(n > 0, || {
+        "the attack's read of a readable fd read nothing".into()
+    })?;
+    Ok(n)
+}
+
+/// Sends `msg(i)` for i = 0, 1, ... with `MSG_DONTWAIT` until the queue is
+/// full (`EAGAIN`) or `cap` messages went: how many went, and whether the
+/// queue was found full. Each send must take the whole message; any error
+/// but `EAGAIN` fails the attack.
+fn flood(sock: impl AsFd, cap: u64, msg: impl Fn(u64) -> Vec<u8>) -> Result<(u64, bool), Failed> {
+    let mut sent = 0;
+    while sent < cap {
+        let m = msg(sent);
+        match rustix::net::send(&sock, &m, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(n) if n == m.len() => sent += 1,
+            Ok(n) => return Err(format!("the flood sent {n} of {} bytes", m.len()).into()),
+            Err(rustix::io::Errno::AGAIN) => return Ok((sent, true)),
+            Err(e) => return Err(format!("the flood failed after {sent} sends: {e}").into()),
+        }
+    }
+    Ok((sent, false))
+}
+
+/// Floods `sock` until its queue is full: how many messages went (at
+/// least one: an attack that sent nothing proves nothing).
+fn flood_full(sock: impl AsFd, msg: &[u8]) -> Result<u64, Failed> {
+    let (sent, full) = flood(sock, 100_000_000, |_| msg.to_vec())?;
+    ensure(full && sent > 0, || {
+        format!("the flood sent {sent} messages, queue full: {full}")
+    })?;
+    Ok(sent)
 }
 
 /// A sealed memfd of `len` bytes, as the crate makes them.
@@ -207,54 +261,69 @@ fn sealed_memfd(name: &str, len: u64) -> Result<OwnedFd, Failed> {
 /// A producer that holds the Doorbell's fds and its handshake socket (its
 /// bell) clears `O_NONBLOCK` on each, drains whatever it can read and
 /// floods the bell. The consumer's `try_changed`, `wait_timeout` and
-/// `changed().await` must still return. (With the eventfd bell of c7b7db3
-/// they blocked in `read` forever.)
+/// `changed().await` must still return: the flood is a trip (each ring a
+/// spurious one), taken in bounded parts until the wire goes quiet, and
+/// never an error. (With the eventfd bell of c7b7db3 they blocked in `read`
+/// forever.)
 fn producer_cannot_jam_the_doorbell(ctx: &Ctx) -> Outcome {
     let mut tw = create(ctx, 4096)?;
     let (ours, theirs) = UnixStream::pair()?;
     let hostile = std::thread::spawn(move || -> Result<_, Failed> {
         let (_, fds) = fake_producer(&theirs, 0, &[])?;
+        ensure(fds.len() == 1, || {
+            format!("a Doorbell offer carries 1 fd, not {}", fds.len())
+        })?;
+        let mut drained = 0;
         for fd in fds.iter().map(|f| f.as_fd()).chain([theirs.as_fd()]) {
-            clear_nonblock(fd);
-            let mut buf = [0u8; 64];
-            // Drain what is readable (poll first: its own reads must not block).
-            let mut p = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            if rustix::event::poll(&mut p, Some(&rustix::event::Timespec::default()))? > 0 {
-                let _ = rustix::io::read(fd, &mut buf);
-            }
+            clear_nonblock(fd)?;
+            drained += drain_readable(fd)?;
         }
+        // The memfd is always readable: the drain did read something.
+        ensure(drained > 0, || "the drain read nothing".into())?;
         // Flood the bell (the handshake socket) until it is full.
-        for _ in 0..1_000_000 {
-            if rustix::net::send(&theirs, &[7; 64], SendFlags::DONTWAIT).is_err() {
-                break;
-            }
-        }
-        Ok((theirs, fds))
+        let rings = flood_full(&theirs, &[7; 64])?;
+        Ok((theirs, fds, rings))
     });
     tw.share(ours)?;
-    let _keep = hostile.join().map_err(|_| "hostile thread panicked")??;
+    let (theirs, _fds, rings) = hostile.join().map_err(|_| "hostile thread panicked")??;
     let limit = ms(5_000);
-    let (mut tw, first) = bounded("try_changed", limit, move || {
+    let (tw, first) = bounded("try_changed", limit, move || {
         let r = tw.try_changed().map_err(|e| e.to_string());
         (tw, r)
     })?;
-    first?; // a spurious trip is allowed; an error is not
-    let (tw, second) = bounded("wait_timeout", limit, move || {
-        let r = tw
-            .wait_timeout(Duration::from_millis(20))
-            .map_err(|e| e.to_string());
+    ensure(matches!(first, Ok(Some(_))), || {
+        format!("a flooded bell gave {first:?}, not a (spurious) trip")
+    })?;
+    // Each look takes a bounded part of the flood (a trip), then the wire
+    // goes quiet; never an error.
+    let (tw, quiet) = bounded("wait_timeout", limit, move || {
+        let mut tw = tw;
+        let mut trips = 0u64;
+        let r = loop {
+            match tw.wait_timeout(Duration::from_millis(20)) {
+                Ok(Some(_)) if trips < rings => trips += 1,
+                Ok(Some(_)) => break Err(format!("{trips} trips from {rings} rings")),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
         (tw, r)
     })?;
-    second?;
+    quiet?;
     bounded("changed().await", limit, move || -> Outcome {
         let rt = runtime()?;
         rt.block_on(async {
             let mut tw = Tripwire::new(tw)?;
-            let _ = tokio::time::timeout(Duration::from_millis(50), tw.changed()).await;
-            Ok(())
+            // Quiet: changed() stays pending, and the runtime's timer fires.
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), tw.changed()).await {
+                return Err(format!("changed() on a quiet bell gave {r:?}").into());
+            }
+            // Flooded again: a trip.
+            flood_full(&theirs, &[7; 64])?;
+            match tokio::time::timeout(limit, tw.changed()).await {
+                Ok(Ok(_)) => Ok(()),
+                other => Err(format!("changed() on a flooded bell gave {other:?}").into()),
+            }
         })
     })?
 }
@@ -379,9 +448,9 @@ fn consumer_cannot_jam_notify(_: &Ctx) -> Outcome {
     let memfd = sealed_memfd("hostile-doorbell", 8192)?;
     let (producer, ours, their_copy) = offer_doorbell(&memfd)?;
     // Fill the queue the producer rings into, then block both descriptions.
-    while rustix::net::send(&their_copy, &[1; 4096], SendFlags::DONTWAIT).is_ok() {}
-    clear_nonblock(their_copy.as_fd());
-    clear_nonblock(ours.as_fd());
+    flood_full(&their_copy, &[1; 4096])?;
+    clear_nonblock(their_copy.as_fd())?;
+    clear_nonblock(ours.as_fd())?;
     notify_rounds(producer, &memfd)
 }
 
@@ -402,9 +471,14 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
         // The space bell (fd 1): fill it as an eventfd counter would be
         // filled (on a socket this only sends 8 bytes our way), then clear
         // O_NONBLOCK on everything received.
-        let _ = rustix::io::write(&ring_fds[1], &(u64::MAX - 1).to_ne_bytes());
+        ensure(ring_fds.len() == 3, || {
+            format!("the ring frame carries 3 fds, not {}", ring_fds.len())
+        })?;
+        let n = rustix::io::write(&ring_fds[1], &(u64::MAX - 1).to_ne_bytes())
+            .map_err(|e| format!("the attack's write to the space bell failed: {e}"))?;
+        ensure(n == 8, || format!("the attack wrote {n} of 8 bytes"))?;
         for fd in &ring_fds {
-            clear_nonblock(fd.as_fd());
+            clear_nonblock(fd.as_fd())?;
         }
         fds.extend(ring_fds);
         Ok((theirs, fds))
@@ -412,6 +486,7 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
     rx.share(ours)?;
     let (_sock, fds) = hostile.join().map_err(|_| "hostile thread panicked")??;
     let region = fds[0].try_clone()?;
+    let space = fds[fds.len() - 2].try_clone()?;
     let mut head = 0u64;
     let mut got = 0u64;
     for _ in 0..2_000 {
@@ -433,7 +508,13 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
         n.0?;
         got += n.1;
     }
-    ensure(got == head, || format!("received {got} of {head}"))
+    ensure(got == head, || format!("received {got} of {head}"))?;
+    // The Receiver did ring the bell it was told the Sender waits on (so
+    // the rings above met the queue the attack left unread).
+    let rung = rustix::io::ioctl_fionread(&space)?;
+    ensure(rung > 0, || {
+        "the Receiver never rang the space bell of a waiting Sender".into()
+    })
 }
 
 /// Kills `child` after `delay`, from another thread.
@@ -690,11 +771,16 @@ fn open_uffd() -> Result<OwnedFd, Failed> {
 /// A consumer offers a Userfault(Async) tripwire by hand to a real
 /// `Producer::connect`. The reply must carry no fd at all (c7b7db3 sent the
 /// producer's uffd, and with it the power to register, write-protect or
-/// fill any range of the producer). Then the consumer floods the agent's
-/// channel with ACKs and garbage and never reads: the producer's stores to
-/// every page must still complete at once, and dropping it must not hang.
+/// fill any range of the producer). Then the consumer fills its own queue
+/// (the agent's replies find it full: it holds a copy of the agent's end),
+/// floods the agent's channel with ACKs and garbage and never reads: the
+/// producer's stores to every page must still complete at once (on
+/// `Userfault`, each one that faulted was resolved by the agent), the agent
+/// must still serve once the consumer reads again (it reports the next
+/// store), and dropping the producer while jammed must not hang.
 fn consumer_gets_no_fd_and_cannot_stall_the_producer(ctx: &Ctx) -> Outcome {
     const PAGES: usize = 8;
+    const ROUNDS: u64 = 50;
     let region = sealed_memfd("hostile-uffd-region", (PAGES * PAGE) as u64)?;
     let (chan_ours, chan_theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
@@ -725,38 +811,156 @@ fn consumer_gets_no_fd_and_cannot_stall_the_producer(ctx: &Ctx) -> Outcome {
             fds.len()
         )
     })?;
-    // Flood: ACK requests (each re-protects what was written) and garbage,
-    // until the agent's queue is full; never read what it sends.
-    let mut ack = [0u8; 8];
-    ack[0] = b'A';
-    for i in 0u32.. {
-        ack[4..8].copy_from_slice(&i.to_le_bytes());
-        let msg: &[u8] = if i % 3 == 2 { &[0xff; 64] } else { &ack };
-        if rustix::net::send(&chan_ours, msg, SendFlags::DONTWAIT).is_err() || i > 100_000 {
-            break;
-        }
-    }
-    clear_nonblock(chan_theirs.as_fd());
-    let took = bounded("stores with a hostile consumer", ms(10_000), move || {
-        let start = std::time::Instant::now();
-        for round in 0..50u64 {
+    // Dropped only at the end, within a bound: an agent the attack blocked
+    // would hang the drop, so a failure on the way leaks it instead.
+    let producer = std::sync::Arc::new(std::mem::ManuallyDrop::new(producer));
+    jam_agent_channel(&chan_ours, &chan_theirs, "first flood")?;
+    let p = producer.clone();
+    let trapped = bounded("stores with a hostile consumer", ms(10_000), move || {
+        for round in 0..ROUNDS {
             for page in 0..PAGES {
-                producer
-                    .region()
+                p.region()
                     .write(page * PAGE, &round)
                     .map_err(|e| e.to_string())?;
             }
         }
-        let took = start.elapsed();
-        drop(producer); // stops the agent: must not hang either
-        Ok::<_, String>(took)
+        Ok::<_, String>(p.trapped_stores())
     })??;
-    eprintln!(
-        "  {}: 400 stores beside a flooding consumer took {took:?}",
-        ctx.kind
-    );
+    // Every store landed.
+    for page in 0..PAGES {
+        let mut v = [0u8; 8];
+        let n = rustix::io::pread(&region, &mut v, (page * PAGE) as u64)?;
+        ensure(n == 8 && u64::from_ne_bytes(v) == ROUNDS - 1, || {
+            format!("page {page} holds {v:?} after the stores")
+        })?;
+    }
+    // On Userfault the region starts write-protected: the first store to
+    // each page faulted, and the agent resolved it (or the store would not
+    // have returned); UserfaultAsync's faults never reach it.
+    if ctx.kind == BackendKind::Userfault {
+        ensure(trapped >= PAGES as u64, || {
+            format!("{trapped} faults resolved for stores to {PAGES} protected pages")
+        })?;
+    } else {
+        ensure(trapped == 0, || {
+            format!("{trapped} faults trapped on UserfaultAsync")
+        })?;
+    }
+    ensure(!producer.is_closed(), || {
+        "the agent gave up under the flood (the producer's socket is shut down)".into()
+    })?;
+    // The consumer reads again: the agent answers every request in order,
+    // and reports a store made after the last of them.
+    let (chan_ours, first) = bounded("ACK after the flood", ms(10_000), move || {
+        let r = ack_round(&chan_ours, 0xfeed_0001).map(|_| ());
+        (chan_ours, r)
+    })?;
+    first?;
+    let p = producer.clone();
+    bounded("a store after the flood", ms(10_000), move || {
+        p.region().write(3 * PAGE, &7u64).map_err(|e| e.to_string())
+    })??;
+    let (chan_ours, pages) = bounded("ACK of the store", ms(10_000), move || {
+        let r = ack_round(&chan_ours, 0xfeed_0002);
+        (chan_ours, r)
+    })?;
+    let pages = pages?;
+    ensure(pages.iter().any(|r| r.contains(&3)), || {
+        format!("the agent reported pages {pages:?}, not page 3")
+    })?;
+    // Jammed again; the producer goes: stopping its agent must not hang.
+    jam_agent_channel(&chan_ours, &chan_theirs, "second flood")?;
+    let producer = std::sync::Arc::into_inner(producer).ok_or("the producer is still shared")?;
+    bounded("dropping the producer", ms(10_000), move || {
+        drop(std::mem::ManuallyDrop::into_inner(producer));
+    })?;
     drop((ours, chan_ours, chan_theirs));
     Ok(())
+}
+
+/// The consumer's jam of an agent channel (it made the pair, so it holds
+/// `ours` and a copy of the agent's end, `theirs`): its own queue filled,
+/// so that every reply and trip of the agent finds no room; then ACK
+/// requests (each re-protects what was written) and garbage, until the
+/// agent's queue is full or it kept up with 100,000; then `O_NONBLOCK`
+/// cleared on the agent's end.
+fn jam_agent_channel(ours: &OwnedFd, theirs: &OwnedFd, what: &str) -> Outcome {
+    flood_full(theirs, &[0xee; 64])?;
+    let msg = |i: u64| {
+        if i % 3 == 2 {
+            vec![0xff; 64]
+        } else {
+            let mut ack = vec![b'A', 0, 0, 0];
+            ack.extend_from_slice(&(i as u32).to_le_bytes());
+            ack
+        }
+    };
+    let (sent, _) = flood(ours, 100_000, msg)?;
+    ensure(sent >= 3, || {
+        format!("{what}: the flood sent {sent} messages")
+    })?;
+    clear_nonblock(theirs.as_fd())?;
+    // Wait until the agent took a message of the flood (the first is an
+    // ACK: it then replies into the full queue).
+    let flooded: u64 = (0..sent).map(|i| msg(i).len() as u64).sum();
+    let deadline = std::time::Instant::now() + ms(10_000);
+    while rustix::io::ioctl_fionread(theirs)? >= flooded {
+        ensure(std::time::Instant::now() < deadline, || {
+            format!("{what}: the agent took none of the {flooded} bytes sent to it")
+        })?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Plays the consumer's side of one ACK on the agent channel `chan`: takes
+/// everything queued, sends ACK `seq`, and waits for its PAGES reply
+/// (skipping trips and the replies to earlier requests); the page ranges
+/// it lists. (The wire format is in `src/backend/agent.rs`.)
+fn ack_round(chan: &OwnedFd, seq: u32) -> Result<Vec<std::ops::Range<u32>>, String> {
+    let mut buf = vec![0u8; 1 << 16];
+    let recv = |buf: &mut [u8]| rustix::net::recv(chan, buf, rustix::net::RecvFlags::DONTWAIT);
+    loop {
+        match recv(&mut buf) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(format!("draining the agent channel: {e}")),
+        }
+    }
+    let mut ack = [0u8; 8];
+    ack[0] = b'A';
+    ack[4..8].copy_from_slice(&seq.to_le_bytes());
+    let n = rustix::net::send(chan, &ack, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
+        .map_err(|e| format!("sending ACK {seq:#x}: {e}"))?;
+    if n != 8 {
+        return Err(format!("sent {n} of the ACK's 8 bytes"));
+    }
+    loop {
+        let mut p = [rustix::event::PollFd::new(
+            chan,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut p, None).map_err(|e| e.to_string())?;
+        let (n, _) = recv(&mut buf).map_err(|e| format!("reading the agent channel: {e}"))?;
+        let msg = &buf[..n];
+        let u32_at = |o: usize| u32::from_le_bytes(msg[o..o + 4].try_into().expect("4 bytes"));
+        if n == 0 {
+            return Err("the agent closed its channel".into());
+        }
+        if msg[0] != b'P' || n < 16 || u32_at(4) != seq {
+            continue; // a trip, or the reply to an earlier ACK
+        }
+        if msg[1] != 0 {
+            return Err(format!("ACK {seq:#x}: the agent lost track of its pages"));
+        }
+        let count = u32_at(8) as usize;
+        if n != 16 + 8 * count {
+            return Err(format!("a PAGES reply of {n} bytes listing {count} ranges"));
+        }
+        return Ok((0..count)
+            .map(|i| u32_at(16 + 8 * i)..u32_at(20 + 8 * i))
+            .collect());
+    }
 }
 
 /// Takes trips until one comes with pages (or `limit` passes).
