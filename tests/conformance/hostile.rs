@@ -1085,28 +1085,73 @@ fn stopped_producer_cannot_block_the_runtime(ctx: &Ctx) -> Outcome {
     })
 }
 
-/// `wait_timeout(Duration::MAX)` is "forever", not an `Instant` overflow;
-/// a zero poll interval is refused, not a spinning thread.
+/// `wait_timeout(Duration::MAX)` is "forever", not an `Instant` overflow,
+/// and `wait_timeout(ZERO)` a look; a poll interval under the 10 µs
+/// minimum is refused with `InvalidInput` (not a spinning thread), the
+/// minimum and `Duration::MAX` are taken (the longest interval clamps,
+/// never overflows); a busy-poll window of `Duration::MAX` is refused.
 fn extreme_durations_are_handled(ctx: &Ctx) -> Outcome {
     let (mut tw, producer) = pair(ctx, 4096)?;
     producer.region().write(0, &1u64)?;
     producer.notify()?;
-    let (_, r) = bounded("wait_timeout(Duration::MAX)", ms(10_000), move || {
+    let (mut tw, r) = bounded("wait_timeout(Duration::MAX)", ms(10_000), move || {
         let r = tw.wait_timeout(Duration::MAX).map_err(|e| e.to_string());
         (tw, r)
     })?;
     ensure(matches!(r, Ok(Some(_))), || {
         format!("wait_timeout(MAX) gave {r:?}")
     })?;
+    let r = tw.wait_timeout(Duration::ZERO);
+    ensure(matches!(r, Ok(None)), || {
+        format!("wait_timeout(ZERO) on a quiet wire gave {r:?}")
+    })?;
+    // Where UserfaultAsync cannot work, a valid interval is `Unavailable`.
+    let async_ok = !matches!(
+        blocking::Tripwire::builder(64)
+            .backend(Backend::UserfaultAsync)
+            .create(),
+        Err(Error::Unavailable { .. })
+    );
+    let refused = |r: &Result<(), Error>, op: &str| {
+        matches!(r, Err(Error::Io { op: o, source }) if *o == op
+            && source.kind() == std::io::ErrorKind::InvalidInput)
+    };
     for backend in [Backend::Poll, Backend::UserfaultAsync] {
-        let r = blocking::Tripwire::builder(64)
-            .backend(backend)
-            .poll_interval(Duration::ZERO)
-            .create();
-        ensure(r.is_err(), || {
-            format!("{backend:?} accepted a zero poll interval")
-        })?;
+        for (interval, valid) in [
+            (Duration::ZERO, false),
+            (Duration::from_nanos(9_999), false),
+            (Duration::from_micros(10), true),
+            (Duration::MAX, true),
+        ] {
+            // Created and dropped (a poller stuck on an overflowed due
+            // time would hang the drop).
+            let r = bounded("create and drop", ms(10_000), move || {
+                blocking::Tripwire::builder(64)
+                    .backend(backend)
+                    .poll_interval(interval)
+                    .create()
+                    .map(drop)
+            })?;
+            let fine = if !valid {
+                refused(&r, "poll_interval")
+            } else if matches!(backend, Backend::UserfaultAsync) && !async_ok {
+                matches!(r, Err(Error::Unavailable { .. }))
+            } else {
+                r.is_ok()
+            };
+            ensure(fine, || {
+                format!("{backend:?} with a poll interval of {interval:?} gave {r:?}")
+            })?;
+        }
     }
+    let r = blocking::Tripwire::builder(64)
+        .backend(Backend::Poll)
+        .busy_poll(Duration::MAX)
+        .create()
+        .map(drop);
+    ensure(refused(&r, "busy_poll"), || {
+        format!("a busy-poll window of Duration::MAX gave {r:?}")
+    })?;
     drop(producer);
     Ok(())
 }
