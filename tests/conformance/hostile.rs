@@ -620,7 +620,9 @@ fn ring_polled_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
 }
 
 /// A live peer that writes bytes to its handshake socket is not a dead one:
-/// neither side may report `PeerDied`/`BrokenPipe` for it.
+/// neither side may report `PeerDied`/`BrokenPipe` for it. No waiting: a
+/// unix stream write is in the peer's queue when it returns, and each side
+/// looks at its socket in the calls below (the consumer takes the byte).
 fn live_peer_writing_its_socket_is_not_dead(ctx: &Ctx) -> Outcome {
     let mut tw = create(ctx, 4096)?;
     let (ours, theirs) = UnixStream::pair()?;
@@ -631,7 +633,10 @@ fn live_peer_writing_its_socket_is_not_dead(ctx: &Ctx) -> Outcome {
     let producer = producer.join().map_err(|_| "producer panicked")??;
     their_copy.write_all(b"x")?;
     our_copy.write_all(b"y")?;
-    std::thread::sleep(ms(50));
+    let queued = |s: &UnixStream| rustix::io::ioctl_fionread(s);
+    ensure(queued(&our_copy)? == 1 && queued(&their_copy)? == 1, || {
+        "each byte is queued for its peer".into()
+    })?;
     // On Doorbell the producer rings through its socket: its byte is a
     // (spurious) ring, taken once; never a death.
     if ctx.kind == BackendKind::Doorbell {
@@ -640,12 +645,24 @@ fn live_peer_writing_its_socket_is_not_dead(ctx: &Ctx) -> Outcome {
             format!("a byte from a live Doorbell producer is a ring, got {first:?}")
         })?;
     }
-    ensure(matches!(tw.try_changed(), Ok(None)), || {
+    let next = tw.try_changed();
+    ensure(matches!(next, Ok(None)), || {
+        format!("a byte from a live producer: {next:?}")
+    })?;
+    // The consumer did look at the byte: it read and dropped it.
+    ensure(queued(&our_copy)? == 0, || {
+        "the consumer never read the producer's byte".into()
+    })?;
+    ensure(!tw.producers_gone()?, || {
         "a byte from a live producer was taken for its death".into()
     })?;
     ensure(!producer.is_closed(), || {
         "a byte from a live consumer was taken for its death".into()
     })?;
+    // And the pair still works.
+    producer.region().write(0, &1u64)?;
+    producer.notify()?;
+    expect_trip(&mut tw, ms(5_000), "a store after the bytes")?;
     drop(producer);
     Ok(())
 }
