@@ -671,15 +671,41 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map_or(0, Iterator::count)
 }
 
-/// One consumer serves 1,000 short-lived producers in turn: its threads and
-/// fds must stay flat (c7b7db3 kept a resolver thread and a uffd for each on
-/// Userfault).
+/// The inodes of the sockets among this process's open fds.
+fn open_socket_inodes() -> Result<std::collections::HashSet<u64>, Failed> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        // An fd closed since the listing has no link: skipped.
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            inodes.insert(ino.parse()?);
+        }
+    }
+    Ok(inodes)
+}
+
+/// One consumer serves 1,000 short-lived producers in turn: it must close
+/// the handshake socket of every producer that left (each one is found by
+/// its inode, so the trials running beside this one do not count), and
+/// its process's threads and fds must stay flat (c7b7db3 kept a resolver
+/// thread and a uffd for each on Userfault). Those counts are
+/// process-wide: other trials run in parallel, so they are allowed a
+/// margin, and waited for (hang-ups are noticed asynchronously) rather
+/// than slept for.
 fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
     let n = (1000 / crate::util::scale() as usize).max(100);
     let mut tw = create(ctx, 4096)?;
     let mut base = None;
+    let mut handed = Vec::with_capacity(n);
     for i in 0..n {
         let (ours, theirs) = UnixStream::pair()?;
+        handed.push(rustix::fs::fstat(&ours)?.st_ino);
         let producer = std::thread::spawn(move || -> Result<(), Error> {
             let p = Producer::connect(theirs)?;
             p.region().write(0, &(i as u64))?;
@@ -696,21 +722,33 @@ fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
             Err(e) => return Err(e.into()),
         }
         if i == 20 {
-            std::thread::sleep(ms(200));
             base = Some((count("/proc/self/task"), count("/proc/self/fd")));
         }
     }
-    std::thread::sleep(ms(500)); // resolvers notice hang-ups asynchronously
-    let _ = tw.try_changed();
     let (threads0, fds0) = base.ok_or("no baseline")?;
-    let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
-    // Other tests run in parallel: allow for their threads and fds.
-    ensure(threads <= threads0 + 40 && fds <= fds0 + 60, || {
-        format!(
-            "after {n} producers: {threads} threads (was {threads0} after 20), {fds} fds \
-             (was {fds0})"
-        )
-    })
+    // Every producer left: the looks end in BrokenPipe, once the last
+    // trip is taken, and by then every socket is closed.
+    let deadline = std::time::Instant::now() + ms(10_000);
+    let outcome = loop {
+        let last = tw.try_changed();
+        let open = open_socket_inodes()?;
+        let left = handed.iter().filter(|ino| open.contains(ino)).count();
+        let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
+        let flat = threads <= threads0 + 40 && fds <= fds0 + 60;
+        let gone = matches!(&last, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        if gone && left == 0 && flat {
+            break Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(format!(
+                "after {n} producers left: the last look gave {last:?}, {left} of their \
+                 sockets are open, {threads} threads (were {threads0} after 20), {fds} fds \
+                 (were {fds0})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(outcome?)
 }
 
 /// A producer stores into a page and unmaps that page before the scanner
