@@ -393,8 +393,13 @@ fn handshake_version() -> Result<[u8; 2], Failed> {
     let mut tw = blocking::Tripwire::builder(64)
         .backend(Backend::Poll)
         .create()?;
-    let _ = tw.share(a); // the probe never replies
-    probe.join().map_err(|_| "probe panicked")?
+    // The probe never replies: it hangs up.
+    let refused = tw.share(a);
+    let version = probe.join().map_err(|_| "probe panicked")??;
+    ensure(matches!(refused, Err(Error::Handshake { .. })), || {
+        format!("an offer nobody answered gave {refused:?}")
+    })?;
+    Ok(version)
 }
 
 /// Offers a Doorbell (one memfd: a 4096-byte region, then the control
@@ -517,13 +522,27 @@ fn sender_cannot_jam_the_ring_receiver(ctx: &Ctx) -> Outcome {
     })
 }
 
-/// Kills `child` after `delay`, from another thread.
-fn kill_later(mut child: std::process::Child, delay: Duration) -> std::thread::JoinHandle<()> {
+/// Kills `child` after `delay`, from another thread; joining it says
+/// whether the kill took (the child was killed by `SIGKILL`).
+fn kill_later(
+    mut child: std::process::Child,
+    delay: Duration,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    use std::os::unix::process::ExitStatusExt;
     std::thread::spawn(move || {
         std::thread::sleep(delay);
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill().map_err(|e| format!("kill: {e}"))?;
+        let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+        match status.signal() {
+            Some(libc::SIGKILL) => Ok(()),
+            _ => Err(format!("the producer was to be killed, but {status}")),
+        }
     })
+}
+
+/// Joins a [`kill_later`] thread: the kill must have taken.
+fn killed(killer: std::thread::JoinHandle<Result<(), String>>) -> Outcome {
+    Ok(killer.join().map_err(|_| "the killer panicked")??)
 }
 
 /// Registered with mio before `share`, then shared with a producer that
@@ -561,7 +580,7 @@ fn registered_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
             break Err("mio reported nothing after the producer died".into());
         }
     };
-    let _ = killer.join();
+    killed(killer)?;
     outcome
 }
 
@@ -614,7 +633,7 @@ fn ring_polled_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
                 Err(e) => Err(e.into()),
             },
         };
-        let _ = killer.join();
+        killed(killer)?;
         outcome
     })
 }
@@ -797,14 +816,13 @@ fn reply_carrying_a_uffd_is_refused(ctx: &Ctx) -> Outcome {
         fake_producer(&theirs, 0xFFFF_FFFF_FFFF_F000, &fds)?;
         Ok(theirs)
     });
-    let err = match tw.share(ours) {
-        Ok(()) => return Err("a reply carrying a uffd was accepted".into()),
-        Err(e) => e.to_string(),
-    };
-    let _ = hostile.join();
-    ensure(err.contains("unexpected fds"), || {
-        format!("unexpected error: {err}")
-    })
+    let refused = tw.share(ours);
+    // The attack took: the reply with its fds went.
+    let _sock = hostile.join().map_err(|_| "hostile thread panicked")??;
+    ensure(
+        matches!(&refused, Err(Error::Handshake { reason }) if reason.contains("unexpected fds")),
+        || format!("a reply carrying a uffd gave {refused:?}"),
+    )
 }
 
 fn open_uffd() -> Result<OwnedFd, Failed> {
