@@ -1036,7 +1036,9 @@ fn ack_round(chan: &OwnedFd, seq: u32) -> Result<Vec<std::ops::Range<u32>>, Stri
     }
 }
 
-/// Takes trips until one comes with pages (or `limit` passes).
+/// Looks until a trip comes, and returns its pages (or fails after
+/// `limit`). An error before the trip fails: a pending trip is returned
+/// before any error, a producer's death included.
 fn pages_of_next_trip(
     tw: &mut blocking::Tripwire,
     limit: Duration,
@@ -1046,11 +1048,11 @@ fn pages_of_next_trip(
     loop {
         match tw.try_changed_with_pages(&mut pages) {
             Ok(Some(_)) => return Ok(pages),
-            Ok(None) | Err(_) if std::time::Instant::now() < deadline => {
+            Ok(None) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            Ok(None) => return Err("no trip".into()),
-            Err(e) => return Err(e.into()),
+            Ok(None) => return Err(format!("no trip within {limit:?}").into()),
+            Err(e) => return Err(format!("before the trip: {e}").into()),
         }
     }
 }
