@@ -291,7 +291,11 @@ fn cancelled_send_loses_and_repeats_nothing() {
             println!("{backend:?}: {N} sent, {cancelled} send cancelled");
             let expected: Vec<u64> = (0..N).collect();
             if got != expected {
-                let at = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
+                let at = got
+                    .iter()
+                    .zip(&expected)
+                    .take_while(|(a, b)| a == b)
+                    .count();
                 panic!(
                     "{backend:?}: received {} values, first difference at {at}: {:?} (after \
                      {cancelled} cancellations)",
@@ -351,7 +355,10 @@ fn cancelled_send_many_sends_a_prefix_of_each_batch() {
                 }
                 assert!(i <= len, "{backend:?}: batch {b}: {i} of {len}");
                 if completed {
-                    assert_eq!(i, len, "{backend:?}: batch {b} completed but {i} of {len} came");
+                    assert_eq!(
+                        i, len,
+                        "{backend:?}: batch {b} completed but {i} of {len} came"
+                    );
                 } else if i < len {
                     partial += 1;
                 }
