@@ -215,34 +215,37 @@ fn any_header_fields_are_checked() {
         ..Config::default()
     });
     runner
-        .run(&(size, align, capacity, tag), |(size, align, capacity, tag)| {
-            let theirs = Header {
-                size,
-                align,
-                capacity,
-                tag,
-            };
-            let valid = size == 16
-                && align == 8
-                && tag == TAG
-                && capacity != 0
-                && capacity & (capacity - 1) == 0
-                && capacity <= 1 << 24;
-            let bytes = header_bytes(theirs, layout::MAGIC, layout::VERSION);
-            match Header::check(&control_with(&bytes), ours) {
-                Ok(h) => {
-                    prop_assert!(valid, "accepted an invalid header {theirs:?}");
-                    prop_assert_eq!(h, theirs);
-                    oks.fetch_add(1, Ordering::Relaxed);
+        .run(
+            &(size, align, capacity, tag),
+            |(size, align, capacity, tag)| {
+                let theirs = Header {
+                    size,
+                    align,
+                    capacity,
+                    tag,
+                };
+                let valid = size == 16
+                    && align == 8
+                    && tag == TAG
+                    && capacity != 0
+                    && capacity & (capacity - 1) == 0
+                    && capacity <= 1 << 24;
+                let bytes = header_bytes(theirs, layout::MAGIC, layout::VERSION);
+                match Header::check(&control_with(&bytes), ours) {
+                    Ok(h) => {
+                        prop_assert!(valid, "accepted an invalid header {theirs:?}");
+                        prop_assert_eq!(h, theirs);
+                        oks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Error::LayoutMismatch { .. }) => {
+                        prop_assert!(!valid, "refused a valid header {theirs:?}");
+                        errs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => prop_assert!(false, "{theirs:?}: {e}"),
                 }
-                Err(Error::LayoutMismatch { .. }) => {
-                    prop_assert!(!valid, "refused a valid header {theirs:?}");
-                    errs.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => prop_assert!(false, "{theirs:?}: {e}"),
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .unwrap();
     let (oks, errs) = (oks.into_inner(), errs.into_inner());
     println!("any_header_fields_are_checked: {oks} accepted, {errs} refused");
