@@ -58,7 +58,13 @@ fn in_own_process(name: &str) -> bool {
         return true;
     }
     let out = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env("FORK_TEST", name)
         .output()
         .expect("re-run the test binary");
