@@ -393,12 +393,11 @@ impl State {
                         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
                         Err(e) => return Err(e),
                     },
-                    Some(Request::Config(interval)) => {
-                        if interval != self.interval {
-                            self.interval = interval;
-                            super::set_timer_slack_for(interval);
-                        }
+                    Some(Request::Config(interval)) if interval != self.interval => {
+                        self.interval = interval;
+                        super::set_timer_slack_for(interval);
                     }
+                    Some(Request::Config(_)) => {}
                     None => {} // not ours to understand: ignored
                 },
                 Ok(Recv::Empty) => return Ok(true),
