@@ -36,23 +36,24 @@ fn scaled(d: Duration) -> Duration {
     d * n
 }
 
-const BACKENDS: [Backend; 4] = [
-    Backend::Doorbell,
-    Backend::Poll,
-    Backend::Userfault,
-    Backend::UserfaultAsync,
+/// The backends, with the names `TRIPWIRE_REQUIRE` uses.
+const BACKENDS: [(&str, Backend); 5] = [
+    ("kernel", Backend::Kernel),
+    ("doorbell", Backend::Doorbell),
+    ("poll", Backend::Poll),
+    ("userfault", Backend::Userfault),
+    ("userfault_async", Backend::UserfaultAsync),
 ];
 
 /// A ring on `backend`, its Sender connected from a thread; `None` (after a
 /// `skipping:` line) if the backend is unavailable here and not required.
-fn ring(backend: Backend) -> Option<(Receiver<u64>, Sender<u64>)> {
+fn ring(name: &str, backend: Backend) -> Option<(Receiver<u64>, Sender<u64>)> {
     let rx = SharedRing::<u64>::builder(CAPACITY)
         .backend(backend)
         .create();
     let mut rx = match rx {
         Ok(rx) => rx,
         Err(Error::Unavailable { reason, .. }) => {
-            let name = format!("{backend:?}").to_lowercase();
             let required = std::env::var("TRIPWIRE_REQUIRE").unwrap_or_default();
             assert!(
                 !required.split(',').any(|r| r.trim() == name),
@@ -187,8 +188,8 @@ fn with_watchdog(what: &str, f: impl FnOnce() + Send + 'static) {
 /// order, then `Ok(None)`.
 #[test]
 fn cancelled_recv_loses_and_repeats_nothing() {
-    for backend in BACKENDS {
-        let Some((mut rx, tx)) = ring(backend) else {
+    for (name, backend) in BACKENDS {
+        let Some((mut rx, tx)) = ring(name, backend) else {
             continue;
         };
         with_watchdog("recv", move || {
@@ -221,8 +222,8 @@ fn cancelled_recv_loses_and_repeats_nothing() {
 /// exactly once, in order.
 #[test]
 fn cancelled_recv_many_loses_and_repeats_nothing() {
-    for backend in BACKENDS {
-        let Some((mut rx, tx)) = ring(backend) else {
+    for (name, backend) in BACKENDS {
+        let Some((mut rx, tx)) = ring(name, backend) else {
             continue;
         };
         with_watchdog("recv_many", move || {
@@ -267,8 +268,8 @@ fn cancelled_recv_many_loses_and_repeats_nothing() {
 /// Receiver gets every value exactly once, in order.
 #[test]
 fn cancelled_send_loses_and_repeats_nothing() {
-    for backend in BACKENDS {
-        let Some((rx, mut tx)) = ring(backend) else {
+    for (name, backend) in BACKENDS {
+        let Some((rx, mut tx)) = ring(name, backend) else {
             continue;
         };
         with_watchdog("send", move || {
@@ -313,8 +314,8 @@ fn cancelled_send_loses_and_repeats_nothing() {
 /// order, each value once.
 #[test]
 fn cancelled_send_many_sends_a_prefix_of_each_batch() {
-    for backend in BACKENDS {
-        let Some((rx, mut tx)) = ring(backend) else {
+    for (name, backend) in BACKENDS {
+        let Some((rx, mut tx)) = ring(name, backend) else {
             continue;
         };
         with_watchdog("send_many", move || {

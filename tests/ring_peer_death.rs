@@ -22,11 +22,13 @@ const CAPACITY: usize = 8;
 /// What the child prints once it shared the ring.
 const READY: &str = "ring-peer-death: receiver ready";
 
-const BACKENDS: [(&str, Backend); 4] = [
+/// The backends, with the names `TRIPWIRE_REQUIRE` uses.
+const BACKENDS: [(&str, Backend); 5] = [
     ("doorbell", Backend::Doorbell),
     ("poll", Backend::Poll),
     ("userfault", Backend::Userfault),
     ("userfault_async", Backend::UserfaultAsync),
+    ("kernel", Backend::Kernel),
 ];
 
 /// `TRIPWIRE_TIME_SCALE` (slow emulated VMs), as the conformance suite.
