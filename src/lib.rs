@@ -146,7 +146,7 @@ pub mod __loom {
 }
 
 /// The pure parsers of what a peer sends (the handshake's frames, a ring's
-/// header and indices), exported for the cargo-fuzz targets in `fuzz/`
+/// header and indices, the Userfault agent's channel), exported for the cargo-fuzz targets in `fuzz/`
 /// (`cargo fuzz` builds with `--cfg fuzzing`). Each returns what the crate
 /// itself would: the same checks, the same errors.
 #[cfg(fuzzing)]
@@ -255,4 +255,52 @@ pub mod __fuzz {
     /// to them, in `src/ring/layout.rs`, a module private to `ring`).
     #[derive(Debug)]
     pub struct Ring;
+
+    /// Bytes of a page in the Userfault agent's PAGES replies.
+    pub const AGENT_PAGE: usize = crate::backend::userfault::PAGE;
+    /// The most page ranges one PAGES reply lists.
+    pub const AGENT_MAX_RANGES: usize = crate::backend::agent::MAX_RANGES;
+    /// The largest message on the agent's channel (the consumer's buffer).
+    pub const AGENT_MAX_MESSAGE: usize = crate::backend::agent::MAX_MESSAGE;
+    /// Bytes of the buffer the agent receives the consumer's messages into
+    /// (a longer message is truncated to it by the channel).
+    pub const AGENT_REQUEST_BUF: usize = 16;
+
+    /// A PAGES reply (Userfault agent -> consumer) for a region of `pages`
+    /// pages, as the consumer parses it: its sequence number and the
+    /// written page ranges (`None`: the whole region); `None` if malformed.
+    pub fn parse_pages(
+        msg: &[u8],
+        pages: usize,
+    ) -> Option<(u32, Option<Vec<std::ops::Range<usize>>>)> {
+        crate::backend::agent::parse_pages(msg, pages).map(|p| (p.seq, p.ranges))
+    }
+
+    /// A consumer's message to a Userfault agent, as the agent parses it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AgentRequest {
+        /// ACK with this sequence number.
+        Ack(u32),
+        /// CONFIG: the scan interval (clamped).
+        Config(std::time::Duration),
+    }
+
+    /// The agent's parse of a consumer's message; `None`: ignored.
+    pub fn parse_agent_request(msg: &[u8]) -> Option<AgentRequest> {
+        use crate::backend::agent::{Request, parse_request};
+        parse_request(msg).map(|r| match r {
+            Request::Ack(seq) => AgentRequest::Ack(seq),
+            Request::Config(d) => AgentRequest::Config(d),
+        })
+    }
+
+    /// The ACK request a consumer sends.
+    pub fn encode_ack(seq: u32) -> [u8; 8] {
+        crate::backend::agent::encode_ack(seq)
+    }
+
+    /// The CONFIG message a `UserfaultAsync` consumer sends.
+    pub fn encode_config(interval: std::time::Duration) -> [u8; 16] {
+        crate::backend::agent::encode_config(interval)
+    }
 }

@@ -77,6 +77,33 @@ pub(crate) fn encode_config(interval: Duration) -> [u8; 16] {
     m
 }
 
+/// A consumer's message, as the agent reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// ACK with this sequence number.
+    Ack(u32),
+    /// CONFIG: the scan interval, clamped to 10 µs..=10 s.
+    Config(Duration),
+}
+
+/// Parses a consumer's message (as received into the agent's 16-byte
+/// buffer); `None` for anything else, which the agent ignores.
+pub(crate) fn parse_request(msg: &[u8]) -> Option<Request> {
+    match msg {
+        [ACK, _, _, _, seq @ ..] if seq.len() == 4 => Some(Request::Ack(u32::from_le_bytes(
+            seq.try_into().expect("4 bytes"),
+        ))),
+        [CONFIG, _, _, _, _, _, _, _, ns @ ..] if ns.len() == 8 => {
+            let ns = u64::from_le_bytes(ns.try_into().expect("8 bytes"));
+            // The consumer's choice, within sane bounds.
+            Some(Request::Config(
+                Duration::from_nanos(ns).clamp(Duration::from_micros(10), Duration::from_secs(10)),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// A PAGES reply, as the consumer reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Pages {
@@ -359,26 +386,20 @@ impl State {
         let mut buf = [0u8; 16];
         for _ in 0..64 {
             match self.chan.recv(&mut buf) {
-                Ok(Recv::Message(8)) if buf[0] == ACK => {
-                    let seq = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-                    match self.ack(seq) {
+                Ok(Recv::Message(n)) => match parse_request(&buf[..n]) {
+                    Some(Request::Ack(seq)) => match self.ack(seq) {
                         Ok(()) => {}
                         // A consumer that closed its end mid-reply.
                         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
                         Err(e) => return Err(e),
-                    }
-                }
-                Ok(Recv::Message(16)) if buf[0] == CONFIG => {
-                    let ns = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-                    // The consumer's choice, within sane bounds.
-                    let interval = Duration::from_nanos(ns)
-                        .clamp(Duration::from_micros(10), Duration::from_secs(10));
-                    if interval != self.interval {
+                    },
+                    Some(Request::Config(interval)) if interval != self.interval => {
                         self.interval = interval;
                         super::set_timer_slack_for(interval);
                     }
-                }
-                Ok(Recv::Message(_)) => {} // not ours to understand: ignored
+                    Some(Request::Config(_)) => {}
+                    None => {} // not ours to understand: ignored
+                },
                 Ok(Recv::Empty) => return Ok(true),
                 Ok(Recv::Closed) | Err(_) => return Ok(false),
             }
@@ -514,6 +535,30 @@ mod tests {
         d.mark_all();
         d.drain_into(200 * PAGE + 100, &mut out);
         assert_eq!(out, [0..200 * PAGE + 100]);
+    }
+
+    #[test]
+    fn only_whole_requests_are_understood() {
+        assert_eq!(parse_request(&encode_ack(7)), Some(Request::Ack(7)));
+        assert_eq!(parse_request(&encode_ack(7)[..7]), None, "short");
+        let mut long = encode_ack(7).to_vec();
+        long.push(0);
+        assert_eq!(parse_request(&long), None, "long");
+        let ms = Duration::from_millis(1);
+        assert_eq!(parse_request(&encode_config(ms)), Some(Request::Config(ms)));
+        assert_eq!(
+            parse_request(&encode_config(Duration::ZERO)),
+            Some(Request::Config(Duration::from_micros(10))),
+            "clamped"
+        );
+        assert_eq!(
+            parse_request(&encode_config(Duration::MAX)),
+            Some(Request::Config(Duration::from_secs(10))),
+            "clamped"
+        );
+        assert_eq!(parse_request(&encode_config(ms)[..8]), None, "short");
+        assert_eq!(parse_request(b"T"), None);
+        assert_eq!(parse_request(&[]), None);
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! `Poll`'s documented latency, "up to one interval", with a coarse bound
+//! only: with a 20 ms interval, each store is seen within 1 s (50
+//! intervals; times `TRIPWIRE_TIME_SCALE`), so a 10x slower machine still
+//! passes while a poller that ignored its interval (or slept for seconds
+//! between compares) fails. The figures themselves belong to the
+//! benchmarks (`benches/scale.rs`).
+
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+
+const INTERVAL: Duration = Duration::from_millis(20);
+const ROUNDS: u64 = 10;
+
+fn bound() -> Duration {
+    let n = std::env::var("TRIPWIRE_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    INTERVAL * 50 * n
+}
+
+#[test]
+fn poll_sees_each_store_within_a_coarse_multiple_of_its_interval() {
+    let mut tw = Tripwire::builder(4096)
+        .backend(Backend::Poll)
+        .poll_interval(INTERVAL)
+        .create()
+        .expect("create");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    tw.share(ours).expect("share");
+    let producer = producer.join().expect("thread").expect("connect");
+    let mut worst = Duration::ZERO;
+    for round in 1..=ROUNDS {
+        // Armed: nothing written since the last ACK.
+        assert_eq!(tw.try_changed().expect("look"), None, "round {round}");
+        let stored = Instant::now();
+        producer.region().write(0, &round).expect("store");
+        let seen = tw.wait_timeout(bound()).expect("wait");
+        let took = stored.elapsed();
+        assert!(
+            seen.is_some(),
+            "round {round}: a store not seen within {:?} (interval {INTERVAL:?})",
+            bound()
+        );
+        assert_eq!(tw.region().read::<u64>(0).expect("read"), round);
+        worst = worst.max(took);
+    }
+    println!("Poll, interval {INTERVAL:?}: {ROUNDS} stores, slowest seen after {worst:?}");
+}
