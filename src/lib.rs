@@ -60,7 +60,12 @@
 //!
 //! - On `Kernel`, the consumer's own writes to the region trip its wire too.
 //! - A producer's death is learned from the handshake socket's hang-up; a
-//!   forked child that inherits the socket hides it.
+//!   forked child that inherits the socket hides it until it exits
+//!   (`Command` children, which exec, hide nothing).
+//! - `fork`: a child's copies of a `Producer`, a tripwire or a ring end are
+//!   inert: dropping them leaves the parent's working (no agent stopped, no
+//!   ring closed). On `Userfault` and `UserfaultAsync` the producer's
+//!   mapping is `MADV_DONTFORK`: a child's store to it is a `SIGSEGV`.
 //! - The layers: [`blocking::Tripwire`] is runtime-free (and a
 //!   `mio::event::Source` with feature `mio`); [`Tripwire`] wraps it for
 //!   tokio (default feature `tokio`).

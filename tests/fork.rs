@@ -343,16 +343,12 @@ fn a_child_dropping_the_producers_copy_leaves_the_parents_alone() {
     producer_copy_dropped_in_a_child(&[BACKENDS[0], BACKENDS[1], BACKENDS[4]]);
 }
 
-/// The same on the Userfaults. Fails today (found by #21): the child's drop
-/// of its `Producer` rings the agent's stop eventfd, which it shares with
-/// the parent (one open file), so the *parent's* agent stops and unregisters
-/// the mapping: the parent's stores are no longer seen (a write slips
-/// through; on `UserfaultAsync` after one last trip), and the child's join
-/// of a thread it does not have panics. Not
-/// promised by the docs either way; un-ignore once the agent's stop is
-/// per-process (e.g. checks the pid, as `Poll`'s registration does).
+/// The same on the Userfaults. Found by #21: the child's drop of its
+/// `Producer` rang the agent's stop eventfd, which it shares with the parent
+/// (one open file), so the *parent's* agent stopped: its stores were no
+/// longer seen, and the child's join of a thread it does not have panicked.
+/// The agent's drop now does nothing outside the process that started it.
 #[test]
-#[ignore = "finding of #21: a forked child's drop of a Userfault Producer stops the parent's agent"]
 fn a_child_dropping_a_userfault_producers_copy_leaves_the_parents_alone() {
     if !in_own_process("a_child_dropping_a_userfault_producers_copy_leaves_the_parents_alone") {
         return;
@@ -416,15 +412,11 @@ fn recv_within_bound(name: &str, mut rx: Receiver<u64>) -> (Receiver<u64>, Optio
 /// ring open: the parent's Sender still sends, and the Receiver gets it
 /// and then waits for more (not the end of the ring).
 ///
-/// Fails today on every backend (found by #21): `Sender::drop` sets the
-/// closed flag in the shared wire, so a child's drop of its copy ends the
-/// ring for the parent's live Sender (`try_recv` says `Closed`, `recv`
-/// `Ok(None)`); on the Userfaults the child's drop also stops the parent's
-/// agent (above). Not promised by the docs either way; un-ignore once a
-/// Sender's drop in a process other than the one that connected it leaves
-/// the flag alone (or document that a forked child must not drop it).
+/// Found by #21 on every backend: `Sender::drop` set the closed flag in the
+/// shared wire, so a child's drop of its copy ended the ring for the
+/// parent's live Sender (`try_recv` said `Closed`). A Sender's drop now
+/// says nothing outside the process that connected it.
 #[test]
-#[ignore = "finding of #21: a forked child's drop of a Sender copy closes the parent's ring"]
 fn a_child_dropping_the_senders_copy_leaves_the_ring_open() {
     if !in_own_process("a_child_dropping_the_senders_copy_leaves_the_ring_open") {
         return;

@@ -150,6 +150,8 @@ pub(crate) struct Agent {
     /// Write faults resolved so far (`Userfault`).
     faults: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
+    /// The process that started the agent: the only one with its thread.
+    pid: u32,
 }
 
 impl Agent {
@@ -242,6 +244,7 @@ impl Agent {
             stop,
             faults,
             thread: Some(thread),
+            pid: std::process::id(),
         })
     }
 
@@ -253,6 +256,12 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // A forked child has a copy of this value but not the thread, and
+        // shares the stop eventfd's open file with the parent: ringing it
+        // would stop the *parent's* agent (its stores no longer watched).
+        if self.pid != std::process::id() {
+            return;
+        }
         let _ = self.stop.ring();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -42,6 +42,9 @@ pub struct Sender<T> {
     /// How long a blocking Sender that finds the ring full polls for space
     /// before it sleeps: the price of a sleep on this host (`ring::spin`).
     space_spin: std::time::Duration,
+    /// The process that connected: a copy dropped in a forked child leaves
+    /// the ring open.
+    pid: u32,
     _t: PhantomData<fn(T)>,
 }
 
@@ -123,6 +126,7 @@ impl<T: Pod> Sender<T> {
                 detect: std::time::Duration::ZERO,
             }
             .budget(),
+            pid: std::process::id(),
             _t: PhantomData,
         })
     }
@@ -664,6 +668,11 @@ mod r#async {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
+        // A forked child's copy says nothing: the ring is the parent's, which
+        // closes it when its own Sender goes (or dies).
+        if self.pid != std::process::id() {
+            return;
+        }
         // A clean close: the Receiver drains, then ends with Ok(None).
         if let Ok(state) = self.region.atomic_u64(layout::STATE) {
             state.fetch_or(layout::STATE_CLOSED, Ordering::Release);
