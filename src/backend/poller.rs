@@ -296,8 +296,10 @@ impl Drop for Registration {
             return;
         }
         // The thread holds a strong reference only for a look or a compare,
-        // and a compare stops within a chunk now: wait for it to let go.
+        // and a compare stops within a chunk now: wake it (it may sleep for
+        // a whole interval) and wait for it to let go.
         // Once the count reached zero, its `Weak` no longer upgrades.
+        self.thread.unpark();
         let mut turns = 0u32;
         loop {
             match Arc::try_unwrap(shared) {
@@ -365,7 +367,6 @@ fn run() {
             seen = Some(generation);
             resync(&mut slots);
         }
-        compared.clear();
         let (spin, next, spent) = pass(&mut slots, &mut compared);
         if !compared.is_empty() {
             let now = thread_cpu();
@@ -375,6 +376,11 @@ fn run() {
             }
             mark = now;
         }
+        // Let go before sleeping: a drop waits until this thread holds no
+        // strong reference (found by #21: a tripwire compared once and then
+        // dropped, alone on the thread with a long interval, hung its drop
+        // until the thread next woke).
+        compared.clear();
         if let Some(least) = slots.iter().map(|s| s.interval).min() {
             let want = super::timer_slack_for(least);
             if slack != Some(want) {

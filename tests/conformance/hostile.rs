@@ -1203,13 +1203,17 @@ fn extreme_durations_are_handled(ctx: &Ctx) -> Outcome {
         ] {
             // Created and dropped (a poller stuck on an overflowed due
             // time would hang the drop).
-            let r = bounded("create and drop", ms(10_000), move || {
-                blocking::Tripwire::builder(64)
-                    .backend(backend)
-                    .poll_interval(interval)
-                    .create()
-                    .map(drop)
-            })?;
+            let r = bounded(
+                &format!("create and drop {backend:?} at {interval:?}"),
+                ms(10_000),
+                move || {
+                    blocking::Tripwire::builder(64)
+                        .backend(backend)
+                        .poll_interval(interval)
+                        .create()
+                        .map(drop)
+                },
+            )?;
             let fine = if !valid {
                 refused(&r, "poll_interval")
             } else if matches!(backend, Backend::UserfaultAsync) && !async_ok {
