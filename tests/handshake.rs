@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use memfd_tripwire::blocking::Tripwire;
 use memfd_tripwire::{Backend, Error, Producer};
+
+mod support;
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -762,16 +764,16 @@ fn share_via(
     backend: Backend,
     producer: impl FnOnce(UnixStream) + Send + 'static,
 ) -> Option<Result<(), Error>> {
-    let (code, offered) = match backend {
-        Backend::Poll => (POLL, 1),
+    let (code, offered, requirement) = match backend {
+        Backend::Poll => (POLL, 1, "poll"),
         // The region and the channel to the producer's agent.
-        Backend::Userfault => (USERFAULT, 2),
+        Backend::Userfault => (USERFAULT, 2, "userfault"),
         other => unreachable!("{other:?} is not used here"),
     };
     let mut tw = match Tripwire::builder(LEN as usize).backend(backend).create() {
         Ok(tw) => tw,
         Err(e @ Error::Unavailable { .. }) => {
-            eprintln!("skipped: {e}");
+            support::skipping(requirement, &format!("a {backend:?} handshake: {e}"));
             return None;
         }
         Err(e) => panic!("creating a {backend:?} tripwire: {e}"),

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use memfd_tripwire::{Backend, BackendKind, Error, blocking::Tripwire};
 
+mod support;
+
 /// `Unmodified` gives `Kernel` or `Poll`, and a producer fd; the backends
 /// that need cooperation refuse with the reason and the way out.
 #[test]
@@ -39,10 +41,13 @@ fn producer_fd_is_there_exactly_where_a_producer_needs_nothing() {
         }
         other => panic!("Doorbell gave {other:?}"),
     }
-    if let Ok(uffd) = Tripwire::builder(4096).backend(Backend::Userfault).create() {
-        assert!(matches!(uffd.producer_fd(), Err(Error::Unavailable { .. })));
-    } else {
-        eprintln!("skipping the Userfault case: userfaultfd is unavailable here");
+    match Tripwire::builder(4096).backend(Backend::Userfault).create() {
+        Ok(uffd) => assert!(matches!(uffd.producer_fd(), Err(Error::Unavailable { .. }))),
+        Err(e @ Error::Unavailable { .. }) => support::skipping(
+            "userfault",
+            &format!("the Userfault case of producer_fd: {e}"),
+        ),
+        Err(e) => panic!("creating a Userfault tripwire: {e}"),
     }
     assert_eq!(
         "unmodified".parse::<Backend>().unwrap(),
