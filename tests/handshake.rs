@@ -959,9 +959,18 @@ fn handshake_on(
         their_before,
         "the producer's socket"
     );
-    // The handshake worked end to end: a write reaches the consumer.
+    // The handshake worked end to end: a write trips the consumer's wire,
+    // and the consumer reads it after the trip.
+    assert_eq!(
+        tw.wait_timeout(Duration::ZERO).unwrap(),
+        None,
+        "{backend:?}: tripped before any write"
+    );
     producer.region().write(0, &0xC0FFEE_u32).unwrap();
     producer.notify().unwrap();
+    tw.wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{backend:?}: no trip after a write and notify"));
     assert_eq!(tw.region().read::<u32>(0).unwrap(), 0xC0FFEE);
 }
 
