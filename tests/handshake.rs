@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use memfd_tripwire::blocking::Tripwire;
 use memfd_tripwire::{Backend, Error, Producer};
+
+mod support;
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -762,16 +764,16 @@ fn share_via(
     backend: Backend,
     producer: impl FnOnce(UnixStream) + Send + 'static,
 ) -> Option<Result<(), Error>> {
-    let (code, offered) = match backend {
-        Backend::Poll => (POLL, 1),
+    let (code, offered, requirement) = match backend {
+        Backend::Poll => (POLL, 1, "poll"),
         // The region and the channel to the producer's agent.
-        Backend::Userfault => (USERFAULT, 2),
+        Backend::Userfault => (USERFAULT, 2, "userfault"),
         other => unreachable!("{other:?} is not used here"),
     };
     let mut tw = match Tripwire::builder(LEN as usize).backend(backend).create() {
         Ok(tw) => tw,
         Err(e @ Error::Unavailable { .. }) => {
-            eprintln!("skipped: {e}");
+            support::skipping(requirement, &format!("a {backend:?} handshake: {e}"));
             return None;
         }
         Err(e) => panic!("creating a {backend:?} tripwire: {e}"),
@@ -957,9 +959,18 @@ fn handshake_on(
         their_before,
         "the producer's socket"
     );
-    // The handshake worked end to end: a write reaches the consumer.
+    // The handshake worked end to end: a write trips the consumer's wire,
+    // and the consumer reads it after the trip.
+    assert_eq!(
+        tw.wait_timeout(Duration::ZERO).unwrap(),
+        None,
+        "{backend:?}: tripped before any write"
+    );
     producer.region().write(0, &0xC0FFEE_u32).unwrap();
     producer.notify().unwrap();
+    tw.wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{backend:?}: no trip after a write and notify"));
     assert_eq!(tw.region().read::<u32>(0).unwrap(), 0xC0FFEE);
 }
 

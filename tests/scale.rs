@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use memfd_tripwire::{Backend, Producer, Tripwire, blocking};
 
+mod support;
+use support::skip;
+
 const N: usize = 1_000;
 
 /// Raises the soft limit of open files to the hard one: each tripwire and
@@ -31,8 +34,7 @@ fn enough_fds() -> Result<(), String> {
 #[test]
 fn a_thousand_tripwires_on_one_runtime() {
     if let Err(why) = enough_fds() {
-        eprintln!("skipping a_thousand_tripwires_on_one_runtime: {why}");
-        return;
+        skip!("fd_limit", "a_thousand_tripwires_on_one_runtime: {why}");
     }
     let mut producers = Vec::with_capacity(N);
     let mut wires = Vec::with_capacity(N);

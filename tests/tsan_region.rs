@@ -12,7 +12,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,21 @@ fn unword(w: u64) -> Option<u32> {
 fn writer(
     stop: &Arc<AtomicBool>,
     max: u32,
+    write: impl FnMut(u32) + Send + 'static,
+) -> thread::JoinHandle<u32> {
+    overlapping_writer(stop, max, None, write)
+}
+
+/// [`writer`], which, after writing `max / 2`, waits until `overlap` (the
+/// reader's count of reads that saw a value the writer went on from) is
+/// above 0: the reader and the writer overlap however the two threads are
+/// scheduled, so the race under test happens. The overlap counter is
+/// Relaxed: it orders nothing, and TSan sees the accesses around it as the
+/// race they are.
+fn overlapping_writer(
+    stop: &Arc<AtomicBool>,
+    max: u32,
+    overlap: Option<Arc<AtomicU64>>,
     mut write: impl FnMut(u32) + Send + 'static,
 ) -> thread::JoinHandle<u32> {
     let stop = stop.clone();
@@ -45,6 +60,16 @@ fn writer(
         while v < max && !stop.load(Ordering::Relaxed) {
             v += 1;
             write(v);
+            if let Some(overlap) = overlap.as_ref().filter(|_| v == max / 2) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while overlap.load(Ordering::Relaxed) == 0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the reader never read while the writer wrote"
+                    );
+                    thread::yield_now();
+                }
+            }
         }
         v
     })
@@ -79,9 +104,14 @@ fn poll_snapshots_race_a_writing_thread() {
     stop.store(true, Ordering::Relaxed);
     let last = w.join().expect("writer");
     assert!(last >= 5, "the writer ran");
-    // Let the poller see the last writes (and trip) before the ACK, so the
-    // ACK's snapshot is the final contents.
-    thread::sleep(Duration::from_millis(50));
+    // One more write after the writer's, then its trip: once it is taken
+    // (and ACKed, with the final contents in the snapshot), no compare of
+    // the poller is left under way against an older snapshot (a trip is
+    // rung after the compare that found it, and none starts while the wire
+    // is tripped), so nothing written before can trip the wire again.
+    tw.region().write(3000, &1u64).expect("in bounds");
+    let tripped = tw.wait_timeout(Duration::from_secs(20)).expect("wait");
+    assert!(tripped.is_some(), "no trip after the last write");
     tw.ack().expect("ack");
     assert_eq!(
         tw.wait_timeout(Duration::from_millis(20)).expect("wait"),
@@ -116,7 +146,8 @@ fn reads_racing_writes_see_whole_written_words() {
     let region = tw.region().clone();
     let stop = Arc::new(AtomicBool::new(false));
     let theirs = region.clone();
-    let w = writer(&stop, N, move |v| {
+    let overlap = Arc::new(AtomicU64::new(0));
+    let w = overlapping_writer(&stop, N, Some(overlap.clone()), move |v| {
         theirs.write(64, &[word(v); 8]).expect("in bounds");
         // Bytes 259..275: 5 bytes of word 256, word 264, 3 bytes of 272.
         theirs.write_bytes(259, &[v as u8; 16]).expect("in bounds");
@@ -144,6 +175,13 @@ fn reads_racing_writes_see_whole_written_words() {
             assert!(part.iter().all(|&b| b == part[0]), "torn word: {bytes:?}");
         }
         reads += 1;
+        // A value the writer went on from: this read overlapped its writes.
+        if words
+            .iter()
+            .any(|&w| unword(w).is_some_and(|v| v > 0 && v < N))
+        {
+            overlap.fetch_add(1, Ordering::Relaxed);
+        }
         if done {
             break;
         }
@@ -152,6 +190,10 @@ fn reads_racing_writes_see_whole_written_words() {
     assert_eq!(w.join().expect("writer"), N);
     assert_eq!(seen, [N; 8], "the last read, after the writer ended");
     assert!(reads > 1);
+    assert!(
+        overlap.load(Ordering::Relaxed) > 0,
+        "no read overlapped the writes"
+    );
     assert_eq!(region.read::<[u8; 16]>(259).expect("read"), [N as u8; 16]);
 }
 
@@ -213,7 +255,9 @@ fn the_trailing_bytes_race_too() {
     let region: Region = tw.region().clone();
     let stop = Arc::new(AtomicBool::new(false));
     let theirs = region.clone();
-    let w = writer(&stop, 5_000, move |v| {
+    let overlap = Arc::new(AtomicU64::new(0));
+    let last = 5_000u32 as u8;
+    let w = overlapping_writer(&stop, 5_000, Some(overlap.clone()), move |v| {
         theirs.write_bytes(20, &[v as u8; 9]).expect("in bounds");
     });
     while !w.is_finished() {
@@ -221,8 +265,16 @@ fn the_trailing_bytes_race_too() {
         region.read_bytes(20, &mut bytes).expect("in bounds");
         // Bytes 20..24 are one word; 24..29 are single bytes.
         assert!(bytes[..4].iter().all(|&b| b == bytes[0]), "{bytes:?}");
+        // Not 0 and not the last value: read while the writer was at work.
+        if bytes[0] != 0 && bytes[0] != last {
+            overlap.fetch_add(1, Ordering::Relaxed);
+        }
     }
     assert_eq!(w.join().expect("writer"), 5_000);
+    assert!(
+        overlap.load(Ordering::Relaxed) > 0,
+        "no read overlapped the writes"
+    );
     assert_eq!(
         region.read::<[u8; 9]>(20).expect("read"),
         [5_000u32 as u8; 9]

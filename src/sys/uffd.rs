@@ -205,6 +205,12 @@ mod tests {
 
     use super::*;
 
+    /// The suite's skip convention (`skipping: <why>` on the real stderr,
+    /// `TRIPWIRE_REQUIRE`), shared with the integration tests.
+    mod support {
+        include!("../../tests/support/skip.rs");
+    }
+
     #[test]
     fn ranges_past_any_address_space_are_refused() {
         assert!(checked_range(0x7f00_0000_0000, 4096).is_ok());
@@ -214,9 +220,19 @@ mod tests {
 
     #[test]
     fn a_cleared_o_nonblock_does_not_make_the_read_block() {
-        let Ok(fd) = open() else {
-            eprintln!("skipping: userfaultfd unavailable here");
-            return;
+        let fd = match open() {
+            Ok(fd) => fd,
+            // No syscall, not allowed, or no UFFD_USER_MODE_ONLY (before 5.11).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM | libc::EACCES | libc::EINVAL)
+                ) =>
+            {
+                support::skipping("userfault", &format!("userfaultfd unavailable here: {e}"));
+                return;
+            }
+            Err(e) => panic!("userfaultfd: {e}"),
         };
         api(fd.as_fd(), 0).unwrap();
         // A producer sharing the description clears O_NONBLOCK: the read
