@@ -935,6 +935,7 @@ fn racing_acks_bound_the_faults_of_a_store(ctx: &Ctx) -> Outcome {
         return skip(
             ctx,
             "racing_acks_bound_the_faults_of_a_store",
+            None,
             "UserfaultAsync stores never trap (WP_ASYNC: the kernel resolves the fault), \
              trapped_stores() is always 0: no lifelock to bound",
         );
@@ -1034,6 +1035,7 @@ fn unprivileged_producer_works(ctx: &Ctx) -> Outcome {
         return skip(
             ctx,
             "unprivileged_producer_works",
+            Some("root"),
             "not root: cannot start a producer as another uid",
         );
     }

@@ -142,12 +142,22 @@ pub fn settles(tw: &mut Tripwire, what: &str) -> Outcome {
 }
 
 /// Marks the running trial skipped: a `skipping: <why> [<backend>::<scenario>]`
-/// line on stderr, the suite's convention, and `Ok`.
-pub fn skip(ctx: &Ctx, scenario: &str, why: &str) -> Outcome {
+/// line on the real stderr, the suite's convention (`tests/support`), and
+/// `Ok`. With a `requirement` (a name `TRIPWIRE_REQUIRE` takes, such as
+/// `root`) that `TRIPWIRE_REQUIRE` names, it fails instead.
+pub fn skip(ctx: &Ctx, scenario: &str, requirement: Option<&str>, why: &str) -> Outcome {
     let backend = crate::BACKENDS
         .iter()
         .find(|&&(_, kind, _)| kind == ctx.kind)
         .map_or("?", |&(_, _, name)| name);
-    eprintln!("skipping: {why} [{backend}::{scenario}]");
-    Ok(())
+    let why = format!("{why} [{backend}::{scenario}]");
+    match requirement {
+        Some(r) if crate::support::is_required(r) => {
+            Err(format!("required by TRIPWIRE_REQUIRE ({r}) but skipped: {why}").into())
+        }
+        _ => {
+            crate::support::say_skipping(&why);
+            Ok(())
+        }
+    }
 }
