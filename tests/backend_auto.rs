@@ -12,6 +12,8 @@
 use memfd_tripwire::blocking::Tripwire;
 use memfd_tripwire::{Backend, BackendKind, Error};
 
+mod support;
+
 /// The RFC's syscall number, the crate's default for `Kernel`.
 const MEMFD_TRIPWIRE_NR: i64 = 472;
 
@@ -109,7 +111,10 @@ fn with_denied<R: Send + 'static>(
             (MEMFD_TRIPWIRE_NR, kernel_errno),
             (libc::SYS_userfaultfd, uffd_errno),
         ]) {
-            println!("skipping: {why}");
+            // No requirement names a seccomp filter: said, never required.
+            support::say_skipping(&format!(
+                "cannot filter the test thread's system calls: {why}"
+            ));
             return None;
         }
         Some(f())
@@ -130,7 +135,10 @@ fn auto_falls_back_to_userfault_without_the_syscall() {
     match (auto, userfault) {
         (Ok(got), Ok(_)) => assert_eq!(got, BackendKind::Userfault),
         (Err(e), Err(Error::Unavailable { reason, .. })) => {
-            println!("skipping: Userfault unavailable here ({reason}); Auto said {e}");
+            support::skipping(
+                "userfault",
+                &format!("Userfault unavailable here ({reason}); Auto said {e}"),
+            );
         }
         (auto, userfault) => panic!("Auto: {auto:?}; Userfault by name: {userfault:?}"),
     }

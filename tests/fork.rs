@@ -26,26 +26,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing, TryRecvError};
-use memfd_tripwire::{Backend, Error, Producer, blocking::Tripwire};
+use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
 
-/// The backends, with the names `TRIPWIRE_REQUIRE` uses.
-const BACKENDS: [(&str, Backend); 5] = [
-    ("doorbell", Backend::Doorbell),
-    ("poll", Backend::Poll),
-    ("userfault", Backend::Userfault),
-    ("userfault_async", Backend::UserfaultAsync),
-    ("kernel", Backend::Kernel),
-];
-
-/// `TRIPWIRE_TIME_SCALE` (slow emulated VMs), as the conformance suite.
-fn scaled(d: Duration) -> Duration {
-    let n = std::env::var("TRIPWIRE_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1);
-    d * n
-}
+mod support;
+use support::{BACKENDS, scaled};
 
 /// The coarse bound on a trip or a hang-up being seen.
 fn bound() -> Duration {
@@ -72,7 +56,14 @@ fn in_own_process(name: &str) -> bool {
         .expect("re-run the test binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    // Its skip lines go on to the real stderr, where they are seen and
+    // counted; the rest is the test's captured output.
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        match line.strip_prefix("skipping: ") {
+            Some(why) => support::say_skipping(why),
+            None => eprintln!("{line}"),
+        }
+    }
     assert!(
         out.status.success() && stdout.contains("test result: ok. 1 passed"),
         "{name} failed in its own process: {}",
@@ -85,27 +76,8 @@ fn in_own_process(name: &str) -> bool {
 /// (after a `skipping:` line) if the backend is unavailable here and not
 /// required.
 fn pair(name: &str, backend: Backend) -> Option<(Tripwire, Producer)> {
-    let mut tw = match Tripwire::builder(4096).backend(backend).create() {
-        Ok(tw) => tw,
-        Err(Error::Unavailable { reason, .. }) => {
-            skip(name, &reason);
-            return None;
-        }
-        Err(e) => panic!("{name}: {e}"),
-    };
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let producer = std::thread::spawn(move || Producer::connect(theirs));
-    tw.share(ours).expect("share");
-    Some((tw, producer.join().expect("thread").expect("connect")))
-}
-
-fn skip(name: &str, reason: &str) {
-    let required = std::env::var("TRIPWIRE_REQUIRE").unwrap_or_default();
-    assert!(
-        !required.split(',').any(|r| r.trim() == name),
-        "{name} is required (TRIPWIRE_REQUIRE) but unavailable: {reason}"
-    );
-    println!("skipping: {name}: {reason}");
+    let tw = support::or_skip(name, Tripwire::builder(4096).backend(backend).create())?;
+    Some(support::with_producer(tw))
 }
 
 /// Forks; the child runs `child` (bounded by a 10 s alarm) and leaves with
@@ -340,7 +312,7 @@ fn a_child_dropping_the_producers_copy_leaves_the_parents_alone() {
     if !in_own_process("a_child_dropping_the_producers_copy_leaves_the_parents_alone") {
         return;
     }
-    producer_copy_dropped_in_a_child(&[BACKENDS[0], BACKENDS[1], BACKENDS[4]]);
+    producer_copy_dropped_in_a_child(false);
 }
 
 /// The same on the Userfaults. Found by #21: the child's drop of its
@@ -353,11 +325,15 @@ fn a_child_dropping_a_userfault_producers_copy_leaves_the_parents_alone() {
     if !in_own_process("a_child_dropping_a_userfault_producers_copy_leaves_the_parents_alone") {
         return;
     }
-    producer_copy_dropped_in_a_child(&BACKENDS[2..4]);
+    producer_copy_dropped_in_a_child(true);
 }
 
-fn producer_copy_dropped_in_a_child(backends: &[(&str, Backend)]) {
-    for &(name, backend) in backends {
+/// The test on the Userfaults (`userfaults`), or on the other backends.
+fn producer_copy_dropped_in_a_child(userfaults: bool) {
+    for (name, backend) in BACKENDS {
+        if matches!(backend, Backend::Userfault | Backend::UserfaultAsync) != userfaults {
+            continue;
+        }
         let Some((mut tw, producer)) = pair(name, backend) else {
             continue;
         };
@@ -380,19 +356,15 @@ fn producer_copy_dropped_in_a_child(backends: &[(&str, Backend)]) {
     }
 }
 
+/// A ring on `backend` and its Sender (connected from a thread); `None`
+/// (after a `skipping:` line) if the backend is unavailable here and not
+/// required.
 fn ring(name: &str, backend: Backend) -> Option<(Receiver<u64>, Sender<u64>)> {
-    let mut rx = match SharedRing::<u64>::builder(8).backend(backend).create() {
-        Ok(rx) => rx,
-        Err(Error::Unavailable { reason, .. }) => {
-            skip(name, &reason);
-            return None;
-        }
-        Err(e) => panic!("{name}: {e}"),
-    };
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
-    rx.share(ours).expect("share");
-    Some((rx, tx.join().expect("thread").expect("connect")))
+    let rx = support::or_skip(
+        name,
+        SharedRing::<u64>::builder(8).backend(backend).create(),
+    )?;
+    Some(support::with_sender(rx))
 }
 
 /// Receives within the bound (a blocking receive on a thread).

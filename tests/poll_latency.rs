@@ -5,34 +5,28 @@
 //! between compares) fails. The figures themselves belong to the
 //! benchmarks (`benches/scale.rs`).
 
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+use memfd_tripwire::{Backend, blocking::Tripwire};
+
+mod support;
+use support::{scaled, with_producer};
 
 const INTERVAL: Duration = Duration::from_millis(20);
 const ROUNDS: u64 = 10;
 
 fn bound() -> Duration {
-    let n = std::env::var("TRIPWIRE_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1);
-    INTERVAL * 50 * n
+    scaled(INTERVAL * 50)
 }
 
 #[test]
 fn poll_sees_each_store_within_a_coarse_multiple_of_its_interval() {
-    let mut tw = Tripwire::builder(4096)
+    let tw = Tripwire::builder(4096)
         .backend(Backend::Poll)
         .poll_interval(INTERVAL)
         .create()
         .expect("create");
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let producer = std::thread::spawn(move || Producer::connect(theirs));
-    tw.share(ours).expect("share");
-    let producer = producer.join().expect("thread").expect("connect");
+    let (mut tw, producer) = with_producer(tw);
     let mut worst = Duration::ZERO;
     for round in 1..=ROUNDS {
         // Armed: nothing written since the last ACK.

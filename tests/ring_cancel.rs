@@ -12,13 +12,15 @@
 #![cfg(feature = "tokio")]
 
 use std::future::Future;
-use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use memfd_tripwire::Backend;
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing};
-use memfd_tripwire::{Backend, Error};
+
+mod support;
+use support::{BACKENDS, scaled};
 
 /// Messages per test and backend: several times tokio's coop budget (128),
 /// so that calls return `Pending` with messages or space waiting, too.
@@ -26,48 +28,13 @@ const N: u64 = 3000;
 /// A small ring: the Sender waits for space and the Receiver for messages.
 const CAPACITY: usize = 8;
 
-/// `TRIPWIRE_TIME_SCALE` (slow emulated VMs), as the conformance suite.
-fn scaled(d: Duration) -> Duration {
-    let n = std::env::var("TRIPWIRE_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1);
-    d * n
-}
-
-/// The backends, with the names `TRIPWIRE_REQUIRE` uses.
-const BACKENDS: [(&str, Backend); 5] = [
-    ("kernel", Backend::Kernel),
-    ("doorbell", Backend::Doorbell),
-    ("poll", Backend::Poll),
-    ("userfault", Backend::Userfault),
-    ("userfault_async", Backend::UserfaultAsync),
-];
-
 /// A ring on `backend`, its Sender connected from a thread; `None` (after a
 /// `skipping:` line) if the backend is unavailable here and not required.
 fn ring(name: &str, backend: Backend) -> Option<(Receiver<u64>, Sender<u64>)> {
     let rx = SharedRing::<u64>::builder(CAPACITY)
         .backend(backend)
         .create();
-    let mut rx = match rx {
-        Ok(rx) => rx,
-        Err(Error::Unavailable { reason, .. }) => {
-            let required = std::env::var("TRIPWIRE_REQUIRE").unwrap_or_default();
-            assert!(
-                !required.split(',').any(|r| r.trim() == name),
-                "{name} is required (TRIPWIRE_REQUIRE) but unavailable: {reason}"
-            );
-            println!("skipping: {name}: {reason}");
-            return None;
-        }
-        Err(e) => panic!("{backend:?}: {e}"),
-    };
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
-    rx.share(ours).expect("share");
-    Some((rx, tx.join().expect("thread").expect("connect")))
+    Some(support::with_sender(support::or_skip(name, rx)?))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

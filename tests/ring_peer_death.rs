@@ -17,29 +17,13 @@ use std::time::Duration;
 use memfd_tripwire::ring::{Sender, SharedRing, TrySendError};
 use memfd_tripwire::{Backend, Error};
 
+mod support;
+use support::{BACKENDS, scaled};
+
 const ROLE_ENV: &str = "RING_PEER_DEATH_ROLE";
 const CAPACITY: usize = 8;
 /// What the child prints once it shared the ring.
 const READY: &str = "ring-peer-death: receiver ready";
-
-/// The backends, with the names `TRIPWIRE_REQUIRE` uses.
-const BACKENDS: [(&str, Backend); 5] = [
-    ("doorbell", Backend::Doorbell),
-    ("poll", Backend::Poll),
-    ("userfault", Backend::Userfault),
-    ("userfault_async", Backend::UserfaultAsync),
-    ("kernel", Backend::Kernel),
-];
-
-/// `TRIPWIRE_TIME_SCALE` (slow emulated VMs), as the conformance suite.
-fn scaled(d: Duration) -> Duration {
-    let n = std::env::var("TRIPWIRE_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1);
-    d * n
-}
 
 /// The coarse bound on learning of the death: the Sender polls the
 /// handshake socket's hang-up, so it takes a wake-up, not seconds.
@@ -86,22 +70,10 @@ fn run_receiver_child() -> ! {
 fn sender_to_child(name: &str, backend: Backend) -> Option<(Sender<u64>, Child)> {
     // Ask here first, so that an unavailable backend is a skip, not a
     // child's failure.
-    match SharedRing::<u64>::builder(CAPACITY)
+    let probe = SharedRing::<u64>::builder(CAPACITY)
         .backend(backend)
-        .create()
-    {
-        Ok(_) => {}
-        Err(Error::Unavailable { reason, .. }) => {
-            let required = std::env::var("TRIPWIRE_REQUIRE").unwrap_or_default();
-            assert!(
-                !required.split(',').any(|r| r.trim() == name),
-                "{name} is required (TRIPWIRE_REQUIRE) but unavailable: {reason}"
-            );
-            println!("skipping: {name}: {reason}");
-            return None;
-        }
-        Err(e) => panic!("{name}: {e}"),
-    }
+        .create();
+    drop(support::or_skip(name, probe)?);
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
         .args(["--exact", "receiver_child", "--nocapture"])

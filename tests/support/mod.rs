@@ -1,9 +1,17 @@
 //! What the integration tests share: the skip convention (`skip!`,
 //! `TRIPWIRE_REQUIRE`), from skip.rs, which the library's unit tests
-//! include too.
+//! include too; and, here only, the backends by their `TRIPWIRE_REQUIRE`
+//! names, the time scale, and the "create it or skip" and "connect a peer"
+//! steps that the per-backend tests repeat.
 #![allow(dead_code, unused_macros, unused_imports)] // each test crate uses part of it
 
 include!("skip.rs");
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use memfd_tripwire::ring::{Receiver, Sender};
+use memfd_tripwire::{Backend, Error, Producer, blocking::Tripwire};
 
 /// `skip!("userfault", "userfaultfd unavailable: {e}")`: says
 /// `skipping: <why>` (or panics if `TRIPWIRE_REQUIRE` names the
@@ -15,3 +23,55 @@ macro_rules! skip {
     }};
 }
 pub(crate) use skip;
+
+/// Every backend, each with its name in [`REQUIRABLE`] (what
+/// `TRIPWIRE_REQUIRE` and [`or_skip`] take).
+pub const BACKENDS: [(&str, Backend); 5] = [
+    ("kernel", Backend::Kernel),
+    ("doorbell", Backend::Doorbell),
+    ("poll", Backend::Poll),
+    ("userfault", Backend::Userfault),
+    ("userfault_async", Backend::UserfaultAsync),
+];
+
+/// `d` times `TRIPWIRE_TIME_SCALE` (a whole number, default 1), for slow
+/// emulated VMs.
+pub fn scaled(d: Duration) -> Duration {
+    let n = std::env::var("TRIPWIRE_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    d * n
+}
+
+/// What creating a tripwire or ring on backend `name` (from [`BACKENDS`])
+/// gave: `Some` if it worked; `None` after `skipping: <name>: <reason>` if
+/// the backend is unavailable here (a failure if `TRIPWIRE_REQUIRE` names
+/// it); any other error fails the test.
+pub fn or_skip<T>(name: &str, created: Result<T, Error>) -> Option<T> {
+    match created {
+        Ok(t) => Some(t),
+        Err(Error::Unavailable { reason, .. }) => {
+            skipping(name, &format!("{name}: {reason}"));
+            None
+        }
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+/// `tw`, shared with a `Producer` connected from another thread.
+pub fn with_producer(mut tw: Tripwire) -> (Tripwire, Producer) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let producer = std::thread::spawn(move || Producer::connect(theirs));
+    tw.share(ours).expect("share");
+    (tw, producer.join().expect("thread").expect("connect"))
+}
+
+/// `rx`, shared with a `Sender` connected from another thread.
+pub fn with_sender(mut rx: Receiver<u64>) -> (Receiver<u64>, Sender<u64>) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    rx.share(ours).expect("share");
+    (rx, tx.join().expect("thread").expect("connect"))
+}
