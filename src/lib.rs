@@ -261,8 +261,11 @@ pub mod __fuzz {
     #[derive(Debug)]
     pub struct Ring;
 
-    /// Bytes of a page in the Userfault agent's PAGES replies.
-    pub const AGENT_PAGE: usize = crate::backend::userfault::PAGE;
+    /// Bytes of a page in the Userfault agent's PAGES replies (the host's
+    /// page size).
+    pub fn agent_page() -> usize {
+        crate::backend::userfault::page()
+    }
     /// The most page ranges one PAGES reply lists.
     pub const AGENT_MAX_RANGES: usize = crate::backend::agent::MAX_RANGES;
     /// The largest message on the agent's channel (the consumer's buffer).

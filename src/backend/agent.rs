@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::userfault::PAGE;
+use crate::backend::userfault::page;
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
 use crate::{BackendKind, Error};
 
@@ -200,7 +200,7 @@ impl Agent {
         };
         uffd::api(fd.as_fd(), features)
             .map_err(|e| unavailable(format!("UFFDIO_API({features:#x}) failed: {e}")))?;
-        let span = map.len().div_ceil(PAGE) * PAGE;
+        let span = map.len().div_ceil(page()) * page();
         uffd::register_wp(fd.as_fd(), map.addr(), span)
             .map_err(|e| unavailable(format!("UFFDIO_REGISTER in WP mode failed: {e}")))?;
         uffd::write_protect(fd.as_fd(), map.addr(), span, true)
@@ -341,16 +341,17 @@ impl State {
     /// `Userfault`: records, trips and un-protects each queued fault.
     fn resolve_faults(&mut self) -> io::Result<()> {
         while let Some(addr) = uffd::read_wp_fault(self.uffd.as_fd())? {
-            let page_addr = addr as usize & !(PAGE - 1);
+            let size = page();
+            let page_addr = addr as usize & !(size - 1);
             if page_addr < self.base || page_addr >= self.base + self.span {
                 continue; // the kernel only reports registered ranges
             }
-            let page = (page_addr - self.base) / PAGE;
+            let index = (page_addr - self.base) / size;
             self.faults.fetch_add(1, Ordering::Relaxed);
-            self.dirty.mark(page, page + 1);
+            self.dirty.mark(index, index + 1);
             self.trip();
             // Lets the stalled store through.
-            uffd::write_protect(self.uffd.as_fd(), page_addr, PAGE, false)?;
+            uffd::write_protect(self.uffd.as_fd(), page_addr, size, false)?;
         }
         Ok(())
     }
@@ -363,7 +364,7 @@ impl State {
         let mut found = false;
         let scanned =
             uffd::scan_written_and_protect(pagemap.as_fd(), base, self.span, |start, end| {
-                dirty.mark((start - base) / PAGE, (end - base).div_ceil(PAGE));
+                dirty.mark((start - base) / page(), (end - base).div_ceil(page()));
                 found = true;
             });
         // A scan that failed cannot tell what was written; and an unmap of
@@ -429,7 +430,7 @@ impl State {
         let mut reprotect_all = false;
         if self.pagemap.is_none() {
             for r in &runs {
-                let (start, end) = (r.start, r.end.div_ceil(PAGE) * PAGE);
+                let (start, end) = (r.start, r.end.div_ceil(page()) * page());
                 if uffd::write_protect(self.uffd.as_fd(), self.base + start, end - start, true)
                     .is_err()
                 {
@@ -452,8 +453,8 @@ impl State {
             msg.extend_from_slice(&(runs.len() as u32).to_le_bytes());
             msg.extend_from_slice(&[0; 4]);
             for r in &runs {
-                msg.extend_from_slice(&((r.start / PAGE) as u32).to_le_bytes());
-                msg.extend_from_slice(&(r.end.div_ceil(PAGE) as u32).to_le_bytes());
+                msg.extend_from_slice(&((r.start / page()) as u32).to_le_bytes());
+                msg.extend_from_slice(&(r.end.div_ceil(page()) as u32).to_le_bytes());
             }
         }
         // A full queue: the consumer is not reading; it will time out.
@@ -470,7 +471,7 @@ pub(crate) struct Dirty {
 
 impl Dirty {
     pub(crate) fn new(len: usize) -> Self {
-        let pages = len.div_ceil(PAGE);
+        let pages = len.div_ceil(page());
         Dirty {
             bits: vec![0; pages.div_ceil(64)],
             pages,
@@ -495,6 +496,7 @@ impl Dirty {
     /// Appends the marked pages as merged byte ranges (the last one clamped
     /// to `len`), and clears them.
     pub(crate) fn drain_into(&mut self, len: usize, out: &mut Vec<Range<usize>>) {
+        let size = page();
         let mut page = 0;
         while page < self.pages {
             if self.bits[page / 64] == 0 {
@@ -509,7 +511,7 @@ impl Dirty {
             while page < self.pages && self.is_set(page) {
                 page += 1;
             }
-            out.push(first * PAGE..(page * PAGE).min(len));
+            out.push(first * size..(page * size).min(len));
         }
         self.bits.fill(0);
     }
@@ -522,28 +524,28 @@ mod tests {
     #[test]
     #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
     fn dirty_pages_merge_and_clamp() {
-        let mut d = Dirty::new(200 * PAGE + 100);
+        let mut d = Dirty::new(200 * page() + 100);
         d.mark(3, 4);
         d.mark(7, 9);
         d.mark(63, 66);
         d.mark(200, 205); // the last, partial page; past the end is ignored
         let mut out = Vec::new();
-        d.drain_into(200 * PAGE + 100, &mut out);
+        d.drain_into(200 * page() + 100, &mut out);
         assert_eq!(
             out,
             [
-                3 * PAGE..4 * PAGE,
-                7 * PAGE..9 * PAGE,
-                63 * PAGE..66 * PAGE,
-                200 * PAGE..200 * PAGE + 100,
+                3 * page()..4 * page(),
+                7 * page()..9 * page(),
+                63 * page()..66 * page(),
+                200 * page()..200 * page() + 100,
             ]
         );
         out.clear();
-        d.drain_into(200 * PAGE + 100, &mut out);
+        d.drain_into(200 * page() + 100, &mut out);
         assert!(out.is_empty());
         d.mark_all();
-        d.drain_into(200 * PAGE + 100, &mut out);
-        assert_eq!(out, [0..200 * PAGE + 100]);
+        d.drain_into(200 * page() + 100, &mut out);
+        assert_eq!(out, [0..200 * page() + 100]);
     }
 
     #[test]

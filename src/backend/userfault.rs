@@ -36,7 +36,11 @@ use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
 use crate::sys::{Channel, FdSet, Recv, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
-pub(crate) const PAGE: usize = 4096;
+/// The host's page size: the unit of `UFFDIO_WRITEPROTECT` ranges and of
+/// the page numbers in the agent's replies (both ends run on this host).
+pub(crate) fn page() -> usize {
+    rustix::param::page_size()
+}
 
 /// How many queued messages of one channel a look at it takes at most.
 const MAX_PER_LOOK: usize = 64;
@@ -368,7 +372,8 @@ impl Userfault {
     /// deadline: `true` once all are in (the ACK is done), `false` (kept in
     /// flight) if some are not yet.
     fn progress(&mut self, mut f: InFlight, wait: Wait) -> io::Result<bool> {
-        let pages = self.len.div_ceil(PAGE);
+        let page = page();
+        let pages = self.len.div_ceil(page);
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let mut i = 0;
@@ -411,7 +416,7 @@ impl Userfault {
             for r in f.ranges {
                 push_range(
                     &mut self.pages,
-                    r.start * PAGE..(r.end * PAGE).min(self.len),
+                    r.start * page..(r.end * page).min(self.len),
                 );
             }
         }
