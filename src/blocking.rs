@@ -8,8 +8,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
-
 use crate::backend::peers::Peers;
 use crate::backend::{Options, Take, Wait, Wire};
 use crate::{Backend, BackendKind, Epoch, Error, Region};
@@ -447,7 +445,8 @@ impl Tripwire {
 
     /// Sleeps until the wire may have tripped or a producer may have hung
     /// up (its fd turned readable), or until
-    /// `timeout` (`None`: no limit). Does not ACK; returns early on a signal.
+    /// `timeout` (`None`: no limit). Does not ACK; a signal does not end the
+    /// sleep early.
     /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
     /// for consumers that ACK on their own schedule: read while data flows
     /// (the wire stays tripped, so producers neither fault nor ring), then
@@ -468,16 +467,9 @@ impl Tripwire {
     /// }
     /// ```
     pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let fd = self.peers.fd();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let ts = timeout.map(|d| Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: d.subsec_nanos().into(),
-        });
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // A time-out too long to be an Instant is no limit.
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        crate::sys::wait::ready(self.peers.fd(), crate::sys::wait::PollFlags::IN, until).map(drop)
     }
 
     /// Hands the tripwire to a producer on the other end of `peer`, which

@@ -293,12 +293,12 @@ impl State {
     fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let mut next_scan = Instant::now() + self.interval;
         loop {
-            let timeout = self
+            let until = self
                 .pagemap
                 .as_ref()
                 .filter(|_| self.armed)
-                .map(|_| next_scan.saturating_duration_since(Instant::now()));
-            let (uffd_ready, chan_ready, stopped) = self.wait(stop, timeout)?;
+                .map(|_| next_scan);
+            let (uffd_ready, chan_ready, stopped) = self.wait(stop, until)?;
             if stopped {
                 // A producer going away: report what was not scanned yet.
                 self.scan();
@@ -319,21 +319,14 @@ impl State {
 
     /// Sleeps until the uffd, the channel or `stop` is readable, or
     /// `timeout`. Returns which were.
-    fn wait(&self, stop: &EventFd, timeout: Option<Duration>) -> io::Result<(bool, bool, bool)> {
-        use rustix::event::{PollFd, PollFlags, Timespec};
-        let ts = timeout.map(|d| Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: d.subsec_nanos().into(),
-        });
+    fn wait(&self, stop: &EventFd, until: Option<Instant>) -> io::Result<(bool, bool, bool)> {
+        use crate::sys::wait::{PollFd, PollFlags};
         let mut fds = [
             PollFd::new(&self.uffd, PollFlags::IN),
             PollFd::new(&self.chan, PollFlags::IN),
             PollFd::new(stop, PollFlags::IN),
         ];
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::sys::wait::poll(&mut fds, until)?;
         let r = |i: usize| !fds[i].revents().is_empty();
         Ok((r(0), r(1), r(2)))
     }

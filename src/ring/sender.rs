@@ -447,16 +447,15 @@ impl<T: Pod> Sender<T> {
                 // closes the handshake socket (the bell is the Receiver's
                 // to make: a hostile one may hand over a bell that never
                 // hangs up).
-                use rustix::event::{PollFd, PollFlags};
+                // No deadline: the Sender waits for a peer, as a blocking
+                // write to a pipe does; its death ends the wait.
+                use sys::wait::{PollFd, PollFlags};
                 let sock = self.producer.handshake_socket();
                 let mut fds = [
                     PollFd::new(&self.space, PollFlags::IN),
                     PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
                 ];
-                match rustix::event::poll(&mut fds, None) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(Error::io("waiting for space", e)),
-                }
+                sys::wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
                 // Gone once the space it freed is used up.
                 let gone = self.drain_space()? || self.producer.is_closed();
                 if gone && self.free()? == 0 {

@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use super::wait::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketType};
 
@@ -145,17 +145,10 @@ impl AsRawFd for Bell {
 /// live peer cannot pass for a dead one by writing.
 pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
-    loop {
-        match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
-            Ok(_) => {
-                return Ok(fds[0]
-                    .revents()
-                    .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR));
-            }
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    super::wait::poll(&mut fds, Some(std::time::Instant::now()))?;
+    Ok(fds[0]
+        .revents()
+        .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketType};
 
@@ -86,16 +85,8 @@ impl Channel {
     /// Waits until a message (or the end) can be received, for at most
     /// `timeout`: `true` if so.
     pub(crate) fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let ts = Timespec {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(n) => Ok(n > 0),
-            Err(Errno::INTR) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let until = std::time::Instant::now().checked_add(timeout);
+        super::wait::ready(self.sock.as_fd(), super::wait::PollFlags::IN, until)
     }
 }
 

@@ -16,7 +16,7 @@
 //! `uffd` (userfaultfd and `PAGEMAP_SCAN`), `tripwire` (the RFC syscall),
 //! `fdkind` (what a received fd is), [`FdSet`] (fds watched together
 //! through one epoll fd), `reactor` (a tokio registration that
-//! owns its fd).
+//! owns its fd), `wait` (the one `poll(2)` with a deadline).
 
 pub(crate) mod bell;
 pub(crate) mod channel;
@@ -30,6 +30,7 @@ pub(crate) mod reactor;
 mod socket;
 pub(crate) mod tripwire;
 pub(crate) mod uffd;
+pub(crate) mod wait;
 
 pub(crate) use bell::Bell;
 pub(crate) use channel::{Channel, Recv};
