@@ -85,6 +85,13 @@ mod shared_memory;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;
+// tokio's registration of an fd (`AsyncFd`'s constructors are `unsafe`):
+// an OS edge like the rest of `sys/`, in its folder, declared here because
+// only the `tokio` feature has it (`sys` itself depends on no feature).
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)]
+#[path = "sys/reactor.rs"]
+mod reactor;
 #[cfg(feature = "tokio")]
 mod tokio;
 

@@ -129,7 +129,6 @@ impl Peers {
     }
 
     /// [`fd`](Peers::fd), for a registration that keeps it open.
-    #[cfg(feature = "tokio")]
     pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
         match &self.kind {
             Kind::Set { socks, .. } => socks.shared_fd(),

@@ -533,7 +533,7 @@ mod r#async {
     use tokio::io::unix::AsyncFd;
 
     use super::*;
-    use crate::sys::reactor;
+    use crate::reactor;
 
     /// The space bell and the handshake socket, registered with tokio (as
     /// duplicates: the Sender keeps the originals for its blocking calls).
@@ -548,7 +548,7 @@ mod r#async {
         /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
         /// one that rings without freeing space can keep the task here.
         fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-            reactor::poll_turns(cx, |cx| self.poll_space(cx))
+            crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
         }
 
         /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
