@@ -323,7 +323,7 @@ impl<T: Pod> Sender<T> {
     /// ```
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.producer.is_closed() || sys::bell::hung_up(self.space.as_fd()).unwrap_or(true)
+        self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
     }
 
     /// Sends without waiting.
