@@ -589,6 +589,8 @@ impl AsRawFd for Tripwire {
 /// Each item stands for at least one change, possibly more (see
 /// [`Tripwire::changed`]). The stream is fused: after yielding an error (a
 /// hung-up producer gives `BrokenPipe`) it ends.
+/// Needs the runtime's timer on `Userfault` and `UserfaultAsync`, as
+/// [`Tripwire::changed`] does (see its `# Panics`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -947,7 +947,18 @@ mod r#async {
         ///
         /// [`Error::PeerDied`] once the Sender's process died (after
         /// everything it published was received); [`Error::Corrupt`] for an
-        /// impossible index; [`Error::Io`] if the tripwire fails.
+        /// impossible index; [`Error::Io`] if the tripwire fails, with
+        /// `TimedOut` inside when the Sender left the re-arm's ACK
+        /// unanswered past its deadline (`Userfault`, `UserfaultAsync`: a
+        /// timer ends the wait, so a stopped Sender cannot keep this
+        /// pending).
+        ///
+        /// # Panics
+        ///
+        /// On `Userfault` and `UserfaultAsync`, when it waits for an ACK in
+        /// a runtime built without its timer (tokio panics: build it with
+        /// `enable_time` or `enable_all`); see
+        /// [`Tripwire::changed`](crate::Tripwire::changed).
         ///
         /// ```no_run
         /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
