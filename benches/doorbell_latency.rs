@@ -294,6 +294,8 @@ fn consumer() -> Result<(), BoxError> {
             } else {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
+                    // The timer: on Userfault, an ACK in flight has a deadline.
+                    .enable_time()
                     .build()?;
                 rt.block_on(async {
                     let mut tw = Tripwire::new(tw)?;

@@ -599,6 +599,8 @@ fn ring<T: Msg>(k: &Knobs, case: &Case) -> Result<Receiver<T>, BoxError> {
 fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        // The timer: on Userfault, an ACK in flight has a deadline.
+        .enable_time()
         .build()?)
 }
 

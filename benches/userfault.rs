@@ -708,6 +708,8 @@ fn run_stall(mode: Mode, spec: PeerSpec<'_>) -> Result<(), BoxError> {
         Mode::Tokio => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                // The timer: on Userfault, an ACK in flight has a deadline.
+                .enable_time()
                 .build()?;
             let tw = peer.tw; // into the tokio wrapper for the loop, back after
             let (ctl, lat) = (&mut peer.ctl, &mut peer.lat);

@@ -108,6 +108,8 @@ fn device() -> Result<(), Box<dyn std::error::Error>> {
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        // The timer: on Userfault, an ACK in flight has a deadline.
+        .enable_time()
         .build()?;
     let (served, wakeups) = rt.block_on(async { serve(Tripwire::new(bar)?, &queues).await })?;
     driver.wait()?;

@@ -90,6 +90,8 @@ fn main() {
         Ok(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                // The timer: on Userfault, an ACK in flight has a deadline.
+                .enable_time()
                 .build()
                 .expect("a tokio runtime");
             rt.block_on(main_process(args))

@@ -714,6 +714,8 @@ fn device(args: &Args) -> Res<()> {
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        // The timer: on Userfault, an ACK in flight has a deadline.
+        .enable_time()
         .build()?;
     let served = rt.block_on(async { serve(Tripwire::new(bar)?, &state, done_rx).await });
 

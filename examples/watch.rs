@@ -44,6 +44,8 @@ fn main() {
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        // The timer: on Userfault, an ACK in flight has a deadline.
+        .enable_time()
         .build()
         .expect("a tokio runtime");
     if let Err(e) = rt.block_on(consumer(tw)) {

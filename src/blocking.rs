@@ -8,10 +8,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
-
 use crate::backend::peers::Peers;
-use crate::backend::{Options, Take, Wait, Wire};
+use crate::backend::{Options, Take, Wire};
+use crate::sys::wait;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 
 /// Configures and creates a [`Tripwire`]; from [`Tripwire::builder`].
@@ -252,21 +251,62 @@ impl Tripwire {
         self.epoch
     }
 
-    /// Takes a pending trip without waiting for a write: if the wire is
-    /// tripped, ACKs it and returns the new epoch; otherwise `None`.
+    /// The one non-blocking step every way of waiting drives: if the wire
+    /// is tripped, ACKs it and returns the new epoch; otherwise `None`.
+    /// Never blocks.
     ///
     /// On `Userfault` and `UserfaultAsync` the ACK is a round trip to each
-    /// producer's agent: this blocks for it (tens of µs; at most 1 s, for a
-    /// stopped producer, then `TimedOut`). The async
-    /// [`Tripwire`](crate::Tripwire) never blocks: its ACK stays in flight
-    /// while it waits for the replies.
+    /// producer's agent (tens of µs): the step sends it and returns `None`
+    /// while it is in flight, and a later step (when the fd turns readable
+    /// as the replies come) finishes it and returns the epoch. An ACK in
+    /// flight has a [`deadline`](Tripwire::deadline) (1 s after it was
+    /// sent): a step after it, with a reply still missing (a stopped
+    /// producer), fails the ACK with `TimedOut`. So look again on
+    /// readiness *or* at the deadline, whichever comes first:
+    /// [`wait`](Tripwire::wait) and [`wait_ready`](Tripwire::wait_ready) do,
+    /// and so must an event loop of yours.
+    ///
+    /// With mio, call this on each event of the tripwire's token until it
+    /// returns `None`, and use [`deadline`](Tripwire::deadline) as (part of)
+    /// the time-out of `Poll::poll`:
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// use mio::{Events, Interest, Poll, Token, unix::SourceFd};
+    /// use memfd_tripwire::{Backend, blocking::Tripwire};
+    ///
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create()?;
+    /// let mut poll = Poll::new()?;
+    /// // With the `mio` feature, `register(&mut tw, ..)` does this.
+    /// poll.registry().register(&mut SourceFd(&tw.as_raw_fd()), Token(0), Interest::READABLE)?;
+    /// let mut events = Events::with_capacity(8);
+    /// tw.region().write(0, &1u8)?;
+    /// let mut seen = 0;
+    /// while seen == 0 {
+    ///     // Our own time-out, cut short by the tripwire's deadline.
+    ///     let mut timeout = Duration::from_secs(5);
+    ///     if let Some(deadline) = tw.deadline() {
+    ///         timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+    ///     }
+    ///     poll.poll(&mut events, Some(timeout))?;
+    ///     // On an event of Token(0), or at the deadline: step.
+    ///     while let Some(_epoch) = tw.try_changed()? {
+    ///         seen += 1;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
     /// `BrokenPipe` (wrapping [`Error::PeerDied`]) once the tripwire was
     /// [shared](Tripwire::share) and every producer has hung up; a pending
-    /// trip is always returned first. Otherwise the OS error of the poll or
-    /// ACK; a failed ACK leaves the wire tripped.
+    /// trip is always returned first. `TimedOut` for an ACK whose
+    /// [`deadline`](Tripwire::deadline) passed with a producer's reply
+    /// missing. Otherwise the OS error of the poll or ACK. A failed ACK
+    /// leaves the wire tripped (the next step tries again).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -274,33 +314,63 @@ impl Tripwire {
     /// assert!(tw.try_changed().unwrap().is_none());
     /// ```
     pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
-        self.look(Wait::Block, None)
+        self.step(None)
     }
 
-    /// The look at the wire behind `try_changed` (and, with `Wait::No`, the
-    /// async layer's): `None` also while an ACK is in flight. On a trip,
-    /// appends the written ranges to `pages`.
-    pub(crate) fn look(
-        &mut self,
-        wait: Wait,
-        pages: Option<&mut Vec<Range<usize>>>,
-    ) -> io::Result<Option<Epoch>> {
-        let mut taken = self.wire.take(&mut self.peers, wait)?;
-        if taken == Take::Idle && self.peers.all_gone()? {
-            // The producers' last writes happen before their sockets close:
-            // look once more, and let the mechanism report what it has not yet.
-            taken = self.wire.take_final(&mut self.peers, wait)?;
-            if taken == Take::Idle {
-                return Err(crate::error::peer_gone());
+    /// The step: on a trip, appends the written ranges to `pages`.
+    fn step(&mut self, pages: Option<&mut Vec<Range<usize>>>) -> io::Result<Option<Epoch>> {
+        let mut taken = self.wire.take(&mut self.peers)?;
+        match taken {
+            Take::Taken => {}
+            Take::Pending => {
+                // Close the sockets of producers that hung up meanwhile: a
+                // hang-up left in the set would keep the fd readable, and a
+                // driver looping on it, until the ACK is done.
+                self.peers.all_gone()?;
+                return Ok(None);
             }
-        }
-        if taken != Take::Taken {
-            return Ok(None);
+            Take::Idle => {
+                if !self.peers.all_gone()? {
+                    return Ok(None);
+                }
+                // The producers' last writes happen before their sockets
+                // close: look once more, and let the mechanism report what
+                // it has not yet.
+                taken = self.wire.take_final(&mut self.peers)?;
+                match taken {
+                    Take::Taken => {}
+                    Take::Pending => return Ok(None),
+                    Take::Idle => return Err(crate::error::peer_gone()),
+                }
+            }
         }
         if let Some(out) = pages {
             self.wire.pages_into(self.region.len(), out);
         }
         Ok(Some(self.advance()))
+    }
+
+    /// When the caller must step again even if the fd stays quiet: the
+    /// deadline of the ACK in flight (`Userfault`, `UserfaultAsync`), after
+    /// which the next step ([`try_changed`](Tripwire::try_changed),
+    /// [`try_ack`](Tripwire::try_ack)) fails it with `TimedOut` if a
+    /// producer's reply is still missing. `None` when no ACK is in flight
+    /// (always, on the other backends): then readiness alone says when to
+    /// look.
+    ///
+    /// An event loop sleeps until readiness or this, whichever is first:
+    /// mio's `Poll::poll` time-out (see [`try_changed`](Tripwire::try_changed)),
+    /// a timer; the async [`Tripwire`](crate::Tripwire) arms a tokio timer.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// assert_eq!(tw.deadline(), None); // nothing in flight
+    /// tw.ack().unwrap();
+    /// assert_eq!(tw.deadline(), None); // a Doorbell ACK is done at once
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.wire.deadline()
     }
 
     /// Like [`try_changed`](Tripwire::try_changed), and on a trip also
@@ -329,13 +399,15 @@ impl Tripwire {
         &mut self,
         out: &mut Vec<Range<usize>>,
     ) -> io::Result<Option<Epoch>> {
-        self.look(Wait::Block, Some(out))
+        self.step(Some(out))
     }
 
     /// ACKs now, tripped or not: re-arms the wire, makes every write made
     /// before it visible, and lets any later write trip it again. Does not
-    /// count an epoch. Blocks on `Userfault` and `UserfaultAsync` as
-    /// [`try_changed`](Tripwire::try_changed) does.
+    /// count an epoch. On `Userfault` and `UserfaultAsync` it blocks for the
+    /// agents' round trip, up to the ACK's [`deadline`](Tripwire::deadline)
+    /// (then `TimedOut`): it drives [`try_ack`](Tripwire::try_ack) and
+    /// [`wait_ready`](Tripwire::wait_ready).
     ///
     /// For consumers that read the memory on their own schedule (busy-poll
     /// a ring's head while data flows, then `ack()`, re-check, and only then
@@ -344,7 +416,7 @@ impl Tripwire {
     ///
     /// # Errors
     ///
-    /// The OS error of the ACK; the wire then stays tripped.
+    /// As [`try_ack`](Tripwire::try_ack); the wire then stays tripped.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -353,21 +425,37 @@ impl Tripwire {
     /// assert_eq!(tw.try_changed().unwrap(), None);
     /// ```
     pub fn ack(&mut self) -> io::Result<()> {
-        self.wire.ack(&mut self.peers, Wait::Block).map(drop)
+        while !self.try_ack()? {
+            self.wait_ready(None)?;
+        }
+        Ok(())
     }
 
-    /// `true` while an ACK sent without blocking (by the async layer)
-    /// awaits the producers' replies.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn ack_in_flight(&self) -> bool {
-        self.wire.ack_in_flight()
-    }
-
-    /// [`ack`](Tripwire::ack) that never blocks: `false` while the ACK is in
-    /// flight (look again when the wake-up fd turns readable).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn ack_nowait(&mut self) -> io::Result<bool> {
-        Ok(self.wire.ack(&mut self.peers, Wait::No)? == Take::Taken)
+    /// [`ack`](Tripwire::ack) as a non-blocking step, for consumers that
+    /// ACK on their own schedule: `true` once the ACK is done (the wire is
+    /// re-armed, every write made before it is visible), `false` while it
+    /// is in flight (`Userfault`, `UserfaultAsync`: call it again when the
+    /// fd turns readable, or at the [`deadline`](Tripwire::deadline) at the
+    /// latest). A call with an ACK in flight goes on with that ACK, and so
+    /// does [`try_changed`](Tripwire::try_changed) (which then returns an
+    /// epoch once it is done). Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` for an ACK whose [`deadline`](Tripwire::deadline) passed
+    /// with a producer's reply missing (is it stopped?); otherwise the OS
+    /// error of the ACK. The wire then stays tripped: the next call sends a
+    /// new ACK.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// while !tw.try_ack().unwrap() {
+    ///     tw.wait_ready(None).unwrap(); // readiness, or the deadline
+    /// }
+    /// ```
+    pub fn try_ack(&mut self) -> io::Result<bool> {
+        Ok(self.wire.ack(&mut self.peers)? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
@@ -375,7 +463,10 @@ impl Tripwire {
         self.epoch
     }
 
-    /// Blocks until the wire trips, then ACKs it and returns the new epoch.
+    /// Blocks until the wire trips, then ACKs it and returns the new epoch:
+    /// drives [`try_changed`](Tripwire::try_changed), sleeping in
+    /// [`wait_ready`](Tripwire::wait_ready) (until readiness or the ACK's
+    /// deadline) while it returns `None`.
     ///
     /// # Errors
     ///
@@ -418,11 +509,10 @@ impl Tripwire {
             if let Some(e) = self.try_changed()? {
                 return Ok(Some(e));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Ok(None);
             }
-            self.wait_ready(Some(deadline - now))?;
+            self.sleep_until(Some(deadline))?;
         }
     }
 
@@ -446,13 +536,15 @@ impl Tripwire {
     }
 
     /// Sleeps until the wire may have tripped or a producer may have hung
-    /// up (its fd turned readable), or until
-    /// `timeout` (`None`: no limit). Does not ACK; returns early on a signal.
+    /// up (its fd turned readable), until the [`deadline`](Tripwire::deadline)
+    /// of an ACK in flight, or until `timeout` (`None`: no limit), whichever
+    /// comes first. Does not ACK; a signal does not end the sleep early.
     /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
     /// for consumers that ACK on their own schedule: read while data flows
     /// (the wire stays tripped, so producers neither fault nor ring), then
     /// [`try_changed`](Tripwire::try_changed) when dry, then sleep here.
-    /// Readiness is a hint: look at the level afterwards.
+    /// Readiness is a hint: look at the level afterwards (a look after the
+    /// deadline fails the ACK in flight with `TimedOut`).
     ///
     /// # Errors
     ///
@@ -468,16 +560,18 @@ impl Tripwire {
     /// }
     /// ```
     pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let fd = self.peers.fd();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let ts = timeout.map(|d| Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: d.subsec_nanos().into(),
-        });
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // A time-out too long to be an Instant is no limit.
+        self.sleep_until(timeout.and_then(|t| Instant::now().checked_add(t)))
+    }
+
+    /// [`wait_ready`](Tripwire::wait_ready) until `until`, cut short by the
+    /// ACK's deadline: the drivers' one sleep.
+    fn sleep_until(&self, until: Option<Instant>) -> io::Result<()> {
+        let until = match (until, self.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wait::ready(self.peers.fd(), wait::PollFlags::IN, until).map(drop)
     }
 
     /// Hands the tripwire to a producer on the other end of `peer`, which
@@ -593,29 +687,6 @@ impl Tripwire {
         self.peers.add(peer)
     }
 
-    /// Registers this tripwire with the current tokio runtime:
-    /// [`Tripwire::new`](crate::Tripwire::new).
-    ///
-    /// # Errors
-    ///
-    /// As [`Tripwire::new`](crate::Tripwire::new): the error hands this
-    /// tripwire back.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use memfd_tripwire::{Backend, blocking};
-    /// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
-    /// let mut tw = tw.into_async()?;
-    /// tw.region().write(0, &1u8).unwrap();
-    /// tw.changed().await?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "tokio")]
-    pub fn into_async(self) -> Result<crate::Tripwire, crate::NewError> {
-        crate::Tripwire::new(self)
-    }
-
     /// The fd a producer that knows nothing of this crate maps
     /// (`mmap(MAP_SHARED, PROT_READ|PROT_WRITE)`, [`region`](Tripwire::region)`.len()`
     /// bytes at offset 0) and stores into: on `Kernel` the tripwire fd, on
@@ -649,10 +720,21 @@ impl Tripwire {
         self.wire.producer_fd()
     }
 
-    /// The tripwire's fd ([`AsFd`]), for a tokio registration that keeps
-    /// it open: no duplicate fd.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
+    /// The tripwire's one fd ([`AsFd`]), kept open by the `Arc` for as
+    /// long as a holder keeps it: for a reactor registration that must own
+    /// what it watches (tokio's `AsyncFd::register` wants the fd open and
+    /// the same for the registration's life, as [`crate::Tripwire`] does)
+    /// without a duplicate fd. The fd is the same for the tripwire's whole
+    /// life; readiness means what it means for [`as_fd`](AsFd::as_fd).
+    ///
+    /// ```
+    /// use std::os::fd::{AsFd, AsRawFd};
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// let fd = tw.shared_fd();
+    /// assert_eq!(fd.as_raw_fd(), tw.as_fd().as_raw_fd());
+    /// ```
+    pub fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
         self.peers.shared_fd()
     }
 }

@@ -42,11 +42,11 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -474,21 +474,10 @@ fn read_rest(sock: &UnixStream, buf: &mut [u8], deadline: Instant) -> Result<(),
 /// call that follows says which), for at most what is left before
 /// `deadline`. A signal restarts the wait with the time then left.
 fn wait(sock: &UnixStream, events: PollFlags, deadline: Instant, op: &str) -> Result<(), Error> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(peer_error(op, io::ErrorKind::TimedOut.into()));
-        }
-        let left = Timespec {
-            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: left.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(sock, events)];
-        match rustix::event::poll(&mut fds, Some(&left)) {
-            Ok(0) | Err(Errno::INTR) => {}
-            Ok(_) => return Ok(()),
-            Err(e) => return Err(peer_error(op, e.into())),
-        }
+    match crate::sys::wait::ready(sock.as_fd(), events, Some(deadline)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(peer_error(op, io::ErrorKind::TimedOut.into())),
+        Err(e) => Err(peer_error(op, e)),
     }
 }
 

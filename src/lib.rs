@@ -85,6 +85,13 @@ mod shared_memory;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;
+// tokio's registration of an fd (`AsyncFd`'s constructors are `unsafe`):
+// an OS edge like the rest of `sys/`, in its folder, declared here because
+// only the `tokio` feature has it (`sys` itself depends on no feature).
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)]
+#[path = "sys/reactor.rs"]
+mod reactor;
 #[cfg(feature = "tokio")]
 mod tokio;
 
@@ -261,8 +268,11 @@ pub mod __fuzz {
     #[derive(Debug)]
     pub struct Ring;
 
-    /// Bytes of a page in the Userfault agent's PAGES replies.
-    pub const AGENT_PAGE: usize = crate::backend::userfault::PAGE;
+    /// Bytes of a page in the Userfault agent's PAGES replies (the host's
+    /// page size).
+    pub fn agent_page() -> usize {
+        crate::backend::userfault::page()
+    }
     /// The most page ranges one PAGES reply lists.
     pub const AGENT_MAX_RANGES: usize = crate::backend::agent::MAX_RANGES;
     /// The largest message on the agent's channel (the consumer's buffer).

@@ -9,7 +9,7 @@ use crate::backend::agent::Agent;
 use crate::backend::doorbell::{self, protocol};
 use crate::backend::kernel;
 use crate::handoff::Extras;
-use crate::sys::{self, Mapping};
+use crate::sys::{self, Bell, Mapping};
 use crate::{BackendKind, Error, Region};
 
 /// The producer's end of a tripwire: its memory, and `notify()`.
@@ -52,7 +52,7 @@ pub struct Producer {
     /// Userfault, UserfaultAsync: the thread that owns the uffd (held for
     /// its drop, which stops it and unregisters the mapping).
     agent: Option<Agent>,
-    peer: Option<UnixStream>,
+    peer: Option<Bell>,
 }
 
 /// The consumer's armed flag, on Doorbell (it rings through its handshake
@@ -149,7 +149,7 @@ impl Producer {
         };
         crate::handoff::reply(&sock, attached.as_ref().map(|_| &none))?;
         let mut producer = attached?;
-        producer.peer = Some(sock);
+        producer.peer = Some(Bell::from_stream(sock));
         Ok(producer)
     }
 
@@ -187,7 +187,7 @@ impl Producer {
         accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
     ) -> Result<(Producer, R), Error> {
         let producer = Self::connect(sock)?;
-        let Some(sock) = producer.peer.as_ref() else {
+        let Some(sock) = producer.peer.as_ref().map(Bell::stream) else {
             return Err(Error::handshake("connect left no handshake socket"));
         };
         let accepted =
@@ -215,7 +215,7 @@ impl Producer {
     pub fn is_closed(&self) -> bool {
         self.peer
             .as_ref()
-            .is_some_and(|p| sys::bell::hung_up(p.as_fd()).unwrap_or(true))
+            .is_some_and(|p| p.hung_up().unwrap_or(true))
     }
 
     /// The handshake socket (`None` for a producer made with
@@ -374,7 +374,7 @@ impl Producer {
         };
         // Never blocks (see `sys::bell`); `BrokenPipe` once the consumer's
         // end is closed: the consumer is gone.
-        sys::bell::ring(sock.as_fd()).map_err(|e| match e.kind() {
+        sock.ring().map_err(|e| match e.kind() {
             io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
             _ => e,
         })

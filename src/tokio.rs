@@ -1,25 +1,35 @@
 //! The async [`Tripwire`] and its [`Changes`] stream: a thin, `unsafe`-free
-//! layer of `AsyncFd` readiness over [`blocking::Tripwire`].
+//! driver of [`blocking::Tripwire`]'s public, non-blocking step
+//! ([`try_changed`](blocking::Tripwire::try_changed),
+//! [`try_ack`](blocking::Tripwire::try_ack)): it waits on `AsyncFd`
+//! readiness and, while the step reports a
+//! [`deadline`](blocking::Tripwire::deadline) (an ACK in flight), on a
+//! tokio timer armed at it. The coop-budget accounting of every async loop
+//! of the crate (tokio policy) is here too: [`poll_turns`].
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use ::tokio::io::unix::AsyncFd;
+use ::tokio::time::Sleep;
 use futures_core::{FusedStream, Stream};
 
-use crate::backend::Wait;
-use crate::sys::reactor;
-use crate::{BackendKind, Epoch, Region, blocking};
+use crate::reactor;
+use crate::{BackendKind, Epoch, Error, Region, blocking};
 
 /// A tripwire registered with the tokio reactor: `changed().await`.
 ///
-/// Built from a [`blocking::Tripwire`] (share it with its producers first);
+/// Built from a [`blocking::Tripwire`] (share it with its producers first,
+/// or later with [`share`](Tripwire::share));
 /// [`into_inner`](Tripwire::into_inner) gives it back. Needs a runtime with
-/// IO enabled.
+/// IO enabled, and on `Userfault` and `UserfaultAsync` its timer too (see
+/// [`changed`](Tripwire::changed), `# Panics`).
 ///
 /// # Examples
 ///
@@ -38,8 +48,13 @@ use crate::{BackendKind, Epoch, Region, blocking};
 pub struct Tripwire {
     inner: blocking::Tripwire,
     /// The registration of the tripwire's one fd, which it keeps open
-    /// through a shared reference: no duplicate fd.
+    /// through a shared reference: no duplicate fd. Only ever the fd of
+    /// `inner`, which is never swapped (no `get_mut`).
     fd: AsyncFd<reactor::SharedFd>,
+    /// Armed at the step's deadline (an ACK in flight) while there is one:
+    /// a stopped producer, which never makes the fd readable, still ends
+    /// the wait. Made at the first deadline, then reset.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for Tripwire {
@@ -94,6 +109,7 @@ impl Tripwire {
             Ok(fd) => Ok(Tripwire {
                 inner: tripwire,
                 fd,
+                timer: None,
             }),
             Err(error) => Err(NewError {
                 tripwire: Box::new(tripwire),
@@ -111,19 +127,34 @@ impl Tripwire {
     /// returns without a trip: readiness is only a hint, the wire's level is
     /// checked each time.
     ///
+    /// On `Userfault` and `UserfaultAsync` the ACK is a round trip to the
+    /// producers' agents: it goes out without blocking the thread, and while
+    /// it is in flight the task waits for the replies or the ACK's
+    /// [deadline](blocking::Tripwire::deadline) (1 s), on a tokio timer: a
+    /// stopped producer makes this return `TimedOut` then, with no timer of
+    /// the caller's.
+    ///
     /// # Cancel safety
     ///
     /// This method is cancel safe. Dropping the future (in `select!`, or on
-    /// a time-out) loses nothing: the ACK happens only in the poll that
-    /// returns the epoch, so a trip that was not returned stays pending for
-    /// the next call.
+    /// a time-out) loses nothing: the epoch is counted only in the poll that
+    /// returns it, so a trip that was not returned stays pending for the
+    /// next call (an ACK left in flight goes on at the next look).
     ///
     /// # Errors
     ///
     /// `BrokenPipe` (wrapping [`Error::PeerDied`](crate::Error::PeerDied))
     /// once the tripwire was shared and every producer has hung up, after
-    /// any pending trip was returned. Otherwise the OS error of the poll or
+    /// any pending trip was returned. `TimedOut` when a producer did not
+    /// answer the ACK by its deadline. Otherwise the OS error of the poll or
     /// ACK; a failed ACK leaves the wire tripped.
+    ///
+    /// # Panics
+    ///
+    /// On `Userfault` and `UserfaultAsync`, when an ACK is in flight in a
+    /// runtime built without its timer (tokio panics: build it with
+    /// `enable_time` or `enable_all`, as `#[tokio::main]` does). The other
+    /// backends never need the timer.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -159,7 +190,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Epoch>> {
-        self.poll_take(cx, |tw| tw.look(Wait::No, None))
+        self.poll_step(cx, blocking::Tripwire::try_changed)
     }
 
     /// [`changed`](Tripwire::changed), and also appends to `out` the byte
@@ -176,6 +207,10 @@ impl Tripwire {
     ///
     /// As [`changed`](Tripwire::changed).
     ///
+    /// # Panics
+    ///
+    /// As [`changed`](Tripwire::changed).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
@@ -189,31 +224,34 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub async fn changed_with_pages(&mut self, out: &mut Vec<Range<usize>>) -> io::Result<Epoch> {
-        std::future::poll_fn(|cx| self.poll_take(cx, |tw| tw.look(Wait::No, Some(&mut *out)))).await
+        std::future::poll_fn(|cx| self.poll_step(cx, |tw| tw.try_changed_with_pages(out))).await
     }
 
-    /// The level-checking loop: never trusts readiness, so no edge is lost.
-    /// Spends a unit of tokio's coop budget per turn (an epoch, or a
-    /// wake-up that found the wire armed), like tokio's own channels: a
-    /// producer that keeps the wire tripped, or its fd readable, cannot
-    /// starve the other tasks of this thread.
-    fn poll_take(
+    /// The driver: steps, and while the step finds nothing, waits for
+    /// readiness or the step's deadline, then steps again (never trusting
+    /// readiness: the level is what the step looks at, so no edge is lost).
+    /// Spends a unit of tokio's coop budget per turn (an outcome, or a
+    /// wake-up that found nothing), like tokio's own channels: a producer
+    /// that keeps the wire tripped, or its fd readable, cannot starve the
+    /// other tasks of this thread.
+    fn poll_step<T>(
         &mut self,
         cx: &mut Context<'_>,
-        mut take: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<Epoch>>,
-    ) -> Poll<io::Result<Epoch>> {
-        reactor::poll_turns(cx, |cx| match take(&mut self.inner) {
-            Ok(Some(epoch)) => Poll::Ready(Ok(Some(epoch))),
+        mut step: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<T>>,
+    ) -> Poll<io::Result<T>> {
+        poll_turns(cx, |cx| match step(&mut self.inner) {
+            Ok(Some(outcome)) => Poll::Ready(Ok(Some(outcome))),
             Err(e) => Poll::Ready(Err(e)),
-            // Not tripped (or an ACK in flight): sleep on readiness, then
-            // look at the level again.
+            // Not tripped, or an ACK in flight: sleep on readiness (or the
+            // deadline), then look at the level again.
             Ok(None) => self.poll_ready(cx).map_ok(|()| None),
         })
     }
 
     /// Polls for readiness: `Ready` once the wire may have tripped or a
-    /// producer may have hung up since the last call, without ACKing
-    /// anything. Readiness is only a hint, and this clears it: look at the
+    /// producer may have hung up since the last call, or once the
+    /// [deadline](blocking::Tripwire::deadline) of an ACK in flight has come
+    /// (a tokio timer is armed at it), without ACKing anything. Readiness is only a hint, and this clears it: look at the
     /// level next ([`try_changed`](Tripwire::try_changed), or the memory
     /// then [`ack`](Tripwire::ack)), and call this again only once the wire
     /// is armed, or it may sleep through a trip that already happened.
@@ -225,6 +263,11 @@ impl Tripwire {
     /// # Errors
     ///
     /// The OS error of the reactor.
+    ///
+    /// # Panics
+    ///
+    /// As [`changed`](Tripwire::changed): the deadline's timer needs the
+    /// runtime's.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -241,6 +284,23 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(deadline) = self.inner.deadline() {
+            let deadline = ::tokio::time::Instant::from_std(deadline);
+            let timer = match &mut self.timer {
+                Some(timer) => {
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer
+                }
+                None => self
+                    .timer
+                    .insert(Box::pin(::tokio::time::sleep_until(deadline))),
+            };
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
         let mut guard = ready!(self.fd.poll_read_ready(cx))?;
         guard.clear_ready();
         Poll::Ready(Ok(()))
@@ -272,11 +332,12 @@ impl Tripwire {
     }
 
     /// Takes a pending trip without waiting: ACKs it and returns the new
-    /// epoch, or `None` if the wire is armed; see
+    /// epoch, or `None` if the wire is armed; the step
     /// [`blocking::Tripwire::try_changed`]. Never blocks: on `Userfault`
     /// and `UserfaultAsync`, where the ACK is a round trip to the
     /// producers' agents, it returns `None` while the ACK is in flight, and
-    /// [`ready`](Tripwire::ready) wakes as the replies come.
+    /// [`ready`](Tripwire::ready) wakes as the replies come, or at the
+    /// ACK's deadline.
     ///
     /// # Errors
     ///
@@ -291,14 +352,16 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
-        self.inner.look(Wait::No, None)
+        self.inner.try_changed()
     }
 
     /// `true` while an ACK awaits the producers' replies: on `Userfault`
     /// and `UserfaultAsync`, where [`try_changed`](Tripwire::try_changed)
     /// and [`changed`](Tripwire::changed) send the ACK without waiting for
     /// it. The wire is not re-armed yet; its replies wake
-    /// [`ready`](Tripwire::ready). Always `false` on the other backends.
+    /// [`ready`](Tripwire::ready), or its
+    /// [deadline](blocking::Tripwire::deadline) does. Always `false` on the
+    /// other backends.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -309,7 +372,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn ack_in_flight(&self) -> bool {
-        self.inner.ack_in_flight()
+        self.inner.deadline().is_some()
     }
 
     /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`]. On
@@ -325,8 +388,12 @@ impl Tripwire {
     /// # Errors
     ///
     /// The OS error of the ACK (`TimedOut` for an agent that did not answer
-    /// within 1 s, noticed at the next wake-up); the wire then stays
+    /// within 1 s: a timer is armed at the deadline); the wire then stays
     /// tripped.
+    ///
+    /// # Panics
+    ///
+    /// As [`changed`](Tripwire::changed).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -337,15 +404,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub async fn ack(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            loop {
-                if self.inner.ack_nowait()? {
-                    return Poll::Ready(Ok(()));
-                }
-                ready!(self.poll_ready(cx))?;
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_step(cx, |tw| Ok(tw.try_ack()?.then_some(())))).await
     }
 
     /// The last epoch returned (zero before the first change).
@@ -376,24 +435,74 @@ impl Tripwire {
         &self.inner
     }
 
-    /// The blocking tripwire inside, still registered: to
-    /// [`share`](blocking::Tripwire::share) it with one more producer (in
-    /// `tokio::task::block_in_place` on a multi-thread runtime, as `share`
-    /// blocks for its handshake). Its blocking calls
-    /// ([`wait`](blocking::Tripwire::wait), and `try_changed`'s ACK round
-    /// trip on `Userfault`) would block the runtime's thread: use
-    /// [`changed`](Tripwire::changed) and [`try_changed`](Tripwire::try_changed).
+    /// Hands the tripwire to one more producer: [`blocking::Tripwire::share`].
+    /// Blocks for the handshake: on a multi-thread runtime call it in
+    /// `tokio::task::block_in_place`, or share before registering. The
+    /// registration watches the new producer too (the tripwire's one fd
+    /// does).
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking::Tripwire::share`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, Producer, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create()?)?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let producer = std::thread::spawn(move || Producer::connect(theirs));
+    /// tw.share(ours)?;
+    /// let producer = producer.join().unwrap()?;
+    /// producer.region().write(0, &1u8)?;
+    /// tw.changed().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        self.inner.share(peer)
+    }
+
+    /// [`share`](Tripwire::share) with a second frame of `fds`:
+    /// [`blocking::Tripwire::share_with_fds`].
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking::Tripwire::share_with_fds`].
+    ///
+    /// ```no_run
+    /// # async fn f(mut tw: memfd_tripwire::Tripwire, peer: std::os::unix::net::UnixStream,
+    /// #     extra: std::os::fd::OwnedFd) -> Result<(), memfd_tripwire::Error> {
+    /// use std::os::fd::AsFd;
+    /// tw.share_with_fds(peer, *b"MYDEVICE", &[extra.as_fd()])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn share_with_fds(
+        &mut self,
+        peer: UnixStream,
+        tag: [u8; 8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        self.inner.share_with_fds(peer, tag, fds)
+    }
+
+    /// `true` once the tripwire was shared and every producer has hung up:
+    /// [`blocking::Tripwire::producers_gone`].
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking::Tripwire::producers_gone`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// # use memfd_tripwire::{Backend, Tripwire, blocking};
     /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
-    /// let inner: &mut blocking::Tripwire = tw.get_mut();
+    /// assert!(!tw.producers_gone()?); // never shared
     /// # Ok(()) }
     /// ```
-    pub fn get_mut(&mut self) -> &mut blocking::Tripwire {
-        &mut self.inner
+    pub fn producers_gone(&mut self) -> io::Result<bool> {
+        self.inner.producers_gone()
     }
 
     /// Turns the tripwire into a [`Stream`] of epochs.
@@ -480,6 +589,8 @@ impl AsRawFd for Tripwire {
 /// Each item stands for at least one change, possibly more (see
 /// [`Tripwire::changed`]). The stream is fused: after yielding an error (a
 /// hung-up producer gives `BrokenPipe`) it ends.
+/// Needs the runtime's timer on `Userfault` and `UserfaultAsync`, as
+/// [`Tripwire::changed`] does (see its `# Panics`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -637,5 +748,71 @@ impl std::error::Error for NewError {
 impl From<NewError> for io::Error {
     fn from(e: NewError) -> io::Error {
         io::Error::new(e.error.kind(), e)
+    }
+}
+
+/// [`Tripwire::new`], for `try_into()`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # use memfd_tripwire::{Backend, Tripwire, blocking};
+/// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+/// let tw: Tripwire = tw.try_into()?;
+/// # Ok(()) }
+/// ```
+impl TryFrom<blocking::Tripwire> for Tripwire {
+    type Error = NewError;
+
+    fn try_from(tripwire: blocking::Tripwire) -> Result<Self, NewError> {
+        Tripwire::new(tripwire)
+    }
+}
+
+impl blocking::Tripwire {
+    /// Registers this tripwire with the current tokio runtime:
+    /// [`Tripwire::new`](crate::Tripwire::new).
+    ///
+    /// # Errors
+    ///
+    /// As [`Tripwire::new`](crate::Tripwire::new): the error hands this
+    /// tripwire back.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, blocking};
+    /// let tw = blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
+    /// let mut tw = tw.into_async()?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// tw.changed().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_async(self) -> Result<Tripwire, NewError> {
+        Tripwire::new(self)
+    }
+}
+
+/// Runs `turn` until it gives an outcome (`Ready(Some)` or an error),
+/// spending a unit of tokio's coop budget per turn, a wake-up that found
+/// nothing (`Ready(None)`) included: a peer that keeps its fd readable
+/// without giving us anything cannot keep the task in one poll, nor a
+/// stream of outcomes starve the other tasks of the thread. The crate's
+/// async loops (the tripwire's, the ring's) all go through it: tokio
+/// policy, kept in the tokio layer.
+pub(crate) fn poll_turns<T, E>(
+    cx: &mut Context<'_>,
+    mut turn: impl FnMut(&mut Context<'_>) -> Poll<Result<Option<T>, E>>,
+) -> Poll<Result<T, E>> {
+    loop {
+        let coop = ready!(::tokio::task::coop::poll_proceed(cx));
+        let Poll::Ready(outcome) = turn(cx) else {
+            // Dropping `coop` gives the unit back.
+            return Poll::Pending;
+        };
+        coop.made_progress();
+        if let Some(outcome) = outcome.transpose() {
+            return Poll::Ready(outcome);
+        }
     }
 }

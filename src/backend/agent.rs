@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::userfault::PAGE;
+use crate::backend::userfault::page;
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
 use crate::{BackendKind, Error};
 
@@ -200,7 +200,7 @@ impl Agent {
         };
         uffd::api(fd.as_fd(), features)
             .map_err(|e| unavailable(format!("UFFDIO_API({features:#x}) failed: {e}")))?;
-        let span = map.len().div_ceil(PAGE) * PAGE;
+        let span = map.len().div_ceil(page()) * page();
         uffd::register_wp(fd.as_fd(), map.addr(), span)
             .map_err(|e| unavailable(format!("UFFDIO_REGISTER in WP mode failed: {e}")))?;
         uffd::write_protect(fd.as_fd(), map.addr(), span, true)
@@ -293,12 +293,12 @@ impl State {
     fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let mut next_scan = Instant::now() + self.interval;
         loop {
-            let timeout = self
+            let until = self
                 .pagemap
                 .as_ref()
                 .filter(|_| self.armed)
-                .map(|_| next_scan.saturating_duration_since(Instant::now()));
-            let (uffd_ready, chan_ready, stopped) = self.wait(stop, timeout)?;
+                .map(|_| next_scan);
+            let (uffd_ready, chan_ready, stopped) = self.wait(stop, until)?;
             if stopped {
                 // A producer going away: report what was not scanned yet.
                 self.scan();
@@ -319,21 +319,14 @@ impl State {
 
     /// Sleeps until the uffd, the channel or `stop` is readable, or
     /// `timeout`. Returns which were.
-    fn wait(&self, stop: &EventFd, timeout: Option<Duration>) -> io::Result<(bool, bool, bool)> {
-        use rustix::event::{PollFd, PollFlags, Timespec};
-        let ts = timeout.map(|d| Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: d.subsec_nanos().into(),
-        });
+    fn wait(&self, stop: &EventFd, until: Option<Instant>) -> io::Result<(bool, bool, bool)> {
+        use crate::sys::wait::{PollFd, PollFlags};
         let mut fds = [
             PollFd::new(&self.uffd, PollFlags::IN),
             PollFd::new(&self.chan, PollFlags::IN),
             PollFd::new(stop, PollFlags::IN),
         ];
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::sys::wait::poll(&mut fds, until)?;
         let r = |i: usize| !fds[i].revents().is_empty();
         Ok((r(0), r(1), r(2)))
     }
@@ -341,16 +334,17 @@ impl State {
     /// `Userfault`: records, trips and un-protects each queued fault.
     fn resolve_faults(&mut self) -> io::Result<()> {
         while let Some(addr) = uffd::read_wp_fault(self.uffd.as_fd())? {
-            let page_addr = addr as usize & !(PAGE - 1);
+            let size = page();
+            let page_addr = addr as usize & !(size - 1);
             if page_addr < self.base || page_addr >= self.base + self.span {
                 continue; // the kernel only reports registered ranges
             }
-            let page = (page_addr - self.base) / PAGE;
+            let index = (page_addr - self.base) / size;
             self.faults.fetch_add(1, Ordering::Relaxed);
-            self.dirty.mark(page, page + 1);
+            self.dirty.mark(index, index + 1);
             self.trip();
             // Lets the stalled store through.
-            uffd::write_protect(self.uffd.as_fd(), page_addr, PAGE, false)?;
+            uffd::write_protect(self.uffd.as_fd(), page_addr, size, false)?;
         }
         Ok(())
     }
@@ -363,7 +357,7 @@ impl State {
         let mut found = false;
         let scanned =
             uffd::scan_written_and_protect(pagemap.as_fd(), base, self.span, |start, end| {
-                dirty.mark((start - base) / PAGE, (end - base).div_ceil(PAGE));
+                dirty.mark((start - base) / page(), (end - base).div_ceil(page()));
                 found = true;
             });
         // A scan that failed cannot tell what was written; and an unmap of
@@ -429,7 +423,7 @@ impl State {
         let mut reprotect_all = false;
         if self.pagemap.is_none() {
             for r in &runs {
-                let (start, end) = (r.start, r.end.div_ceil(PAGE) * PAGE);
+                let (start, end) = (r.start, r.end.div_ceil(page()) * page());
                 if uffd::write_protect(self.uffd.as_fd(), self.base + start, end - start, true)
                     .is_err()
                 {
@@ -452,8 +446,8 @@ impl State {
             msg.extend_from_slice(&(runs.len() as u32).to_le_bytes());
             msg.extend_from_slice(&[0; 4]);
             for r in &runs {
-                msg.extend_from_slice(&((r.start / PAGE) as u32).to_le_bytes());
-                msg.extend_from_slice(&(r.end.div_ceil(PAGE) as u32).to_le_bytes());
+                msg.extend_from_slice(&((r.start / page()) as u32).to_le_bytes());
+                msg.extend_from_slice(&(r.end.div_ceil(page()) as u32).to_le_bytes());
             }
         }
         // A full queue: the consumer is not reading; it will time out.
@@ -470,7 +464,7 @@ pub(crate) struct Dirty {
 
 impl Dirty {
     pub(crate) fn new(len: usize) -> Self {
-        let pages = len.div_ceil(PAGE);
+        let pages = len.div_ceil(page());
         Dirty {
             bits: vec![0; pages.div_ceil(64)],
             pages,
@@ -495,6 +489,7 @@ impl Dirty {
     /// Appends the marked pages as merged byte ranges (the last one clamped
     /// to `len`), and clears them.
     pub(crate) fn drain_into(&mut self, len: usize, out: &mut Vec<Range<usize>>) {
+        let size = page();
         let mut page = 0;
         while page < self.pages {
             if self.bits[page / 64] == 0 {
@@ -509,7 +504,7 @@ impl Dirty {
             while page < self.pages && self.is_set(page) {
                 page += 1;
             }
-            out.push(first * PAGE..(page * PAGE).min(len));
+            out.push(first * size..(page * size).min(len));
         }
         self.bits.fill(0);
     }
@@ -522,28 +517,28 @@ mod tests {
     #[test]
     #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
     fn dirty_pages_merge_and_clamp() {
-        let mut d = Dirty::new(200 * PAGE + 100);
+        let mut d = Dirty::new(200 * page() + 100);
         d.mark(3, 4);
         d.mark(7, 9);
         d.mark(63, 66);
         d.mark(200, 205); // the last, partial page; past the end is ignored
         let mut out = Vec::new();
-        d.drain_into(200 * PAGE + 100, &mut out);
+        d.drain_into(200 * page() + 100, &mut out);
         assert_eq!(
             out,
             [
-                3 * PAGE..4 * PAGE,
-                7 * PAGE..9 * PAGE,
-                63 * PAGE..66 * PAGE,
-                200 * PAGE..200 * PAGE + 100,
+                3 * page()..4 * page(),
+                7 * page()..9 * page(),
+                63 * page()..66 * page(),
+                200 * page()..200 * page() + 100,
             ]
         );
         out.clear();
-        d.drain_into(200 * PAGE + 100, &mut out);
+        d.drain_into(200 * page() + 100, &mut out);
         assert!(out.is_empty());
         d.mark_all();
-        d.drain_into(200 * PAGE + 100, &mut out);
-        assert_eq!(out, [0..200 * PAGE + 100]);
+        d.drain_into(200 * page() + 100, &mut out);
+        assert_eq!(out, [0..200 * page() + 100]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `Backend::Doorbell`: the producer rings from `notify()`, but only when
 //! the consumer is armed (a Dekker handshake on a shared flag), so a busy
 //! producer pays one fence and one atomic swap per `notify()`. It rings
-//! through its handshake socket (a byte, `sys::bell::ring`): the socket that
+//! through its handshake socket (a byte, `sys::Bell::ring`): the socket that
 //! tells each side of the other's death also carries the rings, so a
 //! Doorbell tripwire costs the consumer its memfd, its epoll set and one
 //! socket per producer (`backend::peers`). Neither side can make the other

@@ -3,8 +3,6 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
-
 use crate::sys::{self, Mapping, tripwire::CreateError};
 use crate::{BackendKind, Error, Region};
 
@@ -68,14 +66,7 @@ impl Kernel {
 
 /// `poll(fd, POLLIN, 0)`: is the fd readable right now?
 pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    loop {
-        match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
-            Ok(_) => return Ok(fds[0].revents().contains(PollFlags::IN)),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    sys::wait::readable_now(fd)
 }
 
 /// Maps a tripwire fd received from elsewhere, after checking what it is.

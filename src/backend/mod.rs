@@ -23,16 +23,6 @@ pub(crate) mod poller;
 pub(crate) mod userfault;
 pub(crate) mod userfault_async;
 
-/// Whether a look at the wire may block for an ACK's round trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Up to the ACK's deadline (the blocking API).
-    Block,
-    /// Never: the ACK stays in flight (the async API).
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    No,
-}
-
 /// What a look at the wire found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Take {
@@ -40,8 +30,8 @@ pub(crate) enum Take {
     Idle,
     /// Tripped, and now ACKed (re-armed).
     Taken,
-    /// An ACK is in flight (`Wait::No`): look again when the wake-up fd
-    /// turns readable.
+    /// An ACK is in flight: look again when the wake-up fd turns readable,
+    /// or at its [deadline](Wire::deadline) at the latest.
     Pending,
 }
 
@@ -444,24 +434,28 @@ impl Wire {
     }
 
     /// If the wire is tripped, ACKs it (re-arms; prior writes become
-    /// visible): `Taken`; `Idle` if it is not tripped. With `Wait::No`, an
-    /// ACK that is a round trip (`Userfault`, `UserfaultAsync`) may stay in
-    /// flight: `Pending`, and the wake-up fd turns readable as replies
-    /// come. A failed ACK leaves the wire tripped.
-    pub(crate) fn take(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
+    /// visible): `Taken`; `Idle` if it is not tripped. Never blocks: an ACK
+    /// that is a round trip (`Userfault`, `UserfaultAsync`) stays in flight
+    /// (`Pending`) until its replies are in, and the wake-up fd turns
+    /// readable as they come; a look after its [deadline](Wire::deadline)
+    /// fails it. A failed ACK leaves the wire tripped.
+    pub(crate) fn take(&mut self, peers: &mut Peers) -> io::Result<Take> {
         let taken = match self {
             Wire::Kernel(w) => w.take(),
             Wire::Doorbell(w) => w.take(peers),
             Wire::Poll(w) => w.take(),
-            Wire::Userfault(w) => return w.take(wait),
+            Wire::Userfault(w) => return w.take(),
         };
         taken.map(Take::from)
     }
 
-    /// `true` while an ACK sent without blocking awaits replies.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn ack_in_flight(&self) -> bool {
-        matches!(self, Wire::Userfault(w) if w.ack_in_flight())
+    /// When the ACK in flight fails if its replies are not all in: look
+    /// again by then. `None` with no ACK in flight.
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+        match self {
+            Wire::Userfault(w) => w.deadline(),
+            _ => None,
+        }
     }
 
     /// Appends the byte ranges the last successful take re-armed: the
@@ -515,12 +509,12 @@ impl Wire {
     /// Re-arms now, tripped or not: every write made before it returns is
     /// visible, and any later one trips the wire. `Taken` once done;
     /// `Pending` as for [`take`](Wire::take).
-    pub(crate) fn ack(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn ack(&mut self, peers: &mut Peers) -> io::Result<Take> {
         match self {
             Wire::Kernel(w) => w.ack(),
             Wire::Doorbell(w) => w.ack(peers),
             Wire::Poll(w) => w.ack(),
-            Wire::Userfault(w) => return w.ack(wait),
+            Wire::Userfault(w) => return w.ack(),
         }
         .map(|()| Take::Taken)
     }
@@ -528,10 +522,10 @@ impl Wire {
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
     /// not reported yet (the poller's next compare or scan). Used once every
     /// producer is gone, before reporting it.
-    pub(crate) fn take_final(&mut self, peers: &mut Peers, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn take_final(&mut self, peers: &mut Peers) -> io::Result<Take> {
         match self {
             Wire::Poll(w) => w.take_final().map(Take::from),
-            _ => self.take(peers, wait),
+            _ => self.take(peers),
         }
     }
 

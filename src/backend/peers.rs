@@ -32,7 +32,7 @@ use rustix::event::epoll::EventFlags;
 
 use super::hangups;
 use crate::Error;
-use crate::sys::{FdSet, bell};
+use crate::sys::{Bell, FdSet};
 
 /// Up to this many Doorbell sockets, a take reads each directly.
 const DIRECT_MAX: usize = 2;
@@ -46,7 +46,7 @@ pub(crate) struct Peers {
 enum Kind {
     /// The sockets in the tripwire's epoll set.
     Set {
-        socks: FdSet<UnixStream>,
+        socks: FdSet<Bell>,
         /// `Doorbell`: the sockets carry the producers' rings.
         rings: bool,
     },
@@ -54,7 +54,7 @@ enum Kind {
     Watched {
         wake: Arc<OwnedFd>,
         /// Each with its id in the watch.
-        socks: Vec<(UnixStream, u64)>,
+        socks: Vec<(Bell, u64)>,
         ever: bool,
     },
 }
@@ -98,6 +98,7 @@ impl Peers {
     }
 
     pub(crate) fn add(&mut self, sock: UnixStream) -> Result<(), Error> {
+        let sock = Bell::from_stream(sock);
         // Close the sockets of peers that are gone (their slots are reused),
         // so that a long-lived consumer serving many short-lived producers
         // stays flat.
@@ -129,7 +130,6 @@ impl Peers {
     }
 
     /// [`fd`](Peers::fd), for a registration that keeps it open.
-    #[cfg(feature = "tokio")]
     pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
         match &self.kind {
             Kind::Set { socks, .. } => socks.shared_fd(),
@@ -172,7 +172,7 @@ impl Peers {
             let Some(sock) = socks.get(idx) else {
                 continue;
             };
-            match bell::drain(sock.as_fd()) {
+            match sock.drain() {
                 Ok(got) => rang |= got,
                 // The end of the stream (or a broken one): all its rings
                 // were taken before.
@@ -193,7 +193,7 @@ impl Peers {
             Kind::Watched { socks, .. } => {
                 let mut i = 0;
                 while i < socks.len() {
-                    if discard(socks[i].0.as_fd())? {
+                    if discard(&socks[i].0)? {
                         let (sock, id) = socks.swap_remove(i);
                         hangups::unwatch(sock.as_fd(), id);
                     } else {
@@ -208,10 +208,7 @@ impl Peers {
         for (idx, events) in socks.ready()? {
             if !rings {
                 // Bytes on a socket that carries none after the handshake.
-                if socks
-                    .get(idx)
-                    .is_none_or(|s| discard(s.as_fd()).unwrap_or(true))
-                {
+                if socks.get(idx).is_none_or(|s| discard(s).unwrap_or(true)) {
                     socks.remove(idx);
                 }
                 continue;
@@ -222,7 +219,7 @@ impl Peers {
             let rings_left = rings
                 && socks
                     .get(idx)
-                    .is_some_and(|s| bell::has_data(s.as_fd()).unwrap_or(false));
+                    .is_some_and(|s| s.has_data().unwrap_or(false));
             if rings_left {
                 kept += 1;
             } else {
@@ -247,9 +244,9 @@ impl Drop for Peers {
 /// handshake (closing any fd passed along: a producer that parked its own
 /// end of the socket in it would otherwise never hang up), then says
 /// whether the peer hung up. No blocking.
-fn discard(sock: BorrowedFd<'_>) -> io::Result<bool> {
-    match bell::drain(sock) {
-        Ok(_) => bell::hung_up(sock),
+fn discard(sock: &Bell) -> io::Result<bool> {
+    match sock.drain() {
+        Ok(_) => sock.hung_up(),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
         Err(e) => Err(e),
     }

@@ -13,10 +13,11 @@
 //! [`ACK_DEADLINE`] (stopped, hung) makes the ACK fail with `TimedOut` and
 //! the wire stay tripped; never a hang.
 //!
-//! The ACK can also run without blocking (`Wait::No`, for the async
-//! layer): the requests go out, the ACK stays in flight, and each later
-//! look takes the replies that arrived (the wake-up fd turns readable with
-//! each), until all are in, or a look after the deadline fails it.
+//! The ACK never blocks: the requests go out, the ACK stays in flight (its
+//! deadline is data, [`Userfault::deadline`], which every driver arms: the
+//! `poll(2)` time-out, a tokio timer, a mio user's poll time-out), and each
+//! later look takes the replies that arrived (the wake-up fd turns readable
+//! with each), until all are in, or a look after the deadline fails it.
 //!
 //! Watched: stores through the producer's registered mapping. Not watched:
 //! `pwrite(2)` to the memfd, any other mapping (the consumer's own), a
@@ -31,12 +32,16 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
-use super::{Take, Wait};
+use super::Take;
 use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
 use crate::sys::{Channel, FdSet, Recv, SealedMemfd, uffd};
 use crate::{BackendKind, Error, Region};
 
-pub(crate) const PAGE: usize = 4096;
+/// The host's page size: the unit of `UFFDIO_WRITEPROTECT` ranges and of
+/// the page numbers in the agent's replies (both ends run on this host).
+pub(crate) fn page() -> usize {
+    rustix::param::page_size()
+}
 
 /// How many queued messages of one channel a look at it takes at most.
 const MAX_PER_LOOK: usize = 64;
@@ -252,30 +257,30 @@ impl Userfault {
 
     /// If tripped, ACKs (re-arming every agent; the pages written since the
     /// last ACK are then in [`pages`](Userfault::pages)): `Taken`, or
-    /// `Pending` while the replies of an ACK sent with `Wait::No` are out.
-    /// A failed ACK leaves the wire tripped.
-    pub(crate) fn take(&mut self, wait: Wait) -> io::Result<Take> {
+    /// `Pending` while the replies are out. A failed ACK leaves the wire
+    /// tripped.
+    pub(crate) fn take(&mut self) -> io::Result<Take> {
         self.collect()?;
         if self.in_flight.is_none() && !self.tripped {
             return Ok(Take::Idle);
         }
-        self.acknowledge(wait)
+        self.acknowledge()
     }
 
     /// ACKs whether or not the wire is tripped (or goes on with the ACK in
     /// flight): `Taken` once every agent answered.
-    pub(crate) fn ack(&mut self, wait: Wait) -> io::Result<Take> {
+    pub(crate) fn ack(&mut self) -> io::Result<Take> {
         self.collect()?;
-        self.acknowledge(wait)
+        self.acknowledge()
     }
 
     /// The ACK itself, once the agents' messages were collected.
-    fn acknowledge(&mut self, wait: Wait) -> io::Result<Take> {
+    fn acknowledge(&mut self) -> io::Result<Take> {
         let result = match self.in_flight.take() {
             Some(f) => Ok(f),
             None => self.send_ack(),
         }
-        .and_then(|f| self.progress(f, wait));
+        .and_then(|f| self.progress(f));
         match result {
             Ok(done) => Ok(if done { Take::Taken } else { Take::Pending }),
             Err(e) => {
@@ -290,13 +295,16 @@ impl Userfault {
         }
     }
 
-    /// `true` while an ACK sent with `Wait::No` awaits replies.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn ack_in_flight(&self) -> bool {
-        self.in_flight.is_some()
+    /// The deadline of the ACK in flight, if one is.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.in_flight.as_ref().map(|f| f.deadline)
     }
 
-    /// Sends an ACK request to every agent.
+    /// Sends an ACK request to every agent. The trips seen so far are the
+    /// ACK's to answer: `tripped` is cleared now, not when the replies are
+    /// in, so that a trip an agent sends after its reply (a store after its
+    /// re-arm), collected while others' replies are awaited, is kept for
+    /// the next look. (A failed ACK sets it again.)
     fn send_ack(&mut self) -> io::Result<InFlight> {
         self.seq = self.seq.wrapping_add(1);
         let request = agent::encode_ack(self.seq);
@@ -313,6 +321,8 @@ impl Userfault {
                 Err(e) => return Err(e),
             }
         }
+        // An agent gone just now is covered by this ACK too (`all`).
+        self.tripped = false;
         Ok(InFlight {
             seq: self.seq,
             waiting,
@@ -353,7 +363,11 @@ impl Userfault {
                     _ => {}
                 },
                 Recv::Closed => {
+                    // This ACK covers it (it reports the whole region on
+                    // UserfaultAsync): no further trip of its own.
+                    let tripped = self.tripped;
                     self.gone(idx);
+                    self.tripped = tripped;
                     f.all |= self.kind == BackendKind::UserfaultAsync;
                     return Ok(true);
                 }
@@ -364,44 +378,28 @@ impl Userfault {
     }
 
     /// Takes the replies to `f` that are there, from every agent still
-    /// awaited, and with `Wait::Block` waits for the others until the
-    /// deadline: `true` once all are in (the ACK is done), `false` (kept in
-    /// flight) if some are not yet.
-    fn progress(&mut self, mut f: InFlight, wait: Wait) -> io::Result<bool> {
-        let pages = self.len.div_ceil(PAGE);
+    /// awaited: `true` once all are in (the ACK is done), `false` (kept in
+    /// flight) if some are not yet; `TimedOut` if some are not and the
+    /// deadline has passed.
+    fn progress(&mut self, mut f: InFlight) -> io::Result<bool> {
+        let page = page();
+        let pages = self.len.div_ceil(page);
         let mut buf = vec![0u8; MAX_MESSAGE];
-        loop {
-            let mut i = 0;
-            while i < f.waiting.len() {
-                let idx = f.waiting[i];
-                if self.take_reply(&mut f, idx, pages, &mut buf)? {
-                    f.waiting.swap_remove(i);
-                } else {
-                    i += 1;
-                }
+        let mut i = 0;
+        while i < f.waiting.len() {
+            let idx = f.waiting[i];
+            if self.take_reply(&mut f, idx, pages, &mut buf)? {
+                f.waiting.swap_remove(i);
+            } else {
+                i += 1;
             }
-            let Some(&first) = f.waiting.first() else {
-                break;
-            };
-            let left = f.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        }
+        if !f.waiting.is_empty() {
+            if Instant::now() >= f.deadline {
                 return Err(not_answering("no reply"));
             }
-            match wait {
-                Wait::No => {
-                    self.in_flight = Some(f);
-                    return Ok(false);
-                }
-                Wait::Block => {
-                    let answered = match self.chans.get(first) {
-                        Some(chan) => chan.wait(left)?,
-                        None => true,
-                    };
-                    if !answered {
-                        return Err(not_answering("no reply"));
-                    }
-                }
-            }
+            self.in_flight = Some(f);
+            return Ok(false);
         }
         self.pages.clear();
         if f.all {
@@ -411,11 +409,10 @@ impl Userfault {
             for r in f.ranges {
                 push_range(
                     &mut self.pages,
-                    r.start * PAGE..(r.end * PAGE).min(self.len),
+                    r.start * page..(r.end * page).min(self.len),
                 );
             }
         }
-        self.tripped = false;
         Ok(true)
     }
 

@@ -112,33 +112,45 @@ impl RingTripwire {
         }
     }
 
-    fn get_mut(&mut self) -> std::io::Result<&mut blocking::Tripwire> {
+    /// The deadline of the tripwire's ACK in flight, if any.
+    fn deadline(&self) -> Option<Instant> {
+        self.get().ok().and_then(blocking::Tripwire::deadline)
+    }
+
+    /// The tripwire's step ([`blocking::Tripwire::try_changed`]): never
+    /// blocks (`None` while an ACK is in flight).
+    fn try_changed(&mut self) -> std::io::Result<Option<crate::Epoch>> {
         match self {
-            RingTripwire::Blocking(tw) => Ok(tw),
+            RingTripwire::Blocking(tw) => tw.try_changed(),
             #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => Ok(tw.get_mut()),
+            RingTripwire::Async(tw) => tw.try_changed(),
             #[cfg(feature = "tokio")]
             RingTripwire::Poisoned => Err(poisoned()),
         }
     }
 
-    /// `true` while an ACK sent without blocking awaits replies.
-    fn ack_in_flight(&self) -> bool {
+    fn producers_gone(&mut self) -> std::io::Result<bool> {
         match self {
+            RingTripwire::Blocking(tw) => tw.producers_gone(),
             #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => tw.ack_in_flight(),
-            _ => false,
+            RingTripwire::Async(tw) => tw.producers_gone(),
+            #[cfg(feature = "tokio")]
+            RingTripwire::Poisoned => Err(poisoned()),
         }
     }
 
-    /// `try_changed` of the tripwire as it is: blocking for an ACK's round
-    /// trip (`Userfault`) when blocking, never once registered with tokio
-    /// (`None` while the ACK is in flight; its replies wake the task).
-    fn try_changed(&mut self) -> std::io::Result<Option<crate::Epoch>> {
+    fn share_with_fds(
+        &mut self,
+        peer: UnixStream,
+        tag: [u8; 8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
         match self {
+            RingTripwire::Blocking(tw) => tw.share_with_fds(peer, tag, fds),
             #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => tw.try_changed(),
-            other => other.get_mut()?.try_changed(),
+            RingTripwire::Async(tw) => tw.share_with_fds(peer, tag, fds),
+            #[cfg(feature = "tokio")]
+            RingTripwire::Poisoned => Err(Error::io("sharing the ring", poisoned())),
         }
     }
 }
@@ -262,10 +274,7 @@ impl<T: Pod> Receiver<T> {
             self.space_peer.as_fd(),
             self.slots_mem.as_fd(),
         ];
-        self.tw
-            .get_mut()
-            .map_err(|e| Error::io("sharing the ring", e))?
-            .share_with_fds(peer, layout::FRAME_TAG, &fds)?;
+        self.tw.share_with_fds(peer, layout::FRAME_TAG, &fds)?;
         self.shared = true;
         Ok(())
     }
@@ -495,17 +504,20 @@ impl<T: Pod> Receiver<T> {
     }
 
     /// Gets ready to sleep: publishes the tail and re-arms the wire if it
-    /// is tripped. `Ok(true)`: still empty and armed, so the next message
-    /// trips the wire (sleep now: [`wait_ready`](blocking::Tripwire::wait_ready),
-    /// mio, `poll(2)` on [`as_fd`](AsFd::as_fd)). `Ok(false)`: something is
-    /// there or the Sender is gone; receive before sleeping.
+    /// is tripped. `Ok(true)`: still empty and armed (or its ACK in flight,
+    /// whose replies make the fd readable), so the next message trips the
+    /// wire: sleep now ([`wait_ready`](blocking::Tripwire::wait_ready), mio,
+    /// `poll(2)` on [`as_fd`](AsFd::as_fd)), until readiness or the
+    /// [`deadline`](Receiver::deadline). `Ok(false)`: something is there or
+    /// the Sender is gone; receive before sleeping. Never blocks.
     ///
     /// For your own event loop; `recv` and `blocking_recv` do this
     /// themselves.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the ACK fails; the wire then stays tripped.
+    /// [`Error::Io`] if the ACK fails (`TimedOut` for one the Sender did
+    /// not answer by its deadline); the wire then stays tripped.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, ring::SharedRing};
@@ -516,7 +528,7 @@ impl<T: Pod> Receiver<T> {
         self.publish_tail()?;
         let start = Instant::now();
         let changed = self.tw.try_changed();
-        if self.tw.ack_in_flight() {
+        if self.tw.deadline().is_some() {
             self.ack_sent.get_or_insert(start);
         }
         match changed {
@@ -532,8 +544,7 @@ impl<T: Pod> Receiver<T> {
                 // sleeping now would be for ever.
                 if self
                     .tw
-                    .get_mut()
-                    .and_then(|tw| tw.producers_gone())
+                    .producers_gone()
                     .map_err(|e| Error::io("checking for the Sender's hang-up", e))?
                 {
                     return Ok(false);
@@ -551,6 +562,24 @@ impl<T: Pod> Receiver<T> {
             return Ok(false);
         }
         Ok(self.ready()? == 0)
+    }
+
+    /// When an event loop must call [`rearm`](Receiver::rearm) again even if
+    /// the fd stays quiet: the deadline of the ACK that `rearm` left in
+    /// flight (`Userfault`, `UserfaultAsync`; see
+    /// [`blocking::Tripwire::deadline`]), after which `rearm` fails it with
+    /// `TimedOut` if the Sender has not answered (is it stopped?). `None`
+    /// with no ACK in flight. [`blocking_recv`](Receiver::blocking_recv)
+    /// and [`recv`](Receiver::recv) arm it themselves.
+    ///
+    /// ```
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// assert!(rx.rearm().unwrap());
+    /// assert_eq!(rx.deadline(), None); // a Doorbell ACK is done at once
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.tw.deadline()
     }
 
     /// One round of "nothing there": spin, re-arm, look again. `Some` is
@@ -591,8 +620,7 @@ impl<T: Pod> Receiver<T> {
         let gone = closed
             || self
                 .tw
-                .get_mut()
-                .and_then(|tw| tw.producers_gone())
+                .producers_gone()
                 .map_err(|e| Error::io("checking for the Sender's hang-up", e))?;
         if !gone {
             return Err(TryRecvError::Empty);
@@ -765,10 +793,13 @@ impl<T> AsRawFd for Receiver<T> {
 /// [`Empty`](TryRecvError::Empty)". `try_recv` never ACKs: once it says
 /// `Empty`, call [`rearm`](Receiver::rearm) and sleep only if it returns
 /// `true`, or the wire, still tripped by the last message, stays quiet.
+/// Sleep until an event or the Receiver's [`deadline`](Receiver::deadline)
+/// (an ACK in flight), whichever is first: at the deadline, `rearm` again
+/// (it fails an ACK a stopped Sender left unanswered with `TimedOut`).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use mio::{Events, Interest, Poll, Token};
 /// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
 ///
@@ -781,7 +812,11 @@ impl<T> AsRawFd for Receiver<T> {
 ///         Ok(v) => println!("{v}"),
 ///         Err(TryRecvError::Empty) => {
 ///             if rx.rearm()? {
-///                 poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+///                 let mut timeout = Duration::from_millis(10);
+///                 if let Some(deadline) = rx.deadline() {
+///                     timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+///                 }
+///                 poll.poll(&mut events, Some(timeout))?;
 ///             }
 ///         }
 ///         Err(e) => return Err(e.into()),
@@ -797,7 +832,8 @@ impl<T> mio::event::Source for Receiver<T> {
         token: mio::Token,
         interests: mio::Interest,
     ) -> std::io::Result<()> {
-        self.tw.get_mut()?.register(registry, token, interests)
+        let fd = self.tw.get()?.as_raw_fd();
+        mio::unix::SourceFd(&fd).register(registry, token, interests)
     }
 
     fn reregister(
@@ -806,11 +842,13 @@ impl<T> mio::event::Source for Receiver<T> {
         token: mio::Token,
         interests: mio::Interest,
     ) -> std::io::Result<()> {
-        self.tw.get_mut()?.reregister(registry, token, interests)
+        let fd = self.tw.get()?.as_raw_fd();
+        mio::unix::SourceFd(&fd).reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
-        self.tw.get_mut()?.deregister(registry)
+        let fd = self.tw.get()?.as_raw_fd();
+        mio::unix::SourceFd(&fd).deregister(registry)
     }
 }
 
@@ -871,7 +909,7 @@ mod r#async {
         pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
             // A unit per turn: a message, or a wake-up that found none (a
             // Sender ringing without publishing cannot keep the task here).
-            crate::sys::reactor::poll_turns(cx, |cx| self.turn(cx))
+            crate::tokio::poll_turns(cx, |cx| self.turn(cx))
         }
 
         /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
@@ -909,7 +947,18 @@ mod r#async {
         ///
         /// [`Error::PeerDied`] once the Sender's process died (after
         /// everything it published was received); [`Error::Corrupt`] for an
-        /// impossible index; [`Error::Io`] if the tripwire fails.
+        /// impossible index; [`Error::Io`] if the tripwire fails, with
+        /// `TimedOut` inside when the Sender left the re-arm's ACK
+        /// unanswered past its deadline (`Userfault`, `UserfaultAsync`: a
+        /// timer ends the wait, so a stopped Sender cannot keep this
+        /// pending).
+        ///
+        /// # Panics
+        ///
+        /// On `Userfault` and `UserfaultAsync`, when it waits for an ACK in
+        /// a runtime built without its timer (tokio panics: build it with
+        /// `enable_time` or `enable_all`); see
+        /// [`Tripwire::changed`](crate::Tripwire::changed).
         ///
         /// ```no_run
         /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {

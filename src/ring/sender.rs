@@ -323,7 +323,7 @@ impl<T: Pod> Sender<T> {
     /// ```
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.producer.is_closed() || sys::bell::hung_up(self.space.as_fd()).unwrap_or(true)
+        self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
     }
 
     /// Sends without waiting.
@@ -447,16 +447,15 @@ impl<T: Pod> Sender<T> {
                 // closes the handshake socket (the bell is the Receiver's
                 // to make: a hostile one may hand over a bell that never
                 // hangs up).
-                use rustix::event::{PollFd, PollFlags};
+                // No deadline: the Sender waits for a peer, as a blocking
+                // write to a pipe does; its death ends the wait.
+                use sys::wait::{PollFd, PollFlags};
                 let sock = self.producer.handshake_socket();
                 let mut fds = [
                     PollFd::new(&self.space, PollFlags::IN),
                     PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
                 ];
-                match rustix::event::poll(&mut fds, None) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(Error::io("waiting for space", e)),
-                }
+                sys::wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
                 // Gone once the space it freed is used up.
                 let gone = self.drain_space()? || self.producer.is_closed();
                 if gone && self.free()? == 0 {
@@ -534,7 +533,7 @@ mod r#async {
     use tokio::io::unix::AsyncFd;
 
     use super::*;
-    use crate::sys::reactor;
+    use crate::reactor;
 
     /// The space bell and the handshake socket, registered with tokio (as
     /// duplicates: the Sender keeps the originals for its blocking calls).
@@ -549,7 +548,7 @@ mod r#async {
         /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
         /// one that rings without freeing space can keep the task here.
         fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-            reactor::poll_turns(cx, |cx| self.poll_space(cx))
+            crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
         }
 
         /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a

@@ -17,6 +17,7 @@
 //! threads through eventfds, ~1 ms), and `ack` an average of the ACKs this
 //! Receiver made; clamped to [`MIN`]..[`MAX`].
 
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -94,18 +95,9 @@ fn measure() -> Option<Duration> {
 
 /// Sleeps until `fd` is signalled (at most 1 s), then resets it.
 fn wait(fd: &EventFd) -> std::io::Result<()> {
-    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-    let second = rustix::event::Timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
-    };
-    loop {
-        match rustix::event::poll(&mut fds, Some(&second)) {
-            Ok(0) => return Err(std::io::ErrorKind::TimedOut.into()),
-            Ok(_) => break,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let second = Instant::now() + Duration::from_secs(1);
+    if !crate::sys::wait::ready(fd.as_fd(), crate::sys::wait::PollFlags::IN, Some(second))? {
+        return Err(std::io::ErrorKind::TimedOut.into());
     }
     fd.drain()?;
     Ok(())

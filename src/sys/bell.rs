@@ -13,8 +13,9 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use super::wait::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketType};
 
@@ -28,21 +29,34 @@ const DRAIN_CHUNK: usize = 4096;
 /// One end of a bell: ring the other end, or drain the rings sent to this one.
 #[derive(Debug)]
 pub(crate) struct Bell {
-    sock: OwnedFd,
+    sock: UnixStream,
 }
 
 impl Bell {
     /// A connected pair: the end to keep, and the end to hand to the peer.
     pub(crate) fn pair() -> io::Result<(Bell, OwnedFd)> {
         let (ours, theirs) = super::socket::pair(SocketType::STREAM)?;
-        Ok((Bell { sock: ours }, theirs))
+        Ok((Bell { sock: ours.into() }, theirs))
     }
 
     /// Takes an end received from a peer, after checking that it is a unix
     /// stream socket (anything else is refused with the reason).
     pub(crate) fn from_peer(fd: OwnedFd) -> Result<Bell, String> {
         super::socket::check_unix(&fd, SocketType::STREAM, "stream")?;
-        Ok(Bell { sock: fd })
+        Ok(Bell { sock: fd.into() })
+    }
+
+    /// A handshake socket (a connected unix stream socket, kept for the
+    /// pair's life), used as a bell from now on: a Doorbell producer rings
+    /// through it, and either side learns of the other's hang-up from it.
+    pub(crate) fn from_stream(sock: UnixStream) -> Bell {
+        Bell { sock }
+    }
+
+    /// The socket, for the frames that still go over a handshake socket
+    /// (a protocol's extra frame).
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.sock
     }
 
     /// Rings the other end. Never blocks: a full queue means rings are
@@ -66,12 +80,24 @@ impl Bell {
     pub(crate) fn drain(&self) -> io::Result<bool> {
         drain(self.sock.as_fd())
     }
+
+    /// Whether rings are waiting, without taking them. Never blocks.
+    pub(crate) fn has_data(&self) -> io::Result<bool> {
+        has_data(self.sock.as_fd())
+    }
+
+    /// Whether the peer hung up (closed its end, died, or shut down its
+    /// writing side). Data it sent does not count: only `POLLRDHUP`,
+    /// `POLLHUP` and `POLLERR` do, so a live peer cannot pass for a dead
+    /// one by writing. Never blocks.
+    pub(crate) fn hung_up(&self) -> io::Result<bool> {
+        hung_up(self.sock.as_fd())
+    }
 }
 
-/// Rings the other end of any connected unix stream socket, as
-/// [`Bell::ring`]: a Doorbell producer rings through its handshake socket.
+/// Rings the other end of a connected unix stream socket ([`Bell::ring`]).
 #[inline]
-pub(crate) fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
+fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
     loop {
         match rustix::net::send(sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
             Ok(_) | Err(Errno::AGAIN) => return Ok(()),
@@ -87,10 +113,10 @@ pub(crate) fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Takes the rings sent to this end of any connected unix stream socket, as
-/// [`Bell::drain`] (at most [`DRAIN_MAX`] bytes; fds a peer sent along are
+/// Takes the rings sent to this end of a connected unix stream socket
+/// ([`Bell::drain`]: at most [`DRAIN_MAX`] bytes; fds a peer sent along are
 /// closed).
-pub(crate) fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
+fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
     let mut buf = [0u8; DRAIN_CHUNK];
     let mut taken = 0;
     while taken < DRAIN_MAX {
@@ -112,9 +138,8 @@ pub(crate) fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Whether rings are waiting on this end of a connected unix stream socket,
-/// without taking them. Never blocks.
-pub(crate) fn has_data(sock: BorrowedFd<'_>) -> io::Result<bool> {
+/// [`Bell::has_data`].
+fn has_data(sock: BorrowedFd<'_>) -> io::Result<bool> {
     let mut byte = [0u8; 1];
     loop {
         match rustix::net::recv(sock, &mut byte, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
@@ -139,23 +164,13 @@ impl AsRawFd for Bell {
     }
 }
 
-/// Whether the peer on the other end of a connected socket hung up (closed
-/// it, died, or shut down its writing side), without blocking. Data the peer
-/// sent does not count: only `POLLRDHUP`, `POLLHUP` and `POLLERR` do, so a
-/// live peer cannot pass for a dead one by writing.
-pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
+/// [`Bell::hung_up`].
+fn hung_up(sock: BorrowedFd<'_>) -> io::Result<bool> {
     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
-    loop {
-        match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
-            Ok(_) => {
-                return Ok(fds[0]
-                    .revents()
-                    .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR));
-            }
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    super::wait::poll(&mut fds, Some(std::time::Instant::now()))?;
+    Ok(fds[0]
+        .revents()
+        .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR))
 }
 
 #[cfg(test)]
@@ -219,8 +234,8 @@ mod tests {
     fn data_is_not_a_hang_up() {
         let (a, b) = Bell::pair().unwrap();
         rustix::net::send(&b, b"hello", SendFlags::empty()).unwrap();
-        assert!(!hung_up(a.as_fd()).unwrap());
+        assert!(!a.hung_up().unwrap());
         drop(b);
-        assert!(hung_up(a.as_fd()).unwrap());
+        assert!(a.hung_up().unwrap());
     }
 }

@@ -3,15 +3,12 @@
 //! boundaries kept, in order). As with [`Bell`](super::Bell), each side
 //! holds its own end, and every call passes `MSG_DONTWAIT` (and
 //! `MSG_NOSIGNAL`), so no flag a peer sets on anything it holds can make a
-//! call of ours block; waiting is a `poll` with a time-out, by the caller.
+//! call of ours block; waiting is `sys::wait`, by the caller.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::time::Duration;
-
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketType};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// What [`Channel::recv`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,21 +79,6 @@ impl Channel {
             }
         }
     }
-
-    /// Waits until a message (or the end) can be received, for at most
-    /// `timeout`: `true` if so.
-    pub(crate) fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let ts = Timespec {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(n) => Ok(n > 0),
-            Err(Errno::INTR) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 impl AsFd for Channel {
@@ -127,7 +109,9 @@ mod tests {
         assert_eq!(b.recv(&mut buf).unwrap(), Recv::Message(5));
         assert_eq!(b.recv(&mut buf).unwrap(), Recv::Empty);
         drop(a);
-        assert!(b.wait(Duration::from_secs(1)).unwrap());
+        assert!(
+            super::super::wait::ready(b.as_fd(), super::super::wait::PollFlags::IN, None).unwrap()
+        );
         assert_eq!(b.recv(&mut buf).unwrap(), Recv::Closed);
         assert_eq!(b.send(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
@@ -140,7 +124,7 @@ mod tests {
         while a.send(&[7; 1024]).unwrap() {}
         let mut buf = [0u8; 8];
         assert_eq!(a.recv(&mut buf).unwrap(), Recv::Empty);
-        assert!(!a.wait(Duration::from_millis(1)).unwrap());
+        assert!(!super::super::wait::readable_now(a.as_fd()).unwrap());
     }
 
     #[test]

@@ -61,7 +61,6 @@ impl<T: AsFd> FdSet<T> {
 
     /// The epoll fd itself, for a registration that must keep it open (and
     /// the same number) for as long as it lives: no duplicate needed.
-    #[cfg(feature = "tokio")]
     pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
         self.epoll.clone()
     }

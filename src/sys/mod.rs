@@ -15,8 +15,10 @@
 //! [`EventFd`] (a wake-up between our own threads),
 //! `uffd` (userfaultfd and `PAGEMAP_SCAN`), `tripwire` (the RFC syscall),
 //! `fdkind` (what a received fd is), [`FdSet`] (fds watched together
-//! through one epoll fd), `reactor` (a tokio registration that
-//! owns its fd).
+//! through one epoll fd), `wait` (the one `poll(2)` with a deadline).
+//! `reactor.rs` (a tokio registration that owns its fd) sits in this
+//! folder with the rest of the `unsafe`, but is declared in `lib.rs`, where
+//! the features choose modules: nothing here depends on a feature.
 
 pub(crate) mod bell;
 pub(crate) mod channel;
@@ -25,11 +27,10 @@ pub(crate) mod fd_set;
 pub(crate) mod fdkind;
 pub(crate) mod mapping;
 pub(crate) mod memfd;
-#[cfg(feature = "tokio")]
-pub(crate) mod reactor;
 mod socket;
 pub(crate) mod tripwire;
 pub(crate) mod uffd;
+pub(crate) mod wait;
 
 pub(crate) use bell::Bell;
 pub(crate) use channel::{Channel, Recv};

@@ -6,7 +6,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -42,26 +41,4 @@ pub(crate) fn register_shared(fd: Arc<OwnedFd>) -> io::Result<AsyncFd<SharedFd>>
     // registration's whole life.
     unsafe { AsyncFd::register_with_interest(SharedFd(fd), Interest::READABLE) }
         .map_err(io::Error::from)
-}
-
-/// Runs `turn` until it gives an outcome (`Ready(Some)` or an error),
-/// spending a unit of tokio's coop budget per turn, a wake-up that found
-/// nothing (`Ready(None)`) included: a peer that keeps its fd readable
-/// without giving us anything cannot keep the task in one poll, nor a
-/// stream of outcomes starve the other tasks of the thread.
-pub(crate) fn poll_turns<T, E>(
-    cx: &mut Context<'_>,
-    mut turn: impl FnMut(&mut Context<'_>) -> Poll<Result<Option<T>, E>>,
-) -> Poll<Result<T, E>> {
-    loop {
-        let coop = ready!(tokio::task::coop::poll_proceed(cx));
-        let Poll::Ready(outcome) = turn(cx) else {
-            // Dropping `coop` gives the unit back.
-            return Poll::Pending;
-        };
-        coop.made_progress();
-        if let Some(outcome) = outcome.transpose() {
-            return Poll::Ready(outcome);
-        }
-    }
 }

@@ -101,6 +101,21 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Userfault, BackendKind::UserfaultAsync],
     ),
     (
+        "hostile_stopped_mid_ack_times_out_async_changed",
+        stopped_mid_ack_times_out_async_changed,
+        ANY,
+    ),
+    (
+        "hostile_stopped_mid_ack_times_out_ring_recv",
+        stopped_mid_ack_times_out_ring_recv,
+        ANY,
+    ),
+    (
+        "hostile_stopped_mid_ack_mio_step_never_blocks",
+        stopped_mid_ack_mio_step_never_blocks,
+        ANY,
+    ),
+    (
         "hostile_extreme_durations_are_handled",
         extreme_durations_are_handled,
         ANY,
@@ -1236,4 +1251,239 @@ fn extreme_durations_are_handled(ctx: &Ctx) -> Outcome {
     })?;
     drop(producer);
     Ok(())
+}
+
+/// The ACK deadline the Userfault backends document ("a producer that does
+/// not answer within 1 s ... fails it with `TimedOut`").
+const ACK_DEADLINE: Duration = Duration::from_secs(1);
+
+/// `Some(why)` where the backend has no ACK round trip to a producer (so
+/// no producer can leave an ACK in flight): the scenario is skipped.
+fn no_ack_round_trip(ctx: &Ctx) -> Option<&'static str> {
+    match ctx.kind {
+        BackendKind::Userfault | BackendKind::UserfaultAsync => None,
+        _ => Some("no ACK round trip to the producer on this backend"),
+    }
+}
+
+/// Waits (up to `limit`) until `fd` is readable: a trip is queued.
+fn readable_within(fd: BorrowedFd<'_>, limit: Duration) -> Outcome {
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: limit.as_secs() as i64,
+        tv_nsec: limit.subsec_nanos().into(),
+    };
+    ensure(rustix::event::poll(&mut p, Some(&ts))? == 1, || {
+        format!("no trip within {limit:?} of the producer's store")
+    })
+}
+
+/// SIGSTOPs `child` and waits until every thread of it is stopped.
+fn stop(child: &std::process::Child) -> Outcome {
+    use rustix::process::{Pid, Signal, kill_process};
+    kill_process(Pid::from_child(child), Signal::STOP)?;
+    crate::scenarios::wait_until_stopped(child.id(), ms(5_000))
+}
+
+/// Reads the child's first line from its stdout.
+fn child_says(child: &mut std::process::Child, want: &str) -> Outcome {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    ensure(line.trim() == want, || format!("the child said {line:?}"))
+}
+
+/// A real `Producer` in a child writes once, so its agent trips the wire;
+/// then the child is stopped (SIGSTOP) before it can answer an ACK.
+fn stopped_mid_ack(
+    ctx: &Ctx,
+) -> Result<(blocking::Tripwire, crate::scenarios::KillOnDrop), Failed> {
+    let mut tw = create(ctx, 4 * PAGE)?;
+    let child =
+        crate::util::share_with_child(&mut tw, "write_then_linger", &[("VALUE", "1".into())])?;
+    let mut child = crate::scenarios::KillOnDrop(child);
+    child_says(&mut child.0, "ready")?;
+    readable_within(tw.as_fd(), ms(5_000))?;
+    stop(&child.0)?;
+    Ok((tw, child))
+}
+
+/// Is `e` the ACK's `TimedOut`, and did it come neither before the
+/// deadline nor much after it?
+fn timed_out_in_time(what: &str, e: &std::io::Error, took: Duration) -> Outcome {
+    ensure(e.kind() == std::io::ErrorKind::TimedOut, || {
+        format!("{what} gave {e:?}, not TimedOut")
+    })?;
+    let slack = ms(100);
+    eprintln!("  {what}: TimedOut after {took:?} (deadline {ACK_DEADLINE:?})");
+    ensure(took >= ACK_DEADLINE, || {
+        format!("{what}: TimedOut after {took:?}, before the {ACK_DEADLINE:?} deadline")
+    })?;
+    ensure(took <= ACK_DEADLINE + slack, || {
+        format!("{what}: TimedOut after {took:?}, over the deadline {ACK_DEADLINE:?} + {slack:?}")
+    })
+}
+
+/// A producer stopped in the middle of an ACK: async `changed()`, spawned
+/// as its own task with no timer of the caller's, returns `TimedOut`
+/// within the ACK deadline (plus a slack), not later and not earlier. (It
+/// stayed pending for good: the deadline was armed nowhere.)
+fn stopped_mid_ack_times_out_async_changed(ctx: &Ctx) -> Outcome {
+    const NAME: &str = "hostile_stopped_mid_ack_times_out_async_changed";
+    if let Some(why) = no_ack_round_trip(ctx) {
+        return crate::util::skip(ctx, NAME, why);
+    }
+    let (tw, child) = stopped_mid_ack(ctx)?;
+    let rt = runtime()?;
+    let outcome = bounded(
+        "async changed() with a stopped producer",
+        ms(10_000),
+        move || {
+            rt.block_on(async move {
+                let mut tw = Tripwire::new(tw)?;
+                let start = std::time::Instant::now();
+                let task = tokio::spawn(async move {
+                    let r = tw.changed().await;
+                    (r, start.elapsed())
+                });
+                Ok::<_, std::io::Error>(task.await?)
+            })
+        },
+    )??;
+    drop(child);
+    match outcome {
+        (Err(e), took) => timed_out_in_time("async changed()", &e, took),
+        (Ok(epoch), took) => Err(format!("changed() gave {epoch:?} after {took:?}").into()),
+    }
+}
+
+/// The same for a ring: its Sender (in a child) sends one message and is
+/// stopped before it answers the ACK of the Receiver's re-arm: `recv()`,
+/// alone in its task, returns the message, then `TimedOut` within the
+/// deadline.
+fn stopped_mid_ack_times_out_ring_recv(ctx: &Ctx) -> Outcome {
+    const NAME: &str = "hostile_stopped_mid_ack_times_out_ring_recv";
+    if let Some(why) = no_ack_round_trip(ctx) {
+        return crate::util::skip(ctx, NAME, why);
+    }
+    use crate::scenarios::{Msg, RING_TAG};
+    let mut rx = memfd_tripwire::ring::SharedRing::<Msg>::builder(8)
+        .backend(ctx.backend)
+        .type_tag(RING_TAG)
+        .create()?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = spawn(
+        "ring_sender",
+        &[("COUNT", "1".into()), ("LINGER", "1".into())],
+        theirs.into(),
+        None,
+    )?;
+    let mut child = crate::scenarios::KillOnDrop(child);
+    rx.share(ours)?;
+    child_says(&mut child.0, "sent")?;
+    readable_within(rx.as_fd(), ms(5_000))?;
+    stop(&child.0)?;
+    let rt = runtime()?;
+    let outcome = bounded(
+        "the ring's recv() with a stopped Sender",
+        ms(10_000),
+        move || {
+            rt.block_on(async move {
+                // Another task ticks meanwhile: a receive that held the
+                // runtime's thread for the deadline would stop it.
+                let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let ticker = tokio::spawn({
+                    let ticks = ticks.clone();
+                    async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+                let task = tokio::spawn(async move {
+                    let first = rx.recv().await;
+                    let start = std::time::Instant::now();
+                    let second = rx.recv().await;
+                    (first, second, start.elapsed())
+                });
+                let outcome = task.await;
+                ticker.abort();
+                outcome.map(|o| (o, ticks.load(std::sync::atomic::Ordering::Relaxed)))
+            })
+        },
+    )??;
+    drop(child);
+    let ((first, second, took), ticks) = outcome;
+    // ~100 over the deadline; 10 is coarse: only a blocked thread gives fewer.
+    ensure(ticks >= 10, || {
+        format!(
+            "another task ticked {ticks} times in {took:?}: recv() blocked the runtime's thread"
+        )
+    })?;
+    ensure(
+        matches!(first, Ok(Some(m)) if m == crate::scenarios::msg(0)),
+        || format!("the first recv() gave {first:?}"),
+    )?;
+    match second {
+        Err(Error::Io { source, .. }) => timed_out_in_time("the ring's recv()", &source, took),
+        other => Err(format!("the second recv() gave {other:?} after {took:?}").into()),
+    }
+}
+
+/// A mio user, told to step on readiness: the step returns at once while
+/// the ACK is in flight (`Ok(None)`; well under the deadline, coarse: this
+/// is no latency test), and the next step after the deadline reports
+/// `TimedOut`.
+fn stopped_mid_ack_mio_step_never_blocks(ctx: &Ctx) -> Outcome {
+    const NAME: &str = "hostile_stopped_mid_ack_mio_step_never_blocks";
+    if let Some(why) = no_ack_round_trip(ctx) {
+        return crate::util::skip(ctx, NAME, why);
+    }
+    let (tw, child) = stopped_mid_ack(ctx)?;
+    let outcome = bounded("a mio user's step", ms(10_000), move || -> Outcome {
+        let mut tw = tw;
+        let mut poll = mio::Poll::new()?;
+        poll.registry()
+            .register(&mut tw, mio::Token(0), mio::Interest::READABLE)?;
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(ms(5_000)))?;
+        ensure(!events.is_empty(), || {
+            "no readiness for a queued trip".into()
+        })?;
+        let start = std::time::Instant::now();
+        let step = tw.try_changed();
+        let took = start.elapsed();
+        eprintln!("  the step with the ACK in flight took {took:?}");
+        ensure(matches!(step, Ok(None)), || {
+            format!("the step gave {step:?} after {took:?}, not Ok(None)")
+        })?;
+        ensure(took < ACK_DEADLINE / 2, || {
+            format!("the step took {took:?}: it blocked on the ACK")
+        })?;
+        let deadline = tw.deadline().ok_or("no deadline with the ACK in flight")?;
+        ensure(
+            deadline > start && deadline <= start + took + ACK_DEADLINE,
+            || format!("the deadline is {:?} after the step", deadline - start),
+        )?;
+        // The user's event loop: poll with the deadline as its time-out,
+        // then step again.
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            poll.poll(&mut events, Some(deadline - now))?;
+        }
+        let late = tw.try_changed();
+        ensure(
+            matches!(&late, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            || format!("the step after the deadline gave {late:?}, not TimedOut"),
+        )
+    })?;
+    drop(child);
+    outcome
 }
