@@ -1334,7 +1334,7 @@ fn timed_out_in_time(what: &str, e: &std::io::Error, took: Duration) -> Outcome 
 fn stopped_mid_ack_times_out_async_changed(ctx: &Ctx) -> Outcome {
     const NAME: &str = "hostile_stopped_mid_ack_times_out_async_changed";
     if let Some(why) = no_ack_round_trip(ctx) {
-        return crate::util::skip(ctx, NAME, why);
+        return crate::util::skip(ctx, NAME, None, why);
     }
     let (tw, child) = stopped_mid_ack(ctx)?;
     let rt = runtime()?;
@@ -1367,7 +1367,7 @@ fn stopped_mid_ack_times_out_async_changed(ctx: &Ctx) -> Outcome {
 fn stopped_mid_ack_times_out_ring_recv(ctx: &Ctx) -> Outcome {
     const NAME: &str = "hostile_stopped_mid_ack_times_out_ring_recv";
     if let Some(why) = no_ack_round_trip(ctx) {
-        return crate::util::skip(ctx, NAME, why);
+        return crate::util::skip(ctx, NAME, None, why);
     }
     use crate::scenarios::{Msg, RING_TAG};
     let mut rx = memfd_tripwire::ring::SharedRing::<Msg>::builder(8)
@@ -1441,7 +1441,7 @@ fn stopped_mid_ack_times_out_ring_recv(ctx: &Ctx) -> Outcome {
 fn stopped_mid_ack_mio_step_never_blocks(ctx: &Ctx) -> Outcome {
     const NAME: &str = "hostile_stopped_mid_ack_mio_step_never_blocks";
     if let Some(why) = no_ack_round_trip(ctx) {
-        return crate::util::skip(ctx, NAME, why);
+        return crate::util::skip(ctx, NAME, None, why);
     }
     let (tw, child) = stopped_mid_ack(ctx)?;
     let outcome = bounded("a mio user's step", ms(10_000), move || -> Outcome {
