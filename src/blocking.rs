@@ -1,5 +1,12 @@
 //! The runtime-free [`Tripwire`]: poll it, wait on it, or register it with
-//! mio; the async [`crate::Tripwire`] is a thin layer over it.
+#![cfg_attr(
+    feature = "tokio",
+    doc = " mio; the async [`crate::Tripwire`] is a thin layer over it."
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = " mio; the async `crate::Tripwire` (feature `tokio`) is a thin layer over it."
+)]
 
 use std::fmt;
 use std::io;
@@ -166,8 +173,17 @@ impl Builder {
 /// handshake sockets; on `Poll` the eventfd its poller rings (which a
 /// process-wide thread also rings when a producer hangs up). It is the only fd to
 /// watch, before and after [`share`](Tripwire::share); with the `mio`
-/// feature the tripwire is a [`mio::event::Source`] for it. Wrap it in
-/// [`crate::Tripwire`] for `changed().await`.
+/// feature the tripwire is a
+/// [`mio::event::Source`](https://docs.rs/mio/1/mio/event/trait.Source.html)
+/// for it.
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Wrap it in [`crate::Tripwire`] for `changed().await`."
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Wrap it in `crate::Tripwire` (feature `tokio`) for `changed().await`."
+)]
 ///
 /// # Examples
 ///
@@ -258,7 +274,14 @@ impl Tripwire {
     /// On `Userfault` and `UserfaultAsync` the ACK is a round trip to each
     /// producer's agent: this blocks for it (tens of µs; at most 1 s, for a
     /// stopped producer, then `TimedOut`). The async
-    /// [`Tripwire`](crate::Tripwire) never blocks: its ACK stays in flight
+    #[cfg_attr(
+        feature = "tokio",
+        doc = " [`Tripwire`](crate::Tripwire) never blocks: its ACK stays in flight"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = " `Tripwire` (feature `tokio`) never blocks: its ACK stays in flight"
+    )]
     /// while it waits for the replies.
     ///
     /// # Errors
@@ -448,7 +471,14 @@ impl Tripwire {
     /// Sleeps until the wire may have tripped or a producer may have hung
     /// up (its fd turned readable), or until
     /// `timeout` (`None`: no limit). Does not ACK; returns early on a signal.
-    /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
+    #[cfg_attr(
+        feature = "tokio",
+        doc = " The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = " The blocking form of `Tripwire::poll_ready` (feature `tokio`),"
+    )]
     /// for consumers that ACK on their own schedule: read while data flows
     /// (the wire stays tripped, so producers neither fault nor ring), then
     /// [`try_changed`](Tripwire::try_changed) when dry, then sleep here.

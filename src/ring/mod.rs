@@ -409,7 +409,14 @@ impl From<TryRecvError> for Error {
     }
 }
 
-/// Why [`Sender::send`] / [`Sender::blocking_send`] failed; carries the
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Why [`Sender::send`] / [`Sender::blocking_send`] failed; carries the"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Why `Sender::send` (feature `tokio`) / [`Sender::blocking_send`] failed; carries the"
+)]
 /// value back.
 pub struct SendError<T> {
     value: T,
@@ -486,7 +493,14 @@ impl<T> From<SendError<T>> for Error {
     }
 }
 
-/// Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Why `Sender::send_many` (feature `tokio`) / [`Sender::blocking_send_many`] stopped:"
+)]
 /// how many values were published into the ring before the error
 /// (`values[sent..]` were not; after [`Error::PeerDied`], the published
 /// ones may never be read).
