@@ -98,7 +98,7 @@ mod tokio;
 #[cfg(feature = "tokio")]
 pub use self::tokio::{Changes, NewError, Tripwire};
 pub use backend::{Backend, BackendKind, ParseBackendError};
-pub use error::Error;
+pub use error::{ArgumentError, Error};
 pub use producer::Producer;
 pub use region::Region;
 pub use shared_memory::{SharedMemory, SharedMemoryOptions};
