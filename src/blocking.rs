@@ -81,8 +81,11 @@ impl Builder {
     /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
-    /// The interval must be at least 10 µs: [`create`](Builder::create)
-    /// refuses a shorter one (`InvalidInput`) rather than spin a thread.
+    /// The interval must be at least 10 µs, and on `UserfaultAsync` at most
+    /// 10 s: [`create`](Builder::create) refuses another with
+    /// [`Error::InvalidArgument`] (`what: "poll_interval"`) rather than spin
+    /// a thread (or, on `UserfaultAsync`, scan at another interval than the
+    /// one set).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -108,9 +111,10 @@ impl Builder {
     /// `Poll` tripwires when they are due, and a large one among them delays
     /// the next compare by its own compare time.
     ///
-    /// Refused (by [`create`](Builder::create)) for other backends, for a
-    /// region over 16 KiB (each compare would cost more than a wake-up), and
-    /// for a window over 100 ms.
+    /// Refused (by [`create`](Builder::create), with
+    /// [`Error::InvalidArgument`], `what: "busy_poll"`) for other backends,
+    /// for a region over 16 KiB (each compare would cost more than a
+    /// wake-up), and for a window over 100 ms.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -131,10 +135,27 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroLength`] for a length of 0; [`Error::Unavailable`] when
-    /// the chosen backend cannot work on this kernel (with the reason);
-    /// [`Error::NoBackend`] from `Auto`, listing each backend it tried;
-    /// [`Error::Io`] when a system call fails.
+    /// [`Error::ZeroLength`] for a length of 0; [`Error::InvalidArgument`]
+    /// for an argument out of range, checked before anything is created
+    /// (it names the argument, the value and what is allowed);
+    /// [`Error::Unavailable`] when the chosen backend cannot work on this
+    /// kernel (with the reason); [`Error::NoBackend`] from `Auto`, listing
+    /// each backend it tried; [`Error::Io`] when a system call fails.
+    ///
+    /// The length, per backend (none panics or aborts on any value):
+    ///
+    /// - every backend: 1 to `isize::MAX` bytes less a page (else
+    ///   `InvalidArgument`, `what: "len"`); a region the kernel cannot map
+    ///   (over the address space: 128 TiB on x86-64) is `Error::Io` from
+    ///   `mmap` or `ftruncate`;
+    /// - `Userfault`, `UserfaultAsync`: at most 16 GiB (else
+    ///   `InvalidArgument`);
+    /// - `Poll` (and `Unmodified` falling back to it): also one region's
+    ///   worth of heap for the snapshot, allocated fallibly: `Error::Io` of
+    ///   kind `OutOfMemory` when this process cannot have it (the memory is
+    ///   written at once, so one that only fits by overcommit is used up);
+    /// - `Kernel`, `Doorbell`: no more than the kernel's (the region is
+    ///   mapped lazily; `Doorbell` adds a page).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, Error, blocking::Tripwire};
