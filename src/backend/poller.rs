@@ -51,11 +51,11 @@
 //! charged for the time it waited; each smoothed: it falls fast and rises
 //! slowly, and one sample counts as at most four times the average. The
 //! turns of a tripwire left tripped (nothing to compare until its ACK)
-//! count each as one wake-up, never summed into one. A page compares in well under a µs (1 ms); 1 MiB in ~100-120
-//! µs on a 2-vCPU EPYC VM (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms);
-//! 64 MiB in ~13 ms (~330 ms). The budget is
-//! per tripwire: many large regions add up, and once their compares fill
-//! the thread, each waits for the others.
+//! count each as one wake-up, never summed into one. A page compares in
+//! well under a µs (1 ms); 1 MiB in ~100-120 µs on a 2-vCPU EPYC VM
+//! (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms); 64 MiB in ~13 ms (~330 ms).
+//! The budget is per tripwire: many large regions add up, and once their
+//! compares fill the thread, each waits for the others.
 //!
 //! # Dropping
 //!
