@@ -114,6 +114,12 @@ fn a_length_over_a_backends_limit_is_named() {
         Tripwire::builder(0).create(),
         Err(Error::ZeroLength)
     ));
+    names(
+        memfd_tripwire::SharedMemory::options().create(usize::MAX),
+        "len",
+        &usize::MAX.to_string(),
+        "SharedMemory: usize::MAX bytes",
+    );
 }
 
 #[test]
