@@ -1,5 +1,12 @@
 //! The runtime-free [`Tripwire`]: poll it, wait on it, or register it with
-//! mio; the async [`crate::Tripwire`] is a thin layer over it.
+#![cfg_attr(
+    feature = "tokio",
+    doc = " mio; the async [`crate::Tripwire`] is a thin layer over it."
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = " mio; the async `crate::Tripwire` (feature `tokio`) is a thin layer over it."
+)]
 
 use std::fmt;
 use std::io;
@@ -73,8 +80,11 @@ impl Builder {
     /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
-    /// The interval must be at least 10 µs: [`create`](Builder::create)
-    /// refuses a shorter one (`InvalidInput`) rather than spin a thread.
+    /// The interval must be at least 10 µs, and on `UserfaultAsync` at most
+    /// 10 s: [`create`](Builder::create) refuses another with
+    /// [`Error::InvalidArgument`] (`what: "poll_interval"`) rather than spin
+    /// a thread (or, on `UserfaultAsync`, scan at another interval than the
+    /// one set).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -100,9 +110,10 @@ impl Builder {
     /// `Poll` tripwires when they are due, and a large one among them delays
     /// the next compare by its own compare time.
     ///
-    /// Refused (by [`create`](Builder::create)) for other backends, for a
-    /// region over 16 KiB (each compare would cost more than a wake-up), and
-    /// for a window over 100 ms.
+    /// Refused (by [`create`](Builder::create), with
+    /// [`Error::InvalidArgument`], `what: "busy_poll"`) for other backends,
+    /// for a region over 16 KiB (each compare would cost more than a
+    /// wake-up), and for a window over 100 ms.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -123,10 +134,27 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroLength`] for a length of 0; [`Error::Unavailable`] when
-    /// the chosen backend cannot work on this kernel (with the reason);
-    /// [`Error::NoBackend`] from `Auto`, listing each backend it tried;
-    /// [`Error::Io`] when a system call fails.
+    /// [`Error::ZeroLength`] for a length of 0; [`Error::InvalidArgument`]
+    /// for an argument out of range, checked before anything is created
+    /// (it names the argument, the value and what is allowed);
+    /// [`Error::Unavailable`] when the chosen backend cannot work on this
+    /// kernel (with the reason); [`Error::NoBackend`] from `Auto`, listing
+    /// each backend it tried; [`Error::Io`] when a system call fails.
+    ///
+    /// The length, per backend (none panics or aborts on any value):
+    ///
+    /// - every backend: 1 to `isize::MAX` bytes less a page (else
+    ///   `InvalidArgument`, `what: "len"`); a region the kernel cannot map
+    ///   (over the address space: 128 TiB on x86-64) is `Error::Io` from
+    ///   `mmap` or `ftruncate`;
+    /// - `Userfault`, `UserfaultAsync`: at most 16 GiB (else
+    ///   `InvalidArgument`);
+    /// - `Poll` (and `Unmodified` falling back to it): also one region's
+    ///   worth of heap for the snapshot, allocated fallibly: `Error::Io` of
+    ///   kind `OutOfMemory` when this process cannot have it (the memory is
+    ///   written at once, so one that only fits by overcommit is used up);
+    /// - `Kernel`, `Doorbell`: no more than the kernel's (the region is
+    ///   mapped lazily; `Doorbell` adds a page).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, Error, blocking::Tripwire};
@@ -165,8 +193,17 @@ impl Builder {
 /// handshake sockets; on `Poll` the eventfd its poller rings (which a
 /// process-wide thread also rings when a producer hangs up). It is the only fd to
 /// watch, before and after [`share`](Tripwire::share); with the `mio`
-/// feature the tripwire is a [`mio::event::Source`] for it. Wrap it in
-/// [`crate::Tripwire`] for `changed().await`.
+/// feature the tripwire is a
+/// [`mio::event::Source`](https://docs.rs/mio/1/mio/event/trait.Source.html)
+/// for it.
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Wrap it in [`crate::Tripwire`] for `changed().await`."
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Wrap it in `crate::Tripwire` (feature `tokio`) for `changed().await`."
+)]
 ///
 /// # Examples
 ///
@@ -360,7 +397,7 @@ impl Tripwire {
     ///
     /// An event loop sleeps until readiness or this, whichever is first:
     /// mio's `Poll::poll` time-out (see [`try_changed`](Tripwire::try_changed)),
-    /// a timer; the async [`Tripwire`](crate::Tripwire) arms a tokio timer.
+    /// a timer; the async `Tripwire` (feature `tokio`) arms a tokio timer.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -539,7 +576,14 @@ impl Tripwire {
     /// up (its fd turned readable), until the [`deadline`](Tripwire::deadline)
     /// of an ACK in flight, or until `timeout` (`None`: no limit), whichever
     /// comes first. Does not ACK; a signal does not end the sleep early.
-    /// The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),
+    #[cfg_attr(
+        feature = "tokio",
+        doc = " The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = " The blocking form of `Tripwire::poll_ready` (feature `tokio`),"
+    )]
     /// for consumers that ACK on their own schedule: read while data flows
     /// (the wire stays tripped, so producers neither fault nor ring), then
     /// [`try_changed`](Tripwire::try_changed) when dry, then sleep here.
@@ -723,7 +767,7 @@ impl Tripwire {
     /// The tripwire's one fd ([`AsFd`]), kept open by the `Arc` for as
     /// long as a holder keeps it: for a reactor registration that must own
     /// what it watches (tokio's `AsyncFd::register` wants the fd open and
-    /// the same for the registration's life, as [`crate::Tripwire`] does)
+    /// the same for the registration's life, as the async `Tripwire` does)
     /// without a duplicate fd. The fd is the same for the tripwire's whole
     /// life; readiness means what it means for [`as_fd`](AsFd::as_fd).
     ///

@@ -35,6 +35,19 @@ pub enum Error {
     },
     /// A region of zero bytes was asked for.
     ZeroLength,
+    /// A builder was given an argument outside what it accepts: a ring's
+    /// capacity or element type, a length over a backend's limit, an
+    /// interval or busy-poll window out of range. Nothing was created; the
+    /// message names the argument, the value and what is allowed.
+    ///
+    /// ```
+    /// use memfd_tripwire::{Backend, Error, ring::SharedRing};
+    ///
+    /// let err = SharedRing::<u64>::builder(1000).backend(Backend::Poll).create().unwrap_err();
+    /// assert!(matches!(&err, Error::InvalidArgument(a) if a.what() == "capacity"));
+    /// assert!(err.to_string().contains("1000"));
+    /// ```
+    InvalidArgument(ArgumentError),
     /// A write, or a writable atomic, into memory this process mapped
     /// read-only (see [`SharedMemory::options`](crate::SharedMemory::options)).
     ReadOnly {
@@ -98,12 +111,70 @@ pub enum Error {
     },
 }
 
+/// Which builder argument was refused, its value and what is allowed: the
+/// detail of [`Error::InvalidArgument`]. (Boxed: it keeps [`Error`] as small
+/// as it was.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgumentError(Box<ArgumentDetail>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ArgumentDetail {
+    what: &'static str,
+    value: String,
+    allowed: String,
+}
+
+impl ArgumentError {
+    /// The argument, as the builder names it: `"capacity"` and `"T"`
+    /// (a ring's), `"len"`, `"poll_interval"`, `"busy_poll"`.
+    #[must_use]
+    pub fn what(&self) -> &'static str {
+        self.0.what
+    }
+
+    /// The value given, as text (`"1000"`, `"0ns"`, `"() (0 bytes, aligned
+    /// to 1)"`, ...).
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.0.value
+    }
+
+    /// What is accepted instead.
+    #[must_use]
+    pub fn allowed(&self) -> &str {
+        &self.0.allowed
+    }
+}
+
+impl fmt::Display for ArgumentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ArgumentDetail {
+            what,
+            value,
+            allowed,
+        } = &*self.0;
+        write!(f, "invalid {what}: {value} (allowed: {allowed})")
+    }
+}
+
 impl Error {
     pub(crate) fn io(op: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Io {
             op,
             source: source.into(),
         }
+    }
+
+    pub(crate) fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::InvalidArgument(ArgumentError(Box::new(ArgumentDetail {
+            what,
+            value: value.into(),
+            allowed: allowed.into(),
+        })))
     }
 
     pub(crate) fn handshake(reason: impl Into<String>) -> Self {
@@ -124,6 +195,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::ZeroLength => write!(f, "a tripwire needs a length of at least one byte"),
+            Error::InvalidArgument(a) => write!(f, "{a}"),
             Error::ReadOnly { offset, len } => write!(
                 f,
                 "a write of {len} bytes at offset {offset} into memory mapped read-only here \
@@ -187,9 +259,10 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Io { source, .. } => source.kind(),
-            Error::ZeroLength | Error::OutOfBounds { .. } | Error::Misaligned { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            Error::ZeroLength
+            | Error::InvalidArgument(_)
+            | Error::OutOfBounds { .. }
+            | Error::Misaligned { .. } => io::ErrorKind::InvalidInput,
             Error::Unavailable { .. } | Error::NoBackend { .. } => io::ErrorKind::Unsupported,
             Error::NotATripwire { .. }
             | Error::Handshake { .. }

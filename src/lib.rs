@@ -67,7 +67,14 @@
 //!   ring closed). On `Userfault` and `UserfaultAsync` the producer's
 //!   mapping is `MADV_DONTFORK`: a child's store to it is a `SIGSEGV`.
 //! - The layers: [`blocking::Tripwire`] is runtime-free (and a
-//!   `mio::event::Source` with feature `mio`); [`Tripwire`] wraps it for
+#![cfg_attr(
+    feature = "tokio",
+    doc = "   `mio::event::Source` with feature `mio`); [`Tripwire`] wraps it for"
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "   `mio::event::Source` with feature `mio`); `Tripwire` wraps it for"
+)]
 //!   tokio (default feature `tokio`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -98,7 +105,7 @@ mod tokio;
 #[cfg(feature = "tokio")]
 pub use self::tokio::{Changes, NewError, Tripwire};
 pub use backend::{Backend, BackendKind, ParseBackendError};
-pub use error::Error;
+pub use error::{ArgumentError, Error};
 pub use producer::Producer;
 pub use region::Region;
 pub use shared_memory::{SharedMemory, SharedMemoryOptions};

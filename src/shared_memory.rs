@@ -48,7 +48,9 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroLength`], or [`Error::Io`] from `memfd_create`/`mmap`.
+    /// [`Error::ZeroLength`]; [`Error::InvalidArgument`] (`what: "len"`)
+    /// over `isize::MAX` bytes less a page; or [`Error::Io`] from
+    /// `memfd_create`/`mmap` (a length the kernel cannot map).
     ///
     /// ```
     /// # use memfd_tripwire::SharedMemory;
@@ -177,7 +179,9 @@ impl SharedMemoryOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroLength`], or [`Error::Io`] from `memfd_create`/`mmap`.
+    /// [`Error::ZeroLength`]; [`Error::InvalidArgument`] (`what: "len"`)
+    /// over `isize::MAX` bytes less a page; or [`Error::Io`] from
+    /// `memfd_create`/`mmap` (a length the kernel cannot map).
     ///
     /// ```
     /// # use memfd_tripwire::SharedMemory;
@@ -186,6 +190,14 @@ impl SharedMemoryOptions {
     pub fn create(&self, len: usize) -> Result<SharedMemory, Error> {
         if len == 0 {
             return Err(Error::ZeroLength);
+        }
+        let max = crate::backend::limits::max_len();
+        if len > max {
+            return Err(Error::invalid(
+                "len",
+                format!("{len} bytes"),
+                format!("1 to {max} bytes"),
+            ));
         }
         let name = self.name.as_deref().unwrap_or("memfd-tripwire-shared");
         let fd =

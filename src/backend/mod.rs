@@ -17,6 +17,7 @@ pub(crate) mod agent;
 pub(crate) mod doorbell;
 mod hangups;
 pub(crate) mod kernel;
+pub(crate) mod limits;
 pub(crate) mod peers;
 pub(crate) mod poll;
 pub(crate) mod poller;
@@ -314,56 +315,7 @@ impl Wire {
         len: usize,
         opts: Options,
     ) -> Result<(Wire, Region), Error> {
-        if len == 0 {
-            return Err(Error::ZeroLength);
-        }
-        if matches!(
-            backend,
-            Backend::Poll | Backend::UserfaultAsync | Backend::Unmodified
-        ) && opts
-            .poll_interval
-            .is_some_and(|interval| interval < MIN_POLL_INTERVAL)
-        {
-            return Err(Error::io(
-                "poll_interval",
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{:?} is below the minimum of {MIN_POLL_INTERVAL:?}: a shorter interval \
-                         would keep a thread spinning; for a small region, busy_poll(window) \
-                         spins for a bounded window after each ACK, and Backend::Doorbell \
-                         wakes at once",
-                        opts.poll_interval.unwrap_or_default()
-                    ),
-                ),
-            ));
-        }
-        if !opts.busy_poll.is_zero() {
-            let why = if !matches!(backend, Backend::Poll | Backend::Unmodified) {
-                Some(format!(
-                    "busy-polling is for Backend::Poll, not {backend:?}"
-                ))
-            } else if len > BUSY_POLL_MAX_LEN {
-                Some(format!(
-                    "a region of {len} bytes is over the {BUSY_POLL_MAX_LEN} that Poll busy-polls \
-                     (each compare would cost more than a wake-up): put the doorbell in a \
-                     tripwire of its own"
-                ))
-            } else if opts.busy_poll > BUSY_POLL_MAX {
-                Some(format!(
-                    "a busy-poll window of {:?} is over the {BUSY_POLL_MAX:?} allowed",
-                    opts.busy_poll
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(Error::io(
-                    "busy_poll",
-                    io::Error::new(io::ErrorKind::InvalidInput, why),
-                ));
-            }
-        }
+        limits::check(backend, len, &opts)?;
         // The agents' scan interval (`UserfaultAsync`), in the producer.
         let scan_interval = opts.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
         match backend {

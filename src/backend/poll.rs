@@ -168,9 +168,31 @@ impl Shared {
     }
 }
 
+/// A zeroed snapshot of `words` words, allocated fallibly: a region too
+/// large for this process's memory is an error, not an abort (#23: a
+/// 1 TiB region aborted with "memory allocation of 1099511627776 bytes
+/// failed").
+fn snapshot(words: usize) -> Result<Box<[AtomicU64]>, Error> {
+    let mut v: Vec<AtomicU64> = Vec::new();
+    v.try_reserve_exact(words).map_err(|e| {
+        Error::io(
+            "allocating Poll's snapshot of the region (one region's worth of memory)",
+            io::Error::new(io::ErrorKind::OutOfMemory, e),
+        )
+    })?;
+    v.extend((0..words).map(|_| AtomicU64::new(0)));
+    Ok(v.into_boxed_slice())
+}
+
 impl Poller {
     /// `interval`: `None` adapts it to what a compare costs (see
     /// [`poller`](super::poller)).
+    ///
+    /// # Errors
+    ///
+    /// Besides the system calls': `Error::Io` of kind `OutOfMemory` when
+    /// the snapshot (`len` rounded up to 8 bytes, on the heap) cannot be
+    /// allocated.
     pub(crate) fn create(
         len: usize,
         interval: Option<Duration>,
@@ -178,13 +200,13 @@ impl Poller {
     ) -> Result<(Self, Region), Error> {
         let (memfd, region) = super::region_memfd(len)?;
         let eventfd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
-        let words = region.mapping().snapshot_words();
+        let snapshot = snapshot(region.mapping().snapshot_words())?;
         let shared = Shared {
             map: region.mapping().clone(),
             eventfd,
             stop: AtomicBool::new(false),
             busy,
-            snapshot: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            snapshot,
             state: AtomicU8::new(TRIPPED),
             spin_until: AtomicU64::new(0),
             epoch: Instant::now(),

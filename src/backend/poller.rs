@@ -43,17 +43,19 @@
 //! ([`Builder::poll_interval`](crate::blocking::Builder::poll_interval)):
 //! the user chose the CPU. Otherwise it adapts to the host, so that a
 //! tripwire's polling costs at most ~4 % of a core: `max(1 ms, 25 × the
-//! cost of a compare)`, that cost being the compare's duration (`Instant`)
-//! plus the tripwire's share of the thread's own CPU outside compares
-//! (`CLOCK_THREAD_CPUTIME_ID` between passes: waking up and going back to
-//! sleep, ~20 µs on a 2-vCPU EPYC VM, more where a wake-up costs more),
-//! each smoothed: it falls fast and rises slowly,
-//! and one compare stretched by preemption counts as at most four times the
-//! average. A page compares in well under a µs (1 ms); 1 MiB in ~100-120
-//! µs on a 2-vCPU EPYC VM (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms);
-//! 64 MiB in ~13 ms (~330 ms). The budget is
-//! per tripwire: many large regions add up, and once their compares fill
-//! the thread, each waits for the others.
+//! cost of a compare)`, that cost being the compare's CPU time plus the
+//! tripwire's share of the thread's own CPU outside compares in one turn
+//! in which it was due (going back to sleep and waking up, ~20 µs on a
+//! 2-vCPU EPYC VM, more where a wake-up costs more), both measured with
+//! `CLOCK_THREAD_CPUTIME_ID`, so a thread preempted by a busy writer is not
+//! charged for the time it waited; each smoothed: it falls fast and rises
+//! slowly, and one sample counts as at most four times the average. The
+//! turns of a tripwire left tripped (nothing to compare until its ACK)
+//! count each as one wake-up, never summed into one. A page compares in
+//! well under a µs (1 ms); 1 MiB in ~100-120 µs on a 2-vCPU EPYC VM
+//! (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms); 64 MiB in ~13 ms (~330 ms).
+//! The budget is per tripwire: many large regions add up, and once their
+//! compares fill the thread, each waits for the others.
 //!
 //! # Dropping
 //!
@@ -89,7 +91,7 @@ const FAR: Duration = Duration::from_secs(86_400);
 pub(super) struct Timing {
     /// Set by the user: kept as it is.
     explicit: Option<Duration>,
-    /// The smoothed duration of a whole compare on the poller thread, in
+    /// The smoothed CPU time of a whole compare on the poller thread, in
     /// ns; 0 before the first. Only the poller thread writes it.
     cost_ns: AtomicU64,
     /// The smoothed share of the poller thread's own CPU around its
@@ -130,14 +132,15 @@ impl Timing {
         }
     }
 
-    /// Counts a compare of the whole region that took `took`.
+    /// Counts a compare of the whole region that took `took` of the
+    /// thread's CPU.
     fn record(&self, took: Duration) {
         smooth(&self.cost_ns, took);
     }
 
     /// Counts this tripwire's share of the thread's CPU outside compares
-    /// in the pass that compared it (and any pass since that compared
-    /// nothing).
+    /// in one turn (sleep, wake-up, pass) in which it was due: one
+    /// wake-up's worth, never more.
     fn record_wake(&self, share: Duration) {
         smooth(&self.wake_ns, share);
     }
@@ -333,21 +336,24 @@ struct Slot {
 }
 
 impl Slot {
-    /// Compares now, and sets the next due time; the compare's duration
-    /// if it covered the whole region.
-    fn compare(&mut self, shared: &Shared) -> Option<Duration> {
-        let start = Instant::now();
+    /// Compares now and sets the next due time. `measure`: counts the
+    /// cost if the compare covered the whole region, and returns the CPU
+    /// time it took, whatever it found (else zero: a busy-poll turn is not
+    /// slowed down by the two clock reads, a system call each).
+    fn compare(&mut self, shared: &Shared, measure: bool) -> Duration {
+        // The thread's CPU time, not the wall clock: a compare preempted by
+        // a busy writer (or anything else on the host) costs no more CPU.
+        let start = measure.then(thread_cpu);
         // An eventfd write only fails if the fd is broken; the consumer then
         // sees the error from its own read.
         let found = shared.compare().unwrap_or(Compared::Skipped);
-        let end = Instant::now();
-        let whole = (found == Compared::Whole).then(|| end - start);
-        if let Some(took) = whole {
+        let took = start.map_or(Duration::ZERO, |start| thread_cpu().saturating_sub(start));
+        if measure && found == Compared::Whole {
             shared.timing.record(took);
         }
         self.interval = shared.timing.interval();
-        self.due = later(end, self.interval);
-        whole
+        self.due = later(Instant::now(), self.interval);
+        took
     }
 }
 
@@ -356,31 +362,37 @@ fn run() {
     let mut slots: Vec<Slot> = Vec::new();
     let mut seen = None;
     let mut slack = None;
-    // The thread's CPU time when the last pass that compared ended, and the
-    // tripwires a pass compared whole: the CPU between two such passes,
-    // minus the compares, is what waking up costs, shared among them.
+    // The thread's CPU time when the last pass ended, and the tripwires a
+    // pass compared because they were due (whatever the compare found):
+    // the CPU of one turn (going to sleep, waking up, this pass), minus
+    // its compares, is what their interval's wake-up costs, shared among
+    // them. Per pass, never accumulated over passes (#23: the CPU of every
+    // pass since the last whole compare was charged to that one, so under
+    // a writer that kept the wire tripping, hundreds of wake-ups counted as
+    // one and a page's interval went from 1 ms to 183-675 ms at once). A
+    // pass with nothing due (a busy-poll turn, an unpark) charges nobody.
     let mut mark = thread_cpu();
-    let mut compared: Vec<Arc<Shared>> = Vec::new();
+    let mut due: Vec<Arc<Shared>> = Vec::new();
     loop {
         let generation = GENERATION.load(Ordering::Acquire);
         if seen != Some(generation) {
             seen = Some(generation);
             resync(&mut slots);
         }
-        let (spin, next, spent) = pass(&mut slots, &mut compared);
-        if !compared.is_empty() {
-            let now = thread_cpu();
-            let share = (now.saturating_sub(mark)).saturating_sub(spent) / compared.len() as u32;
-            for shared in &compared {
+        let (spin, next, spent) = pass(&mut slots, &mut due);
+        let now = thread_cpu();
+        if !due.is_empty() {
+            let share = (now.saturating_sub(mark)).saturating_sub(spent) / due.len() as u32;
+            for shared in &due {
                 shared.timing.record_wake(share);
             }
-            mark = now;
         }
+        mark = now;
         // Let go before sleeping: a drop waits until this thread holds no
         // strong reference (found by #21: a tripwire compared once and then
         // dropped, alone on the thread with a long interval, hung its drop
         // until the thread next woke).
-        compared.clear();
+        due.clear();
         if let Some(least) = slots.iter().map(|s| s.interval).min() {
             let want = super::timer_slack_for(least);
             if slack != Some(want) {
@@ -424,10 +436,10 @@ fn resync(slots: &mut Vec<Slot>) {
 }
 
 /// Compares the tripwires that are due (or nearly), and those armed in a
-/// busy-poll window; puts those compared whole in `compared`. Returns
-/// whether one is still in its window (spin: do not sleep), the earliest
-/// due time, and how long the whole compares took.
-fn pass(slots: &mut [Slot], compared: &mut Vec<Arc<Shared>>) -> (bool, Option<Instant>, Duration) {
+/// busy-poll window; puts those that were due in `due`. Returns whether one
+/// is still in its window (spin: do not sleep), the earliest due time, and
+/// the CPU time all the compares took.
+fn pass(slots: &mut [Slot], due_ones: &mut Vec<Arc<Shared>>) -> (bool, Option<Instant>, Duration) {
     let mut spin = false;
     let mut next: Option<Instant> = None;
     let mut spent = Duration::ZERO;
@@ -441,9 +453,9 @@ fn pass(slots: &mut [Slot], compared: &mut Vec<Arc<Shared>>) -> (bool, Option<In
                 continue;
             };
             if due || shared.in_busy_window() {
-                if let Some(took) = slot.compare(&shared) {
-                    spent += took;
-                    compared.push(shared.clone());
+                spent += slot.compare(&shared, due);
+                if due {
+                    due_ones.push(shared.clone());
                 }
                 spin |= slot.busy && shared.in_busy_window();
             }
@@ -540,6 +552,33 @@ mod tests {
         for w in workers {
             w.join().unwrap();
         }
+    }
+
+    /// A tripwire left tripped (not ACKed) for a while, the poller waking
+    /// each interval to find nothing to compare, then ACKed: the CPU of
+    /// those wake-ups is not charged to the next whole compare as one
+    /// wake-up (#23: it was, and a page's interval went from 1 ms to
+    /// 183-675 ms at once under a busy writer; 37-54 ms here after 200 ms
+    /// tripped). Coarse: within 20 ms (times `TRIPWIRE_TIME_SCALE`), where
+    /// a wake-up of ~20-50 µs makes it 1-1.3 ms.
+    #[test]
+    fn wake_ups_while_tripped_are_not_charged_as_one() {
+        let (mut p, region) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        // Before the first compare (due 1 ms after the creation): the
+        // first compare trips, before any whole compare set a cost.
+        region.write(0, &1u64).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.take().unwrap(), "the store tripped the wire");
+        let (interval, cost) = measured(&p);
+        let scale = std::env::var("TRIPWIRE_TIME_SCALE")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(1);
+        assert!(
+            interval <= Duration::from_millis(20) * scale,
+            "a page's interval {interval:?} (cost {cost:?}) after 200 ms tripped"
+        );
     }
 
     /// The smoothing: the first compare sets the cost; a longer one moves

@@ -145,7 +145,8 @@ impl<T> fmt::Debug for SharedRing<T> {
 }
 
 impl<T: Pod> SharedRing<T> {
-    /// Starts building a ring of `capacity` messages (a power of two).
+    /// Starts building a ring of `capacity` messages (a power of two from 1
+    /// to 2^24; checked by [`create`](Builder::create)).
     ///
     /// ```
     /// # use memfd_tripwire::ring::SharedRing;
@@ -261,16 +262,54 @@ impl<T: Pod> Builder<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::LayoutMismatch`] for a capacity that is not a power of two
-    /// (or is over 2^24) or a zero-sized `T`; otherwise as
-    /// [`blocking::Builder::create`](crate::blocking::Builder::create).
+    /// [`Error::InvalidArgument`] naming `"capacity"` for a capacity that is
+    /// not a power of two from 1 to 2^24, or `"T"` for a zero-sized `T` or
+    /// one of 4 GiB or more (the header keeps sizes in `u32`); naming
+    /// `"poll_interval"` for an interval [`Backend::Poll`] or
+    /// [`Backend::UserfaultAsync`] refuses (as
+    /// [`blocking::Builder::poll_interval`](crate::blocking::Builder::poll_interval));
+    /// otherwise as
+    /// [`blocking::Builder::create`](crate::blocking::Builder::create). The
+    /// slots take `capacity × size_of::<T>()` bytes of shared memory
+    /// (page-rounded, mapped lazily); more than the kernel maps is
+    /// [`Error::Io`].
     ///
     /// ```
-    /// # use memfd_tripwire::ring::SharedRing;
-    /// assert!(SharedRing::<u64>::builder(100).create().is_err()); // not a power of two
+    /// # use memfd_tripwire::{Error, ring::SharedRing};
+    /// let err = SharedRing::<u64>::builder(100).create().unwrap_err(); // not a power of two
+    /// assert!(matches!(&err, Error::InvalidArgument(a) if a.what() == "capacity"), "{err}");
     /// ```
     pub fn create(self) -> Result<Receiver<T>, Error> {
+        self.check()?;
         Receiver::create(self)
+    }
+
+    /// The builder's own arguments (the tripwire checks its own).
+    fn check(&self) -> Result<(), Error> {
+        let size = std::mem::size_of::<T>();
+        let align = std::mem::align_of::<T>();
+        if size == 0 || u32::try_from(size).is_err() || u32::try_from(align).is_err() {
+            return Err(Error::invalid(
+                "T",
+                format!(
+                    "{} ({size} bytes, aligned to {align})",
+                    std::any::type_name::<T>()
+                ),
+                format!(
+                    "an element of 1 to {} bytes (a zero-sized type carries nothing)",
+                    u32::MAX
+                ),
+            ));
+        }
+        let capacity = u32::try_from(self.capacity).unwrap_or(0);
+        if layout::check_capacity(capacity).is_err() {
+            return Err(Error::invalid(
+                "capacity",
+                self.capacity.to_string(),
+                format!("a power of two from 1 to {} (2^24)", layout::MAX_CAPACITY),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -409,7 +448,14 @@ impl From<TryRecvError> for Error {
     }
 }
 
-/// Why [`Sender::send`] / [`Sender::blocking_send`] failed; carries the
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Why [`Sender::send`] / [`Sender::blocking_send`] failed; carries the"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Why `Sender::send` (feature `tokio`) / [`Sender::blocking_send`] failed; carries the"
+)]
 /// value back.
 pub struct SendError<T> {
     value: T,
@@ -486,7 +532,14 @@ impl<T> From<SendError<T>> for Error {
     }
 }
 
-/// Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Why [`Sender::send_many`] / [`Sender::blocking_send_many`] stopped:"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Why `Sender::send_many` (feature `tokio`) / [`Sender::blocking_send_many`] stopped:"
+)]
 /// how many values were published into the ring before the error
 /// (`values[sent..]` were not; after [`Error::PeerDied`], the published
 /// ones may never be read).

@@ -18,10 +18,31 @@ use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 
 /// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
 ///
-/// Receive with [`recv`](Receiver::recv) (async, cancel safe),
+#[cfg_attr(
+    feature = "tokio",
+    doc = " Receive with [`recv`](Receiver::recv) (async, cancel safe),"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " Receive with `recv` (async, cancel safe; feature `tokio`),"
+)]
 /// [`blocking_recv`](Receiver::blocking_recv), [`try_recv`](Receiver::try_recv),
-/// or as a [`Stream`](futures_core::Stream) (feature `tokio`); in batches,
-/// one copy per contiguous run of slots, with [`recv_many`](Receiver::recv_many)
+#[cfg_attr(
+    feature = "tokio",
+    doc = " or as a [`Stream`](futures_core::Stream) (feature `tokio`); in batches,"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " or as a `Stream` (feature `tokio`); in batches,"
+)]
+#[cfg_attr(
+    feature = "tokio",
+    doc = " one copy per contiguous run of slots, with [`recv_many`](Receiver::recv_many)"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = " one copy per contiguous run of slots, with `recv_many` (feature `tokio`)"
+)]
 /// and [`blocking_recv_many`](Receiver::blocking_recv_many).
 ///
 /// ```
@@ -570,7 +591,7 @@ impl<T: Pod> Receiver<T> {
     /// [`blocking::Tripwire::deadline`]), after which `rearm` fails it with
     /// `TimedOut` if the Sender has not answered (is it stopped?). `None`
     /// with no ACK in flight. [`blocking_recv`](Receiver::blocking_recv)
-    /// and [`recv`](Receiver::recv) arm it themselves.
+    /// and `recv` (feature `tokio`) arm it themselves.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, ring::SharedRing};
@@ -767,7 +788,7 @@ impl<T: Pod> Receiver<T> {
 
 impl<T> AsFd for Receiver<T> {
     /// The tripwire's wake-up fd: readable while the wire is tripped. (The
-    /// Sender's hang-up is another fd: [`mio::event::Source`], feature
+    /// Sender's hang-up is another fd: [`mio::event::Source`](https://docs.rs/mio/1/mio/event/trait.Source.html), feature
     /// `mio`, watches both.)
     ///
     /// # Panics

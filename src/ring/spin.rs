@@ -46,7 +46,12 @@ impl Spin {
     pub(crate) fn budget(&self) -> Duration {
         match *self {
             Spin::Fixed(d) => d,
-            Spin::Adaptive { ack, detect } => (ack + wake_cost() + detect).clamp(MIN, MAX),
+            // Saturating: `detect` is the user's interval (#23: a ring on
+            // `Poll` with `poll_interval(Duration::MAX)` panicked here).
+            Spin::Adaptive { ack, detect } => ack
+                .saturating_add(wake_cost())
+                .saturating_add(detect)
+                .clamp(MIN, MAX),
         }
     }
 
