@@ -287,4 +287,47 @@ mod tests {
             assert!(e.to_string().contains(says), "{e}");
         }
     }
+
+    /// The slots memfd holds `capacity * size` bytes, page-rounded: a ring
+    /// larger than a page gets every page it needs (found by cargo mutants:
+    /// `*` made `+` survived, every ring under test fitting one page).
+    #[test]
+    fn the_slots_memfd_fits_every_slot() {
+        let page = rustix::param::page_size();
+        for (capacity, size) in [(1u32, 8u32), (8, 8), (1024, 16), (4096, 24), (1 << 16, 64)] {
+            let h = Header {
+                size,
+                align: 8,
+                capacity,
+                tag: 0,
+            };
+            let want = (capacity as usize * size as usize).div_ceil(page) * page;
+            assert_eq!(h.slots_len(), want, "capacity {capacity}, size {size}");
+            let last = h.slot_offset(u64::from(capacity) - 1) + size as usize;
+            assert!(last <= h.slots_len(), "the last slot ends past the memfd");
+        }
+    }
+
+    /// How many slots follow index `i`'s before the ring wraps: the batched
+    /// copies take runs this long (found by cargo mutants: a constant 1
+    /// survived, as runs of one slot still deliver every message).
+    #[test]
+    fn runs_end_where_the_ring_wraps() {
+        let h = Header {
+            size: 8,
+            align: 8,
+            capacity: 8,
+            tag: 0,
+        };
+        for (i, want) in [
+            (0u64, 8usize),
+            (5, 3),
+            (7, 1),
+            (8, 8),
+            (13, 3),
+            (u64::MAX, 1),
+        ] {
+            assert_eq!(h.slots_to_end(i), want, "index {i}");
+        }
+    }
 }
