@@ -408,3 +408,21 @@ fn a_cancelled_send_withdraws_its_wait() {
     tx.try_send([4, 4]).unwrap();
     assert!(!waiting(&rx), "the next send withdrew the wait");
 }
+
+/// The Receiver rings the Sender only when it announced a wait: other bits
+/// of the state word (the close bit) do not make a ring (found by cargo
+/// mutants: `&` made `|` in `publish_tail`, a ring on every publish,
+/// survived, as a spurious ring is harmless to order and content).
+#[test]
+fn publish_tail_rings_only_a_waiting_sender() {
+    use super::protocol::{WAITING, announce, publish_tail};
+    use std::sync::atomic::AtomicU64;
+    let (state, tail) = (AtomicU64::new(0), AtomicU64::new(0));
+    assert!(!publish_tail(&state, &tail, 1), "no wait announced");
+    state.store(layout::STATE_CLOSED, Ordering::Relaxed);
+    assert!(!publish_tail(&state, &tail, 2), "closed, not waiting");
+    announce(&state);
+    assert_eq!(state.load(Ordering::Relaxed) & WAITING, WAITING);
+    assert!(publish_tail(&state, &tail, 3), "a wait announced");
+    assert_eq!(tail.load(Ordering::Relaxed), 3);
+}
