@@ -5,9 +5,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use crate::backend::agent::Agent;
 use crate::backend::doorbell::{self, protocol};
 use crate::backend::kernel;
+use crate::backend::userfault::Agent;
 use crate::handoff::Extras;
 use crate::sys::{self, Bell, Mapping};
 use crate::{BackendKind, Error, Region};

@@ -46,7 +46,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::userfault::page;
+use super::probe::{self, MAX_LEN, page};
+use crate::backend::common::set_timer_slack_for;
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
 use crate::{BackendKind, Error};
 
@@ -177,20 +178,20 @@ impl Agent {
             backend: kind,
             reason,
         };
-        if map.len() > super::userfault::MAX_LEN {
+        if map.len() > MAX_LEN {
             return Err(unavailable(format!(
                 "a region of {} bytes is over the {} this backend watches",
                 map.len(),
-                super::userfault::MAX_LEN
+                MAX_LEN
             )));
         }
         let peer = peer
             .try_clone_to_owned()
             .map_err(|e| Error::io("dup of the handshake socket", e))?;
         if is_async {
-            super::userfault_async::probe().map_err(unavailable)?;
+            probe::userfault_async().map_err(unavailable)?;
         } else {
-            super::userfault::probe().map_err(unavailable)?;
+            probe::userfault().map_err(unavailable)?;
         }
         let fd = uffd::open().map_err(|e| Error::io("userfaultfd", e))?;
         let features = if is_async {
@@ -398,7 +399,7 @@ impl State {
                     },
                     Some(Request::Config(interval)) if interval != self.interval => {
                         self.interval = interval;
-                        super::set_timer_slack_for(interval);
+                        set_timer_slack_for(interval);
                     }
                     Some(Request::Config(_)) => {}
                     None => {} // not ours to understand: ignored
