@@ -8,8 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::backend::peers::Peers;
-use crate::backend::{Options, Take, Wire};
+use crate::backend::{Options, Peers, Take, Wire};
 use crate::sys::wait;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 

@@ -1,7 +1,8 @@
 //! What more than one backend uses: the answer of a look at the wire, the
-//! region of the emulated backends, the pollers' timer slack. A leaf of
+//! region of the emulated backends (both ends), the pollers' timer slack. A leaf of
 //! `backend`: the backends import it, it imports none of them.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::sys::SealedMemfd;
@@ -39,6 +40,16 @@ pub(crate) fn region_memfd(len: usize) -> Result<(SealedMemfd, Region), Error> {
         .map()
         .map_err(|e| Error::io("mmap of the region", e))?;
     Ok((memfd, Region::new(map)))
+}
+
+/// The producer's mapping of the region of an emulated backend, from the
+/// memfd the offer carried (checked: sealed, `len` bytes).
+pub(crate) fn map_peer_memfd(fd: OwnedFd, len: usize) -> Result<Region, Error> {
+    let map = SealedMemfd::from_peer(fd, Some(len))
+        .map_err(|why| Error::handshake(format!("the region memfd {why}")))?
+        .map()
+        .map_err(|e| Error::io("mmap of the region", e))?;
+    Ok(Region::new(map))
 }
 
 /// Linux lets a sleep overrun by the thread's timer slack, 50 µs by default,

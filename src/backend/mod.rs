@@ -1,15 +1,19 @@
-//! The mechanisms that turn writes into wake-ups, one file each, behind one
-//! small enum ([`Wire`]) that the public types drive. `Poll` has two: the
-//! wire in `poll.rs`, and in `poller.rs` the one thread per process that
-//! compares every `Poll` tripwire's region (and picks its interval).
+//! The mechanisms that turn writes into wake-ups, one file (or folder) each
+//! with both halves, behind one small enum per side that the public types
+//! drive: [`Wire`], the consumer's end (`blocking::Tripwire`), and
+//! [`Feed`], the producer's (`Producer`). The submodules are private: what
+//! the rest of the crate needs is here. `Poll` has two files: the wire in
+//! `poll.rs`, and in `poller.rs` the one thread per process that compares
+//! every `Poll` tripwire's region (and picks its interval).
 
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::{Backend, BackendKind, Error, Region};
-use peers::Peers;
 
 mod common;
 // `poll` and `poller` reach these through here.
@@ -17,13 +21,21 @@ pub(crate) use common::{
     DEFAULT_POLL_INTERVAL, Take, region_memfd, set_timer_slack_for, timer_slack_for,
 };
 
-pub(crate) mod doorbell;
+mod doorbell;
 mod hangups;
-pub(crate) mod kernel;
-pub(crate) mod peers;
-pub(crate) mod poll;
-pub(crate) mod poller;
-pub(crate) mod userfault;
+mod kernel;
+mod peers;
+mod poll;
+mod poller;
+mod userfault;
+
+/// The Doorbell's armed-flag protocol, for the loom models (`__loom`).
+#[cfg(memfd_tripwire_loom)]
+pub(crate) use doorbell::protocol as doorbell_protocol;
+pub(crate) use peers::Peers;
+/// The Userfault agent's channel protocol, for the fuzz targets (`__fuzz`).
+#[cfg(fuzzing)]
+pub(crate) use userfault::fuzz as userfault_fuzz;
 
 /// The shortest [`Options::poll_interval`] accepted.
 pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
@@ -317,5 +329,73 @@ fn unavailable_reason(e: Error) -> String {
     match e {
         Error::Unavailable { reason, .. } => reason,
         other => other.to_string(),
+    }
+}
+
+/// The producer's end of one mechanism, as [`Producer`](crate::Producer)
+/// holds it.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// `Kernel`, `Poll`: the stores are seen as they are; nothing to run.
+    Plain,
+    /// The consumer's armed flag: `notify()` rings when it is set.
+    Doorbell(doorbell::Ringer),
+    /// `Userfault`, `UserfaultAsync`: the thread that owns the uffd (held
+    /// for its drop, which stops it and unregisters the mapping).
+    Userfault(userfault::Agent),
+}
+
+impl Feed {
+    /// Maps a `memfd_tripwire` fd received from anywhere (`Kernel`: no
+    /// handshake, nothing to run), after checking what it is.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Result<(Feed, Region), Error> {
+        let map = kernel::attach(&fd)?;
+        Ok((Feed::Plain, Region::new(map)))
+    }
+
+    /// Maps what an offer for `kind` carries (`fds`, in handshake order, as
+    /// many as `kind` takes); on `Userfault` and `UserfaultAsync` also
+    /// registers the mapping and starts the agent that owns the uffd, which
+    /// shuts `sock` (the handshake socket) down should it fail.
+    pub(crate) fn attach(
+        kind: BackendKind,
+        len: usize,
+        fds: Vec<OwnedFd>,
+        sock: &UnixStream,
+    ) -> Result<(Feed, Region), Error> {
+        let mut fds = fds.into_iter();
+        let mut next = || fds.next().expect("fd count checked by receive_offer");
+        Ok(match kind {
+            BackendKind::Kernel => (Feed::Plain, kernel::attach_offered(next(), len)?),
+            BackendKind::Poll => (Feed::Plain, common::map_peer_memfd(next(), len)?),
+            BackendKind::Doorbell => {
+                let (region, ringer) = doorbell::Ringer::attach(next(), len)?;
+                (Feed::Doorbell(ringer), region)
+            }
+            BackendKind::Userfault | BackendKind::UserfaultAsync => {
+                let memfd = next();
+                let (region, agent) =
+                    userfault::Agent::attach(kind, len, memfd, next(), sock.as_fd())?;
+                (Feed::Userfault(agent), region)
+            }
+        })
+    }
+
+    /// `notify()`'s fast path: whether to ring the consumer (on `Doorbell`,
+    /// when it is armed; never on the others, whose stores are seen).
+    #[inline]
+    pub(crate) fn should_ring(&self) -> bool {
+        match self {
+            Feed::Doorbell(ringer) => ringer.should_ring(),
+            _ => false,
+        }
+    }
+
+    /// How many stores trapped so far (`Userfault`); 0 elsewhere.
+    pub(crate) fn trapped_stores(&self) -> u64 {
+        match self {
+            Feed::Userfault(agent) => agent.faults(),
+            _ => 0,
+        }
     }
 }

@@ -47,9 +47,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::probe::{self, MAX_LEN, page};
-use crate::backend::common::set_timer_slack_for;
+use crate::backend::common::{map_peer_memfd, set_timer_slack_for};
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
-use crate::{BackendKind, Error};
+use crate::{BackendKind, Error, Region};
 
 /// The most page ranges one PAGES message lists; more, and it says "all".
 pub(crate) const MAX_RANGES: usize = 2048;
@@ -156,6 +156,21 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// The producer's end of an offer for `kind`: maps the region memfd
+    /// (`memfd`, `len` bytes), then [`start`](Agent::start)s the agent on
+    /// `chan`.
+    pub(crate) fn attach(
+        kind: BackendKind,
+        len: usize,
+        memfd: OwnedFd,
+        chan: OwnedFd,
+        peer: BorrowedFd<'_>,
+    ) -> Result<(Region, Agent), Error> {
+        let region = map_peer_memfd(memfd, len)?;
+        let agent = Agent::start(region.mapping(), chan, kind, peer)?;
+        Ok((region, agent))
+    }
+
     /// Registers `map` with a new uffd (write-protect; `kind` says whether
     /// async), protects it, marks it `MADV_DONTFORK`, and starts the agent
     /// on `chan`, the consumer's channel end.
@@ -165,7 +180,7 @@ impl Agent {
     /// producer's stores are no longer watched (the consumer sees its
     /// producer gone, the producer `is_closed()`), rather than go on
     /// silently unwatched.
-    pub(crate) fn start(
+    fn start(
         map: &Arc<Mapping>,
         chan: OwnedFd,
         kind: BackendKind,
