@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Options, Peers, Take, Wire};
+use crate::backend::{Options, Take, Wire};
 use crate::sys::wait;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 
@@ -136,12 +136,10 @@ impl Builder {
     /// ```
     pub fn create(self) -> Result<Tripwire, Error> {
         let (wire, region) = Wire::create(self.backend, self.len, self.opts)?;
-        let peers = wire.peers()?;
         Ok(Tripwire {
             wire,
             region,
             epoch: Epoch::ZERO,
-            peers,
         })
     }
 }
@@ -185,7 +183,6 @@ pub struct Tripwire {
     wire: Wire,
     region: Region,
     epoch: Epoch,
-    peers: Peers,
 }
 
 impl fmt::Debug for Tripwire {
@@ -318,24 +315,24 @@ impl Tripwire {
 
     /// The step: on a trip, appends the written ranges to `pages`.
     fn step(&mut self, pages: Option<&mut Vec<Range<usize>>>) -> io::Result<Option<Epoch>> {
-        let mut taken = self.wire.take(&mut self.peers)?;
+        let mut taken = self.wire.take()?;
         match taken {
             Take::Taken => {}
             Take::Pending => {
                 // Close the sockets of producers that hung up meanwhile: a
                 // hang-up left in the set would keep the fd readable, and a
                 // driver looping on it, until the ACK is done.
-                self.peers.all_gone()?;
+                self.wire.all_gone()?;
                 return Ok(None);
             }
             Take::Idle => {
-                if !self.peers.all_gone()? {
+                if !self.wire.all_gone()? {
                     return Ok(None);
                 }
                 // The producers' last writes happen before their sockets
                 // close: look once more, and let the mechanism report what
                 // it has not yet.
-                taken = self.wire.take_final(&mut self.peers)?;
+                taken = self.wire.take_final()?;
                 match taken {
                     Take::Taken => {}
                     Take::Pending => return Ok(None),
@@ -454,7 +451,7 @@ impl Tripwire {
     /// }
     /// ```
     pub fn try_ack(&mut self) -> io::Result<bool> {
-        Ok(self.wire.ack(&mut self.peers)? == Take::Taken)
+        Ok(self.wire.ack()? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
@@ -531,7 +528,7 @@ impl Tripwire {
     /// assert!(!tw.producers_gone().unwrap()); // never shared
     /// ```
     pub fn producers_gone(&mut self) -> io::Result<bool> {
-        self.peers.all_gone()
+        self.wire.all_gone()
     }
 
     /// Sleeps until the wire may have tripped or a producer may have hung
@@ -570,7 +567,7 @@ impl Tripwire {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        wait::ready(self.peers.fd(), wait::PollFlags::IN, until).map(drop)
+        wait::ready(self.wire.fd(), wait::PollFlags::IN, until).map(drop)
     }
 
     /// Hands the tripwire to a producer on the other end of `peer`, which
@@ -682,8 +679,7 @@ impl Tripwire {
             self.wire.reject();
             return Err(e);
         }
-        self.wire.accept()?;
-        self.peers.add(peer)
+        self.wire.accept(peer)
     }
 
     /// The fd a producer that knows nothing of this crate maps
@@ -734,7 +730,7 @@ impl Tripwire {
     /// assert_eq!(fd.as_raw_fd(), tw.as_fd().as_raw_fd());
     /// ```
     pub fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
-        self.peers.shared_fd()
+        self.wire.shared_fd()
     }
 }
 
@@ -743,13 +739,13 @@ impl AsFd for Tripwire {
     /// while the wire is tripped or once a producer hung up, whenever it was
     /// shared.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.peers.fd()
+        self.wire.fd()
     }
 }
 
 impl AsRawFd for Tripwire {
     fn as_raw_fd(&self) -> RawFd {
-        self.peers.fd().as_raw_fd()
+        self.wire.fd().as_raw_fd()
     }
 }
 

@@ -57,9 +57,19 @@ pub(crate) const BUSY_POLL_MAX_LEN: usize = 16 << 10;
 /// The longest busy-poll window after an ACK.
 pub(crate) const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
 
-/// The consumer's end of one mechanism.
+/// The consumer's end of a tripwire: its mechanism, and the owner of its
+/// one fd (the set of its producers' sockets, which the mechanism's
+/// wake-up fd is registered into: see [`Peers`]). Built together, so that
+/// nothing outside hands one to the other.
 #[derive(Debug)]
-pub(crate) enum Wire {
+pub(crate) struct Wire {
+    mech: Mech,
+    peers: Peers,
+}
+
+/// The mechanism: one variant per backend file.
+#[derive(Debug)]
+enum Mech {
     Kernel(kernel::Kernel),
     Doorbell(doorbell::Doorbell),
     Poll(poll::Poller),
@@ -67,13 +77,9 @@ pub(crate) enum Wire {
     Userfault(userfault::Userfault),
 }
 
-impl Wire {
+impl Mech {
     /// Creates the wire and maps its region.
-    pub(crate) fn create(
-        backend: Backend,
-        len: usize,
-        opts: Options,
-    ) -> Result<(Wire, Region), Error> {
+    fn create(backend: Backend, len: usize, opts: Options) -> Result<(Mech, Region), Error> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -127,28 +133,28 @@ impl Wire {
         // The agents' scan interval (`UserfaultAsync`), in the producer.
         let scan_interval = opts.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
         match backend {
-            Backend::Kernel => kernel::Kernel::create(len).map(|(w, r)| (Wire::Kernel(w), r)),
+            Backend::Kernel => kernel::Kernel::create(len).map(|(w, r)| (Mech::Kernel(w), r)),
             Backend::Doorbell => {
-                doorbell::Doorbell::create(len).map(|(w, r)| (Wire::Doorbell(w), r))
+                doorbell::Doorbell::create(len).map(|(w, r)| (Mech::Doorbell(w), r))
             }
             Backend::Poll => poll::Poller::create(len, opts.poll_interval, opts.busy_poll)
-                .map(|(w, r)| (Wire::Poll(w), r)),
+                .map(|(w, r)| (Mech::Poll(w), r)),
             Backend::Userfault => {
                 userfault::Userfault::create(BackendKind::Userfault, len, scan_interval)
-                    .map(|(w, r)| (Wire::Userfault(w), r))
+                    .map(|(w, r)| (Mech::Userfault(w), r))
             }
             Backend::UserfaultAsync => {
                 userfault::Userfault::create(BackendKind::UserfaultAsync, len, scan_interval)
-                    .map(|(w, r)| (Wire::Userfault(w), r))
+                    .map(|(w, r)| (Mech::Userfault(w), r))
             }
             Backend::Unmodified => match kernel::Kernel::create(len) {
-                Ok((w, r)) => Ok((Wire::Kernel(w), r)),
+                Ok((w, r)) => Ok((Mech::Kernel(w), r)),
                 Err(_) => poll::Poller::create(len, opts.poll_interval, opts.busy_poll)
-                    .map(|(w, r)| (Wire::Poll(w), r)),
+                    .map(|(w, r)| (Mech::Poll(w), r)),
             },
             Backend::Auto => {
                 let kernel = match kernel::Kernel::create(len) {
-                    Ok((w, r)) => return Ok((Wire::Kernel(w), r)),
+                    Ok((w, r)) => return Ok((Mech::Kernel(w), r)),
                     Err(e) => unavailable_reason(e),
                 };
                 let userfault = match userfault::Userfault::create(
@@ -156,7 +162,7 @@ impl Wire {
                     len,
                     scan_interval,
                 ) {
-                    Ok((w, r)) => return Ok((Wire::Userfault(w), r)),
+                    Ok((w, r)) => return Ok((Mech::Userfault(w), r)),
                     Err(e) => unavailable_reason(e),
                 };
                 Err(Error::NoBackend {
@@ -168,28 +174,53 @@ impl Wire {
             }
         }
     }
+}
 
-    pub(crate) fn kind(&self) -> BackendKind {
-        match self {
-            Wire::Kernel(_) => BackendKind::Kernel,
-            Wire::Doorbell(_) => BackendKind::Doorbell,
-            Wire::Poll(_) => BackendKind::Poll,
-            Wire::Userfault(w) => w.kind(),
-        }
+impl Wire {
+    /// Creates the wire, maps its region, and makes the tripwire's one fd:
+    /// on `Kernel`, a set that watches the tripwire; on `Doorbell`, one
+    /// that takes the rings (its producers ring through their sockets); on
+    /// the Userfaults, one in the epoll of the agents' channels; on `Poll`,
+    /// no set: its eventfd, rung on a hang-up by `backend::hangups`.
+    pub(crate) fn create(
+        backend: Backend,
+        len: usize,
+        opts: Options,
+    ) -> Result<(Wire, Region), Error> {
+        let (mech, region) = Mech::create(backend, len, opts)?;
+        let peers = match &mech {
+            Mech::Kernel(w) => Peers::new(Some(w.wake_fd()), false)?,
+            Mech::Doorbell(_) => Peers::new(None, true)?,
+            Mech::Poll(w) => Peers::watched(w.wake_shared()),
+            Mech::Userfault(w) => Peers::beside(w.channels()),
+        };
+        Ok((Wire { mech, peers }, region))
     }
 
-    /// The set of producers' sockets this wire needs, which is also the
-    /// tripwire's one fd: on `Kernel`, one that watches the tripwire; on
-    /// `Doorbell`, one that takes the rings (its producers ring through
-    /// their sockets); on the Userfaults, one in the epoll of the agents'
-    /// channels; on `Poll`, no set: its eventfd, rung on a hang-up by
-    /// `backend::hangups`.
-    pub(crate) fn peers(&self) -> Result<Peers, Error> {
-        match self {
-            Wire::Kernel(w) => Peers::new(Some(w.wake_fd()), false),
-            Wire::Doorbell(_) => Peers::new(None, true),
-            Wire::Poll(w) => Ok(Peers::watched(w.wake_shared())),
-            Wire::Userfault(w) => Ok(Peers::beside(w.channels())),
+    /// The tripwire's one fd: readable when the wire trips (its wake-up fd
+    /// or, on `Doorbell`, a ring) or a producer hangs up.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.peers.fd()
+    }
+
+    /// [`fd`](Wire::fd), for a registration that keeps it open.
+    pub(crate) fn shared_fd(&self) -> std::sync::Arc<OwnedFd> {
+        self.peers.shared_fd()
+    }
+
+    /// `true` once every producer that was shared with has hung up (never
+    /// for a tripwire never shared). Closes the sockets of the producers
+    /// that hung up; no blocking.
+    pub(crate) fn all_gone(&mut self) -> io::Result<bool> {
+        self.peers.all_gone()
+    }
+
+    pub(crate) fn kind(&self) -> BackendKind {
+        match &self.mech {
+            Mech::Kernel(_) => BackendKind::Kernel,
+            Mech::Doorbell(_) => BackendKind::Doorbell,
+            Mech::Poll(_) => BackendKind::Poll,
+            Mech::Userfault(w) => w.kind(),
         }
     }
 
@@ -199,12 +230,12 @@ impl Wire {
     /// (`Pending`) until its replies are in, and the wake-up fd turns
     /// readable as they come; a look after its [deadline](Wire::deadline)
     /// fails it. A failed ACK leaves the wire tripped.
-    pub(crate) fn take(&mut self, peers: &mut Peers) -> io::Result<Take> {
-        let taken = match self {
-            Wire::Kernel(w) => w.take(),
-            Wire::Doorbell(w) => w.take(peers),
-            Wire::Poll(w) => w.take(),
-            Wire::Userfault(w) => return w.take(),
+    pub(crate) fn take(&mut self) -> io::Result<Take> {
+        let taken = match &mut self.mech {
+            Mech::Kernel(w) => w.take(),
+            Mech::Doorbell(w) => w.take(&mut self.peers),
+            Mech::Poll(w) => w.take(),
+            Mech::Userfault(w) => return w.take(),
         };
         taken.map(Take::from)
     }
@@ -212,8 +243,8 @@ impl Wire {
     /// When the ACK in flight fails if its replies are not all in: look
     /// again by then. `None` with no ACK in flight.
     pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
-        match self {
-            Wire::Userfault(w) => w.deadline(),
+        match &self.mech {
+            Mech::Userfault(w) => w.deadline(),
             _ => None,
         }
     }
@@ -222,8 +253,8 @@ impl Wire {
     /// written pages on `Userfault` and `UserfaultAsync`, the whole region
     /// on the backends that cannot tell.
     pub(crate) fn pages_into(&self, len: usize, out: &mut Vec<Range<usize>>) {
-        match self {
-            Wire::Userfault(w) => out.extend_from_slice(w.pages()),
+        match &self.mech {
+            Mech::Userfault(w) => out.extend_from_slice(w.pages()),
             _ => out.push(0..len),
         }
     }
@@ -231,8 +262,8 @@ impl Wire {
     /// Prepares what the next producer is offered (a fresh channel to its
     /// agent on `Userfault` and `UserfaultAsync`).
     pub(crate) fn prepare_offer(&mut self) -> Result<(), Error> {
-        match self {
-            Wire::Userfault(w) => w.prepare_offer(),
+        match &mut self.mech {
+            Mech::Userfault(w) => w.prepare_offer(),
             _ => Ok(()),
         }
     }
@@ -249,19 +280,19 @@ impl Wire {
         Ok(())
     }
 
-    /// The producer attached: starts watching it (its agent's channel on
-    /// `Userfault` and `UserfaultAsync`).
-    pub(crate) fn accept(&mut self) -> Result<(), Error> {
-        match self {
-            Wire::Userfault(w) => w.accept(),
-            _ => Ok(()),
+    /// The producer attached: starts watching it (its handshake socket,
+    /// and its agent's channel on `Userfault` and `UserfaultAsync`).
+    pub(crate) fn accept(&mut self, sock: UnixStream) -> Result<(), Error> {
+        if let Mech::Userfault(w) = &mut self.mech {
+            w.accept()?;
         }
+        self.peers.add(sock)
     }
 
     /// The share in progress failed: forgets what was prepared for it (the
     /// agent channel, whose close tells a refused agent to stop).
     pub(crate) fn reject(&mut self) {
-        if let Wire::Userfault(w) = self {
+        if let Mech::Userfault(w) = &mut self.mech {
             w.reject();
         }
     }
@@ -269,12 +300,12 @@ impl Wire {
     /// Re-arms now, tripped or not: every write made before it returns is
     /// visible, and any later one trips the wire. `Taken` once done;
     /// `Pending` as for [`take`](Wire::take).
-    pub(crate) fn ack(&mut self, peers: &mut Peers) -> io::Result<Take> {
-        match self {
-            Wire::Kernel(w) => w.ack(),
-            Wire::Doorbell(w) => w.ack(peers),
-            Wire::Poll(w) => w.ack(),
-            Wire::Userfault(w) => return w.ack(),
+    pub(crate) fn ack(&mut self) -> io::Result<Take> {
+        match &mut self.mech {
+            Mech::Kernel(w) => w.ack(),
+            Mech::Doorbell(w) => w.ack(&mut self.peers),
+            Mech::Poll(w) => w.ack(),
+            Mech::Userfault(w) => return w.ack(),
         }
         .map(|()| Take::Taken)
     }
@@ -282,24 +313,24 @@ impl Wire {
     /// Like [`take`](Wire::take), but also finds writes the mechanism has
     /// not reported yet (the poller's next compare or scan). Used once every
     /// producer is gone, before reporting it.
-    pub(crate) fn take_final(&mut self, peers: &mut Peers) -> io::Result<Take> {
-        match self {
-            Wire::Poll(w) => w.take_final().map(Take::from),
-            _ => self.take(peers),
+    pub(crate) fn take_final(&mut self) -> io::Result<Take> {
+        match &mut self.mech {
+            Mech::Poll(w) => w.take_final().map(Take::from),
+            _ => self.take(),
         }
     }
 
     /// The fd an unmodified producer maps: the tripwire (`Kernel`) or the
     /// memfd (`Poll`); the others need the producer's cooperation.
     pub(crate) fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
-        let why = match self {
-            Wire::Kernel(w) => return Ok(w.wake_fd()),
-            Wire::Poll(w) => return Ok(w.memfd_fd()),
-            Wire::Doorbell(_) => {
+        let why = match &self.mech {
+            Mech::Kernel(w) => return Ok(w.wake_fd()),
+            Mech::Poll(w) => return Ok(w.memfd_fd()),
+            Mech::Doorbell(_) => {
                 "its producer must call Producer::notify after its stores, so it needs \
                  Producer::connect"
             }
-            Wire::Userfault(_) => {
+            Mech::Userfault(_) => {
                 "its producer's mapping is registered with userfaultfd by the agent \
                  Producer::connect starts: a producer that only maps the fd is not watched"
             }
@@ -315,11 +346,11 @@ impl Wire {
 
     /// The fds a producer needs, in handshake order.
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        match self {
-            Wire::Kernel(w) => w.offer_fds(),
-            Wire::Doorbell(w) => w.offer_fds(),
-            Wire::Poll(w) => w.offer_fds(),
-            Wire::Userfault(w) => w.offer_fds(),
+        match &self.mech {
+            Mech::Kernel(w) => w.offer_fds(),
+            Mech::Doorbell(w) => w.offer_fds(),
+            Mech::Poll(w) => w.offer_fds(),
+            Mech::Userfault(w) => w.offer_fds(),
         }
     }
 }
