@@ -714,24 +714,6 @@ impl Tripwire {
     pub fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.wire.producer_fd()
     }
-
-    /// The tripwire's one fd ([`AsFd`]), kept open by the `Arc` for as
-    /// long as a holder keeps it: for a reactor registration that must own
-    /// what it watches (tokio's `AsyncFd::register` wants the fd open and
-    /// the same for the registration's life, as [`crate::Tripwire`] does)
-    /// without a duplicate fd. The fd is the same for the tripwire's whole
-    /// life; readiness means what it means for [`as_fd`](AsFd::as_fd).
-    ///
-    /// ```
-    /// use std::os::fd::{AsFd, AsRawFd};
-    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
-    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
-    /// let fd = tw.shared_fd();
-    /// assert_eq!(fd.as_raw_fd(), tw.as_fd().as_raw_fd());
-    /// ```
-    pub fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
-        self.wire.shared_fd()
-    }
 }
 
 impl AsFd for Tripwire {
