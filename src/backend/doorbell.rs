@@ -165,6 +165,7 @@ impl Doorbell {
 }
 
 /// The armed flag in a control page.
+#[inline]
 fn armed(control: &Mapping) -> &AtomicU32 {
     control
         .atomic_u32(ARMED_OFFSET)

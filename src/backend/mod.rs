@@ -8,18 +8,16 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsFd;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::{Backend, BackendKind, Error, Region};
 
 mod common;
-// `poll` and `poller` reach these through here.
-pub(crate) use common::{
-    DEFAULT_POLL_INTERVAL, Take, region_memfd, set_timer_slack_for, timer_slack_for,
-};
+pub(crate) use common::Take;
+// `poll` and `poller` reach these through here (`super::`).
+use common::{DEFAULT_POLL_INTERVAL, region_memfd, set_timer_slack_for, timer_slack_for};
 
 mod doorbell;
 mod hangups;
@@ -32,7 +30,7 @@ mod userfault;
 /// The Doorbell's armed-flag protocol, for the loom models (`__loom`).
 #[cfg(memfd_tripwire_loom)]
 pub(crate) use doorbell::protocol as doorbell_protocol;
-pub(crate) use peers::Peers;
+use peers::Peers;
 /// The Userfault agent's channel protocol, for the fuzz targets (`__fuzz`).
 #[cfg(fuzzing)]
 pub(crate) use userfault::fuzz as userfault_fuzz;
