@@ -37,8 +37,6 @@ impl<T: AsFd> AsRawFd for Owner<T> {
 /// Only such a type may be registered by [`register`].
 pub(crate) trait FixedFd: AsFd {}
 
-impl FixedFd for OwnedFd {}
-
 /// Registers `inner` by its own fd for readability, with no duplicate: the
 /// `AsyncFd` owns it. Whoever holds the `AsyncFd` may call `inner`'s
 /// methods through `get_mut`, never replace it (tokio's rule). On failure,
