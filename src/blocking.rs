@@ -15,7 +15,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::backend::peers::Peers;
 use crate::backend::{Options, Take, Wire};
 use crate::sys::wait;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
@@ -165,12 +164,10 @@ impl Builder {
     /// ```
     pub fn create(self) -> Result<Tripwire, Error> {
         let (wire, region) = Wire::create(self.backend, self.len, self.opts)?;
-        let peers = wire.peers()?;
         Ok(Tripwire {
             wire,
             region,
             epoch: Epoch::ZERO,
-            peers,
         })
     }
 }
@@ -223,7 +220,6 @@ pub struct Tripwire {
     wire: Wire,
     region: Region,
     epoch: Epoch,
-    peers: Peers,
 }
 
 impl fmt::Debug for Tripwire {
@@ -356,24 +352,24 @@ impl Tripwire {
 
     /// The step: on a trip, appends the written ranges to `pages`.
     fn step(&mut self, pages: Option<&mut Vec<Range<usize>>>) -> io::Result<Option<Epoch>> {
-        let mut taken = self.wire.take(&mut self.peers)?;
+        let mut taken = self.wire.take()?;
         match taken {
             Take::Taken => {}
             Take::Pending => {
                 // Close the sockets of producers that hung up meanwhile: a
                 // hang-up left in the set would keep the fd readable, and a
                 // driver looping on it, until the ACK is done.
-                self.peers.all_gone()?;
+                self.wire.all_gone()?;
                 return Ok(None);
             }
             Take::Idle => {
-                if !self.peers.all_gone()? {
+                if !self.wire.all_gone()? {
                     return Ok(None);
                 }
                 // The producers' last writes happen before their sockets
                 // close: look once more, and let the mechanism report what
                 // it has not yet.
-                taken = self.wire.take_final(&mut self.peers)?;
+                taken = self.wire.take_final()?;
                 match taken {
                     Take::Taken => {}
                     Take::Pending => return Ok(None),
@@ -492,7 +488,7 @@ impl Tripwire {
     /// }
     /// ```
     pub fn try_ack(&mut self) -> io::Result<bool> {
-        Ok(self.wire.ack(&mut self.peers)? == Take::Taken)
+        Ok(self.wire.ack()? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
@@ -569,7 +565,7 @@ impl Tripwire {
     /// assert!(!tw.producers_gone().unwrap()); // never shared
     /// ```
     pub fn producers_gone(&mut self) -> io::Result<bool> {
-        self.peers.all_gone()
+        self.wire.all_gone()
     }
 
     /// Sleeps until the wire may have tripped or a producer may have hung
@@ -615,7 +611,7 @@ impl Tripwire {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        wait::ready(self.peers.fd(), wait::PollFlags::IN, until).map(drop)
+        wait::ready(self.wire.fd(), wait::PollFlags::IN, until).map(drop)
     }
 
     /// Hands the tripwire to a producer on the other end of `peer`, which
@@ -727,8 +723,7 @@ impl Tripwire {
             self.wire.reject();
             return Err(e);
         }
-        self.wire.accept()?;
-        self.peers.add(peer)
+        self.wire.accept(peer)
     }
 
     /// The fd a producer that knows nothing of this crate maps
@@ -763,24 +758,6 @@ impl Tripwire {
     pub fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.wire.producer_fd()
     }
-
-    /// The tripwire's one fd ([`AsFd`]), kept open by the `Arc` for as
-    /// long as a holder keeps it: for a reactor registration that must own
-    /// what it watches (tokio's `AsyncFd::register` wants the fd open and
-    /// the same for the registration's life, as the async `Tripwire` does)
-    /// without a duplicate fd. The fd is the same for the tripwire's whole
-    /// life; readiness means what it means for [`as_fd`](AsFd::as_fd).
-    ///
-    /// ```
-    /// use std::os::fd::{AsFd, AsRawFd};
-    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
-    /// let tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
-    /// let fd = tw.shared_fd();
-    /// assert_eq!(fd.as_raw_fd(), tw.as_fd().as_raw_fd());
-    /// ```
-    pub fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
-        self.peers.shared_fd()
-    }
 }
 
 impl AsFd for Tripwire {
@@ -788,13 +765,13 @@ impl AsFd for Tripwire {
     /// while the wire is tripped or once a producer hung up, whenever it was
     /// shared.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.peers.fd()
+        self.wire.fd()
     }
 }
 
 impl AsRawFd for Tripwire {
     fn as_raw_fd(&self) -> RawFd {
-        self.peers.fd().as_raw_fd()
+        self.wire.fd().as_raw_fd()
     }
 }
 

@@ -85,6 +85,7 @@ mod backend;
 pub mod blocking;
 mod error;
 mod handoff;
+mod kind;
 mod producer;
 mod region;
 pub mod ring;
@@ -104,8 +105,8 @@ mod tokio;
 
 #[cfg(feature = "tokio")]
 pub use self::tokio::{Changes, NewError, Tripwire};
-pub use backend::{Backend, BackendKind, ParseBackendError};
 pub use error::{ArgumentError, Error};
+pub use kind::{Backend, BackendKind, ParseBackendError};
 pub use producer::Producer;
 pub use region::Region;
 pub use shared_memory::{SharedMemory, SharedMemoryOptions};
@@ -157,7 +158,7 @@ pub use sys::tripwire::set_kernel_syscall_number;
 #[cfg(memfd_tripwire_loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::backend::doorbell::protocol::*;
+    pub use crate::backend::doorbell_protocol::*;
     /// The ring's index and waiting-flag protocol.
     pub mod ring {
         pub use crate::ring::protocol::*;
@@ -278,12 +279,12 @@ pub mod __fuzz {
     /// Bytes of a page in the Userfault agent's PAGES replies (the host's
     /// page size).
     pub fn agent_page() -> usize {
-        crate::backend::userfault::page()
+        crate::backend::userfault_fuzz::page()
     }
     /// The most page ranges one PAGES reply lists.
-    pub const AGENT_MAX_RANGES: usize = crate::backend::agent::MAX_RANGES;
+    pub const AGENT_MAX_RANGES: usize = crate::backend::userfault_fuzz::MAX_RANGES;
     /// The largest message on the agent's channel (the consumer's buffer).
-    pub const AGENT_MAX_MESSAGE: usize = crate::backend::agent::MAX_MESSAGE;
+    pub const AGENT_MAX_MESSAGE: usize = crate::backend::userfault_fuzz::MAX_MESSAGE;
     /// Bytes of the buffer the agent receives the consumer's messages into
     /// (a longer message is truncated to it by the channel).
     pub const AGENT_REQUEST_BUF: usize = 16;
@@ -295,7 +296,7 @@ pub mod __fuzz {
         msg: &[u8],
         pages: usize,
     ) -> Option<(u32, Option<Vec<std::ops::Range<usize>>>)> {
-        crate::backend::agent::parse_pages(msg, pages).map(|p| (p.seq, p.ranges))
+        crate::backend::userfault_fuzz::parse_pages(msg, pages).map(|p| (p.seq, p.ranges))
     }
 
     /// A consumer's message to a Userfault agent, as the agent parses it.
@@ -309,7 +310,7 @@ pub mod __fuzz {
 
     /// The agent's parse of a consumer's message; `None`: ignored.
     pub fn parse_agent_request(msg: &[u8]) -> Option<AgentRequest> {
-        use crate::backend::agent::{Request, parse_request};
+        use crate::backend::userfault_fuzz::{Request, parse_request};
         parse_request(msg).map(|r| match r {
             Request::Ack(seq) => AgentRequest::Ack(seq),
             Request::Config(d) => AgentRequest::Config(d),
@@ -318,11 +319,11 @@ pub mod __fuzz {
 
     /// The ACK request a consumer sends.
     pub fn encode_ack(seq: u32) -> [u8; 8] {
-        crate::backend::agent::encode_ack(seq)
+        crate::backend::userfault_fuzz::encode_ack(seq)
     }
 
     /// The CONFIG message a `UserfaultAsync` consumer sends.
     pub fn encode_config(interval: std::time::Duration) -> [u8; 16] {
-        crate::backend::agent::encode_config(interval)
+        crate::backend::userfault_fuzz::encode_config(interval)
     }
 }

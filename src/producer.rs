@@ -5,11 +5,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use crate::backend::agent::Agent;
-use crate::backend::doorbell::{self, protocol};
-use crate::backend::kernel;
+use crate::backend::Feed;
 use crate::handoff::Extras;
-use crate::sys::{self, Bell, Mapping};
+use crate::sys::Bell;
 use crate::{BackendKind, Error, Region};
 
 /// The producer's end of a tripwire: its memory, and `notify()`.
@@ -48,17 +46,9 @@ use crate::{BackendKind, Error, Region};
 pub struct Producer {
     kind: BackendKind,
     region: Region,
-    doorbell: Option<Doorbell>,
-    /// Userfault, UserfaultAsync: the thread that owns the uffd (held for
-    /// its drop, which stops it and unregisters the mapping).
-    agent: Option<Agent>,
+    /// The backend's producer half (its file in `backend/` has both).
+    feed: Feed,
     peer: Option<Bell>,
-}
-
-/// The consumer's armed flag, on Doorbell (it rings through its handshake
-/// socket).
-struct Doorbell {
-    control: Mapping,
 }
 
 impl fmt::Debug for Producer {
@@ -93,12 +83,11 @@ impl Producer {
     /// # Ok(()) }
     /// ```
     pub fn from_fd(fd: OwnedFd) -> Result<Producer, Error> {
-        let map = kernel::attach(&fd)?;
+        let (feed, region) = Feed::from_fd(fd)?;
         Ok(Producer {
             kind: BackendKind::Kernel,
-            region: Region::new(map),
-            doorbell: None,
-            agent: None,
+            region,
+            feed,
             peer: None,
         })
     }
@@ -240,53 +229,11 @@ impl Producer {
     /// Maps what the offer carries; for Userfault and UserfaultAsync also
     /// registers the mapping and starts the agent that owns the uffd.
     fn attach(offer: crate::handoff::Offer, sock: &UnixStream) -> Result<Producer, Error> {
-        let len = offer.len;
-        let mut fds = offer.fds.into_iter();
-        let mut next = || fds.next().expect("fd count checked by receive_offer");
-        let mut agent = None;
-        let (region, doorbell) = match offer.kind {
-            BackendKind::Kernel => {
-                let fd = next();
-                let map = kernel::attach(&fd).map_err(|e| match e {
-                    Error::NotATripwire { reason } => {
-                        Error::handshake(format!("the Kernel offer's fd: {reason}"))
-                    }
-                    other => other,
-                })?;
-                if map.len() != len {
-                    return Err(Error::handshake(format!(
-                        "the tripwire has {} bytes, the frame says {len}",
-                        map.len()
-                    )));
-                }
-                (Region::new(map), None)
-            }
-            BackendKind::Poll => (map_memfd(next(), len)?, None),
-            BackendKind::Userfault | BackendKind::UserfaultAsync => {
-                let region = map_memfd(next(), len)?;
-                agent = Some(Agent::start(
-                    region.mapping(),
-                    next(),
-                    offer.kind,
-                    sock.as_fd(),
-                )?);
-                (region, None)
-            }
-            BackendKind::Doorbell => {
-                let (at, size) = doorbell::control_at(len).ok_or_else(|| {
-                    Error::handshake(format!("a region of {len} bytes overflows"))
-                })?;
-                let memfd = sys::SealedMemfd::from_peer(next(), Some(size))
-                    .map_err(|why| Error::handshake(format!("the Doorbell memfd {why}")))?;
-                let (region, control) = doorbell::map(&memfd, len, at)?;
-                (region, Some(Doorbell { control }))
-            }
-        };
+        let (feed, region) = Feed::attach(offer.kind, offer.len, offer.fds, sock)?;
         Ok(Producer {
             kind: offer.kind,
             region,
-            doorbell,
-            agent,
+            feed,
             peer: None,
         })
     }
@@ -303,7 +250,7 @@ impl Producer {
     /// # }
     /// ```
     pub fn trapped_stores(&self) -> u64 {
-        self.agent.as_ref().map_or(0, Agent::faults)
+        self.feed.trapped_stores()
     }
 
     /// The backend the consumer chose.
@@ -353,14 +300,7 @@ impl Producer {
     /// ```
     #[inline]
     pub fn notify(&self) -> io::Result<()> {
-        let Some(bell) = &self.doorbell else {
-            return Ok(());
-        };
-        let armed = bell
-            .control
-            .atomic_u32(doorbell::ARMED_OFFSET)
-            .expect("the armed flag lies inside the control page");
-        if !protocol::should_ring(armed) {
+        if !self.feed.should_ring() {
             return Ok(());
         }
         self.ring()
@@ -379,12 +319,4 @@ impl Producer {
             _ => e,
         })
     }
-}
-
-fn map_memfd(fd: OwnedFd, len: usize) -> Result<Region, Error> {
-    let map = sys::SealedMemfd::from_peer(fd, Some(len))
-        .map_err(|why| Error::handshake(format!("the region memfd {why}")))?
-        .map()
-        .map_err(|e| Error::io("mmap of the region", e))?;
-    Ok(Region::new(map))
 }

@@ -191,7 +191,7 @@ impl SharedMemoryOptions {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        let max = crate::backend::limits::max_len();
+        let max = crate::backend::max_len();
         if len > max {
             return Err(Error::invalid(
                 "len",

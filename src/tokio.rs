@@ -46,11 +46,11 @@ use crate::{BackendKind, Epoch, Error, Region, blocking};
 /// # Ok(()) }
 /// ```
 pub struct Tripwire {
-    inner: blocking::Tripwire,
-    /// The registration of the tripwire's one fd, which it keeps open
-    /// through a shared reference: no duplicate fd. Only ever the fd of
-    /// `inner`, which is never swapped (no `get_mut`).
-    fd: AsyncFd<reactor::SharedFd>,
+    /// The blocking tripwire, registered by its one fd (no duplicate)
+    /// inside the `AsyncFd` that holds it: reached through
+    /// [`inner`](Tripwire::inner) and [`inner_mut`](Tripwire::inner_mut),
+    /// never replaced (no public `get_mut`).
+    fd: AsyncFd<reactor::Owner<blocking::Tripwire>>,
     /// Armed at the step's deadline (an ACK in flight) while there is one:
     /// a stopped producer, which never makes the fd readable, still ends
     /// the wait. Made at the first deadline, then reset.
@@ -60,12 +60,27 @@ pub struct Tripwire {
 impl fmt::Debug for Tripwire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tripwire")
-            .field("inner", &self.inner)
+            .field("inner", self.inner())
             .finish()
     }
 }
 
+/// The blocking tripwire's fd is its wire's one fd, made with it and never
+/// replaced (the epoll set of its producers, or `Poll`'s eventfd).
+impl reactor::FixedFd for blocking::Tripwire {}
+
 impl Tripwire {
+    /// The blocking tripwire inside the registration.
+    fn inner(&self) -> &blocking::Tripwire {
+        &self.fd.get_ref().0
+    }
+
+    /// The blocking tripwire inside the registration, to call its methods
+    /// (never to replace it: the registration watches its fd).
+    fn inner_mut(&mut self) -> &mut blocking::Tripwire {
+        &mut self.fd.get_mut().0
+    }
+
     /// Registers `tripwire` (its wake-up fd, and its producers' sockets if it
     /// was shared) with the current tokio runtime.
     ///
@@ -105,13 +120,9 @@ impl Tripwire {
                 ),
             });
         }
-        match reactor::register_shared(tripwire.shared_fd()) {
-            Ok(fd) => Ok(Tripwire {
-                inner: tripwire,
-                fd,
-                timer: None,
-            }),
-            Err(error) => Err(NewError {
+        match reactor::register(tripwire) {
+            Ok(fd) => Ok(Tripwire { fd, timer: None }),
+            Err((tripwire, error)) => Err(NewError {
                 tripwire: Box::new(tripwire),
                 error,
             }),
@@ -239,7 +250,7 @@ impl Tripwire {
         cx: &mut Context<'_>,
         mut step: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<T>>,
     ) -> Poll<io::Result<T>> {
-        poll_turns(cx, |cx| match step(&mut self.inner) {
+        poll_turns(cx, |cx| match step(self.inner_mut()) {
             Ok(Some(outcome)) => Poll::Ready(Ok(Some(outcome))),
             Err(e) => Poll::Ready(Err(e)),
             // Not tripped, or an ACK in flight: sleep on readiness (or the
@@ -284,7 +295,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(deadline) = self.inner.deadline() {
+        if let Some(deadline) = self.inner().deadline() {
             let deadline = ::tokio::time::Instant::from_std(deadline);
             let timer = match &mut self.timer {
                 Some(timer) => {
@@ -352,7 +363,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn try_changed(&mut self) -> io::Result<Option<Epoch>> {
-        self.inner.try_changed()
+        self.inner_mut().try_changed()
     }
 
     /// `true` while an ACK awaits the producers' replies: on `Userfault`
@@ -372,7 +383,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn ack_in_flight(&self) -> bool {
-        self.inner.deadline().is_some()
+        self.inner().deadline().is_some()
     }
 
     /// ACKs now, tripped or not; see [`blocking::Tripwire::ack`]. On
@@ -418,7 +429,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn epoch(&self) -> Epoch {
-        self.inner.epoch()
+        self.inner().epoch()
     }
 
     /// The blocking tripwire inside, still registered.
@@ -432,7 +443,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn get_ref(&self) -> &blocking::Tripwire {
-        &self.inner
+        self.inner()
     }
 
     /// Hands the tripwire to one more producer: [`blocking::Tripwire::share`].
@@ -460,7 +471,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
-        self.inner.share(peer)
+        self.inner_mut().share(peer)
     }
 
     /// [`share`](Tripwire::share) with a second frame of `fds`:
@@ -483,7 +494,7 @@ impl Tripwire {
         tag: [u8; 8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        self.inner.share_with_fds(peer, tag, fds)
+        self.inner_mut().share_with_fds(peer, tag, fds)
     }
 
     /// `true` once the tripwire was shared and every producer has hung up:
@@ -502,7 +513,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn producers_gone(&mut self) -> io::Result<bool> {
-        self.inner.producers_gone()
+        self.inner_mut().producers_gone()
     }
 
     /// Turns the tripwire into a [`Stream`] of epochs.
@@ -538,7 +549,7 @@ impl Tripwire {
     /// ```
     #[must_use = "dropping the tripwire closes it; into_inner() is for keeping it"]
     pub fn into_inner(self) -> blocking::Tripwire {
-        self.inner
+        self.fd.into_inner().0
     }
 
     /// The backend in use.
@@ -552,7 +563,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn backend(&self) -> BackendKind {
-        self.inner.backend()
+        self.inner().backend()
     }
 
     /// The shared memory, as mapped in this process.
@@ -566,20 +577,20 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn region(&self) -> &Region {
-        self.inner.region()
+        self.inner().region()
     }
 }
 
 impl AsFd for Tripwire {
     /// The wake-up fd.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
+        self.inner().as_fd()
     }
 }
 
 impl AsRawFd for Tripwire {
     fn as_raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
+        self.inner().as_raw_fd()
     }
 }
 

@@ -13,9 +13,12 @@
 //!
 //! Contract: a `notify()` that follows a write and comes after an ACK trips
 //! the wire; writes without `notify()` are not seen.
+//!
+//! Both ends are here: the consumer's [`Doorbell`] (arms, takes the rings)
+//! and the producer's [`Ringer`] (`notify()`'s check of the armed flag).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 
 use super::peers::Peers;
@@ -24,11 +27,11 @@ use crate::{Error, Region};
 
 /// Offset of the armed flag in the control page (a `u32`: 1 = the consumer
 /// wants a ring).
-pub(crate) const ARMED_OFFSET: usize = 0;
+const ARMED_OFFSET: usize = 0;
 
 /// Where the control page starts in a Doorbell memfd for a region of `len`
 /// bytes, and the memfd's whole size; `None` if that overflows.
-pub(crate) fn control_at(len: usize) -> Option<(usize, usize)> {
+fn control_at(len: usize) -> Option<(usize, usize)> {
     let page = rustix::param::page_size();
     let at = len.checked_next_multiple_of(page)?;
     Some((at, at.checked_add(page)?))
@@ -101,7 +104,7 @@ pub(crate) mod protocol {
 
 /// Maps a Doorbell memfd (laid out as [`control_at`] says): the region of
 /// `len` bytes, and the control page at `at`.
-pub(crate) fn map(memfd: &SealedMemfd, len: usize, at: usize) -> Result<(Region, Mapping), Error> {
+fn map(memfd: &SealedMemfd, len: usize, at: usize) -> Result<(Region, Mapping), Error> {
     let region = memfd
         .map_range(0, len)
         .map_err(|e| Error::io("mmap of the region", e))?;
@@ -139,9 +142,7 @@ impl Doorbell {
     }
 
     fn armed(&self) -> &AtomicU32 {
-        self.control
-            .atomic_u32(ARMED_OFFSET)
-            .expect("the armed flag lies inside the control page")
+        armed(&self.control)
     }
 
     pub(crate) fn take(&mut self, peers: &mut Peers) -> io::Result<bool> {
@@ -160,5 +161,40 @@ impl Doorbell {
 
     pub(crate) fn offer_fds(&self) -> Vec<BorrowedFd<'_>> {
         vec![self.memfd.as_fd()]
+    }
+}
+
+/// The armed flag in a control page.
+#[inline]
+fn armed(control: &Mapping) -> &AtomicU32 {
+    control
+        .atomic_u32(ARMED_OFFSET)
+        .expect("the armed flag lies inside the control page")
+}
+
+/// The producer's end: the consumer's armed flag (it rings through its
+/// handshake socket).
+#[derive(Debug)]
+pub(crate) struct Ringer {
+    control: Mapping,
+}
+
+impl Ringer {
+    /// Maps the Doorbell memfd of an offer for a region of `len` bytes: the
+    /// region, and the control page after it.
+    pub(crate) fn attach(fd: OwnedFd, len: usize) -> Result<(Region, Ringer), Error> {
+        let (at, size) = control_at(len)
+            .ok_or_else(|| Error::handshake(format!("a region of {len} bytes overflows")))?;
+        let memfd = SealedMemfd::from_peer(fd, Some(size))
+            .map_err(|why| Error::handshake(format!("the Doorbell memfd {why}")))?;
+        let (region, control) = map(&memfd, len, at)?;
+        Ok((region, Ringer { control }))
+    }
+
+    /// `notify()`'s fast path: whether the consumer is armed, and so wants
+    /// a ring (a fence and an atomic swap).
+    #[inline]
+    pub(crate) fn should_ring(&self) -> bool {
+        protocol::should_ring(armed(&self.control))
     }
 }

@@ -1,4 +1,5 @@
-//! `Backend::Kernel`: the real `memfd_tripwire(2)` fd, polled and ACKed.
+//! `Backend::Kernel`: the real `memfd_tripwire(2)` fd, polled and ACKed;
+//! the producer only maps it (`attach`, `attach_offered`).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -82,4 +83,21 @@ pub(crate) fn attach(fd: &OwnedFd) -> Result<Mapping, Error> {
         });
     }
     Mapping::map_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap of the tripwire", e))
+}
+
+/// Maps the tripwire fd of a Kernel offer: `len` bytes, as the frame says.
+pub(crate) fn attach_offered(fd: OwnedFd, len: usize) -> Result<Region, Error> {
+    let map = attach(&fd).map_err(|e| match e {
+        Error::NotATripwire { reason } => {
+            Error::handshake(format!("the Kernel offer's fd: {reason}"))
+        }
+        other => other,
+    })?;
+    if map.len() != len {
+        return Err(Error::handshake(format!(
+            "the tripwire has {} bytes, the frame says {len}",
+            map.len()
+        )));
+    }
+    Ok(Region::new(map))
 }

@@ -20,10 +20,28 @@
 
 use std::time::Duration;
 
-use super::{
-    BUSY_POLL_MAX, BUSY_POLL_MAX_LEN, MIN_POLL_INTERVAL, Options, userfault::MAX_LEN as UFFD_MAX,
-};
+use super::userfault::MAX_LEN as UFFD_MAX;
 use crate::{Backend, Error};
+
+/// The shortest [`Options::poll_interval`] accepted.
+pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_micros(10);
+
+/// Options that only some backends read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// `Poll`'s compare and `UserfaultAsync`'s scan interval; `None`: not
+    /// set by the user (`Poll` adapts it to the region, `UserfaultAsync`
+    /// takes the default interval, 1 ms).
+    pub(crate) poll_interval: Option<Duration>,
+    /// `Poll`: how long the poller compares without pause after an ACK.
+    pub(crate) busy_poll: Duration,
+}
+
+/// The largest region `Poll` busy-polls: a compare must cost next to
+/// nothing (4 pages: ~0.1-0.4 µs here) for the spin to be worth a core.
+pub(crate) const BUSY_POLL_MAX_LEN: usize = 16 << 10;
+/// The longest busy-poll window after an ACK.
+pub(crate) const BUSY_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// The longest `UserfaultAsync` scan interval: its agent takes no longer
 /// one (it used to clamp it, silently).

@@ -59,12 +59,6 @@ impl<T: AsFd> FdSet<T> {
         self.epoll.as_fd()
     }
 
-    /// The epoll fd itself, for a registration that must keep it open (and
-    /// the same number) for as long as it lives: no duplicate needed.
-    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
-        self.epoll.clone()
-    }
-
     /// Also watches `fd` for readability, in no slot: its readiness makes
     /// the set's fd readable, and [`ready`](FdSet::ready) skips it. The fd
     /// leaves the set when the last fd of its open file description closes.

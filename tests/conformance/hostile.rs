@@ -1004,7 +1004,7 @@ fn jam_agent_channel(ours: &OwnedFd, theirs: &OwnedFd, what: &str) -> Outcome {
 /// Plays the consumer's side of one ACK on the agent channel `chan`: takes
 /// everything queued, sends ACK `seq`, and waits for its PAGES reply
 /// (skipping trips and the replies to earlier requests); the page ranges
-/// it lists. (The wire format is in `src/backend/agent.rs`.)
+/// it lists. (The wire format is in `src/backend/userfault/agent.rs`.)
 fn ack_round(chan: &OwnedFd, seq: u32) -> Result<Vec<std::ops::Range<u32>>, String> {
     let mut buf = vec![0u8; 1 << 16];
     let recv = |buf: &mut [u8]| rustix::net::recv(chan, buf, rustix::net::RecvFlags::DONTWAIT);

@@ -46,9 +46,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::userfault::page;
+use super::probe::{self, MAX_LEN, page};
+use crate::backend::common::{map_peer_memfd, set_timer_slack_for};
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
-use crate::{BackendKind, Error};
+use crate::{BackendKind, Error, Region};
 
 /// The most page ranges one PAGES message lists; more, and it says "all".
 pub(crate) const MAX_RANGES: usize = 2048;
@@ -155,6 +156,21 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// The producer's end of an offer for `kind`: maps the region memfd
+    /// (`memfd`, `len` bytes), then [`start`](Agent::start)s the agent on
+    /// `chan`.
+    pub(crate) fn attach(
+        kind: BackendKind,
+        len: usize,
+        memfd: OwnedFd,
+        chan: OwnedFd,
+        peer: BorrowedFd<'_>,
+    ) -> Result<(Region, Agent), Error> {
+        let region = map_peer_memfd(memfd, len)?;
+        let agent = Agent::start(region.mapping(), chan, kind, peer)?;
+        Ok((region, agent))
+    }
+
     /// Registers `map` with a new uffd (write-protect; `kind` says whether
     /// async), protects it, marks it `MADV_DONTFORK`, and starts the agent
     /// on `chan`, the consumer's channel end.
@@ -164,7 +180,7 @@ impl Agent {
     /// producer's stores are no longer watched (the consumer sees its
     /// producer gone, the producer `is_closed()`), rather than go on
     /// silently unwatched.
-    pub(crate) fn start(
+    fn start(
         map: &Arc<Mapping>,
         chan: OwnedFd,
         kind: BackendKind,
@@ -177,20 +193,20 @@ impl Agent {
             backend: kind,
             reason,
         };
-        if map.len() > super::userfault::MAX_LEN {
+        if map.len() > MAX_LEN {
             return Err(unavailable(format!(
                 "a region of {} bytes is over the {} this backend watches",
                 map.len(),
-                super::userfault::MAX_LEN
+                MAX_LEN
             )));
         }
         let peer = peer
             .try_clone_to_owned()
             .map_err(|e| Error::io("dup of the handshake socket", e))?;
         if is_async {
-            super::userfault_async::probe().map_err(unavailable)?;
+            probe::userfault_async().map_err(unavailable)?;
         } else {
-            super::userfault::probe().map_err(unavailable)?;
+            probe::userfault().map_err(unavailable)?;
         }
         let fd = uffd::open().map_err(|e| Error::io("userfaultfd", e))?;
         let features = if is_async {
@@ -398,7 +414,7 @@ impl State {
                     },
                     Some(Request::Config(interval)) if interval != self.interval => {
                         self.interval = interval;
-                        super::set_timer_slack_for(interval);
+                        set_timer_slack_for(interval);
                     }
                     Some(Request::Config(_)) => {}
                     None => {} // not ours to understand: ignored

@@ -2,7 +2,7 @@
 //! variant): plain stores seen on mainline kernels through userfaultfd
 //! write-protect on the producer's mapping.
 //!
-//! The uffd never leaves the producer: its agent (`backend::agent`, a thread
+//! The uffd never leaves the producer: its agent (`userfault::agent`, a thread
 //! in the producer's process started by `Producer::connect`) owns it,
 //! resolves each fault at once (records the page, un-protects it, sends a
 //! trip), and re-protects the written pages when the consumer ACKs. This is
@@ -32,24 +32,14 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
-use super::Take;
-use crate::backend::agent::{self, MAX_MESSAGE, TRIP};
-use crate::sys::{Channel, FdSet, Recv, SealedMemfd, uffd};
+use super::agent::{self, MAX_MESSAGE, TRIP};
+use super::probe::{self, MAX_LEN, page};
+use crate::backend::common::{Take, region_memfd};
+use crate::sys::{Channel, FdSet, Recv, SealedMemfd};
 use crate::{BackendKind, Error, Region};
-
-/// The host's page size: the unit of `UFFDIO_WRITEPROTECT` ranges and of
-/// the page numbers in the agent's replies (both ends run on this host).
-pub(crate) fn page() -> usize {
-    rustix::param::page_size()
-}
 
 /// How many queued messages of one channel a look at it takes at most.
 const MAX_PER_LOOK: usize = 64;
-
-/// The largest region these backends watch: the agent keeps a bit per page
-/// and write-protects every page (page tables for the whole span), and its
-/// replies number pages in `u32`.
-pub(crate) const MAX_LEN: usize = 16 << 30;
 
 /// How long an ACK waits for every producer's agent to answer.
 pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(1);
@@ -91,29 +81,6 @@ struct InFlight {
     ranges: Vec<Range<usize>>,
 }
 
-/// Why this kernel cannot do Userfault, or `Ok` with the features offered.
-pub(crate) fn probe() -> Result<u64, String> {
-    let fd = uffd::open().map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOSYS) => "userfaultfd absent (ENOSYS: kernel built without \
-                               CONFIG_USERFAULTFD): use Backend::Doorbell or Backend::Poll"
-            .to_string(),
-        Some(libc::EPERM) => "userfaultfd refused (EPERM) even in user-mode-only mode: allow \
-                              it with sysctl vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, \
-                              or use Backend::Doorbell"
-            .to_string(),
-        n => format!("userfaultfd failed: {e}{}", crate::error::fd_limit_hint(n)),
-    })?;
-    let features = uffd::api(fd.as_fd(), 0).map_err(|e| format!("UFFDIO_API failed: {e}"))?;
-    if features & uffd::FEATURE_WP_SHMEM == 0 {
-        return Err(
-            "userfaultfd write-protect on shmem unavailable (UFFDIO_API lacks \
-                    WP_HUGETLBFS_SHMEM; needs Linux >= 5.19): use Backend::Doorbell or upgrade"
-                .into(),
-        );
-    }
-    Ok(features)
-}
-
 impl Userfault {
     pub(crate) fn create(
         kind: BackendKind,
@@ -121,8 +88,8 @@ impl Userfault {
         interval: Duration,
     ) -> Result<(Self, Region), Error> {
         let probed = match kind {
-            BackendKind::UserfaultAsync => super::userfault_async::probe(),
-            _ => probe().map(drop),
+            BackendKind::UserfaultAsync => probe::userfault_async(),
+            _ => probe::userfault().map(drop),
         };
         probed.map_err(|reason| Error::Unavailable {
             backend: kind,
@@ -137,7 +104,7 @@ impl Userfault {
                 ),
             });
         }
-        let (memfd, region) = super::region_memfd(len)?;
+        let (memfd, region) = region_memfd(len)?;
         let chans =
             FdSet::new().map_err(|e| Error::io("epoll_create for the agents' channels", e))?;
         let wire = Userfault {
