@@ -395,8 +395,7 @@ impl<T: Pod> Receiver<T> {
             }
             // A Sender waiting for space is woken after this run, not a
             // batch later (its flag shares the head's cache line, just read).
-            self.sender_waiting =
-                self.state()?.load(Ordering::Relaxed) & layout::STATE_WAITING != 0;
+            self.sender_waiting = protocol::is_waiting(self.state()?);
         }
         Ok(self.known_head.wrapping_sub(self.tail) as usize)
     }
@@ -558,7 +557,7 @@ impl<T: Pod> Receiver<T> {
         }
         // A Sender that closed cleanly while its socket lives on (a dup, a
         // forked child) trips no more either.
-        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
+        if protocol::is_closed(self.state()?) {
             return Ok(false);
         }
         Ok(self.ready()? == 0)
@@ -605,7 +604,7 @@ impl<T: Pod> Receiver<T> {
             return Ok(Some(v));
         }
         self.done = true;
-        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
+        if protocol::is_closed(self.state()?) {
             Ok(None)
         } else {
             Err(Error::PeerDied)
@@ -616,7 +615,7 @@ impl<T: Pod> Receiver<T> {
     /// one more look (its flag and its hang-up come after its last head
     /// store), then how it ended.
     fn finished(&mut self) -> Result<T, TryRecvError> {
-        let closed = self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0;
+        let closed = protocol::is_closed(self.state()?);
         let gone = closed
             || self
                 .tw

@@ -398,8 +398,7 @@ impl<T: Pod> Sender<T> {
     }
 
     fn stop_waiting(&mut self) -> Result<(), Error> {
-        self.state()?
-            .fetch_and(!layout::STATE_WAITING, Ordering::Relaxed);
+        protocol::withdraw(self.state()?);
         self.waiting = false;
         Ok(())
     }
@@ -674,7 +673,7 @@ impl<T> Drop for Sender<T> {
         }
         // A clean close: the Receiver drains, then ends with Ok(None).
         if let Ok(state) = self.region.atomic_u64(layout::STATE) {
-            state.fetch_or(layout::STATE_CLOSED, Ordering::Release);
+            protocol::close(state);
             let _ = self.producer.notify();
         }
     }

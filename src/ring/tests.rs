@@ -399,7 +399,7 @@ fn a_cancelled_send_withdraws_its_wait() {
             .atomic_u64(layout::STATE)
             .unwrap()
             .load(Ordering::Relaxed)
-            & layout::STATE_WAITING
+            & super::protocol::WAITING
             != 0
     };
     assert!(waiting(&rx), "the cancelled send announced its wait");
