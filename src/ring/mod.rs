@@ -80,12 +80,25 @@
 //! # Ok(()) }
 //! ```
 
+// Laid out as tokio's mpsc: `receiver.rs` and `sender.rs` are the public
+// API; `core.rs` the memory and index logic of both ends; `step.rs` the
+// Receiver's non-blocking step; `blocking.rs`, `tokio.rs` and `mio.rs` the
+// drivers that wait; `error.rs` the errors; `protocol.rs` every atomic step
+// (checked by loom); `layout.rs` where everything lives; `spin.rs` the spin
+// budget and the one spin loop.
+mod blocking;
+mod core;
 mod error;
 pub(crate) mod layout;
+#[cfg(feature = "mio")]
+mod mio;
 pub(crate) mod protocol;
 mod receiver;
 mod sender;
 mod spin;
+mod step;
+#[cfg(feature = "tokio")]
+mod tokio;
 
 use std::fmt;
 use std::marker::PhantomData;

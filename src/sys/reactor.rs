@@ -1,7 +1,7 @@
 //! Registration with the tokio reactor. Since tokio 1.54, `AsyncFd`'s
 //! constructors are `unsafe` (the fd must stay open and the same for the
 //! registration's life), so the call lives here, for an owner whose fd is
-//! fixed by construction: an `OwnedFd`, alone or shared through an `Arc`.
+//! fixed by construction: an `OwnedFd` shared through an `Arc`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -9,16 +9,6 @@ use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-
-/// Registers an owned fd for readability. Callers register a duplicate
-/// (`try_clone_to_owned`) of the fd they watch, so the registration owns
-/// what it watches and nothing else can close it under tokio.
-pub(crate) fn register_owned(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is open until dropped and always returns the same
-    // number; the AsyncFd owns it, so it stays open and the same for the
-    // registration's whole life.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
-}
 
 /// An fd kept open by the `Arc` it shares with its owner: registered
 /// without a duplicate.
