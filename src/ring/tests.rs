@@ -419,3 +419,34 @@ fn a_cancelled_send_withdraws_its_wait() {
     tx.try_send([4, 4]).unwrap();
     assert!(!waiting(&rx), "the next send withdrew the wait");
 }
+
+/// An async call made outside a runtime, where neither end can register
+/// with tokio, is an error, and leaves both ends as they were: the
+/// tripwire never moves into the registration, so there is nothing to
+/// poison, and the blocking calls go on working.
+#[cfg(feature = "tokio")]
+#[test]
+fn an_async_call_outside_a_runtime_is_an_error_that_leaves_the_ring_usable() {
+    let (mut rx, mut tx) = pair(2);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let recv = rx.poll_recv(&mut cx);
+    assert!(
+        matches!(recv, std::task::Poll::Ready(Err(Error::Io { .. }))),
+        "{recv:?}"
+    );
+    tx.try_send([1, 1]).unwrap();
+    tx.try_send([2, 2]).unwrap();
+    {
+        let mut send = std::pin::pin!(tx.send([3, 3]));
+        let sent = std::future::Future::poll(send.as_mut(), &mut cx);
+        assert!(
+            matches!(&sent, std::task::Poll::Ready(Err(e)) if matches!(e.error(), Error::Io { .. })),
+            "{sent:?}"
+        );
+    }
+    assert_eq!(rx.blocking_recv().unwrap(), Some([1, 1]));
+    assert_eq!(rx.blocking_recv().unwrap(), Some([2, 2]));
+    tx.blocking_send([3, 3]).unwrap();
+    assert_eq!(rx.blocking_recv().unwrap(), Some([3, 3]));
+    let _ = std::os::fd::AsFd::as_fd(&rx); // no panic: the Receiver keeps its tripwire
+}
