@@ -7,7 +7,7 @@
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memfd_tripwire::__loom::ring::{
-    Index, State, announce_wait, load_head, publish_head, publish_tail,
+    Index, State, announce_wait, close, is_closed, load_head, publish_head, publish_tail,
 };
 
 /// Index protocol: a slot written before the head is published is seen by
@@ -95,6 +95,9 @@ impl State for NoFence {
     fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
         self.0.fetch_or(bits, order)
     }
+    fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
+        self.0.fetch_and(bits, order)
+    }
     fn fence() {}
 }
 
@@ -102,4 +105,66 @@ impl State for NoFence {
 #[should_panic(expected = "lost wake-up")]
 fn without_fences_a_wake_up_is_lost() {
     loom::model(|| full_ring_wait(NoFence(AtomicU64::new(0))));
+}
+
+/// Close bit: the Sender publishes its last message, then closes (its
+/// drop). A Receiver that sees the close drains up to the head it loads
+/// next: that must be the last head, with its slot written, or it would
+/// report the close with a message still in the ring.
+fn close_after_last_publish<S: State + Send + Sync + 'static>(state: S) {
+    let state = Arc::new(state);
+    let head = Arc::new(AtomicU64::new(0));
+    let slot = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (state, head, slot) = (state.clone(), head.clone(), slot.clone());
+        loom::thread::spawn(move || {
+            slot.store(42, Ordering::Relaxed); // the last message
+            publish_head(&*head, 1);
+            close(&*state);
+        })
+    };
+    if is_closed(&*state) {
+        // The Receiver's `finish`: drain up to the head, then report.
+        assert_eq!(
+            load_head(&*head),
+            1,
+            "lost message: the close was seen before the last publish"
+        );
+        assert_eq!(
+            slot.load(Ordering::Relaxed),
+            42,
+            "stale slot after the close"
+        );
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn the_receiver_drains_everything_before_the_close() {
+    loom::model(|| close_after_last_publish(AtomicU64::new(0)));
+}
+
+/// The state word with every ordering asked for weakened to Relaxed (its
+/// fence kept).
+struct RelaxedState(AtomicU64);
+
+impl State for RelaxedState {
+    fn load(&self, _: Ordering) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn fetch_or(&self, bits: u64, _: Ordering) -> u64 {
+        self.0.fetch_or(bits, Ordering::Relaxed)
+    }
+    fn fetch_and(&self, bits: u64, _: Ordering) -> u64 {
+        self.0.fetch_and(bits, Ordering::Relaxed)
+    }
+    fn fence() {
+        loom::sync::atomic::fence(Ordering::SeqCst)
+    }
+}
+
+#[test]
+#[should_panic(expected = "lost message")]
+fn with_a_relaxed_close_a_message_is_lost() {
+    loom::model(|| close_after_last_publish(RelaxedState(AtomicU64::new(0))));
 }

@@ -37,9 +37,6 @@ pub(crate) const FRAME_FDS: usize = 3;
 /// Bytes of the header at the start of the control memfd.
 pub(crate) const HEADER_LEN: usize = 32;
 
-pub(crate) const STATE_CLOSED: u64 = 1 << 0;
-pub(crate) const STATE_WAITING: u64 = super::protocol::WAITING;
-
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MFDTRNG1");
 /// 3: the state word (offset 8 of the wire) is a u64.
 pub(crate) const VERSION: u32 = 3;

@@ -7,10 +7,21 @@
 //! - **Waiting flag** (Dekker): a Sender that finds the ring full sets its
 //!   waiting flag, fences, and re-reads the tail before it sleeps; the
 //!   Receiver stores the tail, fences, and reads the flag: either the Sender
-//!   sees the new tail or the Receiver sees the flag and rings it.
+//!   sees the new tail or the Receiver sees the flag and rings it. A Sender
+//!   that stops waiting withdraws the flag ([`withdraw`]); the Receiver peeks
+//!   at it after a head load ([`is_waiting`]) to ring a waiting Sender early.
+//! - **Close** (Release/Acquire on the state word): a Sender that drops
+//!   sets the closed bit after its last head store ([`close`]); a Receiver
+//!   that sees the bit ([`is_closed`]) then sees that head too, so it drains
+//!   every published message before it reports the close.
+//!
+//! Every operation on the state word is here: the Sender is its only
+//! writer, and the Receiver only loads it.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
+/// The Sender's "I closed the ring cleanly" bit in its state word.
+pub const CLOSED: u64 = 1 << 0;
 /// The Sender's "I wait for space" bit in its state word.
 pub const WAITING: u64 = 1 << 1;
 
@@ -31,6 +42,8 @@ pub trait State {
     fn load(&self, order: std::sync::atomic::Ordering) -> u64;
     /// `fetch_or`.
     fn fetch_or(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64;
+    /// `fetch_and`.
+    fn fetch_and(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64;
     /// A sequentially consistent fence.
     fn fence();
 }
@@ -55,6 +68,10 @@ macro_rules! atomics {
             #[inline]
             fn fetch_or(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64 {
                 <$state>::fetch_or(self, bits, order)
+            }
+            #[inline]
+            fn fetch_and(&self, bits: u64, order: std::sync::atomic::Ordering) -> u64 {
+                <$state>::fetch_and(self, bits, order)
             }
             #[inline]
             fn fence() {
@@ -114,4 +131,37 @@ pub fn publish_tail<S: State, I: Index>(state: &S, tail: &I, value: u64) -> bool
     tail.store(value, Release);
     S::fence();
     state.load(Relaxed) & WAITING != 0
+}
+
+/// Sender: withdraws a wait it announced (space came, or the wait was
+/// cancelled), so the Receiver stops ringing it. Relaxed: a ring that
+/// races the withdrawal is only a spurious wake-up.
+#[inline]
+pub fn withdraw<S: State>(state: &S) {
+    state.fetch_and(!WAITING, Relaxed);
+}
+
+/// Receiver: whether the Sender waits for space, peeked at after a head
+/// load (its bit shares the head's cache line) to ring it after this run
+/// rather than a batch later. A hint only: [`publish_tail`] is the check
+/// that no wake-up is lost.
+#[inline]
+pub fn is_waiting<S: State>(state: &S) -> bool {
+    state.load(Relaxed) & WAITING != 0
+}
+
+/// Sender: closes the ring cleanly, after its last [`publish_head`]: a
+/// Receiver that sees the bit ([`is_closed`]) sees every head published
+/// before it.
+#[inline]
+pub fn close<S: State>(state: &S) {
+    state.fetch_or(CLOSED, Release);
+}
+
+/// Receiver: whether the Sender closed the ring cleanly; once `true`, a
+/// [`load_head`] gives the Sender's last head, so draining up to it
+/// receives everything it sent.
+#[inline]
+pub fn is_closed<S: State>(state: &S) -> bool {
+    state.load(Acquire) & CLOSED != 0
 }

@@ -1,20 +1,20 @@
-//! The consuming end of a ring: owns the tripwire.
+//! The consuming end of a ring, its public API: owns the tripwire and
+//! drives the core (`core::Rx`) through the tripwire's non-blocking step;
+//! the async and mio drivers are in `tokio.rs` and `mio.rs`.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
+use super::core::{Rx, Shared};
 use super::layout::{self, Header};
-use super::protocol;
 use super::spin::Spin;
 use super::{Builder, TryRecvError};
 use crate::sys::Bell;
-use crate::{BackendKind, Error, Region, SharedMemory, blocking};
+use crate::{BackendKind, Error, SharedMemory, blocking};
 
 /// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
 ///
@@ -51,39 +51,28 @@ use crate::{BackendKind, Error, Region, SharedMemory, blocking};
 /// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // nothing sent yet
 /// ```
 pub struct Receiver<T> {
-    tw: RingTripwire,
-    /// The backend `tw` was created with.
-    kind: BackendKind,
-    pub(super) region: Region,
-    pub(super) control: Region,
-    pub(super) slots: Region,
-    /// The memfds behind `control` and `slots`, handed to the Sender.
+    /// The core: indices, memory, the space bell.
+    pub(super) rx: Rx<T>,
+    /// The ring's tripwire, used through its public API only, and never
+    /// moved: async code registers its fd beside it (`reg`).
+    pub(super) tw: blocking::Tripwire,
+    /// The memfds behind the control memory and the slots, handed to the
+    /// Sender, and the Sender's end of the space bell.
     control_mem: SharedMemory,
     slots_mem: SharedMemory,
-    /// Our end of the space bell (we ring it when the Sender waits for
-    /// space), and the Sender's end, handed over in the ring's frame.
-    space: Bell,
     space_peer: OwnedFd,
-    header: Header,
-    pub(super) tail: u64,
-    pub(super) published: u64,
-    /// The head as last read (validated): messages up to it are readable.
-    pub(super) known_head: u64,
-    /// The Sender's waiting flag as seen at the last head read.
-    sender_waiting: bool,
-    batch: u64,
-    spin: Spin,
-    done: bool,
+    pub(super) spin: Spin,
+    pub(super) done: bool,
     /// When the ACK now in flight (async, `Userfault`) was sent: its cost,
     /// for the spin budget, runs from then to its completion.
-    ack_sent: Option<Instant>,
+    pub(super) ack_sent: Option<Instant>,
     /// A Sender attached (one only: the ring has a single producer).
     shared: bool,
-    /// An error of publishing the tail after messages were taken: reported
-    /// by the next receive, so that the taken messages are not lost.
-    deferred: Option<Error>,
-    stats: RingStats,
-    _t: PhantomData<fn() -> T>,
+    /// Re-arms and sleeps (the core counts the messages).
+    pub(super) stats: RingStats,
+    /// The tripwire's fd registered with tokio, at the first async wait.
+    #[cfg(feature = "tokio")]
+    pub(super) reg: Option<super::registration::Registration>,
 }
 
 /// How a [`Receiver`] has waited so far: the cost it put on the Sender.
@@ -109,87 +98,12 @@ pub struct RingStats {
     pub sleeps: u64,
 }
 
-/// The ring's tripwire, used through its public API only: blocking until
-/// the first `recv().await` registers it with tokio.
-enum RingTripwire {
-    Blocking(blocking::Tripwire),
-    #[cfg(feature = "tokio")]
-    Async(crate::Tripwire),
-    /// Only inside `Receiver::registered`, which always puts a tripwire
-    /// back (a failed registration hands it back), unless tokio panics in
-    /// there (a runtime without IO): the Receiver is then poisoned.
-    #[cfg(feature = "tokio")]
-    Poisoned,
-}
-
-impl RingTripwire {
-    fn get(&self) -> std::io::Result<&blocking::Tripwire> {
-        match self {
-            RingTripwire::Blocking(tw) => Ok(tw),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => Ok(tw.get_ref()),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Poisoned => Err(poisoned()),
-        }
-    }
-
-    /// The deadline of the tripwire's ACK in flight, if any.
-    fn deadline(&self) -> Option<Instant> {
-        self.get().ok().and_then(blocking::Tripwire::deadline)
-    }
-
-    /// The tripwire's step ([`blocking::Tripwire::try_changed`]): never
-    /// blocks (`None` while an ACK is in flight).
-    fn try_changed(&mut self) -> std::io::Result<Option<crate::Epoch>> {
-        match self {
-            RingTripwire::Blocking(tw) => tw.try_changed(),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => tw.try_changed(),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Poisoned => Err(poisoned()),
-        }
-    }
-
-    fn producers_gone(&mut self) -> std::io::Result<bool> {
-        match self {
-            RingTripwire::Blocking(tw) => tw.producers_gone(),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => tw.producers_gone(),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Poisoned => Err(poisoned()),
-        }
-    }
-
-    fn share_with_fds(
-        &mut self,
-        peer: UnixStream,
-        tag: [u8; 8],
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), Error> {
-        match self {
-            RingTripwire::Blocking(tw) => tw.share_with_fds(peer, tag, fds),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Async(tw) => tw.share_with_fds(peer, tag, fds),
-            #[cfg(feature = "tokio")]
-            RingTripwire::Poisoned => Err(Error::io("sharing the ring", poisoned())),
-        }
-    }
-}
-
-#[cfg(feature = "tokio")]
-fn poisoned() -> std::io::Error {
-    std::io::Error::other(
-        "the ring lost its tripwire to a panic while registering with tokio (a runtime \
-         without IO?)",
-    )
-}
-
 impl<T> fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
-            .field("capacity", &self.header.capacity)
-            .field("backend", &self.kind)
-            .field("tail", &self.tail)
+            .field("capacity", &self.rx.ring.header.capacity)
+            .field("backend", &self.tw.backend())
+            .field("tail", &self.rx.tail)
             .field("done", &self.done)
             .finish()
     }
@@ -231,22 +145,18 @@ impl<T: Pod> Receiver<T> {
             // ms), not in the middle of the first gap.
             super::spin::wake_cost();
         }
-        Ok(Receiver {
-            tw: RingTripwire::Blocking(tw),
-            kind: tw_kind,
+        let ring = Shared {
+            header,
             region,
             control,
             slots,
+        };
+        Ok(Receiver {
+            rx: Rx::new(ring, space),
+            tw,
             control_mem,
             slots_mem,
-            space,
             space_peer,
-            header,
-            tail: 0,
-            published: 0,
-            known_head: 0,
-            sender_waiting: false,
-            batch: u64::from(capacity / 4).max(1),
             spin: match b.spin {
                 Some(d) => Spin::Fixed(d),
                 None => Spin::Adaptive {
@@ -262,9 +172,9 @@ impl<T: Pod> Receiver<T> {
             done: false,
             ack_sent: None,
             shared: false,
-            deferred: None,
             stats: RingStats::default(),
-            _t: PhantomData,
+            #[cfg(feature = "tokio")]
+            reg: None,
         })
     }
 
@@ -309,7 +219,10 @@ impl<T: Pod> Receiver<T> {
     /// println!("{} re-arms for {} messages", stats.rearms, stats.received);
     /// ```
     pub fn stats(&self) -> RingStats {
-        self.stats
+        RingStats {
+            received: self.rx.received,
+            ..self.stats
+        }
     }
 
     /// The capacity in messages.
@@ -320,7 +233,7 @@ impl<T: Pod> Receiver<T> {
     /// assert_eq!(rx.capacity(), 8);
     /// ```
     pub fn capacity(&self) -> usize {
-        self.header.capacity as usize
+        self.rx.ring.capacity()
     }
 
     /// The tripwire backend in use.
@@ -331,7 +244,7 @@ impl<T: Pod> Receiver<T> {
     /// assert_eq!(rx.backend(), BackendKind::Poll);
     /// ```
     pub fn backend(&self) -> BackendKind {
-        self.kind
+        self.tw.backend()
     }
 
     /// How many messages are published and not yet received (an
@@ -344,9 +257,7 @@ impl<T: Pod> Receiver<T> {
     /// assert_eq!(rx.len(), 0);
     /// ```
     pub fn len(&self) -> usize {
-        let Ok(head) = self.head() else { return 0 };
-        let head = protocol::load_head(head);
-        layout::available(head, self.tail, self.header.capacity).map_or(0, |n| n as usize)
+        self.rx.len()
     }
 
     /// `true` when no message waits ([`len`](Receiver::len) is 0).
@@ -388,140 +299,7 @@ impl<T: Pod> Receiver<T> {
     /// rx.flush().unwrap();
     /// ```
     pub fn flush(&mut self) -> Result<(), Error> {
-        self.publish_tail()
-    }
-
-    fn head(&self) -> Result<&AtomicU64, Error> {
-        self.region.atomic_u64(layout::HEAD)
-    }
-
-    fn state(&self) -> Result<&AtomicU64, Error> {
-        self.region.atomic_u64(layout::STATE)
-    }
-
-    /// How many published messages are ready to take. The Sender's head is
-    /// re-read (and validated) only once the messages known to be published
-    /// are used up, so a burst costs one read of the Sender's cache line,
-    /// not one per message.
-    fn ready(&mut self) -> Result<usize, Error> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        if self.tail == self.known_head {
-            let head = protocol::load_head(self.head()?);
-            layout::available(head, self.tail, self.header.capacity)?;
-            self.known_head = head;
-            if head == self.tail {
-                return Ok(0);
-            }
-            // A Sender waiting for space is woken after this run, not a
-            // batch later (its flag shares the head's cache line, just read).
-            self.sender_waiting =
-                self.state()?.load(Ordering::Relaxed) & layout::STATE_WAITING != 0;
-        }
-        Ok(self.known_head.wrapping_sub(self.tail) as usize)
-    }
-
-    /// Marks `n` messages taken. The tail is published in batches of a
-    /// quarter ring; going idle always publishes (see `idle`), so a Sender
-    /// that starts waiting later is still woken.
-    fn taken(&mut self, n: usize) -> Result<(), Error> {
-        self.tail = self.tail.wrapping_add(n as u64);
-        self.stats.received += n as u64;
-        if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
-            // The messages are taken: an error now is for the next call.
-            if let Err(e) = self.publish_tail() {
-                self.deferred = Some(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes the next published message, if any (no waiting, no ACK).
-    fn pop(&mut self) -> Result<Option<T>, Error> {
-        if self.ready()? == 0 {
-            return Ok(None);
-        }
-        let value: T = self.slots.read(self.header.slot_offset(self.tail))?;
-        self.taken(1)?;
-        Ok(Some(value))
-    }
-
-    /// Takes up to `limit` published messages, one bounds-checked copy per
-    /// contiguous run of slots, each run handed to `copy` as (slots, offset,
-    /// messages); no waiting, no ACK. Returns how many.
-    fn pop_runs(
-        &mut self,
-        limit: usize,
-        mut copy: impl FnMut(&Region, usize, usize) -> Result<(), Error>,
-    ) -> Result<usize, Error> {
-        let mut n = 0;
-        while n < limit {
-            let ready = self.ready()?;
-            if ready == 0 {
-                break;
-            }
-            let run = ready
-                .min(self.header.slots_to_end(self.tail))
-                .min(limit - n);
-            copy(&self.slots, self.header.slot_offset(self.tail), run)?;
-            self.taken(run)?;
-            n += run;
-        }
-        Ok(n)
-    }
-
-    /// Appends up to `limit` published messages to `buf` (no waiting).
-    pub(super) fn pop_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
-        self.pop_runs(limit, |slots, offset, run| {
-            let old = buf.len();
-            buf.resize(old + run, T::zeroed());
-            slots.read_bytes(offset, bytemuck::cast_slice_mut(&mut buf[old..]))
-        })
-    }
-
-    /// Publishes the tail; rings the Sender if it waits for space.
-    fn publish_tail(&mut self) -> Result<(), Error> {
-        self.sender_waiting = false;
-        if self.published == self.tail {
-            return Ok(());
-        }
-        let ring = protocol::publish_tail(
-            self.state()?,
-            self.control.atomic_u64(layout::TAIL)?,
-            self.tail,
-        );
-        self.published = self.tail;
-        if ring {
-            match self.space.ring() {
-                // A Sender that is gone needs no wake-up; its death is
-                // learned from the handshake socket.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other.map_err(|e| Error::io("ringing the sender", e))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Busy-polls the head for the spin budget: `true` once it moved.
-    fn spin_for_data(&self) -> Result<bool, Error> {
-        let budget = self.spin.budget();
-        if budget.is_zero() {
-            return Ok(false);
-        }
-        let head = self.head()?;
-        let start = Instant::now();
-        loop {
-            for _ in 0..64 {
-                if head.load(Ordering::Relaxed) != self.tail {
-                    return Ok(true);
-                }
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= budget {
-                return Ok(false);
-            }
-        }
+        self.rx.publish_tail()
     }
 
     /// Gets ready to sleep: publishes the tail and re-arms the wire if it
@@ -546,43 +324,7 @@ impl<T: Pod> Receiver<T> {
     /// assert!(rx.rearm().unwrap()); // empty: safe to sleep
     /// ```
     pub fn rearm(&mut self) -> Result<bool, Error> {
-        self.publish_tail()?;
-        let start = Instant::now();
-        let changed = self.tw.try_changed();
-        if self.tw.deadline().is_some() {
-            self.ack_sent.get_or_insert(start);
-        }
-        match changed {
-            // Tripped, and now re-armed: what was stored before is visible.
-            Ok(Some(_)) => {
-                self.stats.rearms += 1;
-                // An ACK that went out without blocking cost the Receiver
-                // from its sending to here (a sleep in between included).
-                let sent = self.ack_sent.take().unwrap_or(start);
-                self.spin.record_ack(sent.elapsed());
-                // That may have been the last trip of a Sender that is
-                // gone (taken with its hang-up, which then wakes no one):
-                // sleeping now would be for ever.
-                if self
-                    .tw
-                    .producers_gone()
-                    .map_err(|e| Error::io("checking for the Sender's hang-up", e))?
-                {
-                    return Ok(false);
-                }
-            }
-            // Armed since the last re-arm: the next store trips it.
-            Ok(None) => {}
-            // Every Sender is gone: nothing will trip it any more.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
-            Err(e) => return Err(Error::io("re-arming the ring's tripwire", e)),
-        }
-        // A Sender that closed cleanly while its socket lives on (a dup, a
-        // forked child) trips no more either.
-        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
-            return Ok(false);
-        }
-        Ok(self.ready()? == 0)
+        self.step_rearm()
     }
 
     /// When an event loop must call [`rearm`](Receiver::rearm) again even if
@@ -601,52 +343,6 @@ impl<T: Pod> Receiver<T> {
     /// ```
     pub fn deadline(&self) -> Option<Instant> {
         self.tw.deadline()
-    }
-
-    /// One round of "nothing there": spin, re-arm, look again. `Some` is
-    /// the outcome to return; `None` means: sleep until the wire trips.
-    fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
-        if self.spin_for_data()? {
-            return self.pop().map(|v| v.map(Some));
-        }
-        if self.rearm()? {
-            self.stats.sleeps += 1;
-            return Ok(None);
-        }
-        match self.pop()? {
-            Some(v) => Ok(Some(Some(v))),
-            // Nothing, though not armed: the Sender is gone.
-            None => self.finish().map(Some),
-        }
-    }
-
-    /// The Sender is gone: drain what was published, then say how it ended.
-    fn finish(&mut self) -> Result<Option<T>, Error> {
-        if let Some(v) = self.pop()? {
-            return Ok(Some(v));
-        }
-        self.done = true;
-        if self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0 {
-            Ok(None)
-        } else {
-            Err(Error::PeerDied)
-        }
-    }
-
-    /// Nothing was there: has the Sender finished? `Empty` if not; else
-    /// one more look (its flag and its hang-up come after its last head
-    /// store), then how it ended.
-    fn finished(&mut self) -> Result<T, TryRecvError> {
-        let closed = self.state()?.load(Ordering::Acquire) & layout::STATE_CLOSED != 0;
-        let gone = closed
-            || self
-                .tw
-                .producers_gone()
-                .map_err(|e| Error::io("checking for the Sender's hang-up", e))?;
-        if !gone {
-            return Err(TryRecvError::Empty);
-        }
-        self.finish()?.ok_or(TryRecvError::Closed)
     }
 
     /// Takes a message if one is there, without waiting or ACKing.
@@ -673,7 +369,7 @@ impl<T: Pod> Receiver<T> {
         if self.done {
             return Err(TryRecvError::Closed);
         }
-        match self.pop()? {
+        match self.rx.pop()? {
             Some(v) => Ok(v),
             None => self.finished(),
         }
@@ -702,7 +398,7 @@ impl<T: Pod> Receiver<T> {
             return Err(TryRecvError::Closed);
         }
         let mut at = 0;
-        let n = self.pop_runs(buf.len(), |slots, offset, run| {
+        let n = self.rx.pop_runs(buf.len(), |slots, offset, run| {
             let dst = bytemuck::cast_slice_mut(&mut buf[at..at + run]);
             at += run;
             slots.read_bytes(offset, dst)
@@ -737,15 +433,14 @@ impl<T: Pod> Receiver<T> {
             if self.done {
                 return Ok(None);
             }
-            if let Some(v) = self.pop()? {
+            if let Some(v) = self.rx.pop()? {
                 return Ok(Some(v));
             }
             if let Some(outcome) = self.idle()? {
                 return Ok(outcome);
             }
             self.tw
-                .get()
-                .and_then(|tw| tw.wait_ready(None))
+                .wait_ready(None)
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
         }
     }
@@ -773,7 +468,7 @@ impl<T: Pod> Receiver<T> {
     pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
         let limit = limit.max(1);
         if !self.done {
-            let n = self.pop_many(buf, limit)?;
+            let n = self.rx.pop_many(buf, limit)?;
             if n > 0 {
                 return Ok(n);
             }
@@ -782,274 +477,20 @@ impl<T: Pod> Receiver<T> {
             return Ok(0);
         };
         buf.push(first);
-        Ok(1 + self.pop_many(buf, limit - 1)?)
+        Ok(1 + self.rx.pop_many(buf, limit - 1)?)
     }
 }
 
 impl<T> AsFd for Receiver<T> {
-    /// The tripwire's wake-up fd: readable while the wire is tripped. (The
-    /// Sender's hang-up is another fd: [`mio::event::Source`](https://docs.rs/mio/1/mio/event/trait.Source.html), feature
-    /// `mio`, watches both.)
-    ///
-    /// # Panics
-    ///
-    /// If the Receiver was poisoned: tokio panicked while registering it (a
-    /// runtime without IO) and the panic was caught.
+    /// The tripwire's wake-up fd: readable while the wire is tripped, once
+    /// the Sender hung up, or as the replies of an ACK in flight come.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self.tw.get() {
-            Ok(tw) => tw.as_fd(),
-            Err(e) => panic!("{e}"),
-        }
+        self.tw.as_fd()
     }
 }
 
 impl<T> AsRawFd for Receiver<T> {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
-    }
-}
-
-/// Registers the ring's tripwire and the Sender's hang-up under one token:
-/// an event means "call [`try_recv`](Receiver::try_recv) until it says
-/// [`Empty`](TryRecvError::Empty)". `try_recv` never ACKs: once it says
-/// `Empty`, call [`rearm`](Receiver::rearm) and sleep only if it returns
-/// `true`, or the wire, still tripped by the last message, stays quiet.
-/// Sleep until an event or the Receiver's [`deadline`](Receiver::deadline)
-/// (an ACK in flight), whichever is first: at the deadline, `rearm` again
-/// (it fails an ACK a stopped Sender left unanswered with `TimedOut`).
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::{Duration, Instant};
-/// use mio::{Events, Interest, Poll, Token};
-/// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
-///
-/// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create()?;
-/// let mut poll = Poll::new()?;
-/// poll.registry().register(&mut rx, Token(1), Interest::READABLE)?;
-/// let mut events = Events::with_capacity(4);
-/// for _ in 0..3 {
-///     match rx.try_recv() {
-///         Ok(v) => println!("{v}"),
-///         Err(TryRecvError::Empty) => {
-///             if rx.rearm()? {
-///                 let mut timeout = Duration::from_millis(10);
-///                 if let Some(deadline) = rx.deadline() {
-///                     timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
-///                 }
-///                 poll.poll(&mut events, Some(timeout))?;
-///             }
-///         }
-///         Err(e) => return Err(e.into()),
-///     }
-/// }
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "mio")]
-impl<T> mio::event::Source for Receiver<T> {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> std::io::Result<()> {
-        let fd = self.tw.get()?.as_raw_fd();
-        mio::unix::SourceFd(&fd).register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> std::io::Result<()> {
-        let fd = self.tw.get()?.as_raw_fd();
-        mio::unix::SourceFd(&fd).reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
-        let fd = self.tw.get()?.as_raw_fd();
-        mio::unix::SourceFd(&fd).deregister(registry)
-    }
-}
-
-#[cfg(feature = "tokio")]
-mod r#async {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use futures_core::{FusedStream, Stream};
-
-    use super::*;
-
-    impl<T: Pod> Receiver<T> {
-        /// The tokio-registered tripwire (registers it on first use; a
-        /// failed registration leaves the ring as it was).
-        fn registered(&mut self) -> Result<&mut crate::Tripwire, Error> {
-            if let RingTripwire::Blocking(_) = self.tw {
-                let RingTripwire::Blocking(tw) =
-                    std::mem::replace(&mut self.tw, RingTripwire::Poisoned)
-                else {
-                    unreachable!("matched just above")
-                };
-                match crate::Tripwire::new(tw) {
-                    Ok(tw) => self.tw = RingTripwire::Async(tw),
-                    Err(e) => {
-                        let (tw, why) = e.into_parts();
-                        self.tw = RingTripwire::Blocking(tw);
-                        return Err(Error::io("registering the ring with tokio", why));
-                    }
-                }
-            }
-            match &mut self.tw {
-                RingTripwire::Async(tw) => Ok(tw),
-                _ => Err(Error::io("registering the ring with tokio", poisoned())),
-            }
-        }
-
-        /// Polls for the next message; the building block of
-        /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
-        /// tokio's coop budget per message (and per wake-up that found
-        /// none), like `tokio::sync::mpsc`: a Sender that keeps the ring
-        /// full cannot starve the other tasks of this thread.
-        ///
-        /// # Errors
-        ///
-        /// As [`recv`](Receiver::recv).
-        ///
-        /// ```
-        /// # #[tokio::main(flavor = "current_thread")]
-        /// # async fn main() {
-        /// # use memfd_tripwire::{Backend, ring::SharedRing};
-        /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
-        /// let waker = std::task::Waker::noop();
-        /// let mut cx = std::task::Context::from_waker(&waker);
-        /// assert!(rx.poll_recv(&mut cx).is_pending());
-        /// # }
-        /// ```
-        pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
-            // A unit per turn: a message, or a wake-up that found none (a
-            // Sender ringing without publishing cannot keep the task here).
-            crate::tokio::poll_turns(cx, |cx| self.turn(cx))
-        }
-
-        /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
-        /// wake-up to look again after.
-        #[allow(clippy::type_complexity)]
-        fn turn(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Option<T>>, Error>> {
-            if self.done {
-                return Poll::Ready(Ok(Some(None)));
-            }
-            if let Some(v) = self.pop()? {
-                return Poll::Ready(Ok(Some(Some(v))));
-            }
-            if let Some(outcome) = self.idle()? {
-                return Poll::Ready(Ok(Some(outcome)));
-            }
-            match self.registered()?.poll_ready(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
-                Poll::Ready(Err(e)) => {
-                    Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e)))
-                }
-                Poll::Pending => Poll::Pending,
-            }
-        }
-
-        /// Waits for the next message.
-        ///
-        /// `Ok(None)` once the Sender was dropped and everything it sent was
-        /// received.
-        ///
-        /// # Cancel safety
-        ///
-        /// Cancel safe: a message is taken only in the poll that returns it.
-        ///
-        /// # Errors
-        ///
-        /// [`Error::PeerDied`] once the Sender's process died (after
-        /// everything it published was received); [`Error::Corrupt`] for an
-        /// impossible index; [`Error::Io`] if the tripwire fails, with
-        /// `TimedOut` inside when the Sender left the re-arm's ACK
-        /// unanswered past its deadline (`Userfault`, `UserfaultAsync`: a
-        /// timer ends the wait, so a stopped Sender cannot keep this
-        /// pending).
-        ///
-        /// # Panics
-        ///
-        /// On `Userfault` and `UserfaultAsync`, when it waits for an ACK in
-        /// a runtime built without its timer (tokio panics: build it with
-        /// `enable_time` or `enable_all`); see
-        /// [`Tripwire::changed`](crate::Tripwire::changed).
-        ///
-        /// ```no_run
-        /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
-        /// while let Some(v) = rx.recv().await? {
-        ///     println!("{v}");
-        /// }
-        /// # Ok(()) }
-        /// ```
-        pub async fn recv(&mut self) -> Result<Option<T>, Error> {
-            std::future::poll_fn(|cx| self.poll_recv(cx)).await
-        }
-
-        /// Waits for at least one message, then appends up to `limit` (at
-        /// least one) to `buf` without waiting further. Returns how many;
-        /// 0 means the Sender closed and everything was received.
-        ///
-        /// # Cancel safety
-        ///
-        /// Cancel safe, as [`recv`](Receiver::recv).
-        ///
-        /// # Errors
-        ///
-        /// As [`recv`](Receiver::recv); messages already appended stay in `buf`.
-        ///
-        /// ```no_run
-        /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
-        /// let mut buf = Vec::with_capacity(256);
-        /// while rx.recv_many(&mut buf, 256).await? > 0 {
-        ///     buf.clear();
-        /// }
-        /// # Ok(()) }
-        /// ```
-        pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
-            let Some(first) = self.recv().await? else {
-                return Ok(0);
-            };
-            buf.push(first);
-            Ok(1 + self.pop_many(buf, limit.max(1) - 1)?)
-        }
-    }
-
-    /// Yields each message; ends after the Sender closed (or with one
-    /// `Err`, after which it is fused).
-    ///
-    /// ```no_run
-    /// # async fn f(rx: memfd_tripwire::ring::Receiver<u64>) {
-    /// use futures_util::StreamExt;
-    /// let sum: u64 = rx.filter_map(|r| async move { r.ok() }).fold(0, |a, v| async move { a + v }).await;
-    /// # }
-    /// ```
-    impl<T: Pod> Stream for Receiver<T> {
-        type Item = Result<T, Error>;
-
-        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let this = self.get_mut();
-            match this.poll_recv(cx) {
-                Poll::Ready(Ok(Some(v))) => Poll::Ready(Some(Ok(v))),
-                Poll::Ready(Ok(None)) => Poll::Ready(None),
-                Poll::Ready(Err(e)) => {
-                    this.done = true;
-                    Poll::Ready(Some(Err(e)))
-                }
-                Poll::Pending => Poll::Pending,
-            }
-        }
-    }
-
-    impl<T: Pod> FusedStream for Receiver<T> {
-        fn is_terminated(&self) -> bool {
-            self.done
-        }
     }
 }

@@ -1,18 +1,17 @@
-//! The producing end of a ring.
+//! The producing end of a ring, its public API: drives the core
+//! (`core::Tx`); the blocking wait for space is in `blocking.rs`, the async
+//! one in `tokio.rs`.
 
 use std::fmt;
-use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::Pod;
 
-use super::layout::{self, Header};
+use super::core::Tx;
+use super::layout;
 use super::protocol;
 use super::{SendError, SendManyError, TrySendError};
-use crate::sys::{self, Bell};
-use crate::{Error, Producer, Region, SharedMemory};
+use crate::{Error, Producer};
 
 /// The producing end of a ring, in the process that received it.
 ///
@@ -24,36 +23,23 @@ use crate::{Error, Producer, Region, SharedMemory};
 /// # Ok(()) }
 /// ```
 pub struct Sender<T> {
-    producer: Producer,
-    region: Region,
-    pub(super) control: Region,
-    pub(super) slots: Region,
-    space: Bell,
-    /// Duplicates of `space` and of the handshake socket registered with
-    /// tokio, once, at the first wait for space in async code.
+    /// The core: the producer, indices, memory, the space bell.
+    pub(super) tx: Tx<T>,
+    /// The space bell and the handshake socket, registered with tokio as
+    /// one epoll set, once, at the first wait for space in async code.
     #[cfg(feature = "tokio")]
-    registered: Option<r#async::Registered>,
-    /// The waiting flag is set in the state word (a wait was announced and
-    /// not yet withdrawn, e.g. by a cancelled `send`).
-    waiting: bool,
-    header: Header,
-    head: u64,
-    tail: u64,
-    /// How long a blocking Sender that finds the ring full polls for space
-    /// before it sleeps: the price of a sleep on this host (`ring::spin`).
-    space_spin: std::time::Duration,
+    pub(super) reg: Option<super::registration::Registration>,
     /// The process that connected: a copy dropped in a forked child leaves
     /// the ring open.
     pid: u32,
-    _t: PhantomData<fn(T)>,
 }
 
 impl<T> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
-            .field("capacity", &self.header.capacity)
-            .field("head", &self.head)
-            .field("backend", &self.producer.backend())
+            .field("capacity", &self.tx.ring.header.capacity)
+            .field("head", &self.tx.head)
+            .field("backend", &self.tx.producer.backend())
             .finish()
     }
 }
@@ -99,91 +85,13 @@ impl<T: Pod> Sender<T> {
             sock,
             layout::FRAME_TAG,
             layout::FRAME_FDS,
-            |producer, fds| Self::attach(producer.region(), fds, type_tag),
+            |producer, fds| Tx::<T>::attach(producer.region(), fds, type_tag),
         )?;
-        let Attached {
-            control,
-            slots,
-            space,
-            header,
-            head,
-            tail,
-        } = attached;
         Ok(Sender {
-            region: producer.region().clone(),
-            producer,
-            control,
-            slots,
-            space,
+            tx: Tx::new(producer, attached),
             #[cfg(feature = "tokio")]
-            registered: None,
-            waiting: false,
-            header,
-            head,
-            tail,
-            space_spin: super::spin::Spin::Adaptive {
-                ack: std::time::Duration::ZERO,
-                detect: std::time::Duration::ZERO,
-            }
-            .budget(),
+            reg: None,
             pid: std::process::id(),
-            _t: PhantomData,
-        })
-    }
-
-    /// Checks the ring's frame (control memfd, space bell, slots memfd)
-    /// against the tripwire's `region` and what this end expects.
-    fn attach(region: &Region, fds: Vec<OwnedFd>, tag: u64) -> Result<Attached, Error> {
-        let mut fds = fds.into_iter();
-        let (Some(control_fd), Some(space), Some(slots_fd)) = (fds.next(), fds.next(), fds.next())
-        else {
-            return Err(Error::handshake(
-                "the ring frame needs 3 fds: control memfd, space bell, slots memfd",
-            ));
-        };
-        // Only the Receiver writes the control memory: read-only here.
-        let control = SharedMemory::options()
-            .name("the ring's control memfd")
-            .expect_len(layout::control_len())
-            .read_only(true)
-            .attach(control_fd)?
-            .region()
-            .clone();
-        let space = Bell::from_peer(space)
-            .map_err(|why| Error::handshake(format!("the ring's space bell: {why}")))?;
-        if std::mem::size_of::<T>() == 0 {
-            return Err(Error::LayoutMismatch {
-                reason: "a ring of a zero-sized type carries nothing".into(),
-            });
-        }
-        let header = Header::check(&control, Header::of::<T>(0, tag))?;
-        let slots = SharedMemory::options()
-            .name("the ring's slots memfd")
-            .expect_len(header.slots_len())
-            .attach(slots_fd)?
-            .region()
-            .clone();
-        if region.len() < header.region_len() {
-            return Err(Error::LayoutMismatch {
-                reason: format!(
-                    "the tripwire has {} bytes, a ring of {} x {} needs {}",
-                    region.len(),
-                    header.capacity,
-                    header.size,
-                    header.region_len()
-                ),
-            });
-        }
-        let head = region.atomic_u64(layout::HEAD)?.load(Ordering::Relaxed);
-        let tail = control.load_u64(layout::TAIL)?;
-        layout::available(head, tail, header.capacity)?;
-        Ok(Attached {
-            control,
-            slots,
-            space,
-            header,
-            head,
-            tail,
         })
     }
 
@@ -195,7 +103,7 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn capacity(&self) -> usize {
-        self.header.capacity as usize
+        self.tx.ring.capacity()
     }
 
     /// How many sent messages the Receiver has not yet taken, as far as it
@@ -209,11 +117,7 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn len(&self) -> usize {
-        let Ok(tail) = self.control.load_u64(layout::TAIL) else {
-            return self.capacity();
-        };
-        layout::advance_tail(self.head, self.tail, tail, self.header.capacity)
-            .map_or(self.capacity(), |used| used as usize)
+        self.tx.len()
     }
 
     /// `true` when the Receiver has taken everything sent.
@@ -238,81 +142,6 @@ impl<T: Pod> Sender<T> {
         self.len() == self.capacity()
     }
 
-    fn head_atomic(&self) -> Result<&AtomicU64, Error> {
-        self.region.atomic_u64(layout::HEAD)
-    }
-
-    fn state(&self) -> Result<&AtomicU64, Error> {
-        self.region.atomic_u64(layout::STATE)
-    }
-
-    /// Free slots, re-reading (and validating) the Receiver's tail.
-    fn free(&mut self) -> Result<u64, Error> {
-        let cap = u64::from(self.header.capacity);
-        let used = self.head.wrapping_sub(self.tail);
-        if used < cap {
-            return Ok(cap - used);
-        }
-        let tail = self.control.load_u64(layout::TAIL)?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
-        self.tail = tail;
-        Ok(cap - used)
-    }
-
-    /// Writes up to `free` of `items` and publishes them with one head store
-    /// and one `notify()`. Returns how many were published (0 if a copy
-    /// failed), and the outcome: `notify()` can fail after the head store
-    /// (a Receiver found gone is not a failure: what was published counts
-    /// as sent, and the next wait for space reports the death).
-    fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
-        let n = items.len().min(free as usize);
-        let mut done = 0;
-        let copied = (|| {
-            if let [one] = &items[..n] {
-                // A fixed-size copy (`send`, `blocking_send`, `try_send`).
-                self.slots.write(self.header.slot_offset(self.head), one)?;
-                done = 1;
-            }
-            // One bounds-checked copy per contiguous run of slots (at most two).
-            while done < n {
-                let at = self.head.wrapping_add(done as u64);
-                let run = (n - done).min(self.header.slots_to_end(at));
-                self.slots.write_bytes(
-                    self.header.slot_offset(at),
-                    bytemuck::cast_slice(&items[done..done + run]),
-                )?;
-                done += run;
-            }
-            Ok(())
-        })();
-        if let Err(e) = copied {
-            return (0, Err(e));
-        }
-        if n == 0 {
-            return (0, Ok(()));
-        }
-        let head = self.head.wrapping_add(n as u64);
-        match self.head_atomic() {
-            Ok(atomic) => protocol::publish_head(atomic, head),
-            Err(e) => return (0, Err(e)),
-        }
-        self.head = head;
-        if self.waiting {
-            // A wait announced by a `send` that was cancelled: withdraw it,
-            // or the Receiver rings us at every tail it publishes.
-            let _ = self.stop_waiting();
-        }
-        let rung = match self.producer.notify() {
-            Ok(()) => Ok(()),
-            // Published: a Receiver that is gone may have taken them before
-            // it left; the next wait for space reports it.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            // Published, but the Receiver may not have been woken.
-            Err(e) => Err(Error::io("notify (after publishing)", e)),
-        };
-        (n, rung)
-    }
-
     /// `true` once the Receiver is gone (its end of the handshake socket or
     /// of the space bell hung up).
     ///
@@ -323,7 +152,7 @@ impl<T: Pod> Sender<T> {
     /// ```
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
+        self.tx.is_closed()
     }
 
     /// Sends without waiting.
@@ -345,10 +174,10 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        match self.free() {
+        match self.tx.free() {
             Ok(0) if self.is_closed() => Err(TrySendError::Closed(value)),
             Ok(0) => Err(TrySendError::Full(value)),
-            Ok(free) => match self.write(std::slice::from_ref(&value), free).1 {
+            Ok(free) => match self.tx.write(std::slice::from_ref(&value), free).1 {
                 Ok(()) => Ok(()),
                 Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
                 Err(e) => Err(TrySendError::Failed(value, e)),
@@ -376,94 +205,13 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub fn try_send_slice(&mut self, values: &[T]) -> Result<usize, Error> {
-        match self.free()? {
+        match self.tx.free()? {
             0 if self.is_closed() => Err(Error::PeerDied),
             0 => Ok(0),
             free => {
-                let (n, rung) = self.write(values, free);
+                let (n, rung) = self.tx.write(values, free);
                 rung.map(|()| n)
             }
-        }
-    }
-
-    /// Announces that the Sender waits for space; `true` if space appeared
-    /// meanwhile (then it does not wait).
-    fn start_waiting(&mut self) -> Result<bool, Error> {
-        protocol::announce(self.state()?);
-        self.waiting = true;
-        let tail = self.control.load_u64(layout::TAIL)?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.header.capacity)?;
-        self.tail = tail;
-        Ok(used < u64::from(self.header.capacity))
-    }
-
-    fn stop_waiting(&mut self) -> Result<(), Error> {
-        self.state()?
-            .fetch_and(!layout::STATE_WAITING, Ordering::Relaxed);
-        self.waiting = false;
-        Ok(())
-    }
-
-    /// Free slots, polling the tail for up to `space_spin` while there
-    /// are none: the Receiver polls the head likewise, and a sleep costs
-    /// both sides a wake-up.
-    fn spin_for_space(&mut self) -> Result<u64, Error> {
-        let free = self.free()?;
-        if free > 0 {
-            // The common case: no clock read on the way to a send.
-            return Ok(free);
-        }
-        let start = std::time::Instant::now();
-        loop {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            let free = self.free()?;
-            if free > 0 || start.elapsed() >= self.space_spin {
-                return Ok(free);
-            }
-        }
-    }
-
-    /// Takes the Receiver's rings of the space bell; `true` if its end is
-    /// closed (the Receiver is gone).
-    fn drain_space(&self) -> Result<bool, Error> {
-        match self.space.drain() {
-            Ok(_) => Ok(false),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
-            Err(e) => Err(Error::io("draining the space bell", e)),
-        }
-    }
-
-    /// Blocks until a slot is free (or the Receiver is gone).
-    fn blocking_reserve(&mut self) -> Result<u64, Error> {
-        loop {
-            let free = self.spin_for_space()?;
-            if free > 0 {
-                return Ok(free);
-            }
-            if !self.start_waiting()? {
-                // The Receiver rings the bell when it frees space; its death
-                // closes the handshake socket (the bell is the Receiver's
-                // to make: a hostile one may hand over a bell that never
-                // hangs up).
-                // No deadline: the Sender waits for a peer, as a blocking
-                // write to a pipe does; its death ends the wait.
-                use sys::wait::{PollFd, PollFlags};
-                let sock = self.producer.handshake_socket();
-                let mut fds = [
-                    PollFd::new(&self.space, PollFlags::IN),
-                    PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
-                ];
-                sys::wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
-                // Gone once the space it freed is used up.
-                let gone = self.drain_space()? || self.producer.is_closed();
-                if gone && self.free()? == 0 {
-                    self.stop_waiting()?;
-                    return Err(Error::PeerDied);
-                }
-            }
-            self.stop_waiting()?;
         }
     }
 
@@ -482,8 +230,9 @@ impl<T: Pod> Sender<T> {
     /// ```
     pub fn blocking_send(&mut self, value: T) -> Result<(), SendError<T>> {
         let fail = |error| SendError { value, error };
-        let free = self.blocking_reserve().map_err(fail)?;
-        self.write(std::slice::from_ref(&value), free)
+        let free = self.tx.blocking_reserve().map_err(fail)?;
+        self.tx
+            .write(std::slice::from_ref(&value), free)
             .1
             .map_err(fail)
     }
@@ -506,162 +255,14 @@ impl<T: Pod> Sender<T> {
         let mut sent = 0;
         while sent < values.len() {
             let free = self
+                .tx
                 .blocking_reserve()
                 .map_err(|error| SendManyError { sent, error })?;
-            let (n, rung) = self.write(&values[sent..], free);
+            let (n, rung) = self.tx.write(&values[sent..], free);
             sent += n;
             rung.map_err(|error| SendManyError { sent, error })?;
         }
         Ok(())
-    }
-}
-
-/// What the ring's frame gave a Sender, checked.
-struct Attached {
-    control: Region,
-    slots: Region,
-    space: Bell,
-    header: Header,
-    head: u64,
-    tail: u64,
-}
-
-#[cfg(feature = "tokio")]
-mod r#async {
-    use std::task::{Context, Poll};
-
-    use tokio::io::unix::AsyncFd;
-
-    use super::*;
-    use crate::reactor;
-
-    /// The space bell and the handshake socket, registered with tokio (as
-    /// duplicates: the Sender keeps the originals for its blocking calls).
-    pub(super) struct Registered {
-        space: AsyncFd<OwnedFd>,
-        sock: Option<AsyncFd<OwnedFd>>,
-    }
-
-    impl<T: Pod> Sender<T> {
-        /// Polls for free slots. Each turn (a look at the tail, and a
-        /// wake-up that found none) spends a unit of tokio's coop budget,
-        /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
-        /// one that rings without freeing space can keep the task here.
-        fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-            crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
-        }
-
-        /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
-        /// wake-up to look again after.
-        fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
-            let free = self.free()?;
-            if free > 0 {
-                return Poll::Ready(Ok(Some(free)));
-            }
-            if self.start_waiting()? {
-                self.stop_waiting()?;
-                return Poll::Ready(Ok(None));
-            }
-            let gone = self.drain_space()?;
-            if self.free()? > 0 {
-                self.stop_waiting()?;
-                return Poll::Ready(Ok(None));
-            }
-            if gone || self.is_closed() {
-                self.stop_waiting()?;
-                return Poll::Ready(Err(Error::PeerDied));
-            }
-            let reg = self.registered()?;
-            let mut woke = false;
-            for fd in std::iter::once(&reg.space).chain(&reg.sock) {
-                if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
-                    guard
-                        .map_err(|e| Error::io("waiting for space", e))?
-                        .clear_ready();
-                    woke = true;
-                }
-            }
-            if woke {
-                Poll::Ready(Ok(None))
-            } else {
-                Poll::Pending
-            }
-        }
-
-        /// The bell and the socket, registered with tokio on first use and
-        /// kept.
-        fn registered(&mut self) -> Result<&Registered, Error> {
-            let reg = match self.registered.take() {
-                Some(reg) => reg,
-                None => {
-                    let dup = |fd: std::os::fd::BorrowedFd<'_>| {
-                        fd.try_clone_to_owned()
-                            .and_then(reactor::register_owned)
-                            .map_err(|e| Error::io("registering the sender with tokio", e))
-                    };
-                    Registered {
-                        space: dup(self.space.as_fd())?,
-                        sock: self.producer.handshake_socket().map(dup).transpose()?,
-                    }
-                }
-            };
-            Ok(self.registered.insert(reg))
-        }
-
-        /// Sends, waiting while the ring is full.
-        ///
-        /// # Cancel safety
-        ///
-        /// Cancel safe: the value is written only in the poll that completes.
-        ///
-        /// # Errors
-        ///
-        /// As [`blocking_send`](Sender::blocking_send).
-        ///
-        /// ```no_run
-        /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<u64>> {
-        /// tx.send(42).await?;
-        /// # Ok(()) }
-        /// ```
-        pub async fn send(&mut self, value: T) -> Result<(), SendError<T>> {
-            let fail = |error| SendError { value, error };
-            let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
-                .await
-                .map_err(fail)?;
-            self.write(std::slice::from_ref(&value), free)
-                .1
-                .map_err(fail)
-        }
-
-        /// Sends all of `values` in order, in batches, waiting while full.
-        ///
-        /// # Cancel safety
-        ///
-        /// Not cancel safe as a whole: dropped midway, an unknown prefix of
-        /// `values` was sent. Loop over [`send`](Sender::send) or
-        /// [`try_send_slice`](Sender::try_send_slice) when that matters.
-        ///
-        /// # Errors
-        ///
-        /// As [`blocking_send_many`](Sender::blocking_send_many).
-        ///
-        /// ```no_run
-        /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
-        /// tx.send_many(&[1, 2, 3]).await?;
-        /// # Ok(()) }
-        /// ```
-        pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
-            let mut sent = 0;
-            while sent < values.len() {
-                let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
-                    .await
-                    .map_err(|error| SendManyError { sent, error })?;
-                let (n, rung) = self.write(&values[sent..], free);
-                sent += n;
-                rung.map_err(|error| SendManyError { sent, error })?;
-            }
-            Ok(())
-        }
     }
 }
 
@@ -673,9 +274,9 @@ impl<T> Drop for Sender<T> {
             return;
         }
         // A clean close: the Receiver drains, then ends with Ok(None).
-        if let Ok(state) = self.region.atomic_u64(layout::STATE) {
-            state.fetch_or(layout::STATE_CLOSED, Ordering::Release);
-            let _ = self.producer.notify();
+        if let Ok(state) = self.tx.ring.state() {
+            protocol::close(state);
+            let _ = self.tx.producer.notify();
         }
     }
 }

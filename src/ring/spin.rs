@@ -63,6 +63,33 @@ impl Spin {
     }
 }
 
+/// Busy-polls: looks until `look` says `true` (then `true`) or `budget` is
+/// spent (then `false`), a spin-loop hint between looks and a clock read
+/// once per 64 looks. A zero budget looks not at all. Both ends spin here:
+/// the Receiver for data before it re-arms, the Sender for space before it
+/// sleeps.
+#[inline]
+pub(crate) fn until<E>(
+    budget: Duration,
+    mut look: impl FnMut() -> Result<bool, E>,
+) -> Result<bool, E> {
+    if budget.is_zero() {
+        return Ok(false);
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if look()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= budget {
+            return Ok(false);
+        }
+    }
+}
+
 /// The one-way wake-up latency of this host: half the median round trip of
 /// 16 ping-pongs between two threads sleeping in `poll` on eventfds.
 /// Measured once per process; 20 µs if it cannot be measured.

@@ -29,15 +29,18 @@ fn pair(capacity: usize) -> (Receiver<Msg>, Sender<Msg>) {
 #[test]
 fn each_end_maps_what_it_only_reads_read_only() {
     let (rx, tx) = pair(8);
-    assert!(!rx.slots.is_writable(), "the receiver's slots");
-    assert!(!tx.control.is_writable(), "the sender's control memory");
-    assert!(rx.control.is_writable() && tx.slots.is_writable());
+    assert!(!rx.rx.ring.slots.is_writable(), "the receiver's slots");
+    assert!(
+        !tx.tx.ring.control.is_writable(),
+        "the sender's control memory"
+    );
+    assert!(rx.rx.ring.control.is_writable() && tx.tx.ring.slots.is_writable());
     assert!(matches!(
-        rx.slots.write(0, &[1u64, 2]),
+        rx.rx.ring.slots.write(0, &[1u64, 2]),
         Err(Error::ReadOnly { .. })
     ));
     assert!(matches!(
-        tx.control.atomic_u64(layout::TAIL),
+        tx.tx.ring.control.atomic_u64(layout::TAIL),
         Err(Error::ReadOnly { .. })
     ));
 }
@@ -45,7 +48,9 @@ fn each_end_maps_what_it_only_reads_read_only() {
 #[test]
 fn a_head_too_far_ahead_is_corrupt() {
     let (mut rx, _tx) = pair(8);
-    rx.region
+    rx.rx
+        .ring
+        .region
         .atomic_u64(layout::HEAD)
         .unwrap()
         .store(9, Ordering::Relaxed);
@@ -60,7 +65,9 @@ fn a_head_moving_backwards_is_corrupt() {
     let (mut rx, mut tx) = pair(8);
     tx.try_send([1, 1]).unwrap();
     assert_eq!(rx.try_recv().unwrap(), [1, 1]);
-    rx.region
+    rx.rx
+        .ring
+        .region
         .atomic_u64(layout::HEAD)
         .unwrap()
         .store(0, Ordering::Relaxed);
@@ -76,7 +83,9 @@ fn a_tail_past_the_head_is_corrupt() {
     for i in 0..4 {
         tx.try_send([i, i]).unwrap();
     }
-    rx.control
+    rx.rx
+        .ring
+        .control
         .atomic_u64(layout::TAIL)
         .unwrap()
         .store(100, Ordering::Relaxed);
@@ -260,10 +269,10 @@ proptest! {
     #[test]
     fn any_indices_are_validated(head in any::<u64>(), tail in any::<u64>()) {
         let mut rx = SharedRing::<Msg>::builder(8).backend(Backend::Poll).create().unwrap();
-        rx.tail = tail;
-        rx.published = tail;
-        rx.known_head = tail;
-        rx.region.atomic_u64(layout::HEAD).unwrap().store(head, Ordering::Relaxed);
+        rx.rx.tail = tail;
+        rx.rx.published = tail;
+        rx.rx.known_head = tail;
+        rx.rx.ring.region.atomic_u64(layout::HEAD).unwrap().store(head, Ordering::Relaxed);
         let mut got = 0;
         loop {
             match rx.try_recv() {
@@ -275,11 +284,11 @@ proptest! {
             prop_assert!(got <= 8);
         }
         // The batched path, from the same state: at most a ring's worth.
-        rx.tail = tail;
-        rx.published = tail;
-        rx.known_head = tail;
+        rx.rx.tail = tail;
+        rx.rx.published = tail;
+        rx.rx.known_head = tail;
         let mut buf = Vec::new();
-        match rx.pop_many(&mut buf, 100) {
+        match rx.rx.pop_many(&mut buf, 100) {
             Ok(n) => prop_assert!(n <= 8 && buf.len() == n),
             Err(Error::Corrupt { .. }) => prop_assert!(buf.len() <= 8),
             Err(e) => prop_assert!(false, "unexpected {e}"),
@@ -395,11 +404,13 @@ fn a_cancelled_send_withdraws_its_wait() {
     });
     assert!(waited.is_err(), "the ring is full: the send waits");
     let waiting = |rx: &Receiver<Msg>| {
-        rx.region
+        rx.rx
+            .ring
+            .region
             .atomic_u64(layout::STATE)
             .unwrap()
             .load(Ordering::Relaxed)
-            & layout::STATE_WAITING
+            & super::protocol::WAITING
             != 0
     };
     assert!(waiting(&rx), "the cancelled send announced its wait");
@@ -415,14 +426,45 @@ fn a_cancelled_send_withdraws_its_wait() {
 /// survived, as a spurious ring is harmless to order and content).
 #[test]
 fn publish_tail_rings_only_a_waiting_sender() {
-    use super::protocol::{WAITING, announce, publish_tail};
+    use super::protocol::{WAITING, announce, close, publish_tail};
     use std::sync::atomic::AtomicU64;
     let (state, tail) = (AtomicU64::new(0), AtomicU64::new(0));
     assert!(!publish_tail(&state, &tail, 1), "no wait announced");
-    state.store(layout::STATE_CLOSED, Ordering::Relaxed);
+    close(&state);
     assert!(!publish_tail(&state, &tail, 2), "closed, not waiting");
     announce(&state);
     assert_eq!(state.load(Ordering::Relaxed) & WAITING, WAITING);
     assert!(publish_tail(&state, &tail, 3), "a wait announced");
     assert_eq!(tail.load(Ordering::Relaxed), 3);
+}
+
+/// An async call made outside a runtime, where neither end can register
+/// with tokio, is an error, and leaves both ends as they were: the
+/// tripwire never moves into the registration, so there is nothing to
+/// poison, and the blocking calls go on working.
+#[cfg(feature = "tokio")]
+#[test]
+fn an_async_call_outside_a_runtime_is_an_error_that_leaves_the_ring_usable() {
+    let (mut rx, mut tx) = pair(2);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let recv = rx.poll_recv(&mut cx);
+    assert!(
+        matches!(recv, std::task::Poll::Ready(Err(Error::Io { .. }))),
+        "{recv:?}"
+    );
+    tx.try_send([1, 1]).unwrap();
+    tx.try_send([2, 2]).unwrap();
+    {
+        let mut send = std::pin::pin!(tx.send([3, 3]));
+        let sent = std::future::Future::poll(send.as_mut(), &mut cx);
+        assert!(
+            matches!(&sent, std::task::Poll::Ready(Err(e)) if matches!(e.error(), Error::Io { .. })),
+            "{sent:?}"
+        );
+    }
+    assert_eq!(rx.blocking_recv().unwrap(), Some([1, 1]));
+    assert_eq!(rx.blocking_recv().unwrap(), Some([2, 2]));
+    tx.blocking_send([3, 3]).unwrap();
+    assert_eq!(rx.blocking_recv().unwrap(), Some([3, 3]));
+    let _ = std::os::fd::AsFd::as_fd(&rx); // no panic: the Receiver keeps its tripwire
 }

@@ -55,6 +55,12 @@ impl<T: AsFd> FdSet<T> {
     }
 
     /// The epoll fd: readable while a member has one of its events.
+    /// The epoll fd itself, for a registration that must keep it open (and
+    /// the same number) for as long as it lives: no duplicate needed.
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.epoll.clone()
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.epoll.as_fd()
     }

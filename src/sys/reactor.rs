@@ -1,24 +1,16 @@
 //! Registration with the tokio reactor. Since tokio 1.54, `AsyncFd`'s
 //! constructors are `unsafe` (the fd must stay open and the same for the
 //! registration's life), so the call lives here, for an owner whose fd is
-//! fixed by construction: an `OwnedFd`, or a value that owns its one fd for
-//! life ([`FixedFd`]: the blocking tripwire), held by the `AsyncFd` itself.
+//! fixed by construction: a value that owns its one fd for life
+//! ([`FixedFd`]: the blocking tripwire), held by the `AsyncFd` itself, or an
+//! `OwnedFd` shared through an `Arc` (the ring's registrations).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-
-/// Registers an owned fd for readability. Callers register a duplicate
-/// (`try_clone_to_owned`) of the fd they watch, so the registration owns
-/// what it watches and nothing else can close it under tokio.
-pub(crate) fn register_owned(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is open until dropped and always returns the same
-    // number; the AsyncFd owns it, so it stays open and the same for the
-    // registration's whole life.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
-}
 
 /// A value registered by its own fd (`AsFd`), inside the `AsyncFd` that
 /// watches it: no duplicate, and the fd closes only after the registration
@@ -51,4 +43,27 @@ pub(crate) fn register<T: FixedFd>(inner: T) -> Result<AsyncFd<Owner<T>>, (T, io
         let (Owner(inner), error) = e.into_parts();
         (inner, error)
     })
+}
+
+/// An fd kept open by the `Arc` it shares with its owner: registered
+/// without a duplicate.
+#[derive(Debug)]
+pub(crate) struct SharedFd(Arc<OwnedFd>);
+
+impl AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Registers the fd of a shared `OwnedFd` for readability, with no
+/// duplicate: the registration holds a reference, so the fd stays open (and
+/// the same) until it is dropped, whatever its other holders do.
+pub(crate) fn register_shared(fd: Arc<OwnedFd>) -> io::Result<AsyncFd<SharedFd>> {
+    // SAFETY: the AsyncFd owns a clone of the Arc; an OwnedFd is closed
+    // only when dropped, which the Arc prevents while this clone lives, and
+    // its number never changes: the fd is open and the same for the
+    // registration's whole life.
+    unsafe { AsyncFd::register_with_interest(SharedFd(fd), Interest::READABLE) }
+        .map_err(io::Error::from)
 }

@@ -1,0 +1,478 @@
+//! The ring's core, as `tokio::sync::mpsc`'s `chan.rs` is: what both ends
+//! share ([`Shared`]: the memory and the fixed facts of one ring) and each
+//! end's index logic ([`Rx`], [`Tx`]). It never waits, never touches a
+//! tripwire and needs no runtime: the public ends (`receiver.rs`,
+//! `sender.rs`) drive it, and the drivers (`blocking.rs`, `tokio.rs`,
+//! `mio.rs`) wait for it. Every atomic step is a `protocol` function.
+
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytemuck::Pod;
+
+use super::layout::{self, Header};
+use super::protocol;
+use super::spin;
+use crate::sys::Bell;
+use crate::{Error, Producer, Region, SharedMemory};
+
+/// One ring's memory and fixed facts, the same for both ends: the
+/// tripwire's region (head and state, written by the Sender), the control
+/// memory (header and tail, written by the Receiver) and the slots.
+pub(super) struct Shared {
+    pub(super) header: Header,
+    pub(super) region: Region,
+    pub(super) control: Region,
+    pub(super) slots: Region,
+}
+
+impl Shared {
+    /// The capacity in messages.
+    pub(super) fn capacity(&self) -> usize {
+        self.header.capacity as usize
+    }
+
+    /// The head index (the Sender writes it).
+    pub(super) fn head(&self) -> Result<&AtomicU64, Error> {
+        self.region.atomic_u64(layout::HEAD)
+    }
+
+    /// The state word (the Sender writes it; see `protocol`).
+    pub(super) fn state(&self) -> Result<&AtomicU64, Error> {
+        self.region.atomic_u64(layout::STATE)
+    }
+
+    /// The tail as the Receiver last published it, read fresh.
+    fn tail(&self) -> Result<u64, Error> {
+        self.control.load_u64(layout::TAIL)
+    }
+
+    /// How many messages are in the ring as one end sees it: the index that
+    /// end writes is exact, the peer's is read fresh and validated. An
+    /// impossible index counts as an empty ring on the Receiver's side and
+    /// a full one on the Sender's (the next receive or send reports it).
+    pub(super) fn len(&self, end: End) -> usize {
+        let cap = self.header.capacity;
+        match end {
+            End::Receiver { tail } => self
+                .head()
+                .ok()
+                .and_then(|head| layout::available(protocol::load_head(head), tail, cap).ok())
+                .map_or(0, |n| n as usize),
+            End::Sender { head, tail } => self
+                .tail()
+                .ok()
+                .and_then(|fresh| layout::advance_tail(head, tail, fresh, cap).ok())
+                .map_or(self.capacity(), |n| n as usize),
+        }
+    }
+}
+
+/// Which end asks [`Shared::len`], with the indices it holds.
+pub(super) enum End {
+    Receiver { tail: u64 },
+    Sender { head: u64, tail: u64 },
+}
+
+/// The Receiver's core: its indices, its end of the space bell, and the
+/// taking and publishing of messages. No waiting, no ACK.
+pub(super) struct Rx<T> {
+    pub(super) ring: Shared,
+    /// Our end of the space bell: rung when the Sender waits for space.
+    space: Bell,
+    pub(super) tail: u64,
+    pub(super) published: u64,
+    /// The head as last read (validated): messages up to it are readable.
+    pub(super) known_head: u64,
+    /// The Sender's waiting flag as seen at the last head read.
+    sender_waiting: bool,
+    batch: u64,
+    /// An error of publishing the tail after messages were taken: reported
+    /// by the next receive, so that the taken messages are not lost.
+    deferred: Option<Error>,
+    /// Messages received.
+    pub(super) received: u64,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> Rx<T> {
+    pub(super) fn new(ring: Shared, space: Bell) -> Self {
+        Rx {
+            batch: u64::from(ring.header.capacity / 4).max(1),
+            ring,
+            space,
+            tail: 0,
+            published: 0,
+            known_head: 0,
+            sender_waiting: false,
+            deferred: None,
+            received: 0,
+            _t: PhantomData,
+        }
+    }
+
+    /// How many messages are published and not yet received.
+    pub(super) fn len(&self) -> usize {
+        self.ring.len(End::Receiver { tail: self.tail })
+    }
+
+    /// Whether the Sender closed the ring cleanly (after its last publish).
+    pub(super) fn closed(&self) -> Result<bool, Error> {
+        Ok(protocol::is_closed(self.ring.state()?))
+    }
+
+    /// How many published messages are ready to take. The Sender's head is
+    /// re-read (and validated) only once the messages known to be published
+    /// are used up, so a burst costs one read of the Sender's cache line,
+    /// not one per message.
+    pub(super) fn ready(&mut self) -> Result<usize, Error> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        if self.tail == self.known_head {
+            let head = protocol::load_head(self.ring.head()?);
+            layout::available(head, self.tail, self.ring.header.capacity)?;
+            self.known_head = head;
+            if head == self.tail {
+                return Ok(0);
+            }
+            // A Sender waiting for space is woken after this run, not a
+            // batch later (its flag shares the head's cache line, just read).
+            self.sender_waiting = protocol::is_waiting(self.ring.state()?);
+        }
+        Ok(self.known_head.wrapping_sub(self.tail) as usize)
+    }
+
+    /// Marks `n` messages taken. The tail is published in batches of a
+    /// quarter ring; going idle always publishes (see `Receiver::idle`), so
+    /// a Sender that starts waiting later is still woken.
+    fn taken(&mut self, n: usize) {
+        self.tail = self.tail.wrapping_add(n as u64);
+        self.received += n as u64;
+        if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
+            // The messages are taken: an error now is for the next call.
+            if let Err(e) = self.publish_tail() {
+                self.deferred = Some(e);
+            }
+        }
+    }
+
+    /// Takes the next published message, if any (no waiting, no ACK).
+    pub(super) fn pop(&mut self) -> Result<Option<T>, Error> {
+        if self.ready()? == 0 {
+            return Ok(None);
+        }
+        let value: T = self
+            .ring
+            .slots
+            .read(self.ring.header.slot_offset(self.tail))?;
+        self.taken(1);
+        Ok(Some(value))
+    }
+
+    /// Takes up to `limit` published messages, one bounds-checked copy per
+    /// contiguous run of slots, each run handed to `copy` as (slots, offset,
+    /// messages); no waiting, no ACK. Returns how many.
+    pub(super) fn pop_runs(
+        &mut self,
+        limit: usize,
+        mut copy: impl FnMut(&Region, usize, usize) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < limit {
+            let ready = self.ready()?;
+            if ready == 0 {
+                break;
+            }
+            let header = &self.ring.header;
+            let run = ready.min(header.slots_to_end(self.tail)).min(limit - n);
+            copy(&self.ring.slots, header.slot_offset(self.tail), run)?;
+            self.taken(run);
+            n += run;
+        }
+        Ok(n)
+    }
+
+    /// Appends up to `limit` published messages to `buf` (no waiting).
+    pub(super) fn pop_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        self.pop_runs(limit, |slots, offset, run| {
+            let old = buf.len();
+            buf.resize(old + run, T::zeroed());
+            slots.read_bytes(offset, bytemuck::cast_slice_mut(&mut buf[old..]))
+        })
+    }
+
+    /// Publishes the tail; rings the Sender if it waits for space.
+    pub(super) fn publish_tail(&mut self) -> Result<(), Error> {
+        self.sender_waiting = false;
+        if self.published == self.tail {
+            return Ok(());
+        }
+        let ring = protocol::publish_tail(
+            self.ring.state()?,
+            self.ring.control.atomic_u64(layout::TAIL)?,
+            self.tail,
+        );
+        self.published = self.tail;
+        if ring {
+            match self.space.ring() {
+                // A Sender that is gone needs no wake-up; its death is
+                // learned from the handshake socket.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(|e| Error::io("ringing the sender", e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Busy-polls the head for `budget`: `true` once it moved.
+    pub(super) fn spin_for_data(&self, budget: Duration) -> Result<bool, Error> {
+        let head = self.ring.head()?;
+        spin::until(budget, || {
+            Ok::<_, Error>(head.load(std::sync::atomic::Ordering::Relaxed) != self.tail)
+        })
+    }
+}
+
+/// The Sender's core: the producer of the tripwire, its indices, its end
+/// of the space bell, and the writing and publishing of messages.
+pub(super) struct Tx<T> {
+    pub(super) ring: Shared,
+    pub(super) producer: Producer,
+    pub(super) space: Bell,
+    /// The waiting flag is set in the state word (a wait was announced and
+    /// not yet withdrawn, e.g. by a cancelled `send`).
+    waiting: bool,
+    pub(super) head: u64,
+    tail: u64,
+    /// How long a Sender that finds the ring full polls for space before
+    /// it sleeps: the price of a sleep on this host (`ring::spin`).
+    space_spin: Duration,
+    _t: PhantomData<fn(T)>,
+}
+
+/// What the ring's frame gave a Sender, checked.
+pub(super) struct Attached {
+    ring: Shared,
+    space: Bell,
+    head: u64,
+    tail: u64,
+}
+
+impl<T: Pod> Tx<T> {
+    /// Checks the ring's frame (control memfd, space bell, slots memfd)
+    /// against the tripwire's `region` and what this end expects.
+    pub(super) fn attach(region: &Region, fds: Vec<OwnedFd>, tag: u64) -> Result<Attached, Error> {
+        let mut fds = fds.into_iter();
+        let (Some(control_fd), Some(space), Some(slots_fd)) = (fds.next(), fds.next(), fds.next())
+        else {
+            return Err(Error::handshake(
+                "the ring frame needs 3 fds: control memfd, space bell, slots memfd",
+            ));
+        };
+        // Only the Receiver writes the control memory: read-only here.
+        let control = SharedMemory::options()
+            .name("the ring's control memfd")
+            .expect_len(layout::control_len())
+            .read_only(true)
+            .attach(control_fd)?
+            .region()
+            .clone();
+        let space = Bell::from_peer(space)
+            .map_err(|why| Error::handshake(format!("the ring's space bell: {why}")))?;
+        if std::mem::size_of::<T>() == 0 {
+            return Err(Error::LayoutMismatch {
+                reason: "a ring of a zero-sized type carries nothing".into(),
+            });
+        }
+        let header = Header::check(&control, Header::of::<T>(0, tag))?;
+        let slots = SharedMemory::options()
+            .name("the ring's slots memfd")
+            .expect_len(header.slots_len())
+            .attach(slots_fd)?
+            .region()
+            .clone();
+        if region.len() < header.region_len() {
+            return Err(Error::LayoutMismatch {
+                reason: format!(
+                    "the tripwire has {} bytes, a ring of {} x {} needs {}",
+                    region.len(),
+                    header.capacity,
+                    header.size,
+                    header.region_len()
+                ),
+            });
+        }
+        let head = region
+            .atomic_u64(layout::HEAD)?
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let tail = control.load_u64(layout::TAIL)?;
+        layout::available(head, tail, header.capacity)?;
+        Ok(Attached {
+            ring: Shared {
+                header,
+                region: region.clone(),
+                control,
+                slots,
+            },
+            space,
+            head,
+            tail,
+        })
+    }
+
+    /// The Sender's core, once the frame is accepted.
+    pub(super) fn new(producer: Producer, attached: Attached) -> Self {
+        let Attached {
+            ring,
+            space,
+            head,
+            tail,
+        } = attached;
+        Tx {
+            ring,
+            producer,
+            space,
+            waiting: false,
+            head,
+            tail,
+            space_spin: spin::Spin::Adaptive {
+                ack: Duration::ZERO,
+                detect: Duration::ZERO,
+            }
+            .budget(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> Tx<T> {
+    /// How many sent messages the Receiver has not yet taken, as far as it
+    /// has published.
+    pub(super) fn len(&self) -> usize {
+        self.ring.len(End::Sender {
+            head: self.head,
+            tail: self.tail,
+        })
+    }
+
+    /// `true` once the Receiver is gone (its end of the handshake socket or
+    /// of the space bell hung up).
+    pub(super) fn is_closed(&self) -> bool {
+        self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
+    }
+
+    /// Free slots, re-reading (and validating) the Receiver's tail.
+    pub(super) fn free(&mut self) -> Result<u64, Error> {
+        let cap = u64::from(self.ring.header.capacity);
+        let used = self.head.wrapping_sub(self.tail);
+        if used < cap {
+            return Ok(cap - used);
+        }
+        let tail = self.ring.tail()?;
+        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)?;
+        self.tail = tail;
+        Ok(cap - used)
+    }
+
+    /// Writes up to `free` of `items` and publishes them with one head store
+    /// and one `notify()`. Returns how many were published (0 if a copy
+    /// failed), and the outcome: `notify()` can fail after the head store
+    /// (a Receiver found gone is not a failure: what was published counts
+    /// as sent, and the next wait for space reports the death).
+    pub(super) fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
+        let n = items.len().min(free as usize);
+        let mut done = 0;
+        let header = self.ring.header;
+        let copied = (|| {
+            if let [one] = &items[..n] {
+                // A fixed-size copy (`send`, `blocking_send`, `try_send`).
+                self.ring.slots.write(header.slot_offset(self.head), one)?;
+                done = 1;
+            }
+            // One bounds-checked copy per contiguous run of slots (at most two).
+            while done < n {
+                let at = self.head.wrapping_add(done as u64);
+                let run = (n - done).min(header.slots_to_end(at));
+                self.ring.slots.write_bytes(
+                    header.slot_offset(at),
+                    bytemuck::cast_slice(&items[done..done + run]),
+                )?;
+                done += run;
+            }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            return (0, Err(e));
+        }
+        if n == 0 {
+            return (0, Ok(()));
+        }
+        let head = self.head.wrapping_add(n as u64);
+        match self.ring.head() {
+            Ok(atomic) => protocol::publish_head(atomic, head),
+            Err(e) => return (0, Err(e)),
+        }
+        self.head = head;
+        if self.waiting {
+            // A wait announced by a `send` that was cancelled: withdraw it,
+            // or the Receiver rings us at every tail it publishes.
+            let _ = self.stop_waiting();
+        }
+        let rung = match self.producer.notify() {
+            Ok(()) => Ok(()),
+            // Published: a Receiver that is gone may have taken them before
+            // it left; the next wait for space reports it.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            // Published, but the Receiver may not have been woken.
+            Err(e) => Err(Error::io("notify (after publishing)", e)),
+        };
+        (n, rung)
+    }
+
+    /// Announces that the Sender waits for space; `true` if space appeared
+    /// meanwhile (then it does not wait).
+    pub(super) fn start_waiting(&mut self) -> Result<bool, Error> {
+        protocol::announce(self.ring.state()?);
+        self.waiting = true;
+        let tail = self.ring.tail()?;
+        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)?;
+        self.tail = tail;
+        Ok(used < u64::from(self.ring.header.capacity))
+    }
+
+    /// Withdraws the wait [`start_waiting`](Tx::start_waiting) announced.
+    pub(super) fn stop_waiting(&mut self) -> Result<(), Error> {
+        protocol::withdraw(self.ring.state()?);
+        self.waiting = false;
+        Ok(())
+    }
+
+    /// Free slots, polling the tail for up to `space_spin` while there
+    /// are none: the Receiver polls the head likewise, and a sleep costs
+    /// both sides a wake-up.
+    pub(super) fn spin_for_space(&mut self) -> Result<u64, Error> {
+        let mut free = self.free()?;
+        if free > 0 {
+            // The common case: no clock read on the way to a send.
+            return Ok(free);
+        }
+        spin::until(self.space_spin, || {
+            free = self.free()?;
+            Ok::<_, Error>(free > 0)
+        })?;
+        Ok(free)
+    }
+
+    /// Takes the Receiver's rings of the space bell; `true` if its end is
+    /// closed (the Receiver is gone).
+    pub(super) fn drain_space(&self) -> Result<bool, Error> {
+        match self.space.drain() {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+            Err(e) => Err(Error::io("draining the space bell", e)),
+        }
+    }
+}

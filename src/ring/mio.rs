@@ -1,0 +1,68 @@
+//! The mio driver: a [`Receiver`] is a [`mio::event::Source`] through its
+//! tripwire's one fd (readable while the wire is tripped, once the Sender
+//! hung up, or as the replies of an ACK in flight come); the user's event
+//! loop sleeps, bounded by [`Receiver::deadline`].
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use super::Receiver;
+
+/// Registers the ring's tripwire and the Sender's hang-up under one token:
+/// an event means "call [`try_recv`](Receiver::try_recv) until it says
+/// [`Empty`](super::TryRecvError::Empty)". `try_recv` never ACKs: once it says
+/// `Empty`, call [`rearm`](Receiver::rearm) and sleep only if it returns
+/// `true`, or the wire, still tripped by the last message, stays quiet.
+/// Sleep until an event or the Receiver's [`deadline`](Receiver::deadline)
+/// (an ACK in flight), whichever is first: at the deadline, `rearm` again
+/// (it fails an ACK a stopped Sender left unanswered with `TimedOut`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::{Duration, Instant};
+/// use mio::{Events, Interest, Poll, Token};
+/// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+///
+/// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create()?;
+/// let mut poll = Poll::new()?;
+/// poll.registry().register(&mut rx, Token(1), Interest::READABLE)?;
+/// let mut events = Events::with_capacity(4);
+/// for _ in 0..3 {
+///     match rx.try_recv() {
+///         Ok(v) => println!("{v}"),
+///         Err(TryRecvError::Empty) => {
+///             if rx.rearm()? {
+///                 let mut timeout = Duration::from_millis(10);
+///                 if let Some(deadline) = rx.deadline() {
+///                     timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+///                 }
+///                 poll.poll(&mut events, Some(timeout))?;
+///             }
+///         }
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+impl<T> mio::event::Source for Receiver<T> {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> std::io::Result<()> {
+        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> std::io::Result<()> {
+        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).deregister(registry)
+    }
+}

@@ -1,0 +1,103 @@
+//! The Receiver's non-blocking step, which every driver (blocking,
+//! tokio, mio) drives: the core's look at the head and the tripwire's own
+//! step ([`try_changed`](crate::blocking::Tripwire::try_changed), which
+//! re-arms a tripped wire or collects an ACK in flight), in the order that
+//! loses no message: spin, publish the tail, re-arm, look again, and only
+//! then sleep, or say how the ring ended.
+
+use std::time::Instant;
+
+use bytemuck::Pod;
+
+use super::{Receiver, TryRecvError};
+use crate::Error;
+
+impl<T: Pod> Receiver<T> {
+    /// [`rearm`](Receiver::rearm): publish the tail, take the wire's step
+    /// (re-arm a tripped wire, or collect an ACK in flight), look again.
+    pub(super) fn step_rearm(&mut self) -> Result<bool, Error> {
+        self.rx.publish_tail()?;
+        let start = Instant::now();
+        let changed = self.tw.try_changed();
+        if self.tw.deadline().is_some() {
+            self.ack_sent.get_or_insert(start);
+        }
+        match changed {
+            // Tripped, and now re-armed: what was stored before is visible.
+            Ok(Some(_)) => {
+                self.stats.rearms += 1;
+                // An ACK that went out without blocking cost the Receiver
+                // from its sending to here (a sleep in between included).
+                let sent = self.ack_sent.take().unwrap_or(start);
+                self.spin.record_ack(sent.elapsed());
+                // That may have been the last trip of a Sender that is
+                // gone (taken with its hang-up, which then wakes no one):
+                // sleeping now would be for ever.
+                if self
+                    .tw
+                    .producers_gone()
+                    .map_err(|e| Error::io("checking for the Sender's hang-up", e))?
+                {
+                    return Ok(false);
+                }
+            }
+            // Armed since the last re-arm: the next store trips it.
+            Ok(None) => {}
+            // Every Sender is gone: nothing will trip it any more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+            Err(e) => return Err(Error::io("re-arming the ring's tripwire", e)),
+        }
+        // A Sender that closed cleanly while its socket lives on (a dup, a
+        // forked child) trips no more either.
+        if self.rx.closed()? {
+            return Ok(false);
+        }
+        Ok(self.rx.ready()? == 0)
+    }
+
+    /// One round of "nothing there": spin, re-arm, look again. `Some` is
+    /// the outcome to return; `None` means: sleep until the wire trips.
+    pub(super) fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
+        if self.rx.spin_for_data(self.spin.budget())? {
+            return self.rx.pop().map(|v| v.map(Some));
+        }
+        if self.rearm()? {
+            self.stats.sleeps += 1;
+            return Ok(None);
+        }
+        match self.rx.pop()? {
+            Some(v) => Ok(Some(Some(v))),
+            // Nothing, though not armed: the Sender is gone.
+            None => self.finish().map(Some),
+        }
+    }
+
+    /// The Sender is gone: drain what was published, then say how it ended.
+    fn finish(&mut self) -> Result<Option<T>, Error> {
+        if let Some(v) = self.rx.pop()? {
+            return Ok(Some(v));
+        }
+        self.done = true;
+        if self.rx.closed()? {
+            Ok(None)
+        } else {
+            Err(Error::PeerDied)
+        }
+    }
+
+    /// Nothing was there: has the Sender finished? `Empty` if not; else
+    /// one more look (its flag and its hang-up come after its last head
+    /// store), then how it ended.
+    pub(super) fn finished(&mut self) -> Result<T, TryRecvError> {
+        let closed = self.rx.closed()?;
+        let gone = closed
+            || self
+                .tw
+                .producers_gone()
+                .map_err(|e| Error::io("checking for the Sender's hang-up", e))?;
+        if !gone {
+            return Err(TryRecvError::Empty);
+        }
+        self.finish()?.ok_or(TryRecvError::Closed)
+    }
+}

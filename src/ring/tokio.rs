@@ -1,0 +1,268 @@
+//! The tokio driver: the async receive and send, waiting on one
+//! `Registration` per end (`registration.rs`), made at the end's first wait
+//! in async code.
+//!
+//! A registration watches one fd and never a duplicate: the Receiver's is
+//! its tripwire's one fd (an epoll set the tripwire already owns), the
+//! Sender's an epoll set of the space bell and the handshake socket, made
+//! for it (one fd, where two duplicates used to be). Both are registered
+//! through a shared reference that keeps the fd open, and the tripwire
+//! itself never moves: a failed or panicking registration leaves the ring
+//! as it was.
+
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytemuck::Pod;
+use futures_core::{FusedStream, Stream};
+
+use super::registration::Registration;
+use super::{Receiver, SendError, SendManyError, Sender};
+use crate::Error;
+
+impl<T: Pod> Receiver<T> {
+    /// Polls for the next message; the building block of
+    /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
+    /// tokio's coop budget per message (and per wake-up that found
+    /// none), like `tokio::sync::mpsc`: a Sender that keeps the ring
+    /// full cannot starve the other tasks of this thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Receiver::recv).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// let waker = std::task::Waker::noop();
+    /// let mut cx = std::task::Context::from_waker(&waker);
+    /// assert!(rx.poll_recv(&mut cx).is_pending());
+    /// # }
+    /// ```
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
+        // A unit per turn: a message, or a wake-up that found none (a
+        // Sender ringing without publishing cannot keep the task here).
+        crate::tokio::poll_turns(cx, |cx| self.turn(cx))
+    }
+
+    /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
+    /// wake-up to look again after.
+    #[allow(clippy::type_complexity)]
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Option<T>>, Error>> {
+        if self.done {
+            return Poll::Ready(Ok(Some(None)));
+        }
+        if let Some(v) = self.rx.pop()? {
+            return Poll::Ready(Ok(Some(Some(v))));
+        }
+        if let Some(outcome) = self.idle()? {
+            return Poll::Ready(Ok(Some(outcome)));
+        }
+        let deadline = self.tw.deadline();
+        let tw = &self.tw;
+        let reg = Registration::get_or_register(&mut self.reg, || Ok(tw.shared_fd()))?;
+        match reg.poll_ready(cx, deadline) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Waits for the next message.
+    ///
+    /// `Ok(None)` once the Sender was dropped and everything it sent was
+    /// received.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken only in the poll that returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerDied`] once the Sender's process died (after
+    /// everything it published was received); [`Error::Corrupt`] for an
+    /// impossible index; [`Error::Io`] if the tripwire fails, with
+    /// `TimedOut` inside when the Sender left the re-arm's ACK
+    /// unanswered past its deadline (`Userfault`, `UserfaultAsync`: a
+    /// timer ends the wait, so a stopped Sender cannot keep this
+    /// pending).
+    ///
+    /// # Panics
+    ///
+    /// On `Userfault` and `UserfaultAsync`, when it waits for an ACK in
+    /// a runtime built without its timer (tokio panics: build it with
+    /// `enable_time` or `enable_all`); see
+    /// [`Tripwire::changed`](crate::Tripwire::changed).
+    ///
+    /// ```no_run
+    /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// while let Some(v) = rx.recv().await? {
+    ///     println!("{v}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv(&mut self) -> Result<Option<T>, Error> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Waits for at least one message, then appends up to `limit` (at
+    /// least one) to `buf` without waiting further. Returns how many;
+    /// 0 means the Sender closed and everything was received.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`recv`](Receiver::recv).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Receiver::recv); messages already appended stay in `buf`.
+    ///
+    /// ```no_run
+    /// # async fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// let mut buf = Vec::with_capacity(256);
+    /// while rx.recv_many(&mut buf, 256).await? > 0 {
+    ///     buf.clear();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        let Some(first) = self.recv().await? else {
+            return Ok(0);
+        };
+        buf.push(first);
+        Ok(1 + self.rx.pop_many(buf, limit.max(1) - 1)?)
+    }
+}
+
+/// Yields each message; ends after the Sender closed (or with one
+/// `Err`, after which it is fused).
+///
+/// ```no_run
+/// # async fn f(rx: memfd_tripwire::ring::Receiver<u64>) {
+/// use futures_util::StreamExt;
+/// let sum: u64 = rx.filter_map(|r| async move { r.ok() }).fold(0, |a, v| async move { a + v }).await;
+/// # }
+/// ```
+impl<T: Pod> Stream for Receiver<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.poll_recv(cx) {
+            Poll::Ready(Ok(Some(v))) => Poll::Ready(Some(Ok(v))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: Pod> FusedStream for Receiver<T> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<T: Pod> Sender<T> {
+    /// Polls for free slots. Each turn (a look at the tail, and a
+    /// wake-up that found none) spends a unit of tokio's coop budget,
+    /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
+    /// one that rings without freeing space can keep the task here.
+    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+        crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
+    }
+
+    /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
+    /// wake-up to look again after.
+    fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+        let tx = &mut self.tx;
+        let free = tx.free()?;
+        if free > 0 {
+            return Poll::Ready(Ok(Some(free)));
+        }
+        if tx.start_waiting()? {
+            tx.stop_waiting()?;
+            return Poll::Ready(Ok(None));
+        }
+        let gone = tx.drain_space()?;
+        if tx.free()? > 0 {
+            tx.stop_waiting()?;
+            return Poll::Ready(Ok(None));
+        }
+        if gone || tx.is_closed() {
+            tx.stop_waiting()?;
+            return Poll::Ready(Err(Error::PeerDied));
+        }
+        // The Receiver rings the bell when it frees space; its death
+        // closes the handshake socket (see `blocking_reserve`).
+        let reg = Registration::get_or_register(&mut self.reg, || {
+            Registration::set_of(
+                std::iter::once(tx.space.as_fd()).chain(tx.producer.handshake_socket()),
+            )
+        })?;
+        ready!(reg.poll_ready(cx, None)).map_err(|e| Error::io("waiting for space", e))?;
+        Poll::Ready(Ok(None))
+    }
+
+    /// Sends, waiting while the ring is full.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the value is written only in the poll that completes.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_send`](Sender::blocking_send).
+    ///
+    /// ```no_run
+    /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<u64>> {
+    /// tx.send(42).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&mut self, value: T) -> Result<(), SendError<T>> {
+        let fail = |error| SendError { value, error };
+        let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+            .await
+            .map_err(fail)?;
+        self.tx
+            .write(std::slice::from_ref(&value), free)
+            .1
+            .map_err(fail)
+    }
+
+    /// Sends all of `values` in order, in batches, waiting while full.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe as a whole: dropped midway, an unknown prefix of
+    /// `values` was sent. Loop over [`send`](Sender::send) or
+    /// [`try_send_slice`](Sender::try_send_slice) when that matters.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_send_many`](Sender::blocking_send_many).
+    ///
+    /// ```no_run
+    /// # async fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// tx.send_many(&[1, 2, 3]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
+        let mut sent = 0;
+        while sent < values.len() {
+            let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+                .await
+                .map_err(|error| SendManyError { sent, error })?;
+            let (n, rung) = self.tx.write(&values[sent..], free);
+            sent += n;
+            rung.map_err(|error| SendManyError { sent, error })?;
+        }
+        Ok(())
+    }
+}
