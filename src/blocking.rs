@@ -1,12 +1,5 @@
 //! The runtime-free [`Tripwire`]: poll it, wait on it, or register it with
-#![cfg_attr(
-    feature = "tokio",
-    doc = " mio; the async [`crate::Tripwire`] is a thin layer over it."
-)]
-#![cfg_attr(
-    not(feature = "tokio"),
-    doc = " mio; the async `crate::Tripwire` (feature `tokio`) is a thin layer over it."
-)]
+//! mio; the async `crate::Tripwire` (feature `tokio`) is a thin layer over it.
 
 use std::fmt;
 use std::io;
@@ -193,14 +186,7 @@ impl Builder {
 /// feature the tripwire is a
 /// [`mio::event::Source`](https://docs.rs/mio/1/mio/event/trait.Source.html)
 /// for it.
-#[cfg_attr(
-    feature = "tokio",
-    doc = " Wrap it in [`crate::Tripwire`] for `changed().await`."
-)]
-#[cfg_attr(
-    not(feature = "tokio"),
-    doc = " Wrap it in `crate::Tripwire` (feature `tokio`) for `changed().await`."
-)]
+/// Wrap it in `crate::Tripwire` (feature `tokio`) for `changed().await`.
 ///
 /// # Examples
 ///
@@ -572,14 +558,7 @@ impl Tripwire {
     /// up (its fd turned readable), until the [`deadline`](Tripwire::deadline)
     /// of an ACK in flight, or until `timeout` (`None`: no limit), whichever
     /// comes first. Does not ACK; a signal does not end the sleep early.
-    #[cfg_attr(
-        feature = "tokio",
-        doc = " The blocking form of [`Tripwire::poll_ready`](crate::Tripwire::poll_ready),"
-    )]
-    #[cfg_attr(
-        not(feature = "tokio"),
-        doc = " The blocking form of `Tripwire::poll_ready` (feature `tokio`),"
-    )]
+    /// The blocking form of `Tripwire::poll_ready` (feature `tokio`),
     /// for consumers that ACK on their own schedule: read while data flows
     /// (the wire stays tripped, so producers neither fault nor ring), then
     /// [`try_changed`](Tripwire::try_changed) when dry, then sleep here.
