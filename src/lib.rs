@@ -172,6 +172,7 @@ pub mod __loom {
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod __fuzz {
+    use crate::ring::layout;
     use crate::{BackendKind, Error, handoff};
 
     /// Bytes of an offer's header.
@@ -183,7 +184,7 @@ pub mod __fuzz {
     /// The longest message a reply may announce.
     pub const MAX_MESSAGE: usize = handoff::MAX_MESSAGE;
     /// The magic of a ring's extra frame.
-    pub const RING_MAGIC: [u8; 8] = crate::ring::layout::FRAME_TAG;
+    pub const RING_MAGIC: [u8; 8] = layout::FRAME_TAG;
 
     /// An offer's header that passed every check.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,10 +272,67 @@ pub mod __fuzz {
         pub tag: u64,
     }
 
-    /// A ring's checks of its peer's header and indices (implemented next
-    /// to them, in `src/ring/layout.rs`, a module private to `ring`).
+    /// A ring's checks of its peer's header and indices: each calls the
+    /// one in `src/ring/layout.rs`.
     #[derive(Debug)]
     pub struct Ring;
+
+    impl Ring {
+        /// The layout version in [`Ring::header`]'s bytes 8..12 (its magic,
+        /// bytes 0..8: `"MFDTRNG1"`).
+        pub const VERSION: u32 = layout::VERSION;
+        /// The largest capacity a header may name.
+        pub const MAX_CAPACITY: u32 = layout::MAX_CAPACITY;
+        /// Bytes of a ring's header, at the start of its control memfd.
+        pub const HEADER_LEN: usize = layout::HEADER_LEN;
+
+        /// `Header::parse`: the peer's header bytes against what this side
+        /// expects (`ours.capacity` is ignored).
+        pub fn header(
+            raw: &[u8; layout::HEADER_LEN],
+            ours: RingHeader,
+        ) -> Result<RingHeader, Error> {
+            let ours = layout::Header {
+                size: ours.size,
+                align: ours.align,
+                capacity: ours.capacity,
+                tag: ours.tag,
+            };
+            layout::Header::parse(raw, ours).map(|h| RingHeader {
+                size: h.size,
+                align: h.align,
+                capacity: h.capacity,
+                tag: h.tag,
+            })
+        }
+
+        /// `available`: the messages between `tail` and `head`.
+        pub fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Error> {
+            layout::available(head, tail, capacity)
+        }
+
+        /// `advance_tail`: the Sender's check of a re-read tail.
+        pub fn advance_tail(
+            head: u64,
+            old_tail: u64,
+            new_tail: u64,
+            capacity: u32,
+        ) -> Result<u64, Error> {
+            layout::advance_tail(head, old_tail, new_tail, capacity)
+        }
+
+        /// Where in the slots memfd message `i` of a checked header lives,
+        /// and the slots before the ring wraps.
+        pub fn slot(header: RingHeader, i: u64) -> (usize, usize, usize) {
+            let h = layout::Header {
+                size: header.size,
+                align: header.align,
+                capacity: header.capacity,
+                tag: header.tag,
+            };
+            (h.slot_offset(i), h.slots_to_end(i), h.slots_len())
+        }
+    }
 
     /// Bytes of a page in the Userfault agent's PAGES replies (the host's
     /// page size).

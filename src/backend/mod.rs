@@ -2,9 +2,11 @@
 //! with both halves, behind one small enum per side that the public types
 //! drive: [`Wire`], the consumer's end (`blocking::Tripwire`), and
 //! [`Feed`], the producer's (`Producer`). The submodules are private: what
-//! the rest of the crate needs is here. `Poll` has two files: the wire in
-//! `poll.rs`, and in `poller.rs` the one thread per process that compares
-//! every `Poll` tripwire's region (and picks its interval).
+//! the rest of the crate needs is here. `Poll` has three files: the
+//! tripwire's side in `poll.rs`, in `poller.rs` the one thread per process
+//! that compares every `Poll` tripwire's region (and picks its interval),
+//! and in `poll_shared.rs` what the two share (the wire's state and
+//! compare, the interval's measure), which imports neither.
 
 use std::io;
 use std::ops::Range;
@@ -16,7 +18,7 @@ use crate::{Backend, BackendKind, Error, Region};
 mod common;
 pub(crate) use common::Take;
 pub(crate) use limits::{Options, max_len};
-// `poll` and `poller` reach these through here (`super::`).
+// `poll`, `poll_shared` and `poller` reach these through here (`super::`).
 use common::{DEFAULT_POLL_INTERVAL, region_memfd, set_timer_slack_for, timer_slack_for};
 
 mod doorbell;
@@ -25,6 +27,7 @@ mod kernel;
 mod limits;
 mod peers;
 mod poll;
+mod poll_shared;
 mod poller;
 mod userfault;
 

@@ -2,11 +2,14 @@
 //! compared with the region by the process's poller thread, which trips the
 //! wire (an eventfd) on any difference.
 //!
-//! What lives where: this file holds one tripwire's side (the snapshot, the
-//! state word the ACK and the compare share, the compare itself, the ACK);
+//! What lives where: this file holds one tripwire's side (its creation,
+//! the take and the ACK); [`poll_shared`](super::poll_shared) what it
+//! shares with the poller thread (the snapshot, the state word the ACK and
+//! the compare share, the compare itself, the interval's measure);
 //! [`poller`](super::poller) holds the one thread that runs every `Poll`
 //! tripwire's compares in this process, its registry, and the choice of
-//! each tripwire's interval.
+//! each tripwire's interval. `poll` imports both; `poller` imports only
+//! `poll_shared`.
 //!
 //! Needs no producer cooperation. Latency is up to one interval; each
 //! interval costs a compare of the whole region (O(region)). A change that
@@ -26,12 +29,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::poller::{Registration, Timing};
-use crate::sys::{EventFd, Mapping, SealedMemfd};
+use super::poll_shared::{Shared, TRIPPED, Timing};
+use super::poller::Registration;
+use crate::sys::{EventFd, SealedMemfd};
 use crate::{Error, Region};
 
 #[derive(Debug)]
@@ -40,132 +43,6 @@ pub(crate) struct Poller {
     /// the memfd closes.
     reg: Registration,
     memfd: SealedMemfd,
-}
-
-/// The wire's state, shared by the consumer (ACK) and the poller.
-const ARMED: u8 = 0;
-/// The poller tripped the wire; nothing to compare until the next ACK.
-const TRIPPED: u8 = 1;
-/// An ACK is rewriting the snapshot: a compare now means nothing.
-const REARMING: u8 = 2;
-
-/// How many snapshot words a compare takes between two looks at whether it
-/// should go on (32 KiB: a few µs): a compare that an ACK or a drop made
-/// pointless stops that soon, however large the region.
-const CHUNK_WORDS: usize = 4096;
-
-/// What one compare found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Compared {
-    /// Nothing compared, or not all of it: the wire is not armed (tripped,
-    /// or an ACK began), or its tripwire is being dropped.
-    Skipped,
-    /// The whole region, equal to the snapshot: what a compare costs.
-    Whole,
-    /// A difference: the wire is tripped.
-    Tripped,
-}
-
-/// What the consumer and the poller share. No lock: the snapshot is a row
-/// of atomic words, and `state` says whose turn it is, so an ACK (an
-/// O(region) copy) never makes the poller wait, nor the poller an ACK.
-#[derive(Debug)]
-pub(super) struct Shared {
-    map: Arc<Mapping>,
-    eventfd: EventFd,
-    /// Set when the tripwire is dropped: a compare under way stops.
-    stop: AtomicBool,
-    /// The busy-poll window after each ACK (zero: none).
-    busy: Duration,
-    /// The region as it was at the last ACK, word by word
-    /// (`Mapping::snapshot_word`): the only copy kept, so the memory
-    /// `Poll` adds is one region's worth.
-    snapshot: Box<[AtomicU64]>,
-    state: AtomicU8,
-    /// Busy-poll: compare without sleeping until this many ns after `epoch`.
-    spin_until: AtomicU64,
-    epoch: Instant,
-    /// The interval: as set, or adapted to what a compare costs.
-    pub(super) timing: Timing,
-}
-
-impl Shared {
-    /// Compares once, word by word, stopping at the first difference; trips
-    /// the wire on one.
-    pub(super) fn compare(&self) -> io::Result<Compared> {
-        if self.state.load(Ordering::Acquire) != ARMED {
-            return Ok(Compared::Skipped);
-        }
-        match self.differs() {
-            None => return Ok(Compared::Skipped),
-            Some(false) => return Ok(Compared::Whole),
-            Some(true) => {}
-        }
-        // An ACK that began meanwhile moved the state on: the compare may
-        // have met a half-written snapshot, and the ACK's copy decides.
-        if self
-            .state
-            .compare_exchange(ARMED, TRIPPED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Ok(Compared::Skipped);
-        }
-        self.eventfd.ring()?;
-        Ok(Compared::Tripped)
-    }
-
-    /// Whether the region differs from the snapshot; `None` if the compare
-    /// stopped half-way (an ACK began, or the tripwire is being dropped).
-    fn differs(&self) -> Option<bool> {
-        for (c, chunk) in self.snapshot.chunks(CHUNK_WORDS).enumerate() {
-            if self.stop.load(Ordering::Relaxed) || self.state.load(Ordering::Relaxed) != ARMED {
-                return None;
-            }
-            let base = c * CHUNK_WORDS;
-            if chunk
-                .iter()
-                .enumerate()
-                .any(|(k, w)| self.map.snapshot_word(base + k) != Some(w.load(Ordering::Relaxed)))
-            {
-                return Some(true);
-            }
-        }
-        Some(false)
-    }
-
-    /// Takes the snapshot and arms: every write before it returns is in the
-    /// snapshot or trips the wire.
-    fn rearm(&self) {
-        self.state.store(REARMING, Ordering::Release);
-        for (i, w) in self.snapshot.iter().enumerate() {
-            w.store(self.map.snapshot_word(i).unwrap_or(0), Ordering::Relaxed);
-        }
-        self.state.store(ARMED, Ordering::Release);
-        if !self.busy.is_zero() {
-            let until = self.epoch.elapsed() + self.busy;
-            self.spin_until
-                .store(until.as_nanos() as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether this tripwire busy-polls at all (its window is not zero).
-    pub(super) fn busy_polls(&self) -> bool {
-        !self.busy.is_zero()
-    }
-
-    /// Whether the poller should compare now, without sleeping: armed, and
-    /// inside the busy-poll window of the last ACK.
-    pub(super) fn in_busy_window(&self) -> bool {
-        let until = self.spin_until.load(Ordering::Relaxed);
-        until != 0
-            && self.state.load(Ordering::Relaxed) == ARMED
-            && (self.epoch.elapsed().as_nanos() as u64) < until
-    }
-
-    /// Tells a compare under way to stop: the tripwire is being dropped.
-    pub(super) fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A zeroed snapshot of `words` words, allocated fallibly: a region too

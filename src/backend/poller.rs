@@ -1,7 +1,8 @@
 //! The one thread per process that runs the compares of every
 //! `Backend::Poll` tripwire, and the choice of each one's interval. The
-//! wire itself (snapshot, state word, compare, ACK) is in
-//! [`poll`](super::poll).
+//! wire itself (snapshot, state word, compare) and the interval's measure
+//! ([`Timing`](super::poll_shared::Timing)) are in
+//! [`poll_shared`](super::poll_shared), the ACK in [`poll`](super::poll).
 //!
 //! # The thread
 //!
@@ -71,13 +72,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::DEFAULT_POLL_INTERVAL;
-use super::poll::{Compared, Shared};
+use super::poll_shared::{Compared, Shared};
 use crate::Error;
-
-/// With no interval set, a tripwire's compares take at most one
-/// `COST_SHARE`th of a core (4 %).
-const COST_SHARE: u32 = 25;
 
 /// The thread's name (`/proc/self/task/*/comm` shows its first 15 bytes).
 const THREAD_NAME: &str = "memfd-tripwire-poll";
@@ -85,84 +81,6 @@ const THREAD_NAME: &str = "memfd-tripwire-poll";
 /// How far ahead a due time is put when the interval is too long to add to
 /// an instant (never, in practice).
 const FAR: Duration = Duration::from_secs(86_400);
-
-/// A tripwire's interval: as set, or adapted to what its compares cost.
-#[derive(Debug)]
-pub(super) struct Timing {
-    /// Set by the user: kept as it is.
-    explicit: Option<Duration>,
-    /// The smoothed CPU time of a whole compare on the poller thread, in
-    /// ns; 0 before the first. Only the poller thread writes it.
-    cost_ns: AtomicU64,
-    /// The smoothed share of the poller thread's own CPU around its
-    /// compares (waking up, going back to sleep) that falls to this
-    /// tripwire, in ns: on a VM a wake-up can cost more than a page's
-    /// compare. Only the poller thread writes it.
-    wake_ns: AtomicU64,
-}
-
-impl Timing {
-    /// `explicit`: the interval the user set, if any.
-    pub(super) fn new(explicit: Option<Duration>) -> Self {
-        Timing {
-            explicit,
-            cost_ns: AtomicU64::new(0),
-            wake_ns: AtomicU64::new(0),
-        }
-    }
-
-    /// The interval now: as set, else `max(1 ms, 25 × cost)`, the cost
-    /// being a compare and this tripwire's share of the wake-up around it.
-    pub(super) fn interval(&self) -> Duration {
-        self.explicit.unwrap_or_else(|| {
-            let ns = self.cost_ns.load(Ordering::Relaxed) + self.wake_ns.load(Ordering::Relaxed);
-            DEFAULT_POLL_INTERVAL.max(Duration::from_nanos(ns).saturating_mul(COST_SHARE))
-        })
-    }
-
-    /// The smoothed cost of a whole compare, its wake-up share included;
-    /// `None` before the first.
-    #[cfg(test)]
-    pub(super) fn cost(&self) -> Option<Duration> {
-        match self.cost_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(Duration::from_nanos(
-                ns + self.wake_ns.load(Ordering::Relaxed),
-            )),
-        }
-    }
-
-    /// Counts a compare of the whole region that took `took` of the
-    /// thread's CPU.
-    fn record(&self, took: Duration) {
-        smooth(&self.cost_ns, took);
-    }
-
-    /// Counts this tripwire's share of the thread's CPU outside compares
-    /// in one turn (sleep, wake-up, pass) in which it was due: one
-    /// wake-up's worth, never more.
-    fn record_wake(&self, share: Duration) {
-        smooth(&self.wake_ns, share);
-    }
-}
-
-/// Moves a smoothed duration (in ns; 0: none yet) towards `took`.
-fn smooth(value: &AtomicU64, took: Duration) {
-    let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let old = value.load(Ordering::Relaxed);
-    let new = if old == 0 {
-        sample
-    } else if sample <= old {
-        // Falls fast: halfway to a shorter one.
-        old - (old - sample) / 2
-    } else {
-        // Rises slowly, and one the scheduler stretched counts as at most
-        // four times the average: one moves it by at most 3/8.
-        let sample = sample.min(old.saturating_mul(4));
-        old + (sample - old) / 8
-    };
-    value.store(new.max(1), Ordering::Relaxed);
-}
 
 /// A tripwire in the registry.
 #[derive(Debug)]
@@ -477,7 +395,9 @@ fn thread_cpu() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::DEFAULT_POLL_INTERVAL;
     use crate::backend::poll::Poller;
+    use crate::backend::poll_shared::{COST_SHARE, Timing};
 
     /// Waits (for as long as it takes: no timing is asserted) until the
     /// poller measured a whole compare of `p`.

@@ -199,66 +199,6 @@ pub(crate) fn advance_tail(
     Ok(used)
 }
 
-/// The fuzzer's view of the checks above (`memfd_tripwire::__fuzz::Ring`):
-/// this module is private to `ring`, so it is implemented here.
-#[cfg(fuzzing)]
-impl crate::__fuzz::Ring {
-    /// The layout version in [`Ring::header`](crate::__fuzz::Ring::header)'s
-    /// bytes 8..12 (its magic, bytes 0..8: `"MFDTRNG1"`).
-    pub const VERSION: u32 = VERSION;
-    /// The largest capacity a header may name.
-    pub const MAX_CAPACITY: u32 = MAX_CAPACITY;
-    /// Bytes of a ring's header, at the start of its control memfd.
-    pub const HEADER_LEN: usize = HEADER_LEN;
-
-    /// `Header::parse`: the peer's header bytes against what this side
-    /// expects (`ours.capacity` is ignored).
-    pub fn header(
-        raw: &[u8; HEADER_LEN],
-        ours: crate::__fuzz::RingHeader,
-    ) -> Result<crate::__fuzz::RingHeader, Error> {
-        let ours = Header {
-            size: ours.size,
-            align: ours.align,
-            capacity: ours.capacity,
-            tag: ours.tag,
-        };
-        Header::parse(raw, ours).map(|h| crate::__fuzz::RingHeader {
-            size: h.size,
-            align: h.align,
-            capacity: h.capacity,
-            tag: h.tag,
-        })
-    }
-
-    /// `available`: the messages between `tail` and `head`.
-    pub fn available(head: u64, tail: u64, capacity: u32) -> Result<u64, Error> {
-        available(head, tail, capacity)
-    }
-
-    /// `advance_tail`: the Sender's check of a re-read tail.
-    pub fn advance_tail(
-        head: u64,
-        old_tail: u64,
-        new_tail: u64,
-        capacity: u32,
-    ) -> Result<u64, Error> {
-        advance_tail(head, old_tail, new_tail, capacity)
-    }
-
-    /// Where in the slots memfd message `i` of a checked header lives, and
-    /// the slots before the ring wraps.
-    pub fn slot(header: crate::__fuzz::RingHeader, i: u64) -> (usize, usize, usize) {
-        let h = Header {
-            size: header.size,
-            align: header.align,
-            capacity: header.capacity,
-            tag: header.tag,
-        };
-        (h.slot_offset(i), h.slots_to_end(i), h.slots_len())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
