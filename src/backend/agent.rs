@@ -23,6 +23,22 @@
 //! the re-protect (it is in the reply, and visible once the consumer has
 //! it) or faults again and trips again. Nothing slips through.
 //!
+//! A store let through is not done yet: its thread must run again to
+//! retry it, and until then a re-protect makes it fault again, and trip
+//! again. With the agent and the consumer answering each other faster than
+//! that thread gets a CPU (it shares one with the agent, or a busy one),
+//! one store could trip once per ACK, 13 times in a row (#23). So an ACK
+//! first waits (up to [`LANDING_WAIT`], resolving faults meanwhile) until
+//! each thread let through since the last ACK has completed its fault: its
+//! count of completed faults (`minflt + majflt` in
+//! `/proc/self/task/<tid>/stat`, the thread named by the fault message)
+//! went past the count read before the un-protect woke it (the kernel
+//! counts a fault once, when it completes, not when it waits for us). The
+//! store itself follows at once, in user mode; a thread preempted in
+//! between faults once more, which costs one spurious trip, never a lost
+//! one. A thread that is gone, or a count that cannot be read (no /proc,
+//! another PID namespace), is not waited for.
+//!
 //! The channel is a `sys::Channel` (seqpacket) whose other end the consumer
 //! made and keeps; every message is validated, anything else is ignored. A
 //! consumer that floods ACKs only makes this producer's stores fault more
@@ -47,6 +63,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backend::userfault::page;
+use crate::sys::wait::PollFlags;
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
 use crate::{BackendKind, Error};
 
@@ -54,6 +71,10 @@ use crate::{BackendKind, Error};
 pub(crate) const MAX_RANGES: usize = 2048;
 /// The largest message either side sends.
 pub(crate) const MAX_MESSAGE: usize = 16 + 8 * MAX_RANGES;
+/// How long an ACK waits at most for the stores let through since the last
+/// one to complete before it re-protects their pages (a stopped thread must
+/// not hold the ACK up to its deadline).
+pub(crate) const LANDING_WAIT: Duration = Duration::from_millis(50);
 
 pub(crate) const TRIP: u8 = b'T';
 pub(crate) const PAGES: u8 = b'P';
@@ -196,7 +217,8 @@ impl Agent {
         let features = if is_async {
             uffd::FEATURE_WP_SHMEM | uffd::FEATURE_WP_ASYNC
         } else {
-            uffd::FEATURE_WP_SHMEM
+            // The faulting thread, so that an ACK can wait for its store.
+            uffd::FEATURE_WP_SHMEM | uffd::FEATURE_THREAD_ID
         };
         uffd::api(fd.as_fd(), features)
             .map_err(|e| unavailable(format!("UFFDIO_API({features:#x}) failed: {e}")))?;
@@ -224,6 +246,7 @@ impl Agent {
             span,
             len: map.len(),
             dirty: Dirty::new(map.len()),
+            landing: Vec::new(),
             armed: true,
             interval: Duration::from_millis(1),
             // Keeps the mapping alive while the agent works on it.
@@ -281,6 +304,9 @@ struct State {
     span: usize,
     len: usize,
     dirty: Dirty,
+    /// `Userfault`: the threads let through since the last ACK, each with
+    /// its count of completed faults before it was (see the module doc).
+    landing: Vec<(u32, u64)>,
     /// The consumer ACKed since our last trip: the next write trips.
     armed: bool,
     interval: Duration,
@@ -333,9 +359,9 @@ impl State {
 
     /// `Userfault`: records, trips and un-protects each queued fault.
     fn resolve_faults(&mut self) -> io::Result<()> {
-        while let Some(addr) = uffd::read_wp_fault(self.uffd.as_fd())? {
+        while let Some(fault) = uffd::read_wp_fault(self.uffd.as_fd())? {
             let size = page();
-            let page_addr = addr as usize & !(size - 1);
+            let page_addr = fault.address as usize & !(size - 1);
             if page_addr < self.base || page_addr >= self.base + self.span {
                 continue; // the kernel only reports registered ranges
             }
@@ -343,10 +369,40 @@ impl State {
             self.faults.fetch_add(1, Ordering::Relaxed);
             self.dirty.mark(index, index + 1);
             self.trip();
+            // Read while the thread waits for us: this fault is not counted.
+            if let Some(count) = completed_faults(fault.tid) {
+                match self.landing.iter_mut().find(|(tid, _)| *tid == fault.tid) {
+                    Some(entry) => entry.1 = count,
+                    None => self.landing.push((fault.tid, count)),
+                }
+            }
             // Lets the stalled store through.
             uffd::write_protect(self.uffd.as_fd(), page_addr, size, false)?;
         }
         Ok(())
+    }
+
+    /// `Userfault`: waits until every thread let through since the last ACK
+    /// has completed its fault (or is gone), at most [`LANDING_WAIT`],
+    /// resolving the faults that come meanwhile (their threads are waited
+    /// for too).
+    fn await_landing(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + LANDING_WAIT;
+        let mut step = Duration::from_micros(20);
+        loop {
+            self.landing
+                .retain(|&(tid, before)| completed_faults(tid).is_some_and(|now| now <= before));
+            if self.landing.is_empty() || Instant::now() >= deadline {
+                self.landing.clear();
+                return Ok(());
+            }
+            // Asleep, so that a thread sharing our CPU gets it.
+            let until = (Instant::now() + step).min(deadline);
+            if crate::sys::wait::ready(self.uffd.as_fd(), PollFlags::IN, Some(until))? {
+                self.resolve_faults()?;
+            }
+            step = (step * 2).min(Duration::from_millis(1));
+        }
     }
 
     /// `UserfaultAsync`: records (and re-protects) the written pages; trips
@@ -417,6 +473,9 @@ impl State {
         } else {
             // Pending faults first: their pages are then in the reply.
             self.resolve_faults()?;
+            // Their stores, and those let through before, land before the
+            // re-protect: else each faults, and trips, once more.
+            self.await_landing()?;
         }
         let mut runs = Vec::new();
         self.dirty.drain_into(self.len, &mut runs);
@@ -453,6 +512,28 @@ impl State {
         // A full queue: the consumer is not reading; it will time out.
         self.chan.send(&msg).map(drop)
     }
+}
+
+/// How many faults thread `tid` of this process has completed (`minflt +
+/// majflt` of `/proc/self/task/<tid>/stat`); `None` if it cannot be read
+/// (the thread is gone, no /proc, another PID namespace, tid 0).
+fn completed_faults(tid: u32) -> Option<u64> {
+    if tid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    parse_completed_faults(&stat)
+}
+
+/// `minflt + majflt` of a `stat` line: fields 10 and 12, counted after the
+/// command name, which is in parentheses and may hold anything.
+fn parse_completed_faults(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace();
+    // state(3) ppid pgrp session tty_nr tpgid flags minflt(10) cminflt majflt(12)
+    let minflt: u64 = fields.nth(7)?.parse().ok()?;
+    let majflt: u64 = fields.nth(1)?.parse().ok()?;
+    Some(minflt + majflt)
 }
 
 /// One bit per page of the region.
@@ -539,6 +620,18 @@ mod tests {
         d.mark_all();
         d.drain_into(200 * page() + 100, &mut out);
         assert_eq!(out, [0..200 * page() + 100]);
+    }
+
+    #[test]
+    fn completed_faults_are_minflt_plus_majflt() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 1234 0 56 0 3 1 0 0 20 0 1 0";
+        assert_eq!(parse_completed_faults(stat), Some(1234 + 56));
+        assert_eq!(parse_completed_faults("4242 (x) S 1 2"), None, "short");
+        assert_eq!(parse_completed_faults("no parenthesis"), None);
+        // This thread's own count is readable; tid 0 (no THREAD_ID) is not.
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        assert!(completed_faults(tid).is_some());
+        assert_eq!(completed_faults(0), None);
     }
 
     #[test]
