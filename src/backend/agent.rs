@@ -33,11 +33,13 @@
 //! count of completed faults (`minflt + majflt` in
 //! `/proc/self/task/<tid>/stat`, the thread named by the fault message)
 //! went past the count read before the un-protect woke it (the kernel
-//! counts a fault once, when it completes, not when it waits for us). The
-//! store itself follows at once, in user mode; a thread preempted in
-//! between faults once more, which costs one spurious trip, never a lost
-//! one. A thread that is gone, or a count that cannot be read (no /proc,
-//! another PID namespace), is not waited for.
+//! counts a fault once, when it completes, not when it waits for us), and
+//! it sleeps, or it was seen running at two looks in a row (the store
+//! follows the fault at once, in user mode, unless the thread is preempted
+//! in between, e.g. by the agent waking on its CPU). A store that still
+//! loses the race faults once more: one spurious trip, never a lost one. A
+//! thread that is gone, or a count that cannot be read (no /proc, another
+//! PID namespace), is not waited for.
 //!
 //! The channel is a `sys::Channel` (seqpacket) whose other end the consumer
 //! made and keeps; every message is validated, anything else is ignored. A
@@ -306,8 +308,9 @@ struct State {
     len: usize,
     dirty: Dirty,
     /// `Userfault`: the threads let through since the last ACK, each with
-    /// its count of completed faults before it was (see the module doc).
-    landing: Vec<(u32, u64)>,
+    /// its count of completed faults before it was, and whether it was
+    /// seen past that fault but still running (see the module doc).
+    landing: Vec<(u32, u64, bool)>,
     stats: ThreadStats,
     /// The consumer ACKed since our last trip: the next write trips.
     armed: bool,
@@ -372,10 +375,11 @@ impl State {
             self.dirty.mark(index, index + 1);
             self.trip();
             // Read while the thread waits for us: this fault is not counted.
-            if let Some(count) = self.stats.completed_faults(fault.tid) {
-                match self.landing.iter_mut().find(|(tid, _)| *tid == fault.tid) {
-                    Some(entry) => entry.1 = count,
-                    None => self.landing.push((fault.tid, count)),
+            if let Some((count, _)) = self.stats.completed_faults(fault.tid) {
+                let entry = (fault.tid, count, false);
+                match self.landing.iter_mut().find(|e| e.0 == fault.tid) {
+                    Some(e) => *e = entry,
+                    None => self.landing.push(entry),
                 }
             }
             // Lets the stalled store through.
@@ -393,9 +397,18 @@ impl State {
         let mut step = Duration::from_micros(20);
         loop {
             let stats = &mut self.stats;
-            self.landing.retain(|&(tid, before)| {
-                stats.completed_faults(tid).is_some_and(|now| now <= before)
-            });
+            self.landing
+                .retain_mut(|(tid, before, past)| match stats.completed_faults(*tid) {
+                    // Gone, or not readable: not waited for.
+                    None => false,
+                    // Not run again yet.
+                    Some((now, _)) if now <= *before => true,
+                    // Past its fault and asleep (or stopped): the store is done.
+                    Some((_, false)) => false,
+                    // Past its fault and running: maybe preempted (by us,
+                    // waking, on its CPU) before the store; one more step.
+                    Some((_, true)) => !std::mem::replace(past, true),
+                });
             if self.landing.is_empty() || Instant::now() >= deadline {
                 self.landing.clear();
                 return Ok(());
@@ -532,9 +545,10 @@ impl ThreadStats {
     const KEEP: usize = 16;
 
     /// How many faults thread `tid` of this process has completed (the sum
-    /// of `minflt` and `majflt` in its `stat`); `None` if it cannot be read
-    /// (the thread is gone, no /proc, another PID namespace, tid 0).
-    fn completed_faults(&mut self, tid: u32) -> Option<u64> {
+    /// of `minflt` and `majflt` in its `stat`), and whether it is running
+    /// or runnable (state `R`); `None` if it cannot be read (the thread is
+    /// gone, no /proc, another PID namespace, tid 0).
+    fn completed_faults(&mut self, tid: u32) -> Option<(u64, bool)> {
         use std::os::unix::fs::FileExt;
         if tid == 0 {
             return None;
@@ -557,15 +571,17 @@ impl ThreadStats {
     }
 }
 
-/// `minflt + majflt` of a `stat` line: fields 10 and 12, counted after the
-/// command name, which is in parentheses and may hold anything.
-fn parse_completed_faults(stat: &str) -> Option<u64> {
+/// `minflt + majflt` of a `stat` line (fields 10 and 12, counted after the
+/// command name, which is in parentheses and may hold anything), and
+/// whether its state (field 3) is `R`.
+fn parse_completed_faults(stat: &str) -> Option<(u64, bool)> {
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_ascii_whitespace();
     // state(3) ppid pgrp session tty_nr tpgid flags minflt(10) cminflt majflt(12)
-    let minflt: u64 = fields.nth(7)?.parse().ok()?;
+    let running = fields.next()? == "R";
+    let minflt: u64 = fields.nth(6)?.parse().ok()?;
     let majflt: u64 = fields.nth(1)?.parse().ok()?;
-    Some(minflt + majflt)
+    Some((minflt + majflt, running))
 }
 
 /// One bit per page of the region.
@@ -657,15 +673,18 @@ mod tests {
     #[test]
     fn completed_faults_are_minflt_plus_majflt() {
         let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 1234 0 56 0 3 1 0 0 20 0 1 0";
-        assert_eq!(parse_completed_faults(stat), Some(1234 + 56));
+        assert_eq!(parse_completed_faults(stat), Some((1234 + 56, false)));
+        let running = stat.replace(") S ", ") R ");
+        assert_eq!(parse_completed_faults(&running), Some((1234 + 56, true)));
         assert_eq!(parse_completed_faults("4242 (x) S 1 2"), None, "short");
         assert_eq!(parse_completed_faults("no parenthesis"), None);
         // This thread's own count is readable, twice (the file kept open);
         // tid 0 (no THREAD_ID) is not.
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         let mut stats = ThreadStats::default();
-        let first = stats.completed_faults(tid).expect("our own stat");
-        assert!(stats.completed_faults(tid).is_some_and(|n| n >= first));
+        let (first, running) = stats.completed_faults(tid).expect("our own stat");
+        assert!(running, "we are running");
+        assert!(stats.completed_faults(tid).is_some_and(|(n, _)| n >= first));
         assert_eq!(stats.open.len(), 1);
         assert_eq!(stats.completed_faults(0), None);
     }
