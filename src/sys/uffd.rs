@@ -13,6 +13,9 @@ const UFFD_API: u64 = 0xAA;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` (Linux 5.19): write-protect on shmem.
 pub(crate) const FEATURE_WP_SHMEM: u64 = 1 << 12;
+/// `UFFD_FEATURE_THREAD_ID` (Linux 4.14): a fault message names the
+/// faulting thread.
+pub(crate) const FEATURE_THREAD_ID: u64 = 1 << 8;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 /// `UFFD_EVENT_PAGEFAULT` and its `UFFD_PAGEFAULT_FLAG_WP`.
@@ -137,8 +140,18 @@ pub(crate) fn write_protect(
     Ok(())
 }
 
-/// Reads one event: `Some(address)` of a write-protect fault, `None` when
-/// nothing is queued. Other events are read and ignored; a fork event's new
+/// A write-protect fault, as read from the uffd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WpFault {
+    /// The faulting address (the start of its page).
+    pub(crate) address: u64,
+    /// The faulting thread (in its own PID namespace), with
+    /// [`FEATURE_THREAD_ID`]; 0 without.
+    pub(crate) tid: u32,
+}
+
+/// Reads one event: `Some` write-protect fault, `None` when nothing is
+/// queued. Other events are read and ignored; a fork event's new
 /// uffd (installed in our table by the read) is closed.
 ///
 /// Never blocks, whatever the fd's file status flags (were the description
@@ -146,7 +159,7 @@ pub(crate) fn write_protect(
 /// makes this one read non-blocking (userfaultfd honours it since Linux
 /// 6.8); where the kernel refuses it, `O_NONBLOCK` is set again right before
 /// a plain read.
-pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<WpFault>> {
     // struct uffd_msg: u8 event, 7 bytes reserved, then for a page fault
     // u64 flags, u64 address, u32 ptid (+pad): 32 bytes in all; for a fork
     // event, u32 ufd.
@@ -161,9 +174,10 @@ pub(crate) fn read_wp_fault(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
         }
         let flags = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
         if msg[0] == EVENT_PAGEFAULT && flags & PAGEFAULT_FLAG_WP != 0 {
-            return Ok(Some(u64::from_ne_bytes(
-                msg[16..24].try_into().expect("8 bytes"),
-            )));
+            return Ok(Some(WpFault {
+                address: u64::from_ne_bytes(msg[16..24].try_into().expect("8 bytes")),
+                tid: u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes")),
+            }));
         }
         if msg[0] == EVENT_FORK {
             let ufd = i32::from_ne_bytes(msg[8..12].try_into().expect("4 bytes"));

@@ -60,6 +60,11 @@ pub const ALL: &[Scenario] = &[
     ),
     ("quiet_wire_stays_quiet", quiet_wire_stays_quiet, ANY),
     (
+        "paced_writer_at_most_two_epochs_per_write",
+        paced_writer_at_most_two_epochs_per_write,
+        ANY,
+    ),
+    (
         "dropped_changed_loses_nothing",
         dropped_changed_loses_nothing,
         ANY,
@@ -462,6 +467,89 @@ fn quiet_wire_stays_quiet(ctx: &Ctx) -> Outcome {
         ensure(r.is_err(), || {
             format!("changed() returned {r:?} with no write")
         })
+    })
+}
+
+/// A paced writer (a store, then a pause longer than an ACK round trip)
+/// costs the consumer at most 2 epochs per write: its trip, and at most one
+/// more if that trip came before the store landed. The writer is pinned to
+/// the CPU it started on, before `connect`, so that on Userfault its agent
+/// shares that CPU (as on a small or busy host): a store that faulted runs
+/// again only when that CPU is free, and an ACK that re-protected its page
+/// before then made it fault and trip again, once per ACK (#23: up to 13
+/// epochs per write). Each write waits until the consumer has seen it; the
+/// epochs until then are that write's. A bound on counts, not on time.
+fn paced_writer_at_most_two_epochs_per_write(ctx: &Ctx) -> Outcome {
+    const WRITES: u64 = 100;
+    let mut tw = create(ctx, PAGE)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<u64>();
+    let writer = std::thread::spawn(move || -> Result<Producer, String> {
+        let cpu = rustix::thread::sched_getcpu();
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set)
+            .map_err(|e| format!("pinning the writer to CPU {cpu}: {e}"))?;
+        // On Userfault and UserfaultAsync the agent thread started here
+        // inherits the pin: it shares the writer's CPU.
+        let p = Producer::connect(theirs);
+        let written = p.as_ref().map_err(|e| e.to_string()).and_then(|p| {
+            for i in 1..=WRITES {
+                write(p, 0, i)?;
+                match seen_rx.recv_timeout(ms(10_000)) {
+                    Ok(v) if v == i => {}
+                    other => return Err(format!("write {i}: the consumer said {other:?}")),
+                }
+                std::thread::sleep(ms(3));
+            }
+            Ok(())
+        });
+        written?;
+        p.map_err(|e| e.to_string())
+    });
+    tw.share(ours)?;
+    let mut per_write = Vec::new();
+    let outcome = (|| -> Outcome {
+        for i in 1..=WRITES {
+            let mut epochs = 0u64;
+            loop {
+                expect_trip(&mut tw, ms(10_000), &format!("write {i}"))?;
+                epochs += 1;
+                let v = tw.region().read::<u64>(0)?;
+                if v == i {
+                    break;
+                }
+                ensure(v == i - 1, || format!("write {i}: read {v}"))?;
+            }
+            per_write.push(epochs);
+            seen_tx.send(i).map_err(|_| "the writer is gone")?;
+        }
+        Ok(())
+    })();
+    drop(seen_tx);
+    let p = writer.join().map_err(|_| "writer panicked")?;
+    outcome?;
+    let p = p?;
+    let total: u64 = per_write.iter().sum();
+    let worst = per_write.iter().copied().max().unwrap_or(0);
+    let over: Vec<String> = (1..)
+        .zip(&per_write)
+        .filter(|&(_, &n)| n > 2)
+        .map(|(i, n)| format!("write {i}: {n}"))
+        .collect();
+    eprintln!(
+        "  {}: {WRITES} paced writes, {total} epochs (worst {worst} for one write), \
+         {} trapped stores",
+        ctx.kind,
+        p.trapped_stores()
+    );
+    ensure(over.is_empty(), || {
+        format!(
+            "{} of {WRITES} paced writes cost more than 2 epochs ({}; {total} in all): \
+             the consumer is woken again and again for one store",
+            over.len(),
+            over[..over.len().min(8)].join(", ")
+        )
     })
 }
 

@@ -23,6 +23,24 @@
 //! the re-protect (it is in the reply, and visible once the consumer has
 //! it) or faults again and trips again. Nothing slips through.
 //!
+//! A store let through is not done yet: its thread must run again to
+//! retry it, and until then a re-protect makes it fault again, and trip
+//! again. With the agent and the consumer answering each other faster than
+//! that thread gets a CPU (it shares one with the agent, or a busy one),
+//! one store could trip once per ACK, 13 times in a row (#23). So an ACK
+//! first waits (up to [`LANDING_WAIT`], resolving faults meanwhile) until
+//! each thread let through since the last ACK has completed its fault: its
+//! count of completed faults (`minflt + majflt` in
+//! `/proc/self/task/<tid>/stat`, the thread named by the fault message)
+//! went past the count read before the un-protect woke it (the kernel
+//! counts a fault once, when it completes, not when it waits for us), and
+//! it sleeps, or it was seen running at two looks in a row (the store
+//! follows the fault at once, in user mode, unless the thread is preempted
+//! in between, e.g. by the agent waking on its CPU). A store that still
+//! loses the race faults once more: one spurious trip, never a lost one. A
+//! thread that is gone, or a count that cannot be read (no /proc, another
+//! PID namespace), is not waited for.
+//!
 //! The channel is a `sys::Channel` (seqpacket) whose other end the consumer
 //! made and keeps; every message is validated, anything else is ignored. A
 //! consumer that floods ACKs only makes this producer's stores fault more
@@ -48,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use super::probe::{self, MAX_LEN, page};
 use crate::backend::common::{map_peer_memfd, set_timer_slack_for};
+use crate::sys::wait::PollFlags;
 use crate::sys::{Channel, EventFd, Mapping, Recv, uffd};
 use crate::{BackendKind, Error, Region};
 
@@ -55,6 +74,10 @@ use crate::{BackendKind, Error, Region};
 pub(crate) const MAX_RANGES: usize = 2048;
 /// The largest message either side sends.
 pub(crate) const MAX_MESSAGE: usize = 16 + 8 * MAX_RANGES;
+/// How long an ACK waits at most for the stores let through since the last
+/// one to complete before it re-protects their pages (a stopped thread must
+/// not hold the ACK up to its deadline).
+pub(crate) const LANDING_WAIT: Duration = Duration::from_millis(50);
 
 pub(crate) const TRIP: u8 = b'T';
 pub(crate) const PAGES: u8 = b'P';
@@ -212,7 +235,8 @@ impl Agent {
         let features = if is_async {
             uffd::FEATURE_WP_SHMEM | uffd::FEATURE_WP_ASYNC
         } else {
-            uffd::FEATURE_WP_SHMEM
+            // The faulting thread, so that an ACK can wait for its store.
+            uffd::FEATURE_WP_SHMEM | uffd::FEATURE_THREAD_ID
         };
         uffd::api(fd.as_fd(), features)
             .map_err(|e| unavailable(format!("UFFDIO_API({features:#x}) failed: {e}")))?;
@@ -240,6 +264,8 @@ impl Agent {
             span,
             len: map.len(),
             dirty: Dirty::new(map.len()),
+            landing: Vec::new(),
+            stats: ThreadStats::default(),
             armed: true,
             interval: Duration::from_millis(1),
             // Keeps the mapping alive while the agent works on it.
@@ -297,6 +323,11 @@ struct State {
     span: usize,
     len: usize,
     dirty: Dirty,
+    /// `Userfault`: the threads let through since the last ACK, each with
+    /// its count of completed faults before it was, and whether it was
+    /// seen past that fault but still running (see the module doc).
+    landing: Vec<(u32, u64, bool)>,
+    stats: ThreadStats,
     /// The consumer ACKed since our last trip: the next write trips.
     armed: bool,
     interval: Duration,
@@ -349,9 +380,9 @@ impl State {
 
     /// `Userfault`: records, trips and un-protects each queued fault.
     fn resolve_faults(&mut self) -> io::Result<()> {
-        while let Some(addr) = uffd::read_wp_fault(self.uffd.as_fd())? {
+        while let Some(fault) = uffd::read_wp_fault(self.uffd.as_fd())? {
             let size = page();
-            let page_addr = addr as usize & !(size - 1);
+            let page_addr = fault.address as usize & !(size - 1);
             if page_addr < self.base || page_addr >= self.base + self.span {
                 continue; // the kernel only reports registered ranges
             }
@@ -359,10 +390,52 @@ impl State {
             self.faults.fetch_add(1, Ordering::Relaxed);
             self.dirty.mark(index, index + 1);
             self.trip();
+            // Read while the thread waits for us: this fault is not counted.
+            if let Some((count, _)) = self.stats.completed_faults(fault.tid) {
+                let entry = (fault.tid, count, false);
+                match self.landing.iter_mut().find(|e| e.0 == fault.tid) {
+                    Some(e) => *e = entry,
+                    None => self.landing.push(entry),
+                }
+            }
             // Lets the stalled store through.
             uffd::write_protect(self.uffd.as_fd(), page_addr, size, false)?;
         }
         Ok(())
+    }
+
+    /// `Userfault`: waits until every thread let through since the last ACK
+    /// has completed its fault (or is gone), at most [`LANDING_WAIT`],
+    /// resolving the faults that come meanwhile (their threads are waited
+    /// for too).
+    fn await_landing(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + LANDING_WAIT;
+        let mut step = Duration::from_micros(20);
+        loop {
+            let stats = &mut self.stats;
+            self.landing
+                .retain_mut(|(tid, before, past)| match stats.completed_faults(*tid) {
+                    // Gone, or not readable: not waited for.
+                    None => false,
+                    // Not run again yet.
+                    Some((now, _)) if now <= *before => true,
+                    // Past its fault and asleep (or stopped): the store is done.
+                    Some((_, false)) => false,
+                    // Past its fault and running: maybe preempted (by us,
+                    // waking, on its CPU) before the store; one more step.
+                    Some((_, true)) => !std::mem::replace(past, true),
+                });
+            if self.landing.is_empty() || Instant::now() >= deadline {
+                self.landing.clear();
+                return Ok(());
+            }
+            // Asleep, so that a thread sharing our CPU gets it.
+            let until = (Instant::now() + step).min(deadline);
+            if crate::sys::wait::ready(self.uffd.as_fd(), PollFlags::IN, Some(until))? {
+                self.resolve_faults()?;
+            }
+            step = (step * 2).min(Duration::from_millis(1));
+        }
     }
 
     /// `UserfaultAsync`: records (and re-protects) the written pages; trips
@@ -433,6 +506,9 @@ impl State {
         } else {
             // Pending faults first: their pages are then in the reply.
             self.resolve_faults()?;
+            // Their stores, and those let through before, land before the
+            // re-protect: else each faults, and trips, once more.
+            self.await_landing()?;
         }
         let mut runs = Vec::new();
         self.dirty.drain_into(self.len, &mut runs);
@@ -469,6 +545,59 @@ impl State {
         // A full queue: the consumer is not reading; it will time out.
         self.chan.send(&msg).map(drop)
     }
+}
+
+/// The `/proc/self/task/<tid>/stat` files of the threads that faulted
+/// last, kept open: a read at offset 0 regenerates the file, and costs a
+/// third of an open, a read and a close (which doubled a trapped store's
+/// stall).
+#[derive(Debug, Default)]
+struct ThreadStats {
+    open: Vec<(u32, std::fs::File)>,
+}
+
+impl ThreadStats {
+    /// How many threads' files are kept open at most.
+    const KEEP: usize = 16;
+
+    /// How many faults thread `tid` of this process has completed (the sum
+    /// of `minflt` and `majflt` in its `stat`), and whether it is running
+    /// or runnable (state `R`); `None` if it cannot be read (the thread is
+    /// gone, no /proc, another PID namespace, tid 0).
+    fn completed_faults(&mut self, tid: u32) -> Option<(u64, bool)> {
+        use std::os::unix::fs::FileExt;
+        if tid == 0 {
+            return None;
+        }
+        let mut buf = [0u8; 1024];
+        if let Some(i) = self.open.iter().position(|(t, _)| *t == tid) {
+            match self.open[i].1.read_at(&mut buf, 0) {
+                Ok(n) => return parse_completed_faults(std::str::from_utf8(&buf[..n]).ok()?),
+                // The thread is gone (its tid may be reused): open again.
+                Err(_) => drop(self.open.swap_remove(i)),
+            }
+        }
+        let file = std::fs::File::open(format!("/proc/self/task/{tid}/stat")).ok()?;
+        let n = file.read_at(&mut buf, 0).ok()?;
+        if self.open.len() >= Self::KEEP {
+            self.open.remove(0);
+        }
+        self.open.push((tid, file));
+        parse_completed_faults(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+}
+
+/// `minflt + majflt` of a `stat` line (fields 10 and 12, counted after the
+/// command name, which is in parentheses and may hold anything), and
+/// whether its state (field 3) is `R`.
+fn parse_completed_faults(stat: &str) -> Option<(u64, bool)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace();
+    // state(3) ppid pgrp session tty_nr tpgid flags minflt(10) cminflt majflt(12)
+    let running = fields.next()? == "R";
+    let minflt: u64 = fields.nth(6)?.parse().ok()?;
+    let majflt: u64 = fields.nth(1)?.parse().ok()?;
+    Some((minflt + majflt, running))
 }
 
 /// One bit per page of the region.
@@ -555,6 +684,25 @@ mod tests {
         d.mark_all();
         d.drain_into(200 * page() + 100, &mut out);
         assert_eq!(out, [0..200 * page() + 100]);
+    }
+
+    #[test]
+    fn completed_faults_are_minflt_plus_majflt() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 1234 0 56 0 3 1 0 0 20 0 1 0";
+        assert_eq!(parse_completed_faults(stat), Some((1234 + 56, false)));
+        let running = stat.replace(") S ", ") R ");
+        assert_eq!(parse_completed_faults(&running), Some((1234 + 56, true)));
+        assert_eq!(parse_completed_faults("4242 (x) S 1 2"), None, "short");
+        assert_eq!(parse_completed_faults("no parenthesis"), None);
+        // This thread's own count is readable, twice (the file kept open);
+        // tid 0 (no THREAD_ID) is not.
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let mut stats = ThreadStats::default();
+        let (first, running) = stats.completed_faults(tid).expect("our own stat");
+        assert!(running, "we are running");
+        assert!(stats.completed_faults(tid).is_some_and(|(n, _)| n >= first));
+        assert_eq!(stats.open.len(), 1);
+        assert_eq!(stats.completed_faults(0), None);
     }
 
     #[test]
