@@ -43,6 +43,11 @@ pub const ALL: &[Scenario] = &[
         ANY,
     ),
     (
+        "explicit_ack_takes_the_trip_and_rearms",
+        explicit_ack_takes_the_trip_and_rearms,
+        ANY,
+    ),
+    (
         "cross_process_write_is_seen",
         cross_process_write_is_seen,
         ANY,
@@ -250,6 +255,44 @@ fn write_after_ack_trips_again(ctx: &Ctx) -> Outcome {
         }
         Ok(())
     })
+}
+
+/// `ack()`, for consumers that ACK on their own schedule, takes a pending
+/// trip (no stale trip is left for the next look) and re-arms: the next
+/// write trips again. (Found by cargo mutants: a Doorbell `ack` that did
+/// nothing survived, as every other scenario ACKs through `try_changed`.)
+fn explicit_ack_takes_the_trip_and_rearms(ctx: &Ctx) -> Outcome {
+    let (mut tw, p) = pair(ctx, PAGE)?;
+    for i in 1..=3u64 {
+        write(&p, 0, i)?;
+        // Wait for the trip without taking it: readiness, then the level.
+        let deadline = Instant::now() + ms(5000);
+        loop {
+            tw.wait_ready(Some(ms(100)))?;
+            if rustix::event::poll(
+                &mut [rustix::event::PollFd::new(
+                    &tw,
+                    rustix::event::PollFlags::IN,
+                )],
+                Some(&rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                }),
+            )? > 0
+            {
+                break;
+            }
+            ensure(Instant::now() < deadline, || {
+                format!("write {i} did not trip")
+            })?;
+        }
+        tw.ack()?;
+        ensure(tw.region().read::<u64>(0)? == i, || {
+            format!("round {i}: the write is not visible after ack()")
+        })?;
+        quiet(&mut tw, &format!("round {i}: after ack()"))?;
+    }
+    Ok(())
 }
 
 fn cross_process_write_is_seen(ctx: &Ctx) -> Outcome {
