@@ -198,3 +198,22 @@ impl Ringer {
         protocol::should_ring(armed(&self.control))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::protocol::{arm, should_ring};
+    use std::sync::atomic::AtomicU32;
+
+    /// `notify()` rings once per ACK: an armed flag rings, and a second
+    /// notify before the next ACK rings nothing (found by cargo mutants:
+    /// `should_ring` made `true`, a syscall per notify, survived, as an
+    /// extra ring is a spurious wake-up the contract allows).
+    #[test]
+    fn notify_rings_once_per_arm() {
+        let flag = AtomicU32::new(0);
+        assert!(!should_ring(&flag), "never armed");
+        arm(&flag);
+        assert!(should_ring(&flag), "armed by the ACK");
+        assert!(!should_ring(&flag), "a second notify before the next ACK");
+    }
+}
