@@ -140,7 +140,7 @@
 //! (Every UserfaultAsync producer names its timed store
 //! `first_write_fault_stall`, as the anchor does.)
 //!
-//! Run: `cargo bench --bench userfault` (or the built binary). Env knobs:
+//! Run: `cargo bench -p memfd-tripwire-bench --bench userfault` (or the built binary). Env knobs:
 //! `CASES` (default `stall ack`; also `async_first_write async_ack
 //! async_latency`, Linux >= 6.7), `MODE` (above), `ITERS` (20000 stall and
 //! first-write samples), `ACK_ITERS` (5000 samples per ACK tripwire),

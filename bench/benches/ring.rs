@@ -78,7 +78,7 @@
 //! | `CAP` | 1024 | ring capacity (slots) |
 //! | `CONSUMER_CPU`, `PRODUCER_CPU` | 0, 1 | pinning |
 //!
-//! Run: `cargo bench --bench ring` (or the built binary).
+//! Run: `cargo bench -p memfd-tripwire-bench --bench ring` (or the built binary).
 
 mod common;
 use common::{ROLE_ENV, env_num, median_p99, pin};
