@@ -3,7 +3,7 @@
 //! intervals; times `TRIPWIRE_TIME_SCALE`), so a 10x slower machine still
 //! passes while a poller that ignored its interval (or slept for seconds
 //! between compares) fails. The figures themselves belong to the
-//! benchmarks (`benches/scale.rs`).
+//! benchmarks (`bench/benches/scale.rs`).
 
 use std::time::{Duration, Instant};
 

@@ -9,8 +9,10 @@
 //!   `trapped_write_stall` and `untrapped_write`), in the same session.
 //! - **ACK cost vs region size** (case `ack`): regions of 1, 16, 256 and
 //!   4096 pages, one page written per round; the consumer's time for the
-//!   `try_changed_with_pages(&mut pages)` call that takes the trip, i.e.
-//!   the ACK that re-protects the written page. For context next to
+//!   `try_changed_with_pages(&mut pages)` steps that take the trip, i.e.
+//!   the ACK that re-protects the written page (since #22 the step never
+//!   blocks: the first sends the ACK to the producer's agent, the consumer
+//!   sleeps in `wait_ready`, a second completes it; `take_pages`). For context next to
 //!   `uffd_wp rearm` (which re-protects the whole range, from the thread
 //!   that owns the mapping).
 //! - **UserfaultAsync first write** (case `async_first_write`): the stall
@@ -140,7 +142,7 @@
 //! (Every UserfaultAsync producer names its timed store
 //! `first_write_fault_stall`, as the anchor does.)
 //!
-//! Run: `cargo bench --bench userfault` (or the built binary). Env knobs:
+//! Run: `cargo bench -p memfd-tripwire-bench --bench userfault` (or the built binary). Env knobs:
 //! `CASES` (default `stall ack`; also `async_first_write async_ack
 //! async_latency`, Linux >= 6.7), `MODE` (above), `ITERS` (20000 stall and
 //! first-write samples), `ACK_ITERS` (5000 samples per ACK tripwire),
@@ -387,6 +389,24 @@ fn spin(d: Duration) {
 }
 
 /// Whether `pages` is exactly the one range `r`.
+/// Takes a trip that is there, to its end; `false` if there is none. Since
+/// #22 `try_changed_with_pages` never blocks, and on `Userfault` a trip's
+/// ACK is a round trip to the producer's agent: the step that takes the trip
+/// sends it and returns `None` with a `deadline()`, a later one completes it
+/// and returns the epoch. So step, sleeping in `wait_ready` (readiness or
+/// the deadline) between steps: what the one blocking call cost before.
+fn take_pages(tw: &mut blocking::Tripwire, pages: &mut Vec<Range<usize>>) -> std::io::Result<bool> {
+    loop {
+        if tw.try_changed_with_pages(pages)?.is_some() {
+            return Ok(true);
+        }
+        if tw.deadline().is_none() {
+            return Ok(false); // no trip, no ACK in flight
+        }
+        tw.wait_ready(None)?;
+    }
+}
+
 fn only(pages: &[Range<usize>], r: Range<usize>) -> bool {
     matches!(pages, [one] if *one == r)
 }
@@ -528,7 +548,7 @@ impl Peer {
             return Ok(peer);
         }
         peer.pages.clear();
-        if peer.tw.try_changed_with_pages(&mut peer.pages)?.is_none() {
+        if !take_pages(&mut peer.tw, &mut peer.pages)? {
             return Err(format!("{}: no trip after the pre-touch", peer.name).into());
         }
         if !only(&peer.pages, 0..peer.rotate * PAGE) {
@@ -553,7 +573,7 @@ impl Peer {
             self.tw.ack()?; // re-arms, tripped or not; reports no pages
             true
         } else {
-            self.tw.try_changed_with_pages(&mut self.pages)?.is_some()
+            take_pages(&mut self.tw, &mut self.pages)?
         };
         let t1 = Instant::now();
         if self.busy {

@@ -7,8 +7,8 @@
 //! pinned processes, trapped stores) are `doorbell_latency`, `userfault` and
 //! `ring` (see `scripts/bench-*`).
 //!
-//! Run: `cargo bench --bench ops` (criterion's options after `--`, e.g.
-//! `cargo bench --bench ops -- ring`).
+//! Run: `cargo bench -p memfd-tripwire-bench --bench ops` (criterion's options after `--`, e.g.
+//! `cargo bench -p memfd-tripwire-bench --bench ops -- ring`).
 
 use std::hint::black_box;
 use std::os::unix::net::UnixStream;

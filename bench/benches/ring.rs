@@ -32,6 +32,11 @@
 //!   `blocking_recv_many(&mut buf, 256)` (`blockmany`: a batch per call, as
 //!   the anchor's consumer drains everything published) or, in a tokio
 //!   current-thread runtime, `recv_many(&mut buf, 256)` (`many`).
+//!   The async per-message pair (`PAIRS`, default `async:async`): the
+//!   producer `send(m).await`s each message and the consumer
+//!   `recv().await`s each one, each side in its own tokio current-thread
+//!   runtime: the async counterpart of `one` into `blocking`, which it is
+//!   meant to be compared with (#22: at least 0.8x).
 //! - **rtt**: two rings, as `examples/ring_ipc.rs`: the parent sends message
 //!   `i` on ring A (`blocking_send`), the child takes it (`blocking_recv`)
 //!   and sends it back on ring B, the parent takes it and checks it. 2,000
@@ -71,14 +76,15 @@
 //! | `TESTS` | `tput rtt` | which tests |
 //! | `BACKENDS` | `doorbell userfault` | `doorbell`, `userfault`, `userfault_async`, `poll`, `kernel` |
 //! | `MSGS` | `64B u64` | message types: `[u64; 8]` and `u64` (tput; rtt is 64B only) |
-//! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send` |
-//! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256) |
+//! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send`, `async` = `send().await` |
+//! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256), `async` = `recv().await` |
+//! | `PAIRS` | `async:async` | `send:recv` pairs run after the `SENDS` x `RECVS` ones (not twice), per message type; empty: none |
 //! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs (`auto`: the adaptive default) |
 //! | `N`, `RTT_N`, `RTT_WARMUP` | 2000000, 100000, 2000 | messages per tput run, timed and warm-up round trips |
 //! | `CAP` | 1024 | ring capacity (slots) |
 //! | `CONSUMER_CPU`, `PRODUCER_CPU` | 0, 1 | pinning |
 //!
-//! Run: `cargo bench --bench ring` (or the built binary).
+//! Run: `cargo bench -p memfd-tripwire-bench --bench ring` (or the built binary).
 
 mod common;
 use common::{ROLE_ENV, env_num, median_p99, pin};
@@ -164,6 +170,8 @@ enum Test {
 enum SendMode {
     One,
     Many(usize),
+    /// `send(m).await` per message, in a current-thread runtime.
+    Async,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +179,8 @@ enum RecvMode {
     Blocking,
     BlockingMany,
     Many,
+    /// `recv().await` per message, in a current-thread runtime.
+    Async,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +235,7 @@ impl fmt::Display for SendMode {
         match self {
             SendMode::One => f.write_str("one"),
             SendMode::Many(k) => write!(f, "many{k}"),
+            SendMode::Async => f.write_str("async"),
         }
     }
 }
@@ -235,6 +246,7 @@ impl fmt::Display for RecvMode {
             RecvMode::Blocking => "blocking",
             RecvMode::BlockingMany => "blockmany",
             RecvMode::Many => "many",
+            RecvMode::Async => "async",
         })
     }
 }
@@ -308,9 +320,10 @@ fn msg_name(s: &str) -> Result<&'static str, BoxError> {
 fn parse_send(s: &str) -> Result<SendMode, BoxError> {
     match s {
         "one" => Ok(SendMode::One),
+        "async" => Ok(SendMode::Async),
         _ => match s.strip_prefix("many").map(str::parse::<usize>) {
             Some(Ok(k)) if k > 0 => Ok(SendMode::Many(k)),
-            _ => Err(format!("unknown send mode {s:?}: use one or manyK (K > 0)").into()),
+            _ => Err(format!("unknown send mode {s:?}: use one, manyK (K > 0) or async").into()),
         },
     }
 }
@@ -320,9 +333,11 @@ fn parse_recv(s: &str) -> Result<RecvMode, BoxError> {
         "blocking" => Ok(RecvMode::Blocking),
         "blockmany" => Ok(RecvMode::BlockingMany),
         "many" => Ok(RecvMode::Many),
-        other => {
-            Err(format!("unknown receive mode {other:?}: use blocking, blockmany or many").into())
-        }
+        "async" => Ok(RecvMode::Async),
+        other => Err(format!(
+            "unknown receive mode {other:?}: use blocking, blockmany, many or async"
+        )
+        .into()),
     }
 }
 
@@ -378,6 +393,22 @@ fn cases_from_env() -> Result<Vec<Case>, BoxError> {
     let sends = env_words("SENDS", "many256 one");
     let recvs = env_words("RECVS", "blocking blockmany many");
     let spins = env_words("SPINS_US", "0 5");
+    // The throughput pairs: SENDS x RECVS, then PAIRS not already there.
+    let mut pairs = Vec::new();
+    for send in &sends {
+        for recv in &recvs {
+            pairs.push((parse_send(send)?, parse_recv(recv)?));
+        }
+    }
+    for pair in env_words("PAIRS", "async:async") {
+        let (send, recv) = pair
+            .split_once(':')
+            .ok_or_else(|| format!("PAIRS: {pair:?} is not send:recv"))?;
+        let pair = (parse_send(send)?, parse_recv(recv)?);
+        if !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
     let mut cases = Vec::new();
     for t in &tests {
         for b in &backends {
@@ -387,17 +418,15 @@ fn cases_from_env() -> Result<Vec<Case>, BoxError> {
                 match t.as_str() {
                     "tput" => {
                         for m in &msgs {
-                            for send in &sends {
-                                for recv in &recvs {
-                                    cases.push(Case {
-                                        test: Test::Tput,
-                                        backend,
-                                        msg: msg_name(m)?,
-                                        send: parse_send(send)?,
-                                        recv: parse_recv(recv)?,
-                                        spin_us,
-                                    });
-                                }
+                            for &(send, recv) in &pairs {
+                                cases.push(Case {
+                                    test: Test::Tput,
+                                    backend,
+                                    msg: msg_name(m)?,
+                                    send,
+                                    recv,
+                                    spin_us,
+                                });
                             }
                         }
                     }
@@ -612,7 +641,7 @@ fn tput<T: Msg>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
     let peer = Peer::spawn(case, theirs.into(), ctl_theirs.into())?;
     rx.share(ours)?;
     let rt = match case.recv {
-        RecvMode::Many => Some(runtime()?),
+        RecvMode::Many | RecvMode::Async => Some(runtime()?),
         RecvMode::Blocking | RecvMode::BlockingMany => None,
     };
     let mut buf = Vec::with_capacity(k.recv_batch);
@@ -649,6 +678,13 @@ fn tput<T: Msg>(k: &Knobs, case: &Case) -> Result<String, BoxError> {
                 i = check(&buf, i)?;
             }
         }
+        (Some(rt), RecvMode::Async) => rt.block_on(async {
+            while i < n {
+                let m = rx.recv().await?;
+                i = check(m.as_slice(), i)?;
+            }
+            Ok::<_, BoxError>(())
+        })?,
         (Some(rt), _) => rt.block_on(async {
             while i < n {
                 buf.clear();
@@ -775,8 +811,13 @@ fn produce<T: Msg>(
     let mut tx = Sender::<T>::connect_with_tag(sock, T::TAG)?;
     let mut batch = Vec::with_capacity(match case.send {
         SendMode::Many(b) => b,
-        SendMode::One => 0,
+        SendMode::One | SendMode::Async => 0,
     });
+    // Built before `go`: its cost is not the messages'.
+    let rt = match case.send {
+        SendMode::Async => Some(runtime()?),
+        SendMode::One | SendMode::Many(_) => None,
+    };
     ctl.write_all(b"r")?;
     let mut go = [0u8];
     ctl.read_exact(&mut go)?;
@@ -798,6 +839,15 @@ fn produce<T: Msg>(
                 tx.blocking_send_many(&batch)?;
                 i = end;
             }
+        }
+        SendMode::Async => {
+            let rt = rt.as_ref().expect("built for SendMode::Async");
+            rt.block_on(async {
+                for i in 0..n {
+                    tx.send(T::make(i)).await?;
+                }
+                Ok::<_, BoxError>(())
+            })?;
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -31,7 +31,7 @@
 //! RESULT doorbell_tokio_current_thread rtt <median> <p99> ns               (stderr, producer)
 //! ```
 //!
-//! Run: `cargo bench --bench doorbell_latency` (or the built binary). Env
+//! Run: `cargo bench -p memfd-tripwire-bench --bench doorbell_latency` (or the built binary). Env
 //! knobs: `ITERS` (default 20000 samples), `WARMUP` (1000), `CONSUMER_CPU`
 //! (0), `PRODUCER_CPU` (1), `GAP_US` (0: extra sleep of the producer between
 //! the ack and the next send, to make sure the consumer is parked), and

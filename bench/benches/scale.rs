@@ -8,9 +8,9 @@
 //! threads or fds another left behind; the first process only prints.
 //!
 //! ```sh
-//! cargo bench --bench scale                      # both parts, the defaults (a few minutes on 2 cores)
-//! SCALE_PARTS=1 SCALE_BACKENDS=doorbell SCALE_N=1,1000 cargo bench --bench scale
-//! SCALE_PARTS=2 SCALE_REGIONS=4K,1M,64M cargo bench --bench scale
+//! cargo bench -p memfd-tripwire-bench --bench scale                      # both parts, the defaults (a few minutes on 2 cores)
+//! SCALE_PARTS=1 SCALE_BACKENDS=doorbell SCALE_N=1,1000 cargo bench -p memfd-tripwire-bench --bench scale
+//! SCALE_PARTS=2 SCALE_REGIONS=4K,1M,64M cargo bench -p memfd-tripwire-bench --bench scale
 //! ```
 //!
 //! # Part 1: many tripwires
