@@ -45,3 +45,32 @@ fn poll_sees_each_store_within_a_coarse_multiple_of_its_interval() {
     }
     println!("Poll, interval {INTERVAL:?}: {ROUNDS} stores, slowest seen after {worst:?}");
 }
+
+/// A producer's last store, made just before it hangs up, is reported
+/// before the hang-up even when the poller has not compared since: the look
+/// that finds every producer gone compares once more. The interval (60 s)
+/// keeps the poller from comparing on its own first. (Found by cargo
+/// mutants: `take_final` made `Ok(false)` survived.)
+#[test]
+fn the_last_store_before_a_hang_up_is_reported_first() {
+    let tw = Tripwire::builder(4096)
+        .backend(Backend::Poll)
+        .poll_interval(Duration::from_secs(60))
+        .create()
+        .expect("create");
+    let (mut tw, producer) = with_producer(tw);
+    assert_eq!(tw.try_changed().expect("look"), None);
+    producer.region().write(0, &7u64).expect("store");
+    drop(producer);
+    let first = tw.wait_timeout(scaled(Duration::from_secs(10)));
+    assert!(
+        matches!(first, Ok(Some(_))),
+        "the last store was not reported before the hang-up: {first:?}"
+    );
+    assert_eq!(tw.region().read::<u64>(0).expect("read"), 7);
+    let then = tw.wait_timeout(scaled(Duration::from_secs(10)));
+    assert!(
+        matches!(&then, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe),
+        "then the hang-up: {then:?}"
+    );
+}
