@@ -8,7 +8,6 @@
 //! of the crate (tokio policy) is here too: [`poll_turns`].
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -17,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use ::tokio::io::unix::AsyncFd;
-use ::tokio::time::Sleep;
 use futures_core::{FusedStream, Stream};
 
 use crate::reactor;
@@ -54,7 +52,7 @@ pub struct Tripwire {
     /// Armed at the step's deadline (an ACK in flight) while there is one:
     /// a stopped producer, which never makes the fd readable, still ends
     /// the wait. Made at the first deadline, then reset.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: reactor::DeadlineTimer,
 }
 
 impl fmt::Debug for Tripwire {
@@ -121,7 +119,10 @@ impl Tripwire {
             });
         }
         match reactor::register(tripwire) {
-            Ok(fd) => Ok(Tripwire { fd, timer: None }),
+            Ok(fd) => Ok(Tripwire {
+                fd,
+                timer: reactor::DeadlineTimer::default(),
+            }),
             Err((tripwire, error)) => Err(NewError {
                 tripwire: Box::new(tripwire),
                 error,
@@ -295,22 +296,9 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(deadline) = self.inner().deadline() {
-            let deadline = ::tokio::time::Instant::from_std(deadline);
-            let timer = match &mut self.timer {
-                Some(timer) => {
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    timer
-                }
-                None => self
-                    .timer
-                    .insert(Box::pin(::tokio::time::sleep_until(deadline))),
-            };
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(()));
-            }
+        let deadline = self.inner().deadline();
+        if self.timer.poll_expired(cx, deadline) {
+            return Poll::Ready(Ok(()));
         }
         let mut guard = ready!(self.fd.poll_read_ready(cx))?;
         guard.clear_ready();

@@ -6,13 +6,11 @@
 //! registration leaves the ring as it was. Imports neither end.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use ::tokio::io::unix::AsyncFd;
-use ::tokio::time::Sleep;
 
 use crate::sys::FdSet;
 use crate::{Error, reactor};
@@ -23,7 +21,7 @@ use crate::{Error, reactor};
 pub(super) struct Registration {
     fd: AsyncFd<reactor::SharedFd>,
     /// Made at the first deadline, then reset.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: reactor::DeadlineTimer,
 }
 
 impl Registration {
@@ -47,7 +45,10 @@ impl Registration {
         let fd = fd()
             .and_then(reactor::register_shared)
             .map_err(|e| Error::io("registering the ring with tokio", e))?;
-        Ok(slot.insert(Registration { fd, timer: None }))
+        Ok(slot.insert(Registration {
+            fd,
+            timer: reactor::DeadlineTimer::default(),
+        }))
     }
 
     /// One epoll set watching `fds` for readability (and hang-up): what a
@@ -69,22 +70,8 @@ impl Registration {
         cx: &mut Context<'_>,
         deadline: Option<Instant>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(deadline) = deadline {
-            let deadline = ::tokio::time::Instant::from_std(deadline);
-            let timer = match &mut self.timer {
-                Some(timer) => {
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    timer
-                }
-                None => self
-                    .timer
-                    .insert(Box::pin(::tokio::time::sleep_until(deadline))),
-            };
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(()));
-            }
+        if self.timer.poll_expired(cx, deadline) {
+            return Poll::Ready(Ok(()));
         }
         let mut guard = ready!(self.fd.poll_read_ready(cx))?;
         guard.clear_ready();

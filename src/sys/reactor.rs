@@ -67,3 +67,34 @@ pub(crate) fn register_shared(fd: Arc<OwnedFd>) -> io::Result<AsyncFd<SharedFd>>
     unsafe { AsyncFd::register_with_interest(SharedFd(fd), Interest::READABLE) }
         .map_err(io::Error::from)
 }
+
+/// A tokio timer armed at a driver's deadline (an ACK in flight), made at
+/// the first deadline and then reset: what both the async `Tripwire` and
+/// the ring's registration wait on beside their fd.
+#[derive(Debug, Default)]
+pub(crate) struct DeadlineTimer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl DeadlineTimer {
+    /// `true` once `deadline` has passed (its timer fired); `false` with no
+    /// deadline, or with the timer armed and `cx` woken when it fires.
+    pub(crate) fn poll_expired(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
+        let Some(deadline) = deadline else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = match &mut self.0 {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        std::future::Future::poll(timer.as_mut(), cx).is_ready()
+    }
+}
