@@ -129,7 +129,8 @@ async fn serve(
     loop {
         match bar.changed().await {
             Ok(_) => wakeups += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok((served, wakeups)),
+            // The driver dropped its Producer: a clean close.
+            Err(e) if memfd_tripwire::Error::is_closed(&e) => return Ok((served, wakeups)),
             Err(e) => return Err(e.into()),
         }
         // On Kernel the trip fires just before the store lands.

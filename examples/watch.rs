@@ -101,8 +101,8 @@ async fn consumer(mut tw: blocking::Tripwire) -> Result<(), Box<dyn std::error::
                 );
                 last = now;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                println!("consumer: the producer exited ({e}); done");
+            Err(e) if memfd_tripwire::Error::is_closed(&e) => {
+                println!("consumer: the producer closed its end; done");
                 break;
             }
             Err(e) => return Err(e.into()),

@@ -320,9 +320,13 @@ impl Tripwire {
     ///
     /// # Errors
     ///
-    /// `BrokenPipe` (wrapping [`Error::PeerDied`]) once the tripwire was
-    /// [shared](Tripwire::share) and every producer has hung up; a pending
-    /// trip is always returned first. `TimedOut` for an ACK whose
+    /// Once the tripwire was [shared](Tripwire::share) and every producer
+    /// has hung up, after any pending trip: `ConnectionAborted` (wrapping
+    /// [`Error::Closed`]) if each dropped its [`Producer`](crate::Producer)
+    /// (a goodbye, then the hang-up), `BrokenPipe` (wrapping
+    /// [`Error::PeerDied`]) if one left without a goodbye (killed, crashed,
+    /// panicked); [`Error::is_closed`] and [`Error::is_peer_died`] tell them
+    /// apart. `TimedOut` for an ACK whose
     /// [`deadline`](Tripwire::deadline) passed with a producer's reply
     /// missing. Otherwise the OS error of the poll or ACK. A failed ACK
     /// leaves the wire tripped (the next step tries again).
@@ -359,7 +363,7 @@ impl Tripwire {
                 match taken {
                     Take::Taken => {}
                     Take::Pending => return Ok(None),
-                    Take::Idle => return Err(crate::error::peer_gone()),
+                    Take::Idle => return Err(self.wire.end()),
                 }
             }
         }
@@ -599,9 +603,10 @@ impl Tripwire {
     /// the producer's verdict, so a failure on its side is reported here.
     ///
     /// Keeps `peer` open: when it hangs up, [`wait`](Tripwire::wait) and
-    /// friends report `BrokenPipe` (after any pending trip). A tripwire can be
-    /// shared with several producers; it reports `BrokenPipe` once all are
-    /// gone. A forked child that inherits the producer's socket hides the
+    /// friends report it (after any pending trip): [`Error::Closed`] after a
+    /// dropped `Producer`'s goodbye, [`Error::PeerDied`] without one. A
+    /// tripwire can be shared with several producers; it reports the end once
+    /// all are gone (`PeerDied` if any of them died). A forked child that inherits the producer's socket hides the
     /// producer's death until the child exits too.
     ///
     /// Blocks for the handshake; gives up after 10 s of silence. In async

@@ -96,8 +96,30 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// The peer process hung up (exited, crashed or closed its socket).
+    /// The peer hung up without saying goodbye: its process exited or was
+    /// killed while it held its handle, it crashed, or it panicked (a handle
+    /// dropped while its thread unwinds says no goodbye), or it closed the
+    /// handshake socket behind the crate's back.
+    ///
+    /// Converts to [`io::ErrorKind::BrokenPipe`].
     PeerDied,
+    /// The peer closed its end cleanly: it dropped its handle (a
+    /// [`Producer`](crate::Producer), a ring's `Sender` or `Receiver`),
+    /// which says goodbye before it hangs up. What it wrote before is
+    /// reported first; this comes after, like a closed `tokio::sync::watch`
+    /// channel. A stream ([`Changes`](crate::Changes), the ring's
+    /// `Receiver`) ends with `None` instead.
+    ///
+    /// Converts to [`io::ErrorKind::ConnectionAborted`] ("terminated by the
+    /// remote side"), so that `?` into `io::Result` keeps the two apart.
+    ///
+    /// ```
+    /// use memfd_tripwire::Error;
+    /// let io: std::io::Error = Error::Closed.into();
+    /// assert_eq!(io.kind(), std::io::ErrorKind::ConnectionAborted);
+    /// assert!(Error::is_closed(&io));
+    /// ```
+    Closed,
     /// Shared memory written by the peer holds an impossible value (an
     /// index out of range, ...): the peer is buggy or hostile.
     Corrupt {
@@ -158,6 +180,35 @@ impl fmt::Display for ArgumentError {
 }
 
 impl Error {
+    /// Whether `e` (an error of `changed()`, `wait()`, `notify()`, ...)
+    /// is [`Error::Closed`]: every peer closed its end cleanly.
+    ///
+    /// ```
+    /// use memfd_tripwire::Error;
+    /// assert!(Error::is_closed(&Error::Closed.into()));
+    /// assert!(!Error::is_closed(&Error::PeerDied.into()));
+    /// ```
+    pub fn is_closed(e: &io::Error) -> bool {
+        matches!(Self::inside(e), Some(Error::Closed))
+    }
+
+    /// Whether `e` is [`Error::PeerDied`]: a peer hung up without a
+    /// goodbye.
+    ///
+    /// ```
+    /// use memfd_tripwire::Error;
+    /// assert!(Error::is_peer_died(&Error::PeerDied.into()));
+    /// assert!(!Error::is_peer_died(&std::io::ErrorKind::BrokenPipe.into()));
+    /// ```
+    pub fn is_peer_died(e: &io::Error) -> bool {
+        matches!(Self::inside(e), Some(Error::PeerDied))
+    }
+
+    /// The crate's error inside an `io::Error`, if it carries one.
+    fn inside(e: &io::Error) -> Option<&Error> {
+        e.get_ref()?.downcast_ref::<Error>()
+    }
+
     pub(crate) fn io(op: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Io {
             op,
@@ -231,7 +282,12 @@ impl fmt::Display for Error {
                 write!(f, "not a memfd_tripwire file: {reason}")
             }
             Error::Handshake { reason } => write!(f, "tripwire handshake failed: {reason}"),
-            Error::PeerDied => write!(f, "the peer process hung up"),
+            Error::PeerDied => write!(
+                f,
+                "the peer hung up without saying goodbye (it died, was killed, panicked or \
+                 closed its socket): what it was writing may be incomplete"
+            ),
+            Error::Closed => write!(f, "the peer closed its end (a clean close)"),
             Error::Corrupt { reason } => write!(
                 f,
                 "the peer wrote an impossible value into shared memory ({reason}): it is buggy \
@@ -269,6 +325,7 @@ impl From<Error> for io::Error {
             | Error::Corrupt { .. }
             | Error::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
             Error::PeerDied => io::ErrorKind::BrokenPipe,
+            Error::Closed => io::ErrorKind::ConnectionAborted,
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, e)
@@ -318,7 +375,17 @@ fn errno_of(e: &io::Error) -> Option<i32> {
     None
 }
 
-/// The error `changed()` and friends return once every producer hung up.
+/// The error `changed()` and friends return once every producer hung up:
+/// [`Error::PeerDied`] if one `died`, else [`Error::Closed`].
+pub(crate) fn peers_ended(died: bool) -> io::Error {
+    if died {
+        peer_gone()
+    } else {
+        Error::Closed.into()
+    }
+}
+
+/// [`Error::PeerDied`] as an `io::Error`.
 pub(crate) fn peer_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, Error::PeerDied)
+    Error::PeerDied.into()
 }

@@ -49,6 +49,9 @@ pub struct Producer {
     /// The backend's producer half (its file in `backend/` has both).
     feed: Feed,
     peer: Option<Bell>,
+    /// The process that connected: a forked child's copy says no goodbye
+    /// (the socket is still its parent's).
+    pid: u32,
 }
 
 impl fmt::Debug for Producer {
@@ -89,6 +92,7 @@ impl Producer {
             region,
             feed,
             peer: None,
+            pid: std::process::id(),
         })
     }
 
@@ -235,6 +239,7 @@ impl Producer {
             region,
             feed,
             peer: None,
+            pid: std::process::id(),
         })
     }
 
@@ -318,5 +323,20 @@ impl Producer {
             io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
             _ => e,
         })
+    }
+}
+
+/// Says goodbye to the consumer (see [`Error::Closed`]): its `changed()`
+/// reports what was written, then `Closed` instead of `PeerDied`. A
+/// `Producer` dropped while its thread panics, or a forked child's copy,
+/// says nothing: the consumer sees a death when the socket closes.
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() || std::thread::panicking() {
+            return;
+        }
+        if let Some(peer) = &self.peer {
+            peer.say_goodbye();
+        }
     }
 }

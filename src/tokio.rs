@@ -155,9 +155,13 @@ impl Tripwire {
     ///
     /// # Errors
     ///
-    /// `BrokenPipe` (wrapping [`Error::PeerDied`](crate::Error::PeerDied))
-    /// once the tripwire was shared and every producer has hung up, after
-    /// any pending trip was returned. `TimedOut` when a producer did not
+    /// Once the tripwire was shared and every producer has hung up, after
+    /// any pending trip was returned: `ConnectionAborted` (wrapping
+    /// [`Error::Closed`](crate::Error::Closed)) after a clean close (each
+    /// dropped its `Producer`), `BrokenPipe` (wrapping
+    /// [`Error::PeerDied`](crate::Error::PeerDied)) if one died; as
+    /// `tokio::sync::watch::Receiver::changed` fails once its sender is
+    /// gone. `TimedOut` when a producer did not
     /// answer the ACK by its deadline. Otherwise the OS error of the poll or
     /// ACK; a failed ACK leaves the wire tripped.
     ///
@@ -586,8 +590,10 @@ impl AsRawFd for Tripwire {
 /// [`Tripwire::into_stream`].
 ///
 /// Each item stands for at least one change, possibly more (see
-/// [`Tripwire::changed`]). The stream is fused: after yielding an error (a
-/// hung-up producer gives `BrokenPipe`) it ends.
+/// [`Tripwire::changed`]). After a clean close (every producer dropped its
+/// `Producer`) it ends with `None`, as tokio's `WatchStream` does; a
+/// producer's death is an error item (`BrokenPipe`,
+/// [`Error::PeerDied`](crate::Error::PeerDied)), after which it ends too.
 /// Needs the runtime's timer on `Userfault` and `UserfaultAsync`, as
 /// [`Tripwire::changed`] does (see its `# Panics`).
 ///
@@ -650,7 +656,12 @@ impl Stream for Changes {
         }
         let item = ready!(this.tripwire.poll_changed(cx));
         this.done = item.is_err();
-        Poll::Ready(Some(item))
+        // A clean close ends the stream, as a dropped `watch::Sender` ends
+        // a `WatchStream`; a death is an error item.
+        match item {
+            Err(e) if crate::Error::is_closed(&e) => Poll::Ready(None),
+            item => Poll::Ready(Some(item)),
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing, TryRecvError};
-use memfd_tripwire::{Backend, Producer, blocking::Tripwire};
+use memfd_tripwire::{Backend, Error, Producer, blocking::Tripwire};
 
 mod support;
 use support::{BACKENDS, scaled};
@@ -127,12 +127,18 @@ fn store_trips(name: &str, tw: &mut Tripwire, producer: &Producer, v: u64) {
 }
 
 /// The producer goes (`leave`) while the consumer sleeps in one wait: the hang-up
-/// must wake it (after any trip still pending) with `BrokenPipe`, well
+/// must wake it (after any trip still pending) with the end `is_end` accepts
+/// (`Error::is_closed` after a goodbye, `Error::is_peer_died` without), well
 /// before the wait's time-out (a wait also looks at its time-out: seen
 /// only then, the hang-up did not wake it). The 200 ms before the drop
 /// only make it likely that the consumer is asleep by then; nothing waits
 /// on them.
-fn hang_up_wakes(name: &str, tw: &mut Tripwire, leave: impl FnOnce() + Send + 'static) {
+fn hang_up_wakes(
+    name: &str,
+    tw: &mut Tripwire,
+    is_end: fn(&std::io::Error) -> bool,
+    leave: impl FnOnce() + Send + 'static,
+) {
     let leaver = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
         leave();
@@ -151,7 +157,7 @@ fn hang_up_wakes(name: &str, tw: &mut Tripwire, leave: impl FnOnce() + Send + 's
             "{name}: the producer's hang-up was not seen within {:?}",
             bound()
         ),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{name}: {e}"),
+        Err(e) => assert!(is_end(&e), "{name}: not the end expected: {e}"),
     }
     assert!(
         took < bound() / 2,
@@ -181,7 +187,7 @@ fn a_child_dropping_the_consumers_copy_leaves_the_parents_alone() {
              that spins?"
         );
         store_trips(name, &mut tw, &producer, 1);
-        hang_up_wakes(name, &mut tw, move || drop(producer));
+        hang_up_wakes(name, &mut tw, Error::is_closed, move || drop(producer));
         println!("{name}: the parent's tripwire works after the child dropped its copy");
     }
 }
@@ -213,7 +219,7 @@ fn a_child_hides_the_producers_death_only_until_it_exits() {
             !tw.producers_gone().expect("peers"),
             "{name}: the child's copy of the socket did not hide the hang-up"
         );
-        hang_up_wakes(name, &mut tw, move || {
+        hang_up_wakes(name, &mut tw, Error::is_closed, move || {
             use std::io::Write;
             (&go).write_all(b"x").expect("tell the child to leave");
             assert!(exited_0(reap(pid)), "the child");
@@ -244,7 +250,7 @@ fn an_execed_child_hides_nothing() {
             .spawn()
             .expect("spawn sleep");
         store_trips(name, &mut tw, &producer, 3);
-        hang_up_wakes(name, &mut tw, move || drop(producer));
+        hang_up_wakes(name, &mut tw, Error::is_closed, move || drop(producer));
         assert!(
             helper.try_wait().expect("try_wait").is_none(),
             "{name}: the helper still runs"
@@ -351,7 +357,17 @@ fn producer_copy_dropped_in_a_child(userfaults: bool) {
             "{name}: the child did not drop its copy of the producer and exit (status \
              {status:#x})"
         );
-        hang_up_wakes(name, &mut tw, move || drop(producer));
+        // Dropped by a panic: no goodbye, so a death, unless the child's copy
+        // said one (it must not: the socket is the parent's).
+        hang_up_wakes(name, &mut tw, Error::is_peer_died, move || {
+            let _ = std::thread::spawn(move || {
+                let _producer = producer;
+                std::panic::set_hook(Box::new(|_| {}));
+                panic!("on purpose, with the producer in scope");
+            })
+            .join();
+            let _ = std::panic::take_hook();
+        });
         println!("{name}: the parent's producer works after the child dropped its copy");
     }
 }

@@ -13,8 +13,12 @@ use memfd_tripwire::ring::{Receiver, SendManyError, Sender, SharedRing, TryRecvE
 use memfd_tripwire::{Backend, Error, Producer, SharedMemory, blocking};
 
 fn ring<T: bytemuck::Pod>(capacity: usize) -> (Receiver<T>, Sender<T>) {
+    ring_on(Backend::Doorbell, capacity)
+}
+
+fn ring_on<T: bytemuck::Pod>(backend: Backend, capacity: usize) -> (Receiver<T>, Sender<T>) {
     let mut rx = SharedRing::<T>::builder(capacity)
-        .backend(Backend::Doorbell)
+        .backend(backend)
         .create()
         .expect("ring");
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
@@ -247,6 +251,34 @@ fn a_clean_close_ends_the_ring_while_the_socket_lives_on() {
     assert_eq!(first, Ok(Some(1)));
     assert_eq!(end, Ok(None));
     drop(lingering);
+}
+
+/// A Sender dropped by a panic's unwinding closes nothing: what it meant to
+/// send may be missing, so the Receiver takes what was published, then
+/// `PeerDied`, not the `Ok(None)` of a clean close.
+#[test]
+fn a_sender_dropped_by_a_panic_is_a_death() {
+    for backend in [Backend::Doorbell, Backend::Poll] {
+        let (mut rx, mut tx) = ring_on::<u64>(backend, 8);
+        let sender = std::thread::spawn(move || {
+            tx.try_send(1).expect("send");
+            std::panic::set_hook(Box::new(|_| {}));
+            panic!("on purpose, with the Sender in scope");
+        });
+        assert!(sender.join().is_err(), "the thread panicked");
+        let _ = std::panic::take_hook();
+        let (done, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = rx.blocking_recv();
+            let end = rx.blocking_recv();
+            let _ = done.send((first, end));
+        });
+        let (first, end) = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the Receiver slept through the Sender's death");
+        assert_eq!(first.expect("the message sent"), Some(1), "{backend:?}");
+        assert!(matches!(end, Err(Error::PeerDied)), "{backend:?}: {end:?}");
+    }
 }
 
 /// A ring has one producer: a second `share` is refused.

@@ -150,6 +150,12 @@ impl Wire {
         self.peers.all_gone()
     }
 
+    /// How the producers ended, once [`all_gone`](Wire::all_gone): a clean
+    /// close or a death, as an error.
+    pub(crate) fn end(&self) -> io::Error {
+        self.peers.end()
+    }
+
     pub(crate) fn kind(&self) -> BackendKind {
         match &self.mech {
             Mech::Kernel(_) => BackendKind::Kernel,

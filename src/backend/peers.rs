@@ -40,6 +40,9 @@ const DIRECT_MAX: usize = 2;
 #[derive(Debug)]
 pub(crate) struct Peers {
     kind: Kind,
+    /// A peer hung up without saying goodbye (see `sys::bell`): the end is
+    /// reported as a death, not a clean close.
+    died: bool,
 }
 
 #[derive(Debug)]
@@ -71,6 +74,7 @@ impl Peers {
         }
         Ok(Peers {
             kind: Kind::Set { socks, rings },
+            died: false,
         })
     }
 
@@ -82,6 +86,7 @@ impl Peers {
                 socks: FdSet::beside(wire),
                 rings: false,
             },
+            died: false,
         }
     }
 
@@ -94,6 +99,7 @@ impl Peers {
                 socks: Vec::new(),
                 ever: false,
             },
+            died: false,
         }
     }
 
@@ -148,6 +154,13 @@ impl Peers {
         })
     }
 
+    /// How the peers ended, once [`all_gone`](Peers::all_gone): the error
+    /// the tripwire's step reports after its last trip. A clean close if
+    /// every peer said goodbye before it hung up, a death if one did not.
+    pub(crate) fn end(&self) -> io::Error {
+        crate::error::peers_ended(self.died)
+    }
+
     /// `Doorbell`: takes the rings of every socket that has some (at most
     /// 64 KiB each: a flood cannot keep us here); `true` if there was
     /// one. Closes the sockets that reached their end. No blocking.
@@ -155,6 +168,7 @@ impl Peers {
         let Kind::Set { socks, .. } = &mut self.kind else {
             return Ok(false);
         };
+        let died = &mut self.died;
         let mut rang = false;
         // A few sockets are read directly (one `recv` each, the common case
         // of one producer: no `epoll_wait` per ring); more, through the set.
@@ -176,9 +190,7 @@ impl Peers {
                 Ok(got) => rang |= got,
                 // The end of the stream (or a broken one): all its rings
                 // were taken before.
-                Err(_) => {
-                    socks.remove(idx);
-                }
+                Err(_) => forget(socks.remove(idx), died),
             }
         }
         Ok(rang)
@@ -188,6 +200,7 @@ impl Peers {
     /// those with rings left in them; returns how many of those it kept.
     /// No blocking.
     fn reap(&mut self) -> io::Result<usize> {
+        let died = &mut self.died;
         let (socks, rings) = match &mut self.kind {
             Kind::Set { socks, rings } => (socks, *rings),
             Kind::Watched { socks, .. } => {
@@ -196,6 +209,7 @@ impl Peers {
                     if discard(&socks[i].0)? {
                         let (sock, id) = socks.swap_remove(i);
                         hangups::unwatch(sock.as_fd(), id);
+                        forget(Some(sock), died);
                     } else {
                         i += 1;
                     }
@@ -209,7 +223,7 @@ impl Peers {
             if !rings {
                 // Bytes on a socket that carries none after the handshake.
                 if socks.get(idx).is_none_or(|s| discard(s).unwrap_or(true)) {
-                    socks.remove(idx);
+                    forget(socks.remove(idx), died);
                 }
                 continue;
             }
@@ -223,7 +237,7 @@ impl Peers {
             if rings_left {
                 kept += 1;
             } else {
-                socks.remove(idx);
+                forget(socks.remove(idx), died);
             }
         }
         Ok(kept)
@@ -237,6 +251,14 @@ impl Drop for Peers {
                 hangups::unwatch(sock.as_fd(), *id);
             }
         }
+    }
+}
+
+/// Closes the socket of a peer that hung up, noting a death if it left
+/// without a goodbye.
+fn forget(sock: Option<Bell>, died: &mut bool) {
+    if sock.is_some_and(|s| !s.said_goodbye()) {
+        *died = true;
     }
 }
 

@@ -269,8 +269,10 @@ impl<T: Pod> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         // A forked child's copy says nothing: the ring is the parent's, which
-        // closes it when its own Sender goes (or dies).
-        if self.pid != std::process::id() {
+        // closes it when its own Sender goes (or dies). Nor does a Sender
+        // dropped by a panic's unwinding: what it meant to send may be
+        // missing, so the Receiver reports a death, not a clean close.
+        if self.pid != std::process::id() || std::thread::panicking() {
             return;
         }
         // A clean close: the Receiver drains, then ends with Ok(None).

@@ -44,7 +44,7 @@ impl<T: Pod> Receiver<T> {
             // Armed since the last re-arm: the next store trips it.
             Ok(None) => {}
             // Every Sender is gone: nothing will trip it any more.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+            Err(e) if Error::is_closed(&e) || Error::is_peer_died(&e) => return Ok(false),
             Err(e) => return Err(Error::io("re-arming the ring's tripwire", e)),
         }
         // A Sender that closed cleanly while its socket lives on (a dup, a

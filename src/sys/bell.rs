@@ -14,6 +14,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::wait::{PollFd, PollFlags};
 use rustix::io::Errno;
@@ -26,31 +27,41 @@ use rustix::net::{RecvFlags, SendFlags, SocketType};
 const DRAIN_MAX: usize = 64 << 10;
 const DRAIN_CHUNK: usize = 4096;
 
+/// A ring is any byte but this one, which a handshake socket's owner sends
+/// last, just before it closes its end: a goodbye ([`Bell::say_goodbye`]).
+/// A hang-up after it is a clean close; a hang-up without it, a death.
+const GOODBYE: u8 = 0xff;
+
 /// One end of a bell: ring the other end, or drain the rings sent to this one.
 #[derive(Debug)]
 pub(crate) struct Bell {
     sock: UnixStream,
+    /// A drain took the other end's goodbye.
+    goodbye: AtomicBool,
 }
 
 impl Bell {
     /// A connected pair: the end to keep, and the end to hand to the peer.
     pub(crate) fn pair() -> io::Result<(Bell, OwnedFd)> {
         let (ours, theirs) = super::socket::pair(SocketType::STREAM)?;
-        Ok((Bell { sock: ours.into() }, theirs))
+        Ok((Bell::from_stream(ours.into()), theirs))
     }
 
     /// Takes an end received from a peer, after checking that it is a unix
     /// stream socket (anything else is refused with the reason).
     pub(crate) fn from_peer(fd: OwnedFd) -> Result<Bell, String> {
         super::socket::check_unix(&fd, SocketType::STREAM, "stream")?;
-        Ok(Bell { sock: fd.into() })
+        Ok(Bell::from_stream(fd.into()))
     }
 
     /// A handshake socket (a connected unix stream socket, kept for the
     /// pair's life), used as a bell from now on: a Doorbell producer rings
     /// through it, and either side learns of the other's hang-up from it.
     pub(crate) fn from_stream(sock: UnixStream) -> Bell {
-        Bell { sock }
+        Bell {
+            sock,
+            goodbye: AtomicBool::new(false),
+        }
     }
 
     /// The socket, for the frames that still go over a handshake socket
@@ -71,14 +82,38 @@ impl Bell {
     }
 
     /// Takes the rings sent to this end: `true` if there was at least one.
-    /// Never blocks.
+    /// A goodbye among them is no ring: it is kept for
+    /// [`said_goodbye`](Bell::said_goodbye). Never blocks.
     ///
     /// # Errors
     ///
     /// `BrokenPipe` once every holder of the other end closed it and no ring
     /// is left.
     pub(crate) fn drain(&self) -> io::Result<bool> {
-        drain(self.sock.as_fd())
+        let taken = drain(self.sock.as_fd())?;
+        if taken.goodbye {
+            self.goodbye.store(true, Ordering::Relaxed);
+        }
+        Ok(taken.rang)
+    }
+
+    /// Says goodbye to the other end: sent last, just before this end
+    /// closes, it tells a clean close from a death there. Never blocks: a
+    /// goodbye that finds the other end's queue full (a peer that stopped
+    /// reading) or the other end gone is dropped, and reads as a death.
+    pub(crate) fn say_goodbye(&self) {
+        let _ = rustix::net::send(
+            &self.sock,
+            &[GOODBYE],
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        );
+    }
+
+    /// Whether a [`drain`](Bell::drain) took the other end's goodbye: its
+    /// hang-up (if any) is then a clean close. A peer may say it and live
+    /// on; it only changes how its hang-up is reported.
+    pub(crate) fn said_goodbye(&self) -> bool {
+        self.goodbye.load(Ordering::Relaxed)
     }
 
     /// Whether rings are waiting, without taking them. Never blocks.
@@ -113,29 +148,43 @@ fn ring(sock: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// What one [`drain`] took.
+#[derive(Default)]
+struct Taken {
+    /// A byte other than [`GOODBYE`].
+    rang: bool,
+    goodbye: bool,
+}
+
 /// Takes the rings sent to this end of a connected unix stream socket
 /// ([`Bell::drain`]: at most [`DRAIN_MAX`] bytes; fds a peer sent along are
 /// closed).
-fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
+fn drain(sock: BorrowedFd<'_>) -> io::Result<Taken> {
     let mut buf = [0u8; DRAIN_CHUNK];
     let mut taken = 0;
+    let mut seen = Taken::default();
     while taken < DRAIN_MAX {
         match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
             // The end comes after every ring sent before it.
-            Ok((0, _)) if taken > 0 => return Ok(true),
+            Ok((0, _)) if taken > 0 => return Ok(seen),
             Ok((0, _)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "the other end of the bell is closed",
                 ));
             }
-            Ok((n, _)) => taken += n,
-            Err(Errno::AGAIN) => return Ok(taken > 0),
+            Ok((n, _)) => {
+                let got = &buf[..n.min(buf.len())];
+                seen.rang |= got.iter().any(|&b| b != GOODBYE);
+                seen.goodbye |= got.contains(&GOODBYE);
+                taken += n;
+            }
+            Err(Errno::AGAIN) => return Ok(seen),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(true)
+    Ok(seen)
 }
 
 /// [`Bell::has_data`].
@@ -228,6 +277,33 @@ mod tests {
         );
         let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         assert_eq!(Bell::from_peer(memfd).unwrap_err(), "not a socket");
+    }
+
+    #[test]
+    fn a_goodbye_is_no_ring_and_is_kept() {
+        let (a, b) = Bell::pair().unwrap();
+        let b = Bell::from_peer(b).unwrap();
+        b.say_goodbye();
+        assert!(!a.drain().unwrap(), "a goodbye alone is no ring");
+        assert!(a.said_goodbye());
+        drop(b);
+        assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+
+        let (a, b) = Bell::pair().unwrap();
+        let b = Bell::from_peer(b).unwrap();
+        b.ring().unwrap();
+        b.say_goodbye();
+        drop(b);
+        assert!(a.drain().unwrap(), "the ring before the goodbye");
+        assert!(a.said_goodbye());
+
+        let (a, b) = Bell::pair().unwrap();
+        let b = Bell::from_peer(b).unwrap();
+        b.ring().unwrap();
+        drop(b);
+        assert!(a.drain().unwrap());
+        assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert!(!a.said_goodbye(), "no goodbye: a death");
     }
 
     #[test]

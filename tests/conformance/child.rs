@@ -41,6 +41,22 @@ fn stdin_fd() -> OwnedFd {
         .unwrap_or_else(|e| fail(&format!("child: dup stdin: {e}")))
 }
 
+/// Says "ready" on stdout and lives until killed (or the watchdog).
+fn ready_then_linger() -> ! {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Points fd 0 (the handshake socket) at /dev/null: with the Producer
+/// gone, no fd of this process holds the socket any more.
+fn close_stdin() {
+    let null = std::fs::File::open("/dev/null").unwrap_or_else(|e| fail(&format!("child: {e}")));
+    rustix::stdio::dup2_stdin(&null).unwrap_or_else(|e| fail(&format!("child: dup2: {e}")));
+}
+
 fn connect() -> Producer {
     Producer::connect(UnixStream::from(stdin_fd()))
         .unwrap_or_else(|e| fail(&format!("child: connect: {e}")))
@@ -116,11 +132,28 @@ pub fn run(role: &str) -> ! {
         "write_then_linger" => {
             let p = connect();
             write_u64(&p, 0, env_u64("VALUE"));
-            println!("ready");
-            let _ = std::io::stdout().flush();
-            loop {
-                std::thread::sleep(Duration::from_secs(1));
-            }
+            ready_then_linger();
+        }
+        "write_drop_linger" => {
+            // A clean close: the Producer is dropped, the process lives on.
+            let p = connect();
+            write_u64(&p, 0, env_u64("VALUE"));
+            drop(p);
+            close_stdin();
+            ready_then_linger();
+        }
+        "write_panic_linger" => {
+            // A panic unwinds past the Producer on a thread; the process
+            // lives on.
+            let p = connect();
+            let _ = std::thread::spawn(move || {
+                write_u64(&p, 0, env_u64("VALUE"));
+                std::panic::set_hook(Box::new(|_| {}));
+                panic!("child: on purpose, with the Producer in scope");
+            })
+            .join();
+            close_stdin();
+            ready_then_linger();
         }
         "consumer_then_exit" => {
             let backend = env_backend();
@@ -131,11 +164,7 @@ pub fn run(role: &str) -> ! {
             tw.share(UnixStream::from(stdin_fd()))
                 .unwrap_or_else(|e| fail(&format!("child: share: {e}")));
             if std::env::var_os("LINGER").is_some() {
-                println!("ready");
-                let _ = std::io::stdout().flush();
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                ready_then_linger();
             }
         }
         "ring_sender" => {

@@ -363,7 +363,8 @@ fn producer_parking_its_socket_in_itself_still_dies(ctx: &Ctx) -> Outcome {
     let deadline = std::time::Instant::now() + ms(5_000);
     loop {
         match tw.wait_timeout(ms(100)) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            // It dropped its Producer: a goodbye, then the hang-up.
+            Err(e) if Error::is_closed(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
             Ok(_) if std::time::Instant::now() > deadline => {
                 return Err("a producer that parked its socket in itself never died".into());
@@ -752,7 +753,7 @@ fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
         producer.join().map_err(|_| "producer panicked")??;
         match tw.try_changed() {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) if Error::is_closed(&e) => {}
             Err(e) => return Err(e.into()),
         }
         if i == 20 {
@@ -760,7 +761,7 @@ fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
         }
     }
     let (threads0, fds0) = base.ok_or("no baseline")?;
-    // Every producer left: the looks end in BrokenPipe, once the last
+    // Every producer left (dropped): the looks end in `Closed`, once the last
     // trip is taken, and by then every socket is closed.
     let deadline = std::time::Instant::now() + ms(10_000);
     let outcome = loop {
@@ -769,7 +770,7 @@ fn thousand_producers_leave_no_trace(ctx: &Ctx) -> Outcome {
         let left = handed.iter().filter(|ino| open.contains(ino)).count();
         let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
         let flat = threads <= threads0 + 40 && fds <= fds0 + 60;
-        let gone = matches!(&last, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        let gone = matches!(&last, Err(e) if Error::is_closed(e));
         if gone && left == 0 && flat {
             break Ok(());
         }

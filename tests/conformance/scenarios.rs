@@ -88,6 +88,16 @@ pub const ALL: &[Scenario] = &[
         ANY,
     ),
     (
+        "producer_dropped_is_a_clean_close",
+        producer_dropped_is_a_clean_close,
+        ANY,
+    ),
+    (
+        "producer_panicked_is_a_death",
+        producer_panicked_is_a_death,
+        ANY,
+    ),
+    (
         "notify_after_consumer_died_errors",
         notify_after_consumer_died_errors,
         &[BackendKind::Doorbell],
@@ -490,7 +500,8 @@ fn n_writer_processes_all_writes_visible(ctx: &Ctx) -> Outcome {
     for _ in 0..=WRITERS {
         match tw.wait_timeout(ms(5000)) {
             Ok(Some(_)) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            // Each writer dropped its Producer before it exited.
+            Err(e) if Error::is_closed(&e) => return Ok(()),
             other => return Err(format!("after every writer left: {other:?}").into()),
         }
     }
@@ -828,25 +839,69 @@ fn bad_inputs_are_errors(ctx: &Ctx) -> Outcome {
 
 fn producer_killed_pending_trip_then_broken_pipe(ctx: &Ctx) -> Outcome {
     let mut tw = create(ctx, PAGE)?;
-    let child = share_with_child(&mut tw, "write_then_linger", &[("VALUE", "99".into())])?;
+    let mut child = lingering_child(&mut tw, "write_then_linger")?;
+    child.0.kill()?;
+    child.0.wait()?;
+    trip_then_end(&mut tw, "killed", |e| {
+        e.kind() == std::io::ErrorKind::BrokenPipe && Error::is_peer_died(e)
+    })
+}
+
+/// A child in `role` that writes `VALUE` 99 and lingers (alive), once it
+/// said "ready".
+fn lingering_child(tw: &mut blocking::Tripwire, role: &str) -> Result<KillOnDrop, Failed> {
+    let child = share_with_child(tw, role, &[("VALUE", "99".into())])?;
     let mut child = KillOnDrop(child);
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
     ensure(line.trim() == "ready", || format!("child said {line:?}"))?;
-    child.0.kill()?;
-    child.0.wait()?;
+    Ok(child)
+}
+
+/// The trip of the value 99 first, then the end `is_end` accepts.
+fn trip_then_end(
+    tw: &mut blocking::Tripwire,
+    what: &str,
+    is_end: fn(&std::io::Error) -> bool,
+) -> Outcome {
     let first = tw.wait_timeout(ms(5000));
     ensure(matches!(first, Ok(Some(_))), || {
-        format!("pending trip not reported first: {first:?}")
+        format!("{what}: the pending trip was not reported first: {first:?}")
     })?;
     ensure(tw.region().read::<u64>(0)? == 99, || {
-        "the dead producer's write is not visible".into()
+        format!("{what}: the producer's write is not visible")
     })?;
-    let then = tw.wait_timeout(ms(5000));
-    match then {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Err(format!("expected BrokenPipe after the trip, got {other:?}").into()),
+    match tw.wait_timeout(ms(5000)) {
+        Err(e) if is_end(&e) => Ok(()),
+        other => Err(format!("{what}: after the trip: {other:?}").into()),
     }
+}
+
+/// A Producer dropped by a live process says goodbye: its trip, then
+/// `Closed` (not `PeerDied`); as a stream, its epoch, then the end.
+fn producer_dropped_is_a_clean_close(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, PAGE)?;
+    let _child = lingering_child(&mut tw, "write_drop_linger")?;
+    trip_then_end(&mut tw, "blocking", Error::is_closed)?;
+
+    let mut tw = create(ctx, PAGE)?;
+    let _child = lingering_child(&mut tw, "write_drop_linger")?;
+    let items: Vec<std::io::Result<_>> = runtime()?.block_on(async {
+        let changes = Tripwire::new(tw)?.into_stream();
+        let items = tokio::time::timeout(ms(10_000), changes.collect::<Vec<_>>()).await;
+        items.map_err(|_| std::io::Error::other("the stream did not end"))
+    })?;
+    ensure(!items.is_empty() && items.iter().all(Result::is_ok), || {
+        format!("the stream after a clean close: {items:?}")
+    })
+}
+
+/// A Producer dropped by a panic's unwinding says no goodbye: its trip,
+/// then `PeerDied`, though the process lives.
+fn producer_panicked_is_a_death(ctx: &Ctx) -> Outcome {
+    let mut tw = create(ctx, PAGE)?;
+    let _child = lingering_child(&mut tw, "write_panic_linger")?;
+    trip_then_end(&mut tw, "blocking", Error::is_peer_died)
 }
 
 fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
