@@ -97,6 +97,18 @@ pub(super) struct Rx<T> {
     _t: PhantomData<fn() -> T>,
 }
 
+impl<T> Rx<T> {
+    /// Closes the Receiver's end cleanly: sets the closed bit of its state
+    /// word, then rings the space bell, so that a Sender asleep on a full
+    /// ring wakes and sees it.
+    pub(super) fn close(&self) {
+        if let Ok(state) = self.ring.control.atomic_u64(layout::RX_STATE) {
+            protocol::close_receiver(state);
+        }
+        let _ = self.space.ring();
+    }
+}
+
 impl<T: Pod> Rx<T> {
     pub(super) fn new(ring: Shared, space: Bell) -> Self {
         Rx {
@@ -361,11 +373,26 @@ impl<T: Pod> Tx<T> {
     /// `true` once the Receiver is gone (its end of the handshake socket or
     /// of the space bell hung up).
     pub(super) fn is_closed(&self) -> bool {
-        self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
+        self.receiver_closed() || self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
     }
 
-    /// Free slots, re-reading (and validating) the Receiver's tail.
+    /// Whether the Receiver closed its end cleanly (one load of a word it
+    /// writes once).
+    #[inline]
+    fn receiver_closed(&self) -> bool {
+        self.ring
+            .control
+            .load_u64(layout::RX_STATE)
+            .is_ok_and(protocol::receiver_closed)
+    }
+
+    /// Free slots, re-reading (and validating) the Receiver's tail;
+    /// [`Error::Closed`] once the Receiver closed its end, whatever the
+    /// slots say: what is sent now would never be read.
     pub(super) fn free(&mut self) -> Result<u64, Error> {
+        if self.receiver_closed() {
+            return Err(Error::Closed);
+        }
         let cap = u64::from(self.ring.header.capacity);
         let used = self.head.wrapping_sub(self.tail);
         if used < cap {

@@ -167,7 +167,8 @@ impl<T> SendError<T> {
         self.value
     }
 
-    /// Why: [`Error::PeerDied`] when the Receiver is gone.
+    /// Why: [`Error::Closed`] when the Receiver was dropped,
+    /// [`Error::PeerDied`] when its process died.
     ///
     /// ```
     /// # fn f(e: memfd_tripwire::ring::SendError<u64>) {
@@ -247,7 +248,8 @@ impl<T> From<SendError<T>> for Error {
 pub struct SendManyError {
     /// How many values were sent, in order, before the error.
     pub sent: usize,
-    /// Why the rest were not: [`Error::PeerDied`] when the Receiver is gone.
+    /// Why the rest were not: [`Error::Closed`] when the Receiver was
+    /// dropped, [`Error::PeerDied`] when its process died.
     pub error: Error,
 }
 

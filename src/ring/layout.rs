@@ -12,6 +12,8 @@
 //!   0    magic: u64 "MFDTRNG1" | 8 version: u32 | 12 size_of::<T>: u32
 //!   16   align_of::<T>: u32 | 20 capacity: u32 (a power of two) | 24 type tag: u64
 //!   128  tail: u64      messages consumed (wrapping count)
+//!   256  state: u64     bit 0: the Receiver closed its end cleanly (dropped);
+//!                       a cache line of its own, read by every send
 //! ```
 //!
 //! The slots sit outside the tripwire: the head store that publishes them is
@@ -25,6 +27,8 @@ use crate::{Error, Region};
 pub(crate) const HEAD: usize = 0;
 pub(crate) const STATE: usize = 8;
 pub(crate) const TAIL: usize = 128;
+/// The Receiver's state word, in the control memfd (see [`protocol`](super::protocol)).
+pub(crate) const RX_STATE: usize = 256;
 /// Bytes of the control memfd: one page of this host.
 pub(crate) fn control_len() -> usize {
     rustix::param::page_size()
@@ -38,8 +42,9 @@ pub(crate) const FRAME_FDS: usize = 3;
 pub(crate) const HEADER_LEN: usize = 32;
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MFDTRNG1");
-/// 3: the state word (offset 8 of the wire) is a u64.
-pub(crate) const VERSION: u32 = 3;
+/// 3: the state word (offset 8 of the wire) is a u64; 4: the Receiver's
+/// state word (offset 256 of the control memfd).
+pub(crate) const VERSION: u32 = 4;
 /// The largest capacity accepted (keeps every offset far from overflow).
 pub(crate) const MAX_CAPACITY: u32 = 1 << 24;
 

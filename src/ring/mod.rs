@@ -44,8 +44,12 @@
 //!
 //! The Receiver drains what was published, then ends with `Ok(None)` if the
 //! Sender was dropped (a clean close) or `Err(Error::PeerDied)` if its
-//! process died. A Sender learns that the Receiver is gone when it has to
-//! wait for space: [`SendError`] / [`TrySendError::Closed`].
+//! process died (killed, crashed, or a Sender dropped while its thread
+//! panics). A Receiver that is dropped sets a bit the Sender reads on every
+//! send: its next send fails with [`Error::Closed`] / [`TrySendError::Closed`].
+//! A Receiver's death is learned from its hang-up when the Sender has to
+//! wait for space (or by `notify()` on `Doorbell`): [`Error::PeerDied`],
+//! after up to a ring's worth of sends.
 //!
 //! # Examples
 //!

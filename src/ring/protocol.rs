@@ -15,8 +15,14 @@
 //!   that sees the bit ([`is_closed`]) then sees that head too, so it drains
 //!   every published message before it reports the close.
 //!
-//! Every operation on the state word is here: the Sender is its only
-//! writer, and the Receiver only loads it.
+//! - **Receiver close**: a Receiver that drops sets the closed bit of its own
+//!   state word (in the control memory it alone writes); the Sender loads it
+//!   on every send and fails with `Closed` ([`close_receiver`],
+//!   [`receiver_closed`]).
+//!
+//! Every operation on the state words is here: each has one writer (the
+//! Sender's in the wire, the Receiver's in the control memory), and the
+//! other end only loads it.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
@@ -156,6 +162,21 @@ pub fn is_waiting<S: State>(state: &S) -> bool {
 #[inline]
 pub fn close<S: State>(state: &S) {
     state.fetch_or(CLOSED, Release);
+}
+
+/// Receiver: closes its end cleanly (it was dropped), in its own state
+/// word: a Sender that sees the bit ([`receiver_closed`]) fails its next
+/// send. Nothing is published with it: relaxed.
+#[inline]
+pub fn close_receiver<S: State>(state: &S) {
+    state.fetch_or(CLOSED, Relaxed);
+}
+
+/// Sender: whether the Receiver's state word, as loaded from its read-only
+/// mapping, says the Receiver closed its end.
+#[inline]
+pub fn receiver_closed(word: u64) -> bool {
+    word & CLOSED != 0
 }
 
 /// Receiver: whether the Sender closed the ring cleanly; once `true`, a

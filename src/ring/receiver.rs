@@ -68,6 +68,8 @@ pub struct Receiver<T> {
     pub(super) ack_sent: Option<Instant>,
     /// A Sender attached (one only: the ring has a single producer).
     shared: bool,
+    /// The process that created it: a forked child's copy closes nothing.
+    pid: u32,
     /// Re-arms and sleeps (the core counts the messages).
     pub(super) stats: RingStats,
     /// The tripwire's fd registered with tokio, at the first async wait.
@@ -172,6 +174,7 @@ impl<T: Pod> Receiver<T> {
             done: false,
             ack_sent: None,
             shared: false,
+            pid: std::process::id(),
             stats: RingStats::default(),
             #[cfg(feature = "tokio")]
             reg: None,
@@ -492,5 +495,19 @@ impl<T> AsFd for Receiver<T> {
 impl<T> AsRawFd for Receiver<T> {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
+    }
+}
+
+/// Closes the ring's receiving end cleanly: the Sender's next send fails
+/// with [`Error::Closed`](crate::Error::Closed) (`try_send`:
+/// `TrySendError::Closed`), as a `tokio::sync::mpsc` send fails once its
+/// receiver is dropped. A forked child's copy, or a Receiver dropped while
+/// its thread panics, closes nothing: the Sender learns of the end from the
+/// socket's hang-up, as of a death (`PeerDied`).
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        if self.pid == std::process::id() && !std::thread::panicking() {
+            self.rx.close();
+        }
     }
 }

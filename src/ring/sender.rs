@@ -142,8 +142,9 @@ impl<T: Pod> Sender<T> {
         self.len() == self.capacity()
     }
 
-    /// `true` once the Receiver is gone (its end of the handshake socket or
-    /// of the space bell hung up).
+    /// `true` once the Receiver is gone: dropped (its closed bit, seen by
+    /// the next send), or its end of the handshake socket or of the space
+    /// bell hung up (a death).
     ///
     /// ```no_run
     /// # fn f(tx: memfd_tripwire::ring::Sender<u64>) {
@@ -182,6 +183,7 @@ impl<T: Pod> Sender<T> {
                 Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
                 Err(e) => Err(TrySendError::Failed(value, e)),
             },
+            Err(Error::Closed) => Err(TrySendError::Closed(value)),
             Err(e) => Err(TrySendError::Failed(value, e)),
         }
     }
@@ -192,10 +194,11 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::PeerDied`] when the ring is full and the Receiver is gone,
-    /// or `notify()` finds it gone (the values may then sit in the ring of a
-    /// Receiver that will never read them); [`Error::Corrupt`] for an
-    /// impossible tail index.
+    /// [`Error::Closed`] once the Receiver was dropped (nothing is sent);
+    /// [`Error::PeerDied`] when the ring is full and the Receiver's process
+    /// is gone, or `notify()` finds it gone (the values may then sit in the
+    /// ring of a Receiver that will never read them); [`Error::Corrupt`]
+    /// for an impossible tail index.
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
@@ -219,9 +222,13 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::PeerDied`] in the [`SendError`] if the Receiver is gone
-    /// (noticed when the ring is full, or by `notify()` on `Doorbell`);
-    /// [`Error::Corrupt`] for an impossible tail index.
+    /// In the [`SendError`], with the value: [`Error::Closed`] once the
+    /// Receiver was dropped (seen by this very call, as
+    /// `tokio::sync::mpsc::Sender::send` fails once its receiver is gone);
+    /// [`Error::PeerDied`] if the Receiver's process died (noticed when
+    /// the ring is full, or by `notify()` on `Doorbell`: up to a ring's
+    /// worth may go out first); [`Error::Corrupt`] for an impossible tail
+    /// index.
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<u64>> {

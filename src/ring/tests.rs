@@ -123,7 +123,7 @@ fn each_header_mismatch_names_both_sides() {
         (header_bytes(good, 0x1234, layout::VERSION), "not a ring"),
         (
             header_bytes(good, layout::MAGIC, 1),
-            "layout version: receiver 1, sender 3",
+            "layout version: receiver 1, sender 4",
         ),
         (
             header_bytes(Header { size: 8, ..good }, layout::MAGIC, layout::VERSION),
