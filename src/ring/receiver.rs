@@ -421,6 +421,13 @@ impl<T: Pod> Receiver<T> {
     /// it published was received); [`Error::Corrupt`] for an impossible
     /// index; [`Error::Io`] if the tripwire fails.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's
+    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
+    /// `recv().await` there, or call this inside `spawn_blocking`; the exact
+    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```no_run
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
     /// while let Some(v) = rx.blocking_recv()? {
@@ -428,7 +435,14 @@ impl<T: Pod> Receiver<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
+        crate::may_block::assert_may_block("Receiver::blocking_recv", "recv().await");
+        self.recv_blocking()
+    }
+
+    /// [`blocking_recv`](Receiver::blocking_recv), the caller checked.
+    fn recv_blocking(&mut self) -> Result<Option<T>, Error> {
         loop {
             if self.done {
                 return Ok(None);
@@ -440,7 +454,7 @@ impl<T: Pod> Receiver<T> {
                 return Ok(outcome);
             }
             self.tw
-                .wait_ready(None)
+                .sleep_until(None)
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
         }
     }
@@ -457,6 +471,13 @@ impl<T: Pod> Receiver<T> {
     /// As [`blocking_recv`](Receiver::blocking_recv); messages already
     /// appended stay in `buf`.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's
+    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
+    /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the exact
+    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```no_run
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
     /// let mut buf = Vec::with_capacity(256);
@@ -465,7 +486,12 @@ impl<T: Pod> Receiver<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        crate::may_block::assert_may_block(
+            "Receiver::blocking_recv_many",
+            "recv_many(buf, limit).await",
+        );
         let limit = limit.max(1);
         if !self.done {
             let n = self.rx.pop_many(buf, limit)?;
@@ -473,7 +499,7 @@ impl<T: Pod> Receiver<T> {
                 return Ok(n);
             }
         }
-        let Some(first) = self.blocking_recv()? else {
+        let Some(first) = self.recv_blocking()? else {
             return Ok(0);
         };
         buf.push(first);
