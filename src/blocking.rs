@@ -324,8 +324,22 @@ impl Tripwire {
     /// [shared](Tripwire::share) and every producer has hung up; a pending
     /// trip is always returned first. `TimedOut` for an ACK whose
     /// [`deadline`](Tripwire::deadline) passed with a producer's reply
-    /// missing. Otherwise the OS error of the poll or ACK. A failed ACK
+    /// missing. `NotConnected` (wrapping [`Error::NotShared`]), at once, on
+    /// a `Doorbell`, `Userfault` or `UserfaultAsync` tripwire never
+    /// [shared](Tripwire::share): only a connected producer trips those,
+    /// so any wait would never end (`Kernel` and `Poll` wait: any store
+    /// trips them, this process's own and a
+    /// [`producer_fd`](Tripwire::producer_fd) writer's included).
+    /// Otherwise the OS error of the poll or ACK. A failed ACK
     /// leaves the wire tripped (the next step tries again).
+    ///
+    /// ```
+    /// # use std::io::ErrorKind;
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut doorbell = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// let err = doorbell.try_changed().unwrap_err(); // share it first
+    /// assert_eq!(err.kind(), ErrorKind::NotConnected);
+    /// ```
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -350,6 +364,11 @@ impl Tripwire {
             }
             Take::Idle => {
                 if !self.wire.all_gone()? {
+                    // Nothing can trip it before it is shared: say so now
+                    // rather than let a wait never end.
+                    if let Some(reason) = self.wire.never_shared() {
+                        return Err(Error::NotShared { reason }.into());
+                    }
                     return Ok(None);
                 }
                 // The producers' last writes happen before their sockets
@@ -439,14 +458,15 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `Tripwire::ack().await` (the async `Tripwire`) there, or call this inside `spawn_blocking`; the
-    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::ack().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
-    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
     /// tw.ack().unwrap();
     /// assert_eq!(tw.try_changed().unwrap(), None);
     /// ```
@@ -502,10 +522,11 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `Tripwire::changed().await` (the async `Tripwire`) there, or call this inside `spawn_blocking`; the
-    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::changed().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -543,10 +564,11 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `tokio::time::timeout` around `Tripwire::changed().await` there, or call this inside `spawn_blocking`; the
-    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `tokio::time::timeout` around `Tripwire::changed().await` there, or call
+    /// this inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -600,10 +622,11 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `Tripwire::ready().await` (the async `Tripwire`) there, or call this inside `spawn_blocking`; the
-    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::ready().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
     ///
     /// ```
     /// # use std::time::Duration;

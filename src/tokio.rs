@@ -158,7 +158,11 @@ impl Tripwire {
     /// `BrokenPipe` (wrapping [`Error::PeerDied`](crate::Error::PeerDied))
     /// once the tripwire was shared and every producer has hung up, after
     /// any pending trip was returned. `TimedOut` when a producer did not
-    /// answer the ACK by its deadline. Otherwise the OS error of the poll or
+    /// answer the ACK by its deadline. `NotConnected` (wrapping
+    /// [`Error::NotShared`](crate::Error::NotShared)), at once, on a
+    /// `Doorbell`, `Userfault` or `UserfaultAsync` tripwire never shared,
+    /// which nothing could trip (see
+    /// [`blocking::Tripwire::try_changed`]). Otherwise the OS error of the poll or
     /// ACK; a failed ACK leaves the wire tripped.
     ///
     /// # Panics
@@ -346,7 +350,7 @@ impl Tripwire {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// # use memfd_tripwire::{Backend, Tripwire, blocking};
-    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
     /// assert_eq!(tw.try_changed()?, None);
     /// # Ok(()) }
     /// ```
@@ -587,7 +591,8 @@ impl AsRawFd for Tripwire {
 ///
 /// Each item stands for at least one change, possibly more (see
 /// [`Tripwire::changed`]). The stream is fused: after yielding an error (a
-/// hung-up producer gives `BrokenPipe`) it ends.
+/// hung-up producer gives `BrokenPipe`, a `Doorbell` or Userfault tripwire
+/// never shared `NotConnected` at once) it ends.
 /// Needs the runtime's timer on `Userfault` and `UserfaultAsync`, as
 /// [`Tripwire::changed`] does (see its `# Panics`).
 ///

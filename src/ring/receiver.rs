@@ -66,8 +66,9 @@ pub struct Receiver<T> {
     /// When the ACK now in flight (async, `Userfault`) was sent: its cost,
     /// for the spin budget, runs from then to its completion.
     pub(super) ack_sent: Option<Instant>,
-    /// A Sender attached (one only: the ring has a single producer).
-    shared: bool,
+    /// A Sender attached (one only: the ring has a single producer); until
+    /// then the step refuses to sleep (`Error::NotShared`).
+    pub(super) shared: bool,
     /// Re-arms and sleeps (the core counts the messages).
     pub(super) stats: RingStats,
     /// The tripwire's fd registered with tokio, at the first async wait.
@@ -317,10 +318,17 @@ impl<T: Pod> Receiver<T> {
     ///
     /// [`Error::Io`] if the ACK fails (`TimedOut` for one the Sender did
     /// not answer by its deadline); the wire then stays tripped.
+    /// [`Error::NotShared`], at once, before [`share`](Receiver::share):
+    /// only the Sender writes the ring, so a sleep would never end.
     ///
     /// ```
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// # let (ours, theirs) = UnixStream::pair().unwrap();
+    /// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    /// rx.share(ours).unwrap(); // the Sender connects on the other end
+    /// # let _tx = tx.join().unwrap().unwrap();
     /// assert!(rx.rearm().unwrap()); // empty: safe to sleep
     /// ```
     pub fn rearm(&mut self) -> Result<bool, Error> {
@@ -336,8 +344,13 @@ impl<T: Pod> Receiver<T> {
     /// and `recv` (feature `tokio`) arm it themselves.
     ///
     /// ```
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// # let (ours, theirs) = UnixStream::pair().unwrap();
+    /// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    /// rx.share(ours).unwrap(); // the Sender connects on the other end
+    /// # let _tx = tx.join().unwrap().unwrap();
     /// assert!(rx.rearm().unwrap());
     /// assert_eq!(rx.deadline(), None); // a Doorbell ACK is done at once
     /// ```
@@ -353,7 +366,10 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Errors
     ///
-    /// - [`TryRecvError::Empty`]: nothing now; more may come.
+    /// - [`TryRecvError::Empty`]: nothing now; more may come (on a ring
+    ///   not shared yet too, which can still be: the calls that would
+    ///   sleep, [`rearm`](Receiver::rearm) and the receives that wait,
+    ///   return [`Error::NotShared`] instead).
     /// - [`TryRecvError::Closed`]: the Sender was dropped and everything it
     ///   sent was received (and on every call after the ring ended).
     /// - [`TryRecvError::Failed`]: [`Error::PeerDied`] once the Sender's
@@ -419,12 +435,14 @@ impl<T: Pod> Receiver<T> {
     ///
     /// [`Error::PeerDied`] once the Sender's process died (after everything
     /// it published was received); [`Error::Corrupt`] for an impossible
-    /// index; [`Error::Io`] if the tripwire fails.
+    /// index; [`Error::Io`] if the tripwire fails; [`Error::NotShared`], at
+    /// once, on a ring never [shared](Receiver::share), which no Sender
+    /// can reach.
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
     /// `recv().await` there, or call this inside `spawn_blocking`; the exact
     /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
@@ -473,10 +491,10 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the exact
-    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the
+    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
     /// ```no_run
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {

@@ -225,10 +225,10 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `send(value).await` there, or call this inside `spawn_blocking`; the exact
-    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `send(value).await` there, or call this inside `spawn_blocking`; the
+    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<u64>> {
@@ -257,10 +257,10 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's
-    /// tasks (in a task or a `block_on`), whose tasks it would stall: use
-    /// `send_many(values).await` there, or call this inside `spawn_blocking`; the exact
-    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `send_many(values).await` there, or call this inside `spawn_blocking`;
+    /// the exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
