@@ -328,8 +328,22 @@ impl Tripwire {
     /// panicked); [`Error::is_closed`] and [`Error::is_peer_died`] tell them
     /// apart. `TimedOut` for an ACK whose
     /// [`deadline`](Tripwire::deadline) passed with a producer's reply
-    /// missing. Otherwise the OS error of the poll or ACK. A failed ACK
+    /// missing. `NotConnected` (wrapping [`Error::NotShared`]), at once, on
+    /// a `Doorbell`, `Userfault` or `UserfaultAsync` tripwire never
+    /// [shared](Tripwire::share): only a connected producer trips those,
+    /// so any wait would never end (`Kernel` and `Poll` wait: any store
+    /// trips them, this process's own and a
+    /// [`producer_fd`](Tripwire::producer_fd) writer's included).
+    /// Otherwise the OS error of the poll or ACK. A failed ACK
     /// leaves the wire tripped (the next step tries again).
+    ///
+    /// ```
+    /// # use std::io::ErrorKind;
+    /// # use memfd_tripwire::{Backend, blocking::Tripwire};
+    /// let mut doorbell = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// let err = doorbell.try_changed().unwrap_err(); // share it first
+    /// assert_eq!(err.kind(), ErrorKind::NotConnected);
+    /// ```
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -354,6 +368,11 @@ impl Tripwire {
             }
             Take::Idle => {
                 if !self.wire.all_gone()? {
+                    // Nothing can trip it before it is shared: say so now
+                    // rather than let a wait never end.
+                    if let Some(reason) = self.wire.never_shared() {
+                        return Err(Error::NotShared { reason }.into());
+                    }
                     return Ok(None);
                 }
                 // The producers' last writes happen before their sockets
@@ -441,15 +460,25 @@ impl Tripwire {
     ///
     /// As [`try_ack`](Tripwire::try_ack); the wire then stays tripped.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::ack().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
-    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
     /// tw.ack().unwrap();
     /// assert_eq!(tw.try_changed().unwrap(), None);
     /// ```
+    #[track_caller]
     pub fn ack(&mut self) -> io::Result<()> {
+        crate::may_block::assert_may_block("blocking::Tripwire::ack", "Tripwire::ack().await");
         while !self.try_ack()? {
-            self.wait_ready(None)?;
+            self.sleep_until(None)?;
         }
         Ok(())
     }
@@ -495,18 +524,38 @@ impl Tripwire {
     ///
     /// As [`try_changed`](Tripwire::try_changed).
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::changed().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
     /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
     /// tw.region().write(0, &1u8).unwrap();
     /// let epoch = tw.wait().unwrap();
     /// ```
+    #[track_caller]
     pub fn wait(&mut self) -> io::Result<Epoch> {
+        crate::may_block::assert_may_block("blocking::Tripwire::wait", "Tripwire::changed().await");
+        self.wait_until(None)
+            .map(|e| e.expect("no deadline, so an epoch"))
+    }
+
+    /// The blocking driver: steps, and sleeps until readiness, the ACK's
+    /// deadline or `until` while the step finds nothing; `None` at `until`.
+    fn wait_until(&mut self, until: Option<Instant>) -> io::Result<Option<Epoch>> {
         loop {
             if let Some(e) = self.try_changed()? {
-                return Ok(e);
+                return Ok(Some(e));
             }
-            self.wait_ready(None)?;
+            if until.is_some_and(|until| Instant::now() >= until) {
+                return Ok(None);
+            }
+            self.sleep_until(until)?;
         }
     }
 
@@ -517,26 +566,28 @@ impl Tripwire {
     ///
     /// As [`try_changed`](Tripwire::try_changed).
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `tokio::time::timeout` around `Tripwire::changed().await` there, or call
+    /// this inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```
     /// # use std::time::Duration;
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
-    /// let mut tw = Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap();
+    /// let mut tw = Tripwire::builder(64).backend(Backend::Poll).create().unwrap();
     /// assert_eq!(tw.wait_timeout(Duration::from_millis(10)).unwrap(), None);
     /// ```
+    #[track_caller]
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<Epoch>> {
+        crate::may_block::assert_may_block(
+            "blocking::Tripwire::wait_timeout",
+            "tokio::time::timeout(t, tripwire.changed()).await",
+        );
         // A time-out too long to be an Instant (`Duration::MAX`) never ends.
-        let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return self.wait().map(Some);
-        };
-        loop {
-            if let Some(e) = self.try_changed()? {
-                return Ok(Some(e));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            self.sleep_until(Some(deadline))?;
-        }
+        self.wait_until(Instant::now().checked_add(timeout))
     }
 
     /// `true` once this tripwire was [shared](Tripwire::share) and every
@@ -573,6 +624,14 @@ impl Tripwire {
     ///
     /// The OS error of `poll(2)`.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `Tripwire::ready().await` (the async `Tripwire`) there, or call this
+    /// inside `spawn_blocking`; the exact rule is in [the crate
+    /// docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```
     /// # use std::time::Duration;
     /// # use memfd_tripwire::{Backend, blocking::Tripwire};
@@ -582,14 +641,20 @@ impl Tripwire {
     ///     tw.wait_ready(Some(Duration::from_secs(1))).unwrap();
     /// }
     /// ```
+    #[track_caller]
     pub fn wait_ready(&self, timeout: Option<Duration>) -> io::Result<()> {
+        crate::may_block::assert_may_block(
+            "blocking::Tripwire::wait_ready",
+            "Tripwire::ready().await",
+        );
         // A time-out too long to be an Instant is no limit.
         self.sleep_until(timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// [`wait_ready`](Tripwire::wait_ready) until `until`, cut short by the
-    /// ACK's deadline: the drivers' one sleep.
-    fn sleep_until(&self, until: Option<Instant>) -> io::Result<()> {
+    /// ACK's deadline: the drivers' one sleep (the ring's blocking receive
+    /// too, which checked `may_block` itself).
+    pub(crate) fn sleep_until(&self, until: Option<Instant>) -> io::Result<()> {
         let until = match (until, self.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -107,7 +107,7 @@ pub enum Error {
     /// [`Producer`](crate::Producer), a ring's `Sender` or `Receiver`),
     /// which says goodbye before it hangs up. What it wrote before is
     /// reported first; this comes after, like a closed `tokio::sync::watch`
-    /// channel. A stream ([`Changes`](crate::Changes), the ring's
+    /// channel. A stream (`Changes`, the ring's
     /// `Receiver`) ends with `None` instead.
     ///
     /// Converts to [`io::ErrorKind::ConnectionAborted`] ("terminated by the
@@ -129,6 +129,27 @@ pub enum Error {
     /// The two ends of a ring disagree on its layout or element type.
     LayoutMismatch {
         /// Which field, with both sides' values.
+        reason: String,
+    },
+    /// A wait on something that was never shared, which nothing can wake:
+    /// a ring [`Receiver`](crate::ring::Receiver) before its
+    /// [`share`](crate::ring::Receiver::share) (only its Sender writes the
+    /// ring), or a `Doorbell`, `Userfault` or `UserfaultAsync` tripwire
+    /// before its first [`share`](crate::blocking::Tripwire::share) (only a
+    /// connected producer trips those). Returned at once instead of a wait
+    /// that would never end; share it first. (`Kernel` and `Poll` tripwires
+    /// wait: a store through any mapping trips them, the consumer's own and
+    /// a [`producer_fd`](crate::blocking::Tripwire::producer_fd) writer's
+    /// included.) Converts into an [`io::Error`] of kind `NotConnected`.
+    ///
+    /// ```
+    /// use memfd_tripwire::{Backend, Error, ring::SharedRing};
+    ///
+    /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
+    /// assert!(matches!(rx.rearm(), Err(Error::NotShared { .. })));
+    /// ```
+    NotShared {
+        /// What was never shared, and what could have woken the wait.
         reason: String,
     },
 }
@@ -298,6 +319,11 @@ impl fmt::Display for Error {
                 "the ring's two ends disagree: {reason}; build both with the same element type, \
                  type tag and crate version"
             ),
+            Error::NotShared { reason } => write!(
+                f,
+                "nothing can end this wait: {reason}; call share() with the peer's socket first \
+                 (the peer calls connect() on its end)"
+            ),
         }
     }
 }
@@ -326,6 +352,7 @@ impl From<Error> for io::Error {
             | Error::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
             Error::PeerDied => io::ErrorKind::BrokenPipe,
             Error::Closed => io::ErrorKind::ConnectionAborted,
+            Error::NotShared { .. } => io::ErrorKind::NotConnected,
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, e)

@@ -76,6 +76,29 @@
     doc = "   `mio::event::Source` with feature `mio`); `Tripwire` wraps it for"
 )]
 //!   tokio (default feature `tokio`).
+//!
+//! # Blocking calls and tokio
+//!
+//! The calls that sleep until a peer acts ([`blocking::Tripwire`]'s
+//! `wait`, `wait_timeout`, `wait_ready` and `ack`, the ring's
+//! `blocking_recv`, `blocking_recv_many`, `blocking_send` and
+//! `blocking_send_many`) panic, with feature `tokio`, when called on a
+//! thread that drives a tokio runtime's async tasks, as tokio's own
+//! `blocking_recv` does: each would stall every task of that thread. The
+//! message names the async method to use instead. They are allowed
+//! outside a runtime, inside `tokio::task::spawn_blocking` and inside
+//! `tokio::task::block_in_place`.
+//!
+//! The exact rule, made with tokio's public API (it has no "may this
+//! thread block?" call): the call panics when the thread has a runtime
+//! context (`Handle::try_current()` succeeds) *and* tokio's cooperative
+//! budget is in force. tokio sets that budget around every poll of a task
+//! (on any runtime flavour, and in a `LocalSet`) and of a `block_on`'s
+//! future, and lifts it in `spawn_blocking` and `block_in_place`. One
+//! case escapes: a future wrapped in `tokio::task::coop::unconstrained`
+//! has no budget, so a blocking call inside it is not caught (tokio's own
+//! check would panic). The handshakes (`share`, `connect`) block too and
+//! do not panic: call them on `spawn_blocking`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
@@ -86,6 +109,7 @@ pub mod blocking;
 mod error;
 mod handoff;
 mod kind;
+mod may_block;
 mod producer;
 mod region;
 pub mod ring;

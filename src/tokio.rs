@@ -162,7 +162,11 @@ impl Tripwire {
     /// [`Error::PeerDied`](crate::Error::PeerDied)) if one died; as
     /// `tokio::sync::watch::Receiver::changed` fails once its sender is
     /// gone. `TimedOut` when a producer did not
-    /// answer the ACK by its deadline. Otherwise the OS error of the poll or
+    /// answer the ACK by its deadline. `NotConnected` (wrapping
+    /// [`Error::NotShared`](crate::Error::NotShared)), at once, on a
+    /// `Doorbell`, `Userfault` or `UserfaultAsync` tripwire never shared,
+    /// which nothing could trip (see
+    /// [`blocking::Tripwire::try_changed`]). Otherwise the OS error of the poll or
     /// ACK; a failed ACK leaves the wire tripped.
     ///
     /// # Panics
@@ -350,7 +354,7 @@ impl Tripwire {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// # use memfd_tripwire::{Backend, Tripwire, blocking};
-    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Doorbell).create().unwrap())?;
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
     /// assert_eq!(tw.try_changed()?, None);
     /// # Ok(()) }
     /// ```
@@ -593,7 +597,9 @@ impl AsRawFd for Tripwire {
 /// [`Tripwire::changed`]). After a clean close (every producer dropped its
 /// `Producer`) it ends with `None`, as tokio's `WatchStream` does; a
 /// producer's death is an error item (`BrokenPipe`,
-/// [`Error::PeerDied`](crate::Error::PeerDied)), after which it ends too.
+/// [`Error::PeerDied`](crate::Error::PeerDied)), after which it ends too, as
+/// after a `Doorbell` or Userfault tripwire never shared (`NotConnected`, at
+/// once).
 /// Needs the runtime's timer on `Userfault` and `UserfaultAsync`, as
 /// [`Tripwire::changed`] does (see its `# Panics`).
 ///

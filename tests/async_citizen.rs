@@ -186,8 +186,9 @@ fn a_failed_registration_hands_the_tripwire_back() {
 }
 
 /// A ring Receiver polled outside a runtime reports the failed
-/// registration and stays whole: `backend()`, `share`, `blocking_recv` and,
-/// later, `recv().await` inside a runtime all work.
+/// registration and stays whole: `backend()`, `blocking_recv` and, later,
+/// `recv().await` inside a runtime all work. (Shared first: a Receiver
+/// never shared is refused before it registers, #23.)
 #[test]
 fn a_receiver_polled_outside_a_runtime_stays_whole() {
     let _serial = serial();
@@ -195,6 +196,17 @@ fn a_receiver_polled_outside_a_runtime_stays_whole() {
         .backend(Backend::Doorbell)
         .create()
         .expect("ring");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let tx = std::thread::spawn(move || {
+        let mut tx = Sender::<u64>::connect(theirs)?;
+        // Nothing sent until the failed poll is done: it must wait.
+        let _ = wait.recv();
+        tx.blocking_send(7)?;
+        tx.blocking_send(8)?;
+        Ok::<_, memfd_tripwire::Error>(tx)
+    });
+    rx.share(ours).expect("share");
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match rx.poll_recv(&mut cx) {
@@ -204,14 +216,7 @@ fn a_receiver_polled_outside_a_runtime_stays_whole() {
         other => panic!("expected a registration error, got {other:?}"),
     }
     assert_eq!(rx.backend(), BackendKind::Doorbell);
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || {
-        let mut tx = Sender::<u64>::connect(theirs)?;
-        tx.blocking_send(7)?;
-        tx.blocking_send(8)?;
-        Ok::<_, memfd_tripwire::Error>(tx)
-    });
-    rx.share(ours).expect("share after the failed poll");
+    go.send(()).expect("sender thread");
     assert_eq!(rx.blocking_recv().expect("recv"), Some(7));
     let tx = tx.join().expect("thread").expect("sender");
     let rt = current_thread();
@@ -222,7 +227,8 @@ fn a_receiver_polled_outside_a_runtime_stays_whole() {
     });
 }
 
-/// `share` works after the Receiver registered with tokio, too.
+/// A Receiver polled before `share` is told at once that it was never
+/// shared (#23: it used to stay pending for ever), and works once shared.
 #[test]
 fn a_receiver_shared_after_its_first_poll_works() {
     let _serial = serial();
@@ -232,11 +238,15 @@ fn a_receiver_shared_after_its_first_poll_works() {
         .create()
         .expect("ring");
     let rt = current_thread();
-    // One poll inside the runtime: it registers with the reactor and, with
-    // nothing sent (nor anyone to send), waits.
     rt.block_on(async {
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(rx.poll_recv(cx))).await;
-        assert!(first.is_pending(), "nothing was sent: {first:?}");
+        assert!(
+            matches!(
+                first,
+                std::task::Poll::Ready(Err(memfd_tripwire::Error::NotShared { .. }))
+            ),
+            "never shared: {first:?}"
+        );
     });
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let tx = std::thread::spawn(move || {

@@ -156,6 +156,24 @@ impl Wire {
         self.peers.end()
     }
 
+    /// Why nothing can trip the wire yet, if so: a backend that only a
+    /// connected producer trips (`Doorbell`'s rings, the Userfault agents'
+    /// trips), never shared. `None` on `Kernel` and `Poll`, which any store
+    /// through any mapping trips (the consumer's own, a `producer_fd`
+    /// writer's), and once a producer was ever accepted (when all have gone,
+    /// the step says `BrokenPipe` instead).
+    pub(crate) fn never_shared(&self) -> Option<String> {
+        if self.peers.ever_shared() || matches!(self.mech, Mech::Kernel(_) | Mech::Poll(_)) {
+            return None;
+        }
+        Some(format!(
+            "this {} tripwire was never shared, and only a producer that connected to it \
+             (Producer::connect) can trip it (its own stores, producer_fd and a mapping of \
+             its memory do not)",
+            self.kind()
+        ))
+    }
+
     pub(crate) fn kind(&self) -> BackendKind {
         match &self.mech {
             Mech::Kernel(_) => BackendKind::Kernel,

@@ -161,6 +161,14 @@ impl Peers {
         crate::error::peers_ended(self.died)
     }
 
+    /// Whether a peer was ever added (hung up since or not).
+    pub(crate) fn ever_shared(&self) -> bool {
+        match &self.kind {
+            Kind::Set { socks, .. } => socks.ever_used(),
+            Kind::Watched { ever, .. } => *ever,
+        }
+    }
+
     /// `Doorbell`: takes the rings of every socket that has some (at most
     /// 64 KiB each: a flood cannot keep us here); `true` if there was
     /// one. Closes the sockets that reached their end. No blocking.

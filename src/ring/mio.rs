@@ -21,8 +21,14 @@ use super::Receiver;
 /// use std::time::{Duration, Instant};
 /// use mio::{Events, Interest, Poll, Token};
 /// use memfd_tripwire::{Backend, ring::{SharedRing, TryRecvError}};
+/// # use std::os::unix::net::UnixStream;
+/// # use memfd_tripwire::ring::Sender;
 ///
 /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create()?;
+/// # let (ours, theirs) = UnixStream::pair()?;
+/// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+/// rx.share(ours)?; // before it, `rearm` says NotShared: nothing could wake a sleep
+/// # let _tx = tx.join().unwrap()?;
 /// let mut poll = Poll::new()?;
 /// poll.registry().register(&mut rx, Token(1), Interest::READABLE)?;
 /// let mut events = Events::with_capacity(4);

@@ -66,8 +66,9 @@ pub struct Receiver<T> {
     /// When the ACK now in flight (async, `Userfault`) was sent: its cost,
     /// for the spin budget, runs from then to its completion.
     pub(super) ack_sent: Option<Instant>,
-    /// A Sender attached (one only: the ring has a single producer).
-    shared: bool,
+    /// A Sender attached (one only: the ring has a single producer); until
+    /// then the step refuses to sleep (`Error::NotShared`).
+    pub(super) shared: bool,
     /// The process that created it: a forked child's copy closes nothing.
     pid: u32,
     /// Re-arms and sleeps (the core counts the messages).
@@ -320,10 +321,17 @@ impl<T: Pod> Receiver<T> {
     ///
     /// [`Error::Io`] if the ACK fails (`TimedOut` for one the Sender did
     /// not answer by its deadline); the wire then stays tripped.
+    /// [`Error::NotShared`], at once, before [`share`](Receiver::share):
+    /// only the Sender writes the ring, so a sleep would never end.
     ///
     /// ```
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// # let (ours, theirs) = UnixStream::pair().unwrap();
+    /// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    /// rx.share(ours).unwrap(); // the Sender connects on the other end
+    /// # let _tx = tx.join().unwrap().unwrap();
     /// assert!(rx.rearm().unwrap()); // empty: safe to sleep
     /// ```
     pub fn rearm(&mut self) -> Result<bool, Error> {
@@ -339,8 +347,13 @@ impl<T: Pod> Receiver<T> {
     /// and `recv` (feature `tokio`) arm it themselves.
     ///
     /// ```
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Doorbell).create().unwrap();
+    /// # let (ours, theirs) = UnixStream::pair().unwrap();
+    /// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    /// rx.share(ours).unwrap(); // the Sender connects on the other end
+    /// # let _tx = tx.join().unwrap().unwrap();
     /// assert!(rx.rearm().unwrap());
     /// assert_eq!(rx.deadline(), None); // a Doorbell ACK is done at once
     /// ```
@@ -356,7 +369,10 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Errors
     ///
-    /// - [`TryRecvError::Empty`]: nothing now; more may come.
+    /// - [`TryRecvError::Empty`]: nothing now; more may come (on a ring
+    ///   not shared yet too, which can still be: the calls that would
+    ///   sleep, [`rearm`](Receiver::rearm) and the receives that wait,
+    ///   return [`Error::NotShared`] instead).
     /// - [`TryRecvError::Closed`]: the Sender was dropped and everything it
     ///   sent was received (and on every call after the ring ended).
     /// - [`TryRecvError::Failed`]: [`Error::PeerDied`] once the Sender's
@@ -422,7 +438,16 @@ impl<T: Pod> Receiver<T> {
     ///
     /// [`Error::PeerDied`] once the Sender's process died (after everything
     /// it published was received); [`Error::Corrupt`] for an impossible
-    /// index; [`Error::Io`] if the tripwire fails.
+    /// index; [`Error::Io`] if the tripwire fails; [`Error::NotShared`], at
+    /// once, on a ring never [shared](Receiver::share), which no Sender
+    /// can reach.
+    ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `recv().await` there, or call this inside `spawn_blocking`; the exact
+    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
     /// ```no_run
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
@@ -431,7 +456,14 @@ impl<T: Pod> Receiver<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
+        crate::may_block::assert_may_block("Receiver::blocking_recv", "recv().await");
+        self.recv_blocking()
+    }
+
+    /// [`blocking_recv`](Receiver::blocking_recv), the caller checked.
+    fn recv_blocking(&mut self) -> Result<Option<T>, Error> {
         loop {
             if self.done {
                 return Ok(None);
@@ -443,7 +475,7 @@ impl<T: Pod> Receiver<T> {
                 return Ok(outcome);
             }
             self.tw
-                .wait_ready(None)
+                .sleep_until(None)
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
         }
     }
@@ -460,6 +492,13 @@ impl<T: Pod> Receiver<T> {
     /// As [`blocking_recv`](Receiver::blocking_recv); messages already
     /// appended stay in `buf`.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the
+    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```no_run
     /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
     /// let mut buf = Vec::with_capacity(256);
@@ -468,7 +507,12 @@ impl<T: Pod> Receiver<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        crate::may_block::assert_may_block(
+            "Receiver::blocking_recv_many",
+            "recv_many(buf, limit).await",
+        );
         let limit = limit.max(1);
         if !self.done {
             let n = self.rx.pop_many(buf, limit)?;
@@ -476,7 +520,7 @@ impl<T: Pod> Receiver<T> {
                 return Ok(n);
             }
         }
-        let Some(first) = self.blocking_recv()? else {
+        let Some(first) = self.recv_blocking()? else {
             return Ok(0);
         };
         buf.push(first);

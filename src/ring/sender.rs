@@ -230,12 +230,21 @@ impl<T: Pod> Sender<T> {
     /// worth may go out first); [`Error::Corrupt`] for an impossible tail
     /// index.
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `send(value).await` there, or call this inside `spawn_blocking`; the
+    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::ring::SendError<u64>> {
     /// tx.blocking_send(42)?;
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_send(&mut self, value: T) -> Result<(), SendError<T>> {
+        crate::may_block::assert_may_block("Sender::blocking_send", "send(value).await");
         let fail = |error| SendError { value, error };
         let free = self.tx.blocking_reserve().map_err(fail)?;
         self.tx
@@ -253,12 +262,21 @@ impl<T: Pod> Sender<T> {
     /// that says how many values were sent before it (`values[sent..]`
     /// were not).
     ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
+    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// `send_many(values).await` there, or call this inside `spawn_blocking`;
+    /// the exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
     /// tx.blocking_send_many(&[1, 2, 3])?;
     /// # Ok(()) }
     /// ```
+    #[track_caller]
     pub fn blocking_send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
+        crate::may_block::assert_may_block("Sender::blocking_send_many", "send_many(values).await");
         let mut sent = 0;
         while sent < values.len() {
             let free = self

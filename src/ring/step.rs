@@ -16,6 +16,16 @@ impl<T: Pod> Receiver<T> {
     /// [`rearm`](Receiver::rearm): publish the tail, take the wire's step
     /// (re-arm a tripped wire, or collect an ACK in flight), look again.
     pub(super) fn step_rearm(&mut self) -> Result<bool, Error> {
+        // Only the Sender writes the ring, and only `share` lets one in: a
+        // sleep now would never end. (Decided here, the step every way of
+        // waiting takes before it sleeps.)
+        if !self.shared {
+            return Err(Error::NotShared {
+                reason: "this ring's Receiver was never shared, and only its Sender \
+                         (Sender::connect, after share) can send to it"
+                    .into(),
+            });
+        }
         self.rx.publish_tail()?;
         let start = Instant::now();
         let changed = self.tw.try_changed();
@@ -58,7 +68,8 @@ impl<T: Pod> Receiver<T> {
     /// One round of "nothing there": spin, re-arm, look again. `Some` is
     /// the outcome to return; `None` means: sleep until the wire trips.
     pub(super) fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
-        if self.rx.spin_for_data(self.spin.budget())? {
+        // (Not for a ring never shared, which the re-arm refuses at once.)
+        if self.shared && self.rx.spin_for_data(self.spin.budget())? {
             return self.rx.pop().map(|v| v.map(Some));
         }
         if self.rearm()? {

@@ -35,10 +35,17 @@ impl<T: Pod> Receiver<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// # use memfd_tripwire::{Backend, ring::SharedRing};
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, Error, ring::{Sender, SharedRing}};
     /// let mut rx = SharedRing::<u64>::builder(8).backend(Backend::Poll).create().unwrap();
     /// let waker = std::task::Waker::noop();
     /// let mut cx = std::task::Context::from_waker(&waker);
+    /// // Never shared: no Sender can reach it, so no wait.
+    /// assert!(matches!(rx.poll_recv(&mut cx), std::task::Poll::Ready(Err(Error::NotShared { .. }))));
+    /// # let (ours, theirs) = UnixStream::pair().unwrap();
+    /// # let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    /// rx.share(ours).unwrap(); // the Sender connects on the other end
+    /// # let _tx = tx.join().unwrap().unwrap();
     /// assert!(rx.poll_recv(&mut cx).is_pending());
     /// # }
     /// ```
@@ -84,7 +91,9 @@ impl<T: Pod> Receiver<T> {
     ///
     /// [`Error::PeerDied`] once the Sender's process died (after
     /// everything it published was received); [`Error::Corrupt`] for an
-    /// impossible index; [`Error::Io`] if the tripwire fails, with
+    /// impossible index; [`Error::NotShared`], at once, on a ring never
+    /// [shared](Receiver::share), which no Sender can reach (it used to
+    /// stay pending for ever); [`Error::Io`] if the tripwire fails, with
     /// `TimedOut` inside when the Sender left the re-arm's ACK
     /// unanswered past its deadline (`Userfault`, `UserfaultAsync`: a
     /// timer ends the wait, so a stopped Sender cannot keep this

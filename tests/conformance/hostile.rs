@@ -603,7 +603,8 @@ fn registered_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
 /// A ring Receiver first polled before `share`, then waiting in `recv()`
 /// when its Sender is killed: `recv()` must end with `PeerDied`, not stay
 /// pending (c7b7db3 registered the peer set only if it existed at the
-/// first poll).
+/// first poll). Since #23 that first poll is refused at once with
+/// `NotShared` (it was pending for ever), before any registration.
 fn ring_polled_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
     let rt = runtime()?;
     rt.block_on(async {
@@ -613,7 +614,11 @@ fn ring_polled_before_share_learns_of_death(ctx: &Ctx) -> Outcome {
             .create()?;
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        ensure(rx.poll_recv(&mut cx).is_pending(), || "not pending".into())?;
+        let first = rx.poll_recv(&mut cx);
+        ensure(
+            matches!(first, std::task::Poll::Ready(Err(Error::NotShared { .. }))),
+            || format!("never shared, polled: {first:?}"),
+        )?;
         let (ours, theirs) = UnixStream::pair()?;
         let mut child = spawn(
             "ring_sender",
