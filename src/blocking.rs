@@ -462,8 +462,9 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `Tripwire::ack().await` (the async `Tripwire`) there, or call this
     /// inside `spawn_blocking`; the exact rule is in [the crate
     /// docs](crate#blocking-calls-and-tokio).
@@ -476,8 +477,8 @@ impl Tripwire {
     /// ```
     #[track_caller]
     pub fn ack(&mut self) -> io::Result<()> {
-        crate::may_block::assert_may_block("blocking::Tripwire::ack", "Tripwire::ack().await");
         while !self.try_ack()? {
+            crate::may_block::assert_may_block("blocking::Tripwire::ack", "Tripwire::ack().await");
             self.sleep_until(None)?;
         }
         Ok(())
@@ -526,8 +527,9 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `Tripwire::changed().await` (the async `Tripwire`) there, or call this
     /// inside `spawn_blocking`; the exact rule is in [the crate
     /// docs](crate#blocking-calls-and-tokio).
@@ -540,14 +542,22 @@ impl Tripwire {
     /// ```
     #[track_caller]
     pub fn wait(&mut self) -> io::Result<Epoch> {
-        crate::may_block::assert_may_block("blocking::Tripwire::wait", "Tripwire::changed().await");
-        self.wait_until(None)
-            .map(|e| e.expect("no deadline, so an epoch"))
+        self.wait_until(
+            None,
+            ("blocking::Tripwire::wait", "Tripwire::changed().await"),
+        )
+        .map(|e| e.expect("no deadline, so an epoch"))
     }
 
     /// The blocking driver: steps, and sleeps until readiness, the ACK's
     /// deadline or `until` while the step finds nothing; `None` at `until`.
-    fn wait_until(&mut self, until: Option<Instant>) -> io::Result<Option<Epoch>> {
+    /// Before it sleeps, the `may_block` check of the public `call`.
+    #[track_caller]
+    fn wait_until(
+        &mut self,
+        until: Option<Instant>,
+        (call, instead): (&'static str, &'static str),
+    ) -> io::Result<Option<Epoch>> {
         loop {
             if let Some(e) = self.try_changed()? {
                 return Ok(Some(e));
@@ -555,6 +565,7 @@ impl Tripwire {
             if until.is_some_and(|until| Instant::now() >= until) {
                 return Ok(None);
             }
+            crate::may_block::assert_may_block(call, instead);
             self.sleep_until(until)?;
         }
     }
@@ -568,8 +579,9 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `tokio::time::timeout` around `Tripwire::changed().await` there, or call
     /// this inside `spawn_blocking`; the exact rule is in [the crate
     /// docs](crate#blocking-calls-and-tokio).
@@ -582,12 +594,14 @@ impl Tripwire {
     /// ```
     #[track_caller]
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<Epoch>> {
-        crate::may_block::assert_may_block(
-            "blocking::Tripwire::wait_timeout",
-            "tokio::time::timeout(t, tripwire.changed()).await",
-        );
         // A time-out too long to be an Instant (`Duration::MAX`) never ends.
-        self.wait_until(Instant::now().checked_add(timeout))
+        self.wait_until(
+            Instant::now().checked_add(timeout),
+            (
+                "blocking::Tripwire::wait_timeout",
+                "tokio::time::timeout(t, tripwire.changed()).await",
+            ),
+        )
     }
 
     /// `true` once this tripwire was [shared](Tripwire::share) and every
@@ -626,8 +640,9 @@ impl Tripwire {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `Tripwire::ready().await` (the async `Tripwire`) there, or call this
     /// inside `spawn_blocking`; the exact rule is in [the crate
     /// docs](crate#blocking-calls-and-tokio).

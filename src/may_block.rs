@@ -1,5 +1,6 @@
-//! The one check every blocking call of the crate makes first: may this
-//! thread block? With feature `tokio`, not when it drives a runtime's async
+//! The one check every blocking call of the crate makes before it sleeps
+//! (not on every call: the probe below costs ~530 ns where a runtime
+//! context exists, as inside `spawn_blocking`): may this thread block? With feature `tokio`, not when it drives a runtime's async
 //! tasks (a task, or a `block_on`): the call panics there, naming the async
 //! method to use, as tokio's own `blocking_recv` does, instead of stalling
 //! every task of the thread (#23: a `blocking_recv` on a current-thread

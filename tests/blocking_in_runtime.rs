@@ -4,14 +4,17 @@
 //! runtime stalled it for 3 s, silently), and runs where blocking is
 //! allowed: outside a runtime, in `spawn_blocking`, in `block_in_place`.
 //!
-//! Each call is given something to return at once (a message, free space,
-//! a trip), so that without the check it returns instead of panicking: the
-//! panic is the check's, never a consequence of a stall.
+//! The check is made where a call would sleep (#23: it costs nothing on a
+//! call that finds its message, space or trip, where tokio's own check
+//! runs on every call). So each call here is given nothing to return: it
+//! has to wait, until a thread releases it after [`RELEASE`] (a store, a
+//! message, a freed slot). Without the check it returns then, and the test
+//! fails: the panic is the check's, never a consequence of a stall.
 
 mod support;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memfd_tripwire::ring::SharedRing;
 use memfd_tripwire::{Backend, blocking};
@@ -26,44 +29,64 @@ struct Call {
     run: Box<dyn FnOnce() + Send>,
 }
 
-/// A Poll tripwire already tripped (Poll: tripped by our own store, on any
-/// host), so `wait` returns at once.
-fn tripped() -> blocking::Tripwire {
-    let mut tw = blocking::Tripwire::builder(64)
+/// When a call that must wait is released (where it may block, it then
+/// returns; where it must not, it panicked long before).
+const RELEASE: Duration = Duration::from_millis(200);
+
+/// Runs `release` on a thread after [`RELEASE`].
+fn release_later(release: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        std::thread::sleep(RELEASE);
+        release();
+    });
+}
+
+/// A Poll tripwire (any host), armed and quiet: a wait on it sleeps until
+/// a store [`RELEASE`] from now trips it.
+fn quiet() -> blocking::Tripwire {
+    let tw = blocking::Tripwire::builder(64)
         .backend(Backend::Poll)
         .create()
         .expect("create");
-    tw.region().write(0, &1u8).expect("write");
-    let start = Instant::now();
-    while tw.wait_timeout(Duration::ZERO).expect("look").is_none() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never tripped");
-        tw.region()
-            .write(0, &((start.elapsed().as_micros() % 250) as u8 + 2))
-            .expect("write");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    tw.region().write(0, &1u8).expect("write");
+    let region = tw.region().clone();
+    release_later(move || {
+        // Stores that differ, until the poller saw one (a single store may
+        // land between two of its looks and be taken as no change: no).
+        for i in 0..1000u32 {
+            if region.write(0, &(i as u8 | 1)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
     tw
 }
 
-/// A ring on Doorbell (every host) with one message in it and room for more.
-fn ring() -> (
+/// A ring on Doorbell (every host): empty, and (`full`) with every slot
+/// taken. A thread sends a message or takes one [`RELEASE`] from now.
+fn ring(
+    full: bool,
+) -> (
     memfd_tripwire::ring::Receiver<u64>,
     memfd_tripwire::ring::Sender<u64>,
 ) {
-    let rx = SharedRing::<u64>::builder(8)
+    let rx = SharedRing::<u64>::builder(2)
         .backend(Backend::Doorbell)
         .create()
         .expect("ring");
     let (rx, mut tx) = support::with_sender(rx);
-    tx.try_send(7).expect("send");
+    if full {
+        tx.try_send(1).expect("send");
+        tx.try_send(2).expect("send");
+    }
     (rx, tx)
 }
 
-/// Every blocking call of the public API, each on fresh objects.
+/// Every blocking call of the public API, each on fresh objects, each of
+/// which must wait.
 fn calls() -> Vec<Call> {
     let mut calls = Vec::new();
-    let mut tw = tripped();
+    let mut tw = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait",
         instead: "Tripwire::changed().await",
@@ -71,61 +94,77 @@ fn calls() -> Vec<Call> {
             tw.wait().expect("wait");
         }),
     });
-    let mut tw = tripped();
+    let mut tw = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait_timeout",
         instead: "tokio::time::timeout(t, tripwire.changed()).await",
         run: Box::new(move || {
-            tw.wait_timeout(Duration::from_secs(5)).expect("wait");
+            assert!(
+                tw.wait_timeout(Duration::from_secs(10))
+                    .expect("wait")
+                    .is_some()
+            );
         }),
     });
-    let tw = tripped();
+    let tw = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait_ready",
         instead: "Tripwire::ready().await",
-        run: Box::new(move || tw.wait_ready(Some(Duration::from_secs(5))).expect("wait")),
+        run: Box::new(move || tw.wait_ready(Some(Duration::from_secs(10))).expect("wait")),
     });
-    let mut tw = tripped();
-    calls.push(Call {
-        name: "blocking::Tripwire::ack",
-        instead: "Tripwire::ack().await",
-        run: Box::new(move || tw.ack().expect("ack")),
-    });
-    let (mut rx, tx) = ring();
+    let (mut rx, tx) = ring(false);
     calls.push(Call {
         name: "Receiver::blocking_recv",
         instead: "recv().await",
         run: Box::new(move || {
+            release_later(move || {
+                let mut tx = tx;
+                let _ = tx.try_send(7);
+                std::thread::sleep(Duration::from_secs(10));
+            });
             assert_eq!(rx.blocking_recv().expect("recv"), Some(7));
-            drop(tx);
         }),
     });
-    let (mut rx, tx) = ring();
+    let (mut rx, tx) = ring(false);
     calls.push(Call {
         name: "Receiver::blocking_recv_many",
         instead: "recv_many(buf, limit).await",
         run: Box::new(move || {
+            release_later(move || {
+                let mut tx = tx;
+                let _ = tx.try_send(7);
+                std::thread::sleep(Duration::from_secs(10));
+            });
             let mut buf = Vec::new();
             assert_eq!(rx.blocking_recv_many(&mut buf, 4).expect("recv"), 1);
-            drop(tx);
         }),
     });
-    let (rx, mut tx) = ring();
+    let (rx, mut tx) = ring(true);
     calls.push(Call {
         name: "Sender::blocking_send",
         instead: "send(value).await",
         run: Box::new(move || {
+            release_later(move || {
+                let mut rx = rx;
+                let _ = rx.try_recv();
+                let _ = rx.flush();
+                std::thread::sleep(Duration::from_secs(10));
+            });
             tx.blocking_send(8).expect("send");
-            drop(rx);
         }),
     });
-    let (rx, mut tx) = ring();
+    let (rx, mut tx) = ring(true);
     calls.push(Call {
         name: "Sender::blocking_send_many",
         instead: "send_many(values).await",
         run: Box::new(move || {
-            tx.blocking_send_many(&[8, 9]).expect("send");
-            drop(rx);
+            release_later(move || {
+                let mut rx = rx;
+                let _ = rx.try_recv();
+                let _ = rx.flush();
+                std::thread::sleep(Duration::from_secs(10));
+            });
+            tx.blocking_send_many(&[8]).expect("send");
         }),
     });
     calls
@@ -220,7 +259,9 @@ fn blocking_calls_panic_in_a_multi_thread_block_on() {
                            a tokio runtime"
 )]
 fn blocking_recv_in_async_main_panics() {
-    let (mut rx, _tx) = ring();
+    let (mut rx, tx) = ring(false);
+    // Without the check, the call ends (Ok(None)) when the Sender goes.
+    release_later(move || drop(tx));
     current_thread().block_on(async move {
         let _ = rx.blocking_recv();
     });

@@ -13,8 +13,13 @@ use crate::Error;
 use crate::sys::wait::{self, PollFd, PollFlags};
 
 impl<T: Pod> Tx<T> {
-    /// Blocks until a slot is free (or the Receiver is gone).
-    pub(super) fn blocking_reserve(&mut self) -> Result<u64, Error> {
+    /// Blocks until a slot is free (or the Receiver is gone); before it
+    /// sleeps, the `may_block` check of the public `call`.
+    #[track_caller]
+    pub(super) fn blocking_reserve(
+        &mut self,
+        (call, instead): (&'static str, &'static str),
+    ) -> Result<u64, Error> {
         loop {
             let free = self.spin_for_space()?;
             if free > 0 {
@@ -27,6 +32,7 @@ impl<T: Pod> Tx<T> {
                 // hangs up).
                 // No deadline: the Sender waits for a peer, as a blocking
                 // write to a pipe does; its death ends the wait.
+                crate::may_block::assert_may_block(call, instead);
                 let sock = self.producer.handshake_socket();
                 let mut fds = [
                     PollFd::new(&self.space, PollFlags::IN),

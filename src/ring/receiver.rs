@@ -444,8 +444,9 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `recv().await` there, or call this inside `spawn_blocking`; the exact
     /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
@@ -458,12 +459,16 @@ impl<T: Pod> Receiver<T> {
     /// ```
     #[track_caller]
     pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
-        crate::may_block::assert_may_block("Receiver::blocking_recv", "recv().await");
-        self.recv_blocking()
+        self.recv_blocking(("Receiver::blocking_recv", "recv().await"))
     }
 
-    /// [`blocking_recv`](Receiver::blocking_recv), the caller checked.
-    fn recv_blocking(&mut self) -> Result<Option<T>, Error> {
+    /// [`blocking_recv`](Receiver::blocking_recv); before it sleeps, the
+    /// `may_block` check of the public `call`.
+    #[track_caller]
+    fn recv_blocking(
+        &mut self,
+        (call, instead): (&'static str, &'static str),
+    ) -> Result<Option<T>, Error> {
         loop {
             if self.done {
                 return Ok(None);
@@ -474,6 +479,7 @@ impl<T: Pod> Receiver<T> {
             if let Some(outcome) = self.idle()? {
                 return Ok(outcome);
             }
+            crate::may_block::assert_may_block(call, instead);
             self.tw
                 .sleep_until(None)
                 .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
@@ -494,8 +500,9 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the
     /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
@@ -509,10 +516,6 @@ impl<T: Pod> Receiver<T> {
     /// ```
     #[track_caller]
     pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
-        crate::may_block::assert_may_block(
-            "Receiver::blocking_recv_many",
-            "recv_many(buf, limit).await",
-        );
         let limit = limit.max(1);
         if !self.done {
             let n = self.rx.pop_many(buf, limit)?;
@@ -520,7 +523,11 @@ impl<T: Pod> Receiver<T> {
                 return Ok(n);
             }
         }
-        let Some(first) = self.recv_blocking()? else {
+        let Some(first) = self.recv_blocking((
+            "Receiver::blocking_recv_many",
+            "recv_many(buf, limit).await",
+        ))?
+        else {
             return Ok(0);
         };
         buf.push(first);

@@ -232,8 +232,9 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `send(value).await` there, or call this inside `spawn_blocking`; the
     /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
@@ -244,9 +245,11 @@ impl<T: Pod> Sender<T> {
     /// ```
     #[track_caller]
     pub fn blocking_send(&mut self, value: T) -> Result<(), SendError<T>> {
-        crate::may_block::assert_may_block("Sender::blocking_send", "send(value).await");
         let fail = |error| SendError { value, error };
-        let free = self.tx.blocking_reserve().map_err(fail)?;
+        let free = self
+            .tx
+            .blocking_reserve(("Sender::blocking_send", "send(value).await"))
+            .map_err(fail)?;
         self.tx
             .write(std::slice::from_ref(&value), free)
             .1
@@ -264,8 +267,9 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, on a thread that drives a tokio runtime's tasks
-    /// (in a task or a `block_on`), whose tasks it would stall: use
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
     /// `send_many(values).await` there, or call this inside `spawn_blocking`;
     /// the exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
     ///
@@ -276,12 +280,11 @@ impl<T: Pod> Sender<T> {
     /// ```
     #[track_caller]
     pub fn blocking_send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
-        crate::may_block::assert_may_block("Sender::blocking_send_many", "send_many(values).await");
         let mut sent = 0;
         while sent < values.len() {
             let free = self
                 .tx
-                .blocking_reserve()
+                .blocking_reserve(("Sender::blocking_send_many", "send_many(values).await"))
                 .map_err(|error| SendManyError { sent, error })?;
             let (n, rung) = self.tx.write(&values[sent..], free);
             sent += n;
