@@ -113,14 +113,10 @@ async fn main_process(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .stdin(Stdio::from(OwnedFd::from(a_theirs)))
         .stdout(Stdio::from(OwnedFd::from(b_theirs)))
         .spawn()?;
-    // The handshakes block (up to 10 s against a silent peer): off the
-    // runtime's thread.
-    let (mut from_peer, mut to_peer) = tokio::task::spawn_blocking(move || {
-        from_peer.share(a_ours)?;
-        let to_peer = Sender::<Msg>::connect_with_tag(b_ours, TAG)?;
-        Ok::<_, memfd_tripwire::Error>((from_peer, to_peer))
-    })
-    .await??;
+    // The async handshakes (up to 10 s against a silent peer) leave the
+    // runtime's thread free.
+    from_peer.share_async(a_ours).await?;
+    let mut to_peer = Sender::<Msg>::connect_with_tag_async(b_ours, TAG).await?;
     println!(
         "ring_ipc: {}-slot rings of {}-byte messages, {} backend, spin {:?}",
         from_peer.capacity(),

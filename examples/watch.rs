@@ -70,20 +70,20 @@ fn parse_backend() -> Result<Backend, String> {
     }
 }
 
-async fn consumer(mut tw: blocking::Tripwire) -> Result<(), Box<dyn std::error::Error>> {
+async fn consumer(tw: blocking::Tripwire) -> Result<(), Box<dyn std::error::Error>> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut child = Command::new(std::env::current_exe()?)
         .env(PRODUCER_ENV, "1")
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .spawn()?;
-    // The handshake blocks (up to 10 s against a silent producer): off the
-    // runtime's thread.
-    let tw = tokio::task::spawn_blocking(move || tw.share(ours).map(|()| tw)).await??;
+    let mut tw = Tripwire::new(tw)?;
+    // The async handshake (up to 10 s against a silent producer) leaves the
+    // runtime's thread free.
+    tw.share(ours).await?;
     println!(
         "consumer: watching {LEN} bytes with the {} backend",
         tw.backend()
     );
-    let mut tw = Tripwire::new(tw)?;
     let mut last = [0u8; 64];
     loop {
         match tw.changed().await {

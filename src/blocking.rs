@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Options, Take, Wire};
+use crate::handoff;
 use crate::sys::wait;
 use crate::{Backend, BackendKind, Epoch, Error, Region};
 
@@ -690,13 +691,17 @@ impl Tripwire {
     /// producer's death until the child exits too.
     ///
     /// Blocks for the handshake; gives up after 10 s of silence. In async
-    /// code, call it on `tokio::task::spawn_blocking` (as the `watch`
-    /// example does) or before entering the runtime: never straight from a
-    /// task, where it would stall the runtime's thread.
+    /// code, use the async `Tripwire`'s `share` (feature `tokio`), which
+    /// never blocks the runtime's thread, or share before entering the
+    /// runtime.
     ///
     /// # Errors
     ///
-    /// [`Error::Handshake`] if the producer refuses or the exchange fails.
+    /// [`Error::Handshake`] if the producer refuses or the exchange fails;
+    /// "wrong protocol", naming both, if the producer expected something
+    /// else (a ring's `Sender::connect`, or `Producer::connect_with_fds`):
+    /// it fails at once too. The tripwire stays as it was, free to be
+    /// shared again.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -712,7 +717,7 @@ impl Tripwire {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
-        self.share_then(peer, |_| Ok(()))
+        handoff::block_on(self.share_on(handoff::Blocking(peer), None))
     }
 
     /// [`share`](Tripwire::share), then a second frame over the same socket
@@ -727,13 +732,17 @@ impl Tripwire {
     /// first frame gave it, the memory among them, as any producer that was
     /// once handed the tripwire does).
     ///
+    /// The offer names `tag`, so a producer that expected another (or a
+    /// plain tripwire) refuses at once, before attaching.
+    ///
     /// Blocks for the handshake, as [`share`](Tripwire::share), and as long
     /// again for the second frame's verdict.
     ///
     /// # Errors
     ///
     /// As [`share`](Tripwire::share); [`Error::Handshake`] carrying the
-    /// producer's reason if it refused the fds.
+    /// producer's reason if it refused the fds, or if `tag` is all zero
+    /// bytes (the handshake's mark of a plain tripwire).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -762,32 +771,38 @@ impl Tripwire {
         tag: [u8; 8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        self.share_then(peer, |sock| crate::handoff::offer_extra(sock, tag, fds))
+        handoff::block_on(self.share_on(handoff::Blocking(peer), Some((tag, fds))))
     }
 
-    /// [`share`](Tripwire::share), then `then` on the socket before the
-    /// socket joins the peer set.
-    fn share_then(
+    /// The handshake of [`share`](Tripwire::share) (`extra`: `None`) and
+    /// [`share_with_fds`](Tripwire::share_with_fds) over any driver `w`
+    /// (the blocking one, or the tokio reactor's for the async shares).
+    /// Until it returns `Ok` the tripwire is as it was: an error, or the
+    /// future dropped at any point, forgets what was prepared for this
+    /// producer (its agent channel) and closes the socket; the producer is
+    /// watched only once it accepted every frame.
+    pub(crate) async fn share_on<W: handoff::Wait>(
         &mut self,
-        peer: UnixStream,
-        then: impl FnOnce(&UnixStream) -> Result<(), Error>,
+        mut w: W,
+        extra: Option<([u8; 8], &[BorrowedFd<'_>])>,
     ) -> Result<(), Error> {
+        let protocol = match extra {
+            None => handoff::Protocol::Plain,
+            Some((tag, _)) => handoff::Protocol::tagged(tag)?,
+        };
+        let len = self.region.len();
         self.wire.prepare_offer()?;
-        let extras = crate::handoff::offer(
-            &peer,
-            self.wire.kind(),
-            self.region.len(),
-            &self.wire.offer_fds(),
-        )?;
-        Wire::check_reply(extras.fds)?;
+        let pending = Pending(&mut self.wire);
+        let offered = pending.0.offer_fds();
+        let reply_fds = handoff::offer(&mut w, pending.0.kind(), len, protocol, &offered).await?;
+        drop(offered);
+        Wire::check_reply(reply_fds)?;
         // The layer on top goes first: a producer it refuses is not watched
-        // (no agent channel, not in the peer set), and the tripwire stays
-        // as it was.
-        if let Err(e) = then(&peer) {
-            self.wire.reject();
-            return Err(e);
+        // (no agent channel, not in the peer set).
+        if let Some((tag, fds)) = extra {
+            handoff::offer_extra(&mut w, tag, fds).await?;
         }
-        self.wire.accept(peer)
+        pending.accept(w.into_stream())
     }
 
     /// The fd a producer that knows nothing of this crate maps
@@ -832,6 +847,25 @@ impl Tripwire {
     #[allow(dead_code)] // unused without feature `tokio`
     pub(crate) fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
         self.wire.shared_fd()
+    }
+}
+
+/// A share in progress: dropped before [`accept`](Pending::accept) (an
+/// error, or the async share's future dropped), it forgets what was
+/// prepared for the producer, so the tripwire is as it was.
+struct Pending<'a>(&'a mut Wire);
+
+impl Pending<'_> {
+    /// The producer attached: starts watching it.
+    fn accept(self, sock: UnixStream) -> Result<(), Error> {
+        let wire = &mut *std::mem::ManuallyDrop::new(self).0;
+        wire.accept(sock)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.reject();
     }
 }
 

@@ -18,19 +18,19 @@
 //!
 //! // Consumer: create, share with the producer (normally another process).
 //! let (ours, theirs) = UnixStream::pair()?;
-//! let producer = std::thread::spawn(move || {
-//!     let p = Producer::connect(theirs)?;
+//! let producer = tokio::spawn(async move {
+//!     let p = Producer::connect_async(theirs).await?;
 //!     p.region().write(0, &0xC0FFEE_u32)?;
 //!     p.notify()?; // needed on Doorbell, a no-op elsewhere
 //!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(p)
 //! });
-//! let mut tw = blocking::Tripwire::builder(4096).backend(Backend::Doorbell).create()?;
-//! tw.share(ours)?;
+//! let tw = blocking::Tripwire::builder(4096).backend(Backend::Doorbell).create()?;
 //! let mut tw = Tripwire::new(tw)?;
+//! tw.share(ours).await?; // the handshake never blocks the runtime's thread
 //!
 //! let epoch = tw.changed().await?; // waits, ACKs, returns the new epoch
 //! assert_eq!(tw.region().read::<u32>(0)?, 0xC0FFEE);
-//! # let _ = (epoch, producer.join().unwrap().unwrap());
+//! # let _ = (epoch, producer.await.unwrap().unwrap());
 //! # Ok(()) }
 //! ```
 //!
@@ -224,17 +224,22 @@ pub mod __fuzz {
         pub kind: BackendKind,
         /// The region's length (at least 1).
         pub len: usize,
+        /// What it offers: all zero for a plain tripwire, else the tag of
+        /// the extra frame that follows.
+        pub protocol: [u8; 8],
     }
 
     /// A reply's header that passed every check.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Reply {
-        /// 0 ok, 1 error (others are refused by [`reply_verdict`]).
+        /// 0 ok, 1 error, 2 wrong protocol (others are refused by
+        /// [`reply_verdict`]).
         pub status: u16,
         /// Bytes of message that follow (at most [`MAX_MESSAGE`]).
         pub msg_len: usize,
-        /// The producer's mapping of the region (Userfault), else 0.
-        pub address: u64,
+        /// Status 2: the protocol the producer expected (all zero: a plain
+        /// tripwire).
+        pub protocol: [u8; 8],
     }
 
     /// The fds an offer for `kind` carries.
@@ -247,12 +252,18 @@ pub mod __fuzz {
         handoff::parse_offer(frame, fds).map(|h| Offer {
             kind: h.kind,
             len: h.len,
+            protocol: h.protocol.to_wire(),
         })
     }
 
     /// The offer's header a consumer sends.
-    pub fn encode_offer(kind: BackendKind, len: usize, fds: usize) -> [u8; OFFER_LEN] {
-        handoff::encode_offer(kind, len, fds)
+    pub fn encode_offer(
+        kind: BackendKind,
+        len: usize,
+        fds: usize,
+        protocol: [u8; 8],
+    ) -> [u8; OFFER_LEN] {
+        handoff::encode_offer(kind, len, fds, handoff::Protocol::from_wire(protocol))
     }
 
     /// Checks a reply's header.
@@ -260,13 +271,13 @@ pub mod __fuzz {
         handoff::parse_reply(hdr).map(|h| Reply {
             status: h.status,
             msg_len: h.msg_len,
-            address: h.address,
+            protocol: h.protocol.to_wire(),
         })
     }
 
     /// The reply's header a producer sends.
-    pub fn encode_reply(status: u16, msg_len: usize, address: u64) -> [u8; REPLY_LEN] {
-        handoff::encode_reply(status, msg_len, address)
+    pub fn encode_reply(status: u16, msg_len: usize, protocol: [u8; 8]) -> [u8; REPLY_LEN] {
+        handoff::encode_reply(status, msg_len, handoff::Protocol::from_wire(protocol))
     }
 
     /// What a reply's status and message say.

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::backend::Feed;
-use crate::handoff::Extras;
+use crate::handoff::{self, Protocol, Wait};
 use crate::sys::Bell;
 use crate::{BackendKind, Error, Region};
 
@@ -104,13 +104,17 @@ impl Producer {
     /// the producer is gone.
     ///
     /// Blocks for the handshake; gives up after 10 s of silence. In async
-    /// code, call it on `tokio::task::spawn_blocking`.
+    /// code, use `connect_async` (feature `tokio`), which never blocks the
+    /// runtime's thread.
     ///
     /// # Errors
     ///
     /// [`Error::Handshake`] for a malformed or unexpected frame, an fd that is
     /// not what the backend needs (an unsealed or short memfd, a pipe, ...),
-    /// or a consumer that hangs up; [`Error::Io`] if mapping fails.
+    /// or a consumer that hangs up; "wrong protocol", naming both, at once,
+    /// if the consumer offered something else than a plain tripwire (a
+    /// ring's `Receiver::share`, or `share_with_fds`: it fails at once
+    /// too); [`Error::Io`] if mapping fails.
     ///
     /// ```no_run
     /// // In a process started with the handshake socket as its stdin:
@@ -124,26 +128,7 @@ impl Producer {
     /// # Ok(()) }
     /// ```
     pub fn connect(sock: UnixStream) -> Result<Producer, Error> {
-        let offer = match crate::handoff::receive_offer(&sock) {
-            Ok(offer) => offer,
-            Err(e) => {
-                // Best effort: tell the consumer why (a newer backend code, a
-                // version mismatch, ...). A peer that hung up gets nothing.
-                let _ = crate::handoff::reply(&sock, Err(&e));
-                return Err(e);
-            }
-        };
-        let attached = Self::attach(offer, &sock);
-        // Nothing but the verdict goes back: on Userfault and UserfaultAsync
-        // the uffd stays with this process's agent.
-        let none: Extras<BorrowedFd<'_>> = Extras {
-            fds: Vec::new(),
-            address: 0,
-        };
-        crate::handoff::reply(&sock, attached.as_ref().map(|_| &none))?;
-        let mut producer = attached?;
-        producer.peer = Some(Bell::from_stream(sock));
-        Ok(producer)
+        handoff::block_on(Self::connect_on(handoff::Blocking(sock)))
     }
 
     /// [`connect`](Producer::connect), then takes the `count` fds of the
@@ -154,15 +139,18 @@ impl Producer {
     /// error there fails both sides (with its message on the consumer's).
     ///
     /// For protocols on top of a tripwire (the [`ring`](crate::ring)'s
-    /// Sender attaches this way). At most 4 fds.
+    /// Sender attaches this way). At most 4 fds. An offer that does not
+    /// name `tag` is refused at once, before attaching, on both sides.
     ///
     /// Blocks for the handshake, as [`connect`](Producer::connect), and as
     /// long again for the second frame.
     ///
     /// # Errors
     ///
-    /// As [`connect`](Producer::connect); [`Error::Handshake`] if the frame
-    /// has another tag or another number of fds (they are closed); and
+    /// As [`connect`](Producer::connect) ("wrong protocol" if the offer
+    /// named another tag or none); [`Error::Handshake`] if the frame has
+    /// another tag or another number of fds (they are closed), or if `tag`
+    /// is all zero bytes (the handshake's mark of a plain tripwire); and
     /// whatever `accept` returns.
     ///
     /// ```no_run
@@ -179,18 +167,54 @@ impl Producer {
         count: usize,
         accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
     ) -> Result<(Producer, R), Error> {
-        let producer = Self::connect(sock)?;
-        let Some(sock) = producer.peer.as_ref().map(Bell::stream) else {
-            return Err(Error::handshake("connect left no handshake socket"));
+        handoff::block_on(Self::connect_with_fds_on(
+            handoff::Blocking(sock),
+            tag,
+            count,
+            accept,
+        ))
+    }
+
+    /// The handshake of [`connect`](Producer::connect) over any driver
+    /// (the blocking one, or the tokio reactor's for `connect_async`).
+    pub(crate) async fn connect_on<W: Wait>(mut w: W) -> Result<Producer, Error> {
+        let mut producer = Self::attach_on(&mut w, Protocol::Plain).await?;
+        producer.peer = Some(Bell::from_stream(w.into_stream()));
+        Ok(producer)
+    }
+
+    /// The handshake of [`connect_with_fds`](Producer::connect_with_fds)
+    /// over any driver.
+    pub(crate) async fn connect_with_fds_on<W: Wait, R>(
+        mut w: W,
+        tag: [u8; 8],
+        count: usize,
+        accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
+    ) -> Result<(Producer, R), Error> {
+        let mut producer = Self::attach_on(&mut w, Protocol::tagged(tag)?).await?;
+        let accepted = match handoff::receive_extra(&mut w, tag, count).await {
+            Ok(fds) => accept(&producer, fds),
+            Err(e) => Err(e),
         };
-        let accepted =
-            crate::handoff::receive_extra(sock, tag, count).and_then(|fds| accept(&producer, fds));
         // The verdict must arrive: a consumer that does not hear it fails,
         // and so must we.
-        let replied = crate::handoff::reply_extra(sock, accepted.as_ref().map(|_| ()));
+        let replied = handoff::reply(&mut w, accepted.as_ref().map(|_| ())).await;
         let accepted = accepted?;
         replied?;
+        producer.peer = Some(Bell::from_stream(w.into_stream()));
         Ok((producer, accepted))
+    }
+
+    /// Receives an offer of `protocol` (any other is refused, on both
+    /// sides), attaches, and tells the consumer whether it worked (so a
+    /// failure here surfaces on both sides). The producer has no peer yet.
+    async fn attach_on<W: Wait>(w: &mut W, protocol: Protocol) -> Result<Producer, Error> {
+        let offer = handoff::receive_offer(w, protocol).await?;
+        let attached = Self::attach(offer, w.sock());
+        // Nothing but the verdict goes back: on Userfault and UserfaultAsync
+        // the uffd stays with this process's agent.
+        handoff::reply(w, attached.as_ref().map(|_| ())).await?;
+        attached
     }
 
     /// `true` once the consumer is gone (its end of the handshake socket

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -19,7 +19,7 @@ use ::tokio::io::unix::AsyncFd;
 use futures_core::{FusedStream, Stream};
 
 use crate::reactor;
-use crate::{BackendKind, Epoch, Error, Region, blocking};
+use crate::{BackendKind, Epoch, Error, Producer, Region, blocking, handoff};
 
 /// A tripwire registered with the tokio reactor: `changed().await`.
 ///
@@ -442,15 +442,40 @@ impl Tripwire {
         self.inner()
     }
 
-    /// Hands the tripwire to one more producer: [`blocking::Tripwire::share`].
-    /// Blocks for the handshake: on a multi-thread runtime call it in
-    /// `tokio::task::block_in_place`, or share before registering. The
-    /// registration watches the new producer too (the tripwire's one fd
-    /// does).
+    /// Hands the tripwire to one more producer, the async
+    /// [`blocking::Tripwire::share`]: the same handshake, but the runtime's
+    /// thread never blocks on it (the socket is registered with the runtime
+    /// for the handshake's time, each frame moves when the socket is ready,
+    /// and other tasks run meanwhile). The registration watches the new
+    /// producer too (the tripwire's one fd does).
+    ///
+    /// `peer` is a std socket; a `tokio::net::UnixStream` goes in through
+    /// its `into_std()`. Either side may be blocking or async: the
+    /// producer calls [`Producer::connect`](crate::Producer::connect) or
+    /// [`Producer::connect_async`](crate::Producer::connect_async).
+    ///
+    /// Gives up after 10 s of silence, as the blocking share does (a tokio
+    /// timer: the runtime needs its time driver).
+    ///
+    /// (Until 0.1 this `share` blocked; it is `async` now, like every
+    /// method of this type that waits.)
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in that a dropped `share` leaves the tripwire as it was
+    /// (nothing of the unfinished producer is watched) and closes `peer`,
+    /// so the producer's `connect` fails with a hang-up: share again with a
+    /// new socket. The handshake itself is lost.
     ///
     /// # Errors
     ///
-    /// As [`blocking::Tripwire::share`].
+    /// As [`blocking::Tripwire::share`] (a wrong protocol, a refusal, a
+    /// time-out: [`Error::Handshake`]); [`Error::Io`] if the socket cannot
+    /// be registered with the runtime.
+    ///
+    /// # Panics
+    ///
+    /// In a runtime without its time driver (tokio's timer panics).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -459,38 +484,64 @@ impl Tripwire {
     /// # use memfd_tripwire::{Backend, Producer, Tripwire, blocking};
     /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create()?)?;
     /// let (ours, theirs) = UnixStream::pair()?;
-    /// let producer = std::thread::spawn(move || Producer::connect(theirs));
-    /// tw.share(ours)?;
-    /// let producer = producer.join().unwrap()?;
+    /// let producer = tokio::spawn(Producer::connect_async(theirs)); // or another process
+    /// tw.share(ours).await?;
+    /// let producer = producer.await??;
     /// producer.region().write(0, &1u8)?;
     /// tw.changed().await?;
     /// # Ok(()) }
     /// ```
-    pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
-        self.inner_mut().share(peer)
+    pub async fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        let w = handoff::Reactor::new(peer)?;
+        self.inner_mut().share_on(w, None).await
     }
 
-    /// [`share`](Tripwire::share) with a second frame of `fds`:
-    /// [`blocking::Tripwire::share_with_fds`].
+    /// [`share`](Tripwire::share) with a second frame of `fds`, the async
+    /// [`blocking::Tripwire::share_with_fds`]; the producer calls
+    /// [`Producer::connect_with_fds_async`](crate::Producer::connect_with_fds_async)
+    /// (or the blocking one) with the same `tag`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`share`](Tripwire::share).
     ///
     /// # Errors
     ///
-    /// As [`blocking::Tripwire::share_with_fds`].
+    /// As [`blocking::Tripwire::share_with_fds`], and as
+    /// [`share`](Tripwire::share).
     ///
-    /// ```no_run
-    /// # async fn f(mut tw: memfd_tripwire::Tripwire, peer: std::os::unix::net::UnixStream,
-    /// #     extra: std::os::fd::OwnedFd) -> Result<(), memfd_tripwire::Error> {
+    /// # Panics
+    ///
+    /// As [`share`](Tripwire::share).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::os::fd::AsFd;
-    /// tw.share_with_fds(peer, *b"MYDEVICE", &[extra.as_fd()])?;
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, Producer, SharedMemory, Tripwire, blocking};
+    ///
+    /// const TAG: [u8; 8] = *b"MYDEVICE";
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create()?)?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let producer = tokio::spawn(Producer::connect_with_fds_async(theirs, TAG, 1, |_, mut fds| {
+    ///     SharedMemory::from_fd(fds.remove(0))
+    /// }));
+    /// let descriptors = SharedMemory::create(4096)?;
+    /// tw.share_with_fds(ours, TAG, &[descriptors.as_fd()]).await?;
+    /// let (_producer, theirs) = producer.await??;
+    /// theirs.region().write(0, &7u32)?;
+    /// assert_eq!(descriptors.region().read::<u32>(0)?, 7);
     /// # Ok(()) }
     /// ```
-    pub fn share_with_fds(
+    pub async fn share_with_fds(
         &mut self,
         peer: UnixStream,
         tag: [u8; 8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        self.inner_mut().share_with_fds(peer, tag, fds)
+        let w = handoff::Reactor::new(peer)?;
+        self.inner_mut().share_on(w, Some((tag, fds))).await
     }
 
     /// `true` once the tripwire was shared and every producer has hung up:
@@ -830,5 +881,100 @@ pub(crate) fn poll_turns<T, E>(
         if let Some(outcome) = outcome.transpose() {
             return Poll::Ready(outcome);
         }
+    }
+}
+
+/// The async handshakes of [`Producer`], beside its blocking ones.
+///
+/// Named `connect_async` rather than `connect`: `Producer` is used with and
+/// without a runtime, and its blocking `connect` keeps its name whatever
+/// the features (a feature never changes a signature); the ring's ends
+/// follow the same rule ([`Sender::connect_async`](crate::ring::Sender::connect_async),
+/// [`Receiver::share_async`](crate::ring::Receiver::share_async)). Types
+/// that only exist with tokio, as the async [`Tripwire`], use the plain
+/// name (`share().await`), as tokio's own types do.
+impl Producer {
+    /// The async [`connect`](Producer::connect): the same handshake, but
+    /// the runtime's thread never blocks on it (the socket is registered
+    /// with the runtime for the handshake's time, and each frame moves when
+    /// the socket is ready). The consumer may share with the blocking or
+    /// the async `share`.
+    ///
+    /// `sock` is a std socket; a `tokio::net::UnixStream` goes in through
+    /// its `into_std()`. Gives up after 10 s of silence, as `connect` does
+    /// (a tokio timer: the runtime needs its time driver).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes `sock` (the consumer's `share` fails
+    /// with a hang-up) and anything attached so far (on `Userfault`, the
+    /// agent): nothing is left behind, and the handshake is lost. Connect
+    /// again over a new socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Producer::connect); [`Error::Io`] outside a tokio
+    /// runtime, or if the socket cannot be registered with it.
+    ///
+    /// # Panics
+    ///
+    /// In a runtime without its time driver (tokio's timer panics).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, Producer, Tripwire, blocking};
+    ///
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// // Normally in another process, which got `theirs` by inheritance or SCM_RIGHTS.
+    /// let producer = tokio::spawn(Producer::connect_async(theirs));
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(4096).backend(Backend::Doorbell).create()?)?;
+    /// tw.share(ours).await?;
+    /// let producer = producer.await??;
+    /// producer.region().write(0, &42u32)?;
+    /// producer.notify()?;
+    /// tw.changed().await?;
+    /// assert_eq!(tw.region().read::<u32>(0)?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_async(sock: UnixStream) -> Result<Producer, Error> {
+        Producer::connect_on(handoff::Reactor::new(sock)?).await
+    }
+
+    /// The async [`connect_with_fds`](Producer::connect_with_fds), as
+    /// [`connect_async`](Producer::connect_async) is the async `connect`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect_async`](Producer::connect_async) (`accept` runs only
+    /// if the second frame arrived, before its verdict is sent).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with_fds`](Producer::connect_with_fds) and
+    /// [`connect_async`](Producer::connect_async).
+    ///
+    /// # Panics
+    ///
+    /// As [`connect_async`](Producer::connect_async).
+    ///
+    /// ```no_run
+    /// # async fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
+    /// use memfd_tripwire::{Producer, SharedMemory};
+    /// let (producer, descriptors) =
+    ///     Producer::connect_with_fds_async(sock, *b"MYDEVICE", 1, |_, mut fds| {
+    ///         SharedMemory::from_fd(fds.remove(0))
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_fds_async<R>(
+        sock: UnixStream,
+        tag: [u8; 8],
+        count: usize,
+        accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
+    ) -> Result<(Producer, R), Error> {
+        Producer::connect_with_fds_on(handoff::Reactor::new(sock)?, tag, count, accept).await
     }
 }

@@ -35,9 +35,12 @@ use rustix::net::{
 const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
 const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
 /// 4 since the Doorbell offer is one memfd (region, then control page) and
-/// the producer rings through the handshake socket.
-const VERSION: u16 = 4;
-const OFFER_LEN: usize = 24;
+/// the producer rings through the handshake socket; 5 since the offer names
+/// its protocol (8 bytes: all zero for a plain tripwire, else the tag of
+/// the extra frame that follows) and a producer that expected another
+/// replies with status 2 and its own in the reply's last 8 bytes.
+const VERSION: u16 = 5;
+const OFFER_LEN: usize = 32;
 const REPLY_LEN: usize = 24;
 const MAX_MESSAGE: usize = 4096;
 const KERNEL: u16 = 1;
@@ -112,6 +115,7 @@ fn offer_frame(magic: [u8; 8], version: u16, backend: u16, fds: u32, len: u64) -
     f.extend_from_slice(&backend.to_le_bytes());
     f.extend_from_slice(&fds.to_le_bytes());
     f.extend_from_slice(&len.to_le_bytes());
+    f.extend_from_slice(&[0; 8]); // a plain tripwire
     assert_eq!(f.len(), OFFER_LEN);
     f
 }
@@ -1183,5 +1187,116 @@ fn userfault_reply_carrying_fds_is_refused_and_they_are_closed() {
             "fds still open after the failure: {left:?}"
         );
         assert_eq!(fd_count(), before, "the fd table grew");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A wrong protocol: a ring's share against a plain connect and the other way
+// round. Each offer names what it offers (version 5), so the producer
+// refuses at once, and both sides fail naming both, well before the 10 s
+// time-out. On the host backends.
+
+/// The backends the wrong-protocol cases run on.
+const HOST: [(&str, Backend); 3] = [
+    ("doorbell", Backend::Doorbell),
+    ("userfault", Backend::Userfault),
+    ("poll", Backend::Poll),
+];
+
+const PLAIN: &str = "a plain tripwire (Tripwire::share, Producer::connect)";
+const RING: &str = "a ring (tag \"MFDTRING\": ring::Receiver::share, ring::Sender::connect)";
+
+/// The error text of a wrong protocol, as each side says it.
+fn wrong_protocol(offered: &str, expected: &str) -> (String, String) {
+    let tail = "both sides must use the same pair of calls";
+    (
+        format!(
+            "tripwire handshake failed: wrong protocol: this side offered {offered}, the peer \
+             expected {expected}: {tail}"
+        ),
+        format!(
+            "tripwire handshake failed: wrong protocol: the peer offered {offered}, this side \
+             expected {expected}: {tail}"
+        ),
+    )
+}
+
+/// Asserts `result` is exactly the handshake error `text`.
+#[track_caller]
+fn assert_exact(side: &str, result: Result<impl std::fmt::Debug, Error>, text: &str) {
+    match result {
+        Err(e @ Error::Handshake { .. }) => assert_eq!(e.to_string(), text, "{side}"),
+        other => panic!("{side}: expected the handshake error {text:?}, got {other:?}"),
+    }
+}
+
+/// Coarse: a refusal, not the 10 s time-out.
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_ring_shared_with_a_plain_producer_fails_on_both_sides_at_once() {
+    use memfd_tripwire::ring::{Sender, SharedRing};
+    watchdog(false, || {
+        for (name, backend) in HOST {
+            let Some(mut rx) = support::or_skip(
+                name,
+                SharedRing::<u64>::builder(64).backend(backend).create(),
+            ) else {
+                continue;
+            };
+            let (ours, theirs) = UnixStream::pair().expect("socketpair");
+            let start = Instant::now();
+            let producer = thread::spawn(move || Producer::connect(theirs));
+            let shared = rx.share(ours);
+            let connected = producer.join().expect("the producer panicked");
+            let took = start.elapsed();
+            let (consumer, producer) = wrong_protocol(RING, PLAIN);
+            assert_exact(&format!("{name}: the ring's share"), shared, &consumer);
+            assert_exact(&format!("{name}: Producer::connect"), connected, &producer);
+            assert!(took < AT_ONCE, "{name}: the refusal took {took:?}");
+            // Nothing was shared: the ring takes its Sender next.
+            let (ours, theirs) = UnixStream::pair().expect("socketpair");
+            let tx = thread::spawn(move || Sender::<u64>::connect(theirs));
+            rx.share(ours)
+                .unwrap_or_else(|e| panic!("{name}: share again: {e}"));
+            let mut tx = tx.join().expect("the sender panicked").expect("connect");
+            tx.blocking_send(7).expect("send");
+            assert_eq!(rx.blocking_recv().expect("recv"), Some(7), "{name}");
+        }
+    });
+}
+
+#[test]
+fn a_plain_tripwire_shared_with_a_ring_sender_fails_on_both_sides_at_once() {
+    use memfd_tripwire::ring::Sender;
+    watchdog(false, || {
+        for (name, backend) in HOST {
+            let Some(mut tw) =
+                support::or_skip(name, Tripwire::builder(4096).backend(backend).create())
+            else {
+                continue;
+            };
+            let (ours, theirs) = UnixStream::pair().expect("socketpair");
+            let start = Instant::now();
+            let sender = thread::spawn(move || Sender::<u64>::connect(theirs));
+            let shared = tw.share(ours);
+            let connected = sender.join().expect("the sender panicked");
+            let took = start.elapsed();
+            let (consumer, producer) = wrong_protocol(PLAIN, RING);
+            assert_exact(&format!("{name}: share"), shared, &consumer);
+            assert_exact(&format!("{name}: Sender::connect"), connected, &producer);
+            assert!(took < AT_ONCE, "{name}: the refusal took {took:?}");
+            // Nothing was shared: the tripwire takes a producer next.
+            let (tw, producer) = support::with_producer(tw);
+            producer.region().write(0, &1u8).expect("write");
+            producer.notify().expect("notify");
+            let mut tw = tw;
+            assert!(
+                tw.wait_timeout(Duration::from_secs(10))
+                    .expect("wait")
+                    .is_some(),
+                "{name}: no trip after sharing again"
+            );
+        }
     });
 }

@@ -1,4 +1,4 @@
-//! The producer's parse of an offer: 24 header bytes and the number of fds
+//! The producer's parse of an offer: 32 header bytes and the number of fds
 //! that came with them, as a hostile consumer chooses. Never panics; an
 //! accepted offer names a known backend with exactly its fds and a non-zero
 //! length, and every byte of it is meaningful (it re-encodes to itself).
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(offer.len > 0, "{offer:?}");
             assert_eq!(fds, offer_fds(offer.kind), "{offer:?}");
             assert_eq!(
-                &encode_offer(offer.kind, offer.len, fds),
+                &encode_offer(offer.kind, offer.len, fds, offer.protocol),
                 frame,
                 "{offer:?}"
             );

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(reply.msg_len <= MAX_MESSAGE, "{reply:?}");
     assert_eq!(
-        &encode_reply(reply.status, reply.msg_len, reply.address),
+        &encode_reply(reply.status, reply.msg_len, reply.protocol),
         hdr
     );
 

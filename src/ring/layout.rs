@@ -35,7 +35,7 @@ pub(crate) fn control_len() -> usize {
 }
 /// The tag of the ring's frame after the tripwire's handshake (its fds:
 /// control memfd, space bell, slots memfd).
-pub(crate) const FRAME_TAG: [u8; 8] = *b"MFDTRING";
+pub(crate) const FRAME_TAG: [u8; 8] = crate::handoff::RING_TAG;
 /// The fds of the ring's frame.
 pub(crate) const FRAME_FDS: usize = 3;
 /// Bytes of the header at the start of the control memfd.

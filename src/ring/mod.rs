@@ -27,9 +27,11 @@
 //! `recv().await` and `send().await` never block the thread (on `Userfault`
 //! the Receiver's ACK stays in flight while it waits for the Sender's
 //! agent), and spend tokio's coop budget per message, as
-//! `tokio::sync::mpsc` does. Sharing and connecting do block, for the
-//! handshake (up to 10 s per frame against a silent peer): in async code,
-//! run them on `tokio::task::spawn_blocking`, as the example below does.
+//! `tokio::sync::mpsc` does. The handshakes have async twins that never
+//! block the thread either: `Receiver::share_async` and
+//! `Sender::connect_async` (feature `tokio`; up to 10 s per frame against a
+//! silent peer, as the blocking `share` and `connect`), as the example
+//! below does.
 //!
 //! # A peer you do not trust
 //!
@@ -61,7 +63,7 @@
 //! use memfd_tripwire::ring::{Sender, SharedRing};
 //!
 //! let (ours, theirs) = UnixStream::pair()?;
-//! // The Sender normally lives in another process; connecting blocks.
+//! // The Sender normally lives in another process; this one is blocking.
 //! let sender = std::thread::spawn(move || -> Result<(), memfd_tripwire::Error> {
 //!     let mut tx = Sender::<[u64; 2]>::connect(theirs)?;
 //!     for i in 0..100 {
@@ -72,8 +74,8 @@
 //! let mut rx = SharedRing::<[u64; 2]>::builder(64)
 //!     .backend(Backend::Doorbell)
 //!     .create()?;
-//! // Sharing blocks for the handshake: not on the runtime's thread.
-//! let mut rx = tokio::task::spawn_blocking(move || rx.share(ours).map(|()| rx)).await??;
+//! // The async handshake: the runtime's thread is free meanwhile.
+//! rx.share_async(ours).await?;
 //! let mut n = 0;
 //! while let Some([i, sq]) = rx.recv().await? {
 //!     assert_eq!((i, sq), (n, n * n));

@@ -14,7 +14,7 @@ use super::layout::{self, Header};
 use super::spin::Spin;
 use super::{Builder, TryRecvError};
 use crate::sys::Bell;
-use crate::{BackendKind, Error, SharedMemory, blocking};
+use crate::{BackendKind, Error, SharedMemory, blocking, handoff};
 
 /// The consuming end of a ring; from [`SharedRing::builder`](super::SharedRing::builder).
 ///
@@ -186,10 +186,16 @@ impl<T: Pod> Receiver<T> {
     /// [`Sender::connect`](super::Sender::connect)): the tripwire handshake,
     /// then the ring's own frame (its control memory and space doorbell).
     ///
+    /// Blocks for the handshake (up to 10 s per frame against a silent
+    /// peer): in async code, use `share_async` (feature `tokio`).
+    ///
     /// # Errors
     ///
     /// [`Error::Handshake`] if the exchange fails or the Sender refuses (for
-    /// a [`Error::LayoutMismatch`] on its side, the message says which).
+    /// a [`Error::LayoutMismatch`] on its side, the message says which);
+    /// "wrong protocol", naming both, at once, if the peer expected a plain
+    /// tripwire ([`Producer::connect`](crate::Producer::connect)). The ring
+    /// stays unshared: share it again.
     ///
     /// ```no_run
     /// # fn f(peer: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
@@ -199,6 +205,13 @@ impl<T: Pod> Receiver<T> {
     /// # Ok(()) }
     /// ```
     pub fn share(&mut self, peer: UnixStream) -> Result<(), Error> {
+        handoff::block_on(self.share_on(handoff::Blocking(peer)))
+    }
+
+    /// The handshake of [`share`](Receiver::share) over any driver (the
+    /// blocking one, or the tokio reactor's for `share_async`): the ring is
+    /// shared only once it returns `Ok`.
+    pub(super) async fn share_on<W: handoff::Wait>(&mut self, w: W) -> Result<(), Error> {
         if self.shared {
             return Err(Error::handshake(
                 "this ring already has its Sender (a ring has one producer): make another ring",
@@ -209,7 +222,7 @@ impl<T: Pod> Receiver<T> {
             self.space_peer.as_fd(),
             self.slots_mem.as_fd(),
         ];
-        self.tw.share_with_fds(peer, layout::FRAME_TAG, &fds)?;
+        self.tw.share_on(w, Some((layout::FRAME_TAG, &fds))).await?;
         self.shared = true;
         Ok(())
     }

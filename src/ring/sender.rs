@@ -11,7 +11,7 @@ use super::core::Tx;
 use super::layout;
 use super::protocol;
 use super::{SendError, SendManyError, TrySendError};
-use crate::{Error, Producer};
+use crate::{Error, Producer, handoff};
 
 /// The producing end of a ring, in the process that received it.
 ///
@@ -50,11 +50,13 @@ impl<T: Pod> Sender<T> {
     /// [type tag](super::type_tag); a mismatch is refused on both sides.
     ///
     /// Blocks for the handshake (up to 10 s per frame against a silent peer): in
-    /// async code, call it on `tokio::task::spawn_blocking`.
+    /// async code, use `connect_async` (feature `tokio`).
     ///
     /// # Errors
     ///
-    /// [`Error::LayoutMismatch`] naming both sides' values;
+    /// [`Error::LayoutMismatch`] naming both sides' values; "wrong
+    /// protocol" ([`Error::Handshake`]), naming both, at once, if the peer
+    /// shares a plain tripwire ([`blocking::Tripwire::share`](crate::blocking::Tripwire::share));
     /// [`Error::Handshake`] or [`Error::Io`] as for
     /// [`Producer::connect`].
     ///
@@ -81,12 +83,23 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub fn connect_with_tag(sock: UnixStream, type_tag: u64) -> Result<Sender<T>, Error> {
-        let (producer, attached) = Producer::connect_with_fds(
-            sock,
+        handoff::block_on(Self::connect_on(handoff::Blocking(sock), type_tag))
+    }
+
+    /// The handshake of [`connect_with_tag`](Sender::connect_with_tag)
+    /// over any driver (the blocking one, or the tokio reactor's for
+    /// `connect_async`).
+    pub(super) async fn connect_on<W: handoff::Wait>(
+        w: W,
+        type_tag: u64,
+    ) -> Result<Sender<T>, Error> {
+        let (producer, attached) = Producer::connect_with_fds_on(
+            w,
             layout::FRAME_TAG,
             layout::FRAME_FDS,
             |producer, fds| Tx::<T>::attach(producer.region(), fds, type_tag),
-        )?;
+        )
+        .await?;
         Ok(Sender {
             tx: Tx::new(producer, attached),
             #[cfg(feature = "tokio")]

@@ -19,9 +19,57 @@ use futures_core::{FusedStream, Stream};
 
 use super::registration::Registration;
 use super::{Receiver, SendError, SendManyError, Sender};
-use crate::Error;
+use crate::{Error, handoff};
 
 impl<T: Pod> Receiver<T> {
+    /// The async [`share`](Receiver::share): the same handshake (the
+    /// tripwire's, then the ring's frame), but the runtime's thread never
+    /// blocks on it; the Sender may connect with
+    /// [`Sender::connect_async`] or the blocking
+    /// [`Sender::connect`]. Named `share_async`, not `share`: the ring is
+    /// used with and without a runtime, and the blocking `share` keeps its
+    /// name whatever the features (see [`Producer`](crate::Producer)'s
+    /// async handshakes).
+    ///
+    /// `peer` is a std socket; a `tokio::net::UnixStream` goes in through
+    /// its `into_std()`. Gives up after 10 s of silence per frame (a tokio
+    /// timer: the runtime needs its time driver).
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped `share_async` leaves the ring unshared and closes `peer`
+    /// (the Sender's `connect` fails with a hang-up): share it again with
+    /// a new socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`share`](Receiver::share); [`Error::Io`] outside a tokio
+    /// runtime, or if the socket cannot be registered with it.
+    ///
+    /// # Panics
+    ///
+    /// In a runtime without its time driver (tokio's timer panics).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
+    ///
+    /// let mut rx = SharedRing::<u64>::builder(64).backend(Backend::Doorbell).create()?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// // Normally in another process.
+    /// let tx = tokio::spawn(Sender::<u64>::connect_async(theirs));
+    /// rx.share_async(ours).await?;
+    /// let mut tx = tx.await??;
+    /// tx.send(7).await?;
+    /// assert_eq!(rx.recv().await?, Some(7));
+    /// # Ok(()) }
+    /// ```
+    pub async fn share_async(&mut self, peer: std::os::unix::net::UnixStream) -> Result<(), Error> {
+        self.share_on(handoff::Reactor::new(peer)?).await
+    }
+
     /// Polls for the next message; the building block of
     /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
     /// tokio's coop budget per message (and per wake-up that found
@@ -179,6 +227,73 @@ impl<T: Pod> FusedStream for Receiver<T> {
 }
 
 impl<T: Pod> Sender<T> {
+    /// The async [`connect`](Sender::connect): the same handshake, but the
+    /// runtime's thread never blocks on it; the Receiver may share with
+    /// [`Receiver::share_async`] or the blocking [`Receiver::share`].
+    /// Named `connect_async` for the reason
+    /// [`Receiver::share_async`] gives.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes `sock` (the Receiver's share fails with
+    /// a hang-up) and whatever was attached: connect again over a new
+    /// socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Sender::connect); [`Error::Io`] outside a tokio
+    /// runtime, or if the socket cannot be registered with it.
+    ///
+    /// # Panics
+    ///
+    /// In a runtime without its time driver (tokio's timer panics).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
+    ///
+    /// let mut rx = SharedRing::<u64>::builder(64).backend(Backend::Poll).create()?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let (shared, tx) = tokio::join!(rx.share_async(ours), Sender::<u64>::connect_async(theirs));
+    /// shared?;
+    /// tx?.send(1).await?;
+    /// assert_eq!(rx.recv().await?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_async(sock: std::os::unix::net::UnixStream) -> Result<Sender<T>, Error> {
+        Self::connect_on(handoff::Reactor::new(sock)?, super::type_tag::<T>()).await
+    }
+
+    /// The async [`connect_with_tag`](Sender::connect_with_tag).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect_async`](Sender::connect_async).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with_tag`](Sender::connect_with_tag) and
+    /// [`connect_async`](Sender::connect_async).
+    ///
+    /// # Panics
+    ///
+    /// As [`connect_async`](Sender::connect_async).
+    ///
+    /// ```no_run
+    /// # async fn f(sock: std::os::unix::net::UnixStream) -> Result<(), memfd_tripwire::Error> {
+    /// const PRICES: u64 = u64::from_le_bytes(*b"PRICE\0\0\0");
+    /// let tx = memfd_tripwire::ring::Sender::<u64>::connect_with_tag_async(sock, PRICES).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_tag_async(
+        sock: std::os::unix::net::UnixStream,
+        type_tag: u64,
+    ) -> Result<Sender<T>, Error> {
+        Self::connect_on(handoff::Reactor::new(sock)?, type_tag).await
+    }
+
     /// Polls for free slots. Each turn (a look at the tail, and a
     /// wake-up that found none) spends a unit of tokio's coop budget,
     /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor

@@ -64,12 +64,6 @@ impl Bell {
         }
     }
 
-    /// The socket, for the frames that still go over a handshake socket
-    /// (a protocol's extra frame).
-    pub(crate) fn stream(&self) -> &UnixStream {
-        &self.sock
-    }
-
     /// Rings the other end. Never blocks: a full queue means rings are
     /// already pending, and counts as done.
     ///

@@ -29,17 +29,31 @@ impl<T: AsFd> AsRawFd for Owner<T> {
 /// Only such a type may be registered by [`register`].
 pub(crate) trait FixedFd: AsFd {}
 
+/// A std socket's fd is the one it was made with, for its whole life: none
+/// of its methods closes or replaces it (the handshake's socket, registered
+/// for the handshake's time by `handoff/tokio.rs`).
+impl FixedFd for std::os::unix::net::UnixStream {}
+
 /// Registers `inner` by its own fd for readability, with no duplicate: the
 /// `AsyncFd` owns it. Whoever holds the `AsyncFd` may call `inner`'s
 /// methods through `get_mut`, never replace it (tokio's rule). On failure,
 /// `inner` comes back with the error.
 pub(crate) fn register<T: FixedFd>(inner: T) -> Result<AsyncFd<Owner<T>>, (T, io::Error)> {
+    register_for(inner, Interest::READABLE)
+}
+
+/// [`register`] for `interest` (readability, writability or both).
+pub(crate) fn register_for<T: FixedFd>(
+    inner: T,
+    interest: Interest,
+) -> Result<AsyncFd<Owner<T>>, (T, io::Error)> {
     // SAFETY: `T: FixedFd` returns the same open fd for its whole life, and
     // the AsyncFd owns it: the fd is open and the same until the AsyncFd is
     // dropped (it deregisters first) or gives `inner` back (`into_inner`,
     // which deregisters). The crate's holders replace no registered value
-    // (tokio.rs only calls methods through `get_mut`).
-    unsafe { AsyncFd::register_with_interest(Owner(inner), Interest::READABLE) }.map_err(|e| {
+    // (tokio.rs only calls methods through `get_mut`; the handshake's
+    // driver only `get_ref`).
+    unsafe { AsyncFd::register_with_interest(Owner(inner), interest) }.map_err(|e| {
         let (Owner(inner), error) = e.into_parts();
         (inner, error)
     })

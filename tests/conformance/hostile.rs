@@ -123,6 +123,10 @@ pub const ALL: &[Scenario] = &[
 ];
 
 const OFFER_MAGIC: [u8; 8] = *b"MFDTWIRE";
+/// An offer's length (from handshake version 5), and its last field for a
+/// plain tripwire (not a ring).
+const OFFER_LEN: usize = 32;
+const PLAIN: [u8; 8] = [0; 8];
 const REPLY_MAGIC: [u8; 8] = *b"MFDTWACK";
 const DOORBELL: u16 = 2;
 const PAGE: usize = 4096;
@@ -198,7 +202,7 @@ fn fake_producer(
     address: u64,
     fds: &[BorrowedFd<'_>],
 ) -> Result<([u8; 2], Vec<OwnedFd>), Failed> {
-    let (frame, received) = recv_frame(sock, 24)?;
+    let (frame, received) = recv_frame(sock, OFFER_LEN)?;
     ensure(frame[..8] == OFFER_MAGIC, || "not an offer".into())?;
     let version = [frame[8], frame[9]];
     send_frame(sock, &ok_reply(version, address), fds)?;
@@ -405,7 +409,7 @@ fn producer_that_rang_and_left_loses_no_ring(ctx: &Ctx) -> Outcome {
 /// The handshake version this build speaks, learned from a real offer.
 fn handshake_version() -> Result<[u8; 2], Failed> {
     let (a, b) = UnixStream::pair()?;
-    let probe = std::thread::spawn(move || recv_frame(&b, 24).map(|(f, _)| [f[8], f[9]]));
+    let probe = std::thread::spawn(move || recv_frame(&b, OFFER_LEN).map(|(f, _)| [f[8], f[9]]));
     let mut tw = blocking::Tripwire::builder(64)
         .backend(Backend::Poll)
         .create()?;
@@ -426,12 +430,13 @@ fn offer_doorbell(memfd: &OwnedFd) -> Result<(Producer, UnixStream, UnixStream),
     // What a consumer that made the pair keeps: a copy of the producer's end.
     let their_copy = theirs.try_clone()?;
     let producer = std::thread::spawn(move || Producer::connect(theirs));
-    let mut offer = Vec::with_capacity(24);
+    let mut offer = Vec::with_capacity(OFFER_LEN);
     offer.extend_from_slice(&OFFER_MAGIC);
     offer.extend_from_slice(&handshake_version()?);
     offer.extend_from_slice(&DOORBELL.to_le_bytes());
     offer.extend_from_slice(&1u32.to_le_bytes());
     offer.extend_from_slice(&4096u64.to_le_bytes());
+    offer.extend_from_slice(&PLAIN);
     send_frame(&ours, &offer, &[memfd.as_fd()])?;
     let (reply, _) = recv_frame(&ours, 24)?;
     let producer = producer.join().map_err(|_| "producer panicked")??;
@@ -889,12 +894,13 @@ fn consumer_gets_no_fd_and_cannot_stall_the_producer(ctx: &Ctx) -> Outcome {
     } else {
         4
     };
-    let mut offer = Vec::with_capacity(24);
+    let mut offer = Vec::with_capacity(OFFER_LEN);
     offer.extend_from_slice(&OFFER_MAGIC);
     offer.extend_from_slice(&handshake_version()?);
     offer.extend_from_slice(&code.to_le_bytes());
     offer.extend_from_slice(&2u32.to_le_bytes());
     offer.extend_from_slice(&((PAGES * PAGE) as u64).to_le_bytes());
+    offer.extend_from_slice(&PLAIN);
     send_frame(&ours, &offer, &[region.as_fd(), chan_theirs.as_fd()])?;
     let (reply, fds) = recv_frame(&ours, 24)?;
     let producer = producer.join().map_err(|_| "producer panicked")??;
