@@ -329,7 +329,9 @@ impl Tripwire {
     /// panicked); [`Error::is_closed`] and [`Error::is_peer_died`] tell them
     /// apart. `TimedOut` for an ACK whose
     /// [`deadline`](Tripwire::deadline) passed with a producer's reply
-    /// missing. `NotConnected` (wrapping [`Error::NotShared`]), at once, on
+    /// missing; if other producers answered, the silent ones are evicted
+    /// (their sockets shut down, their stores no longer watched), the error
+    /// says so, once, and the next step re-arms the others. `NotConnected` (wrapping [`Error::NotShared`]), at once, on
     /// a `Doorbell`, `Userfault` or `UserfaultAsync` tripwire never
     /// [shared](Tripwire::share): only a connected producer trips those,
     /// so any wait would never end (`Kernel` and `Poll` wait: any store

@@ -218,7 +218,10 @@ impl Producer {
     }
 
     /// `true` once the consumer is gone (its end of the handshake socket
-    /// hung up). Always `false` for a producer made with
+    /// hung up), or dropped this producer: a Userfault consumer evicts a
+    /// producer that left an ACK unanswered past its deadline while other
+    /// producers answered (its stores are then no longer watched). Always
+    /// `false` for a producer made with
     /// [`from_fd`](Producer::from_fd), which has no socket.
     ///
     /// ```

@@ -194,7 +194,11 @@ impl Wire {
             Mech::Kernel(w) => w.take(),
             Mech::Doorbell(w) => w.take(&mut self.peers),
             Mech::Poll(w) => w.take(),
-            Mech::Userfault(w) => return w.take(),
+            Mech::Userfault(w) => {
+                let taken = w.take();
+                self.evict();
+                return taken;
+            }
         };
         taken.map(Take::from)
     }
@@ -242,10 +246,22 @@ impl Wire {
     /// The producer attached: starts watching it (its handshake socket,
     /// and its agent's channel on `Userfault` and `UserfaultAsync`).
     pub(crate) fn accept(&mut self, sock: UnixStream) -> Result<(), Error> {
+        let id = self.peers.add(sock)?;
         if let Mech::Userfault(w) = &mut self.mech {
-            w.accept()?;
+            w.accept(id)?;
         }
-        self.peers.add(sock)
+        Ok(())
+    }
+
+    /// Shuts down the sockets of the producers the mechanism evicted (a
+    /// Userfault agent that let an ACK's deadline pass while others
+    /// answered): each learns that it was dropped.
+    fn evict(&mut self) {
+        if let Mech::Userfault(w) = &mut self.mech {
+            for id in w.take_evicted() {
+                self.peers.evict(id);
+            }
+        }
     }
 
     /// The share in progress failed: forgets what was prepared for it (the
@@ -264,7 +280,11 @@ impl Wire {
             Mech::Kernel(w) => w.ack(),
             Mech::Doorbell(w) => w.ack(&mut self.peers),
             Mech::Poll(w) => w.ack(),
-            Mech::Userfault(w) => return w.ack(),
+            Mech::Userfault(w) => {
+                let taken = w.ack();
+                self.evict();
+                return taken;
+            }
         }
         .map(|()| Take::Taken)
     }

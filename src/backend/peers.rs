@@ -103,8 +103,13 @@ impl Peers {
         }
     }
 
-    pub(crate) fn add(&mut self, sock: UnixStream) -> Result<(), Error> {
+    /// Watches a producer's handshake socket; returns its identity (for
+    /// [`evict`](Peers::evict)).
+    pub(crate) fn add(&mut self, sock: UnixStream) -> Result<u64, Error> {
         let sock = Bell::from_stream(sock);
+        let id = sock
+            .id()
+            .map_err(|e| Error::io("fstat of a peer socket", e))?;
         // Close the sockets of peers that are gone (their slots are reused),
         // so that a long-lived consumer serving many short-lived producers
         // stays flat.
@@ -123,7 +128,23 @@ impl Peers {
                 *ever = true;
             }
         }
-        Ok(())
+        Ok(id)
+    }
+
+    /// Shuts down the socket of the producer `id` (from [`add`](Peers::add))
+    /// if it is still watched: it learns that it was dropped (its
+    /// `Producer::is_closed`), and the next look reaps it as a death (it
+    /// said no goodbye). No blocking.
+    pub(crate) fn evict(&self, id: u64) {
+        let shut = |sock: &Bell| {
+            if sock.id().is_ok_and(|i| i == id) {
+                sock.shut_down();
+            }
+        };
+        match &self.kind {
+            Kind::Set { socks, .. } => socks.indices().filter_map(|i| socks.get(i)).for_each(shut),
+            Kind::Watched { socks, .. } => socks.iter().for_each(|(sock, _)| shut(sock)),
+        }
     }
 
     /// The tripwire's fd: readable when the wire trips (its wake-up fd or,

@@ -103,6 +103,19 @@ impl Bell {
         );
     }
 
+    /// This end's identity while it is open (its inode number): how an owner
+    /// that keeps no reference to it names it to whoever does.
+    pub(crate) fn id(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.sock)?.st_ino)
+    }
+
+    /// Shuts this end down both ways: the other end sees the hang-up (its
+    /// `hung_up` turns true), and this end reads as hung up too, so that
+    /// its owner reaps it. Never blocks.
+    pub(crate) fn shut_down(&self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Whether a [`drain`](Bell::drain) took the other end's goodbye: its
     /// hang-up (if any) is then a clean close. A peer may say it and live
     /// on; it only changes how its hang-up is reported.

@@ -286,6 +286,21 @@ pub fn run(role: &str) -> ! {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        "connect_until_closed" => {
+            // Says "ready", then "closed" once its Producer says the
+            // consumer dropped it (an eviction), and lingers.
+            let p = connect();
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            while !p.is_closed() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("closed");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         "store_then_unmap" => {
             // Stores into one page of its mapping, then unmaps that page
             // (as a hostile or careless producer may), then reports on

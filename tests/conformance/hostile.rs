@@ -4,7 +4,7 @@
 //! leak, nor lose a write. Frames are crafted by hand where the peer must
 //! misbehave inside the handshake (the wire format is in `src/handoff.rs`).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -88,6 +88,11 @@ pub const ALL: &[Scenario] = &[
     (
         "hostile_producer_leaving_loses_no_page",
         producer_leaving_loses_no_page,
+        &[BackendKind::Userfault, BackendKind::UserfaultAsync],
+    ),
+    (
+        "hostile_stalled_producer_is_evicted_the_others_keep_notifications",
+        stalled_producer_is_evicted_the_others_keep_notifications,
         &[BackendKind::Userfault, BackendKind::UserfaultAsync],
     ),
     (
@@ -1126,6 +1131,50 @@ fn stopped_producer_times_out_the_ack_and_loses_no_page(ctx: &Ctx) -> Outcome {
     let pages = pages_of_next_trip(&mut tw, ms(5_000))?;
     ensure(pages.iter().any(|p| p.contains(&PAGE)), || {
         format!("page 1 missing from {pages:?} after a timed-out ACK")
+    })
+}
+
+/// Two producers; one is stopped (SIGSTOP) and stays so: the first ACK
+/// fails once, saying it evicted that producer; from then on the other's
+/// stores trip and ACK as before (without eviction every ACK failed with
+/// `TimedOut` for as long as the stopped one lived). Continued, the evicted
+/// producer learns of it (`is_closed`).
+fn stalled_producer_is_evicted_the_others_keep_notifications(ctx: &Ctx) -> Outcome {
+    use rustix::process::{Pid, Signal, kill_process};
+    let (mut tw, a) = pair(ctx, 4 * PAGE)?;
+    let child = crate::util::share_with_child(&mut tw, "connect_until_closed", &[])?;
+    let mut child = crate::scenarios::KillOnDrop(child);
+    let mut out = BufReader::new(child.0.stdout.take().ok_or("no child stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure(line.trim() == "ready", || format!("child said {line:?}"))?;
+    let pid = Pid::from_child(&child.0);
+    tw.ack()?;
+    kill_process(pid, Signal::STOP)?;
+    crate::scenarios::wait_until_stopped(child.0.id(), ms(5_000))?;
+    a.region().write(PAGE, &1u32)?;
+    let first = tw.wait_timeout(ms(10_000));
+    ensure(
+        matches!(&first, Err(e) if e.kind() == std::io::ErrorKind::TimedOut
+            && e.to_string().contains("evicted 1 producer")),
+        || format!("the ACK with a stalled producer gave {first:?}"),
+    )?;
+    for round in 0..3u32 {
+        // The failed ACK left the wire tripped: the first look re-arms.
+        while tw.wait_timeout(ms(0))?.is_some() {}
+        a.region().write(PAGE, &(round + 2))?;
+        let got = tw.wait_timeout(ms(10_000));
+        ensure(matches!(got, Ok(Some(_))), || {
+            format!("round {round}: the live producer's store after the eviction: {got:?}")
+        })?;
+    }
+    kill_process(pid, Signal::CONT)?;
+    line.clear();
+    let got = bounded("the evicted producer's report", ms(10_000), move || {
+        out.read_line(&mut line).map(|_| line)
+    })??;
+    ensure(got.trim() == "closed", || {
+        format!("the evicted producer said {got:?}, not that it was closed")
     })
 }
 

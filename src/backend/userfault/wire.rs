@@ -66,6 +66,12 @@ pub(crate) struct Userfault {
     in_flight: Option<InFlight>,
     /// Byte ranges reported by the last ACK (written pages).
     pages: Vec<Range<usize>>,
+    /// The producer (its handshake socket's id) behind each channel slot.
+    owners: Vec<u64>,
+    /// Producers evicted since the owner last asked ([`take_evicted`]).
+    ///
+    /// [`take_evicted`]: Userfault::take_evicted
+    evicted: Vec<u64>,
 }
 
 /// An ACK sent to the agents, and what their replies said so far.
@@ -119,6 +125,8 @@ impl Userfault {
             seq: 0,
             in_flight: None,
             pages: Vec::new(),
+            owners: Vec::new(),
+            evicted: Vec::new(),
         };
         Ok((wire, region))
     }
@@ -138,8 +146,9 @@ impl Userfault {
         fds
     }
 
-    /// The producer attached: its agent listens on the pending channel.
-    pub(crate) fn accept(&mut self) -> Result<(), Error> {
+    /// The producer attached (`owner`: its handshake socket's id): its
+    /// agent listens on the pending channel.
+    pub(crate) fn accept(&mut self, owner: u64) -> Result<(), Error> {
         // Our copy of the agent's end is dropped here: its close is how we
         // learn that the agent is gone.
         let (chan, _theirs) = self
@@ -149,10 +158,21 @@ impl Userfault {
         if self.kind == BackendKind::UserfaultAsync {
             let _ = chan.send(&agent::encode_config(self.interval));
         }
-        self.chans
+        let idx = self
+            .chans
             .insert(chan, epoll::EventFlags::IN)
             .map_err(|e| Error::io("epoll_ctl for an agent channel", e))?;
+        if self.owners.len() <= idx {
+            self.owners.resize(idx + 1, 0);
+        }
+        self.owners[idx] = owner;
         Ok(())
+    }
+
+    /// The producers evicted since the last call (their handshake sockets'
+    /// ids), for the owner of those sockets to shut down.
+    pub(crate) fn take_evicted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// The share in progress failed: drops its channel.
@@ -363,7 +383,7 @@ impl Userfault {
         }
         if !f.waiting.is_empty() {
             if Instant::now() >= f.deadline {
-                return Err(not_answering("no reply"));
+                return Err(self.evict_silent(&f.waiting));
             }
             self.in_flight = Some(f);
             return Ok(false);
@@ -381,6 +401,39 @@ impl Userfault {
             }
         }
         Ok(true)
+    }
+
+    /// The ACK's deadline passed with the agents of `silent` still to
+    /// answer. If another producer answered, the silent ones are evicted:
+    /// their channels closed (an agent that runs again sees it and stops
+    /// watching its producer's stores), their sockets handed to the owner
+    /// to shut down ([`take_evicted`](Userfault::take_evicted)), so that
+    /// the next ACK goes to the others only and one stopped producer cannot
+    /// deny them service. A sole producer (or all of them silent) is kept:
+    /// it may only be stopped for a while (SIGSTOP, a debugger), and the
+    /// wire waits for it, failing each ACK with `TimedOut`.
+    fn evict_silent(&mut self, silent: &[usize]) -> io::Error {
+        if self.chans.live() <= silent.len() {
+            return not_answering("no reply");
+        }
+        for &idx in silent {
+            if self.chans.remove(idx).is_some() {
+                self.evicted
+                    .push(self.owners.get(idx).copied().unwrap_or(0));
+            }
+        }
+        // Their pages since the last ACK went with them.
+        self.report_all = true;
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "evicted {} producer(s) whose userfault agent did not answer the ACK within \
+                 {ACK_DEADLINE:?} (stopped or hung) while the others answered: their sockets \
+                 are shut down and their stores no longer watched; the other producers keep \
+                 their notifications (the next look re-arms them)",
+                silent.len()
+            ),
+        )
     }
 
     /// The byte ranges the last successful ACK reported (written pages).
