@@ -11,6 +11,7 @@
 //! # Quick start
 //!
 //! ```
+//! # #[cfg(feature = "tokio")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::os::unix::net::UnixStream;
@@ -32,6 +33,8 @@
 //! assert_eq!(tw.region().read::<u32>(0)?, 0xC0FFEE);
 //! # let _ = (epoch, producer.await.unwrap().unwrap());
 //! # Ok(()) }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
 //! ```
 //!
 //! # Backends

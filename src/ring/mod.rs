@@ -56,6 +56,7 @@
 //! # Examples
 //!
 //! ```
+//! # #[cfg(feature = "tokio")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::os::unix::net::UnixStream;
@@ -84,6 +85,8 @@
 //! assert_eq!(n, 100); // Ok(None): the sender was dropped after its last send
 //! sender.join().unwrap()?;
 //! # Ok(()) }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
 //! ```
 
 // Laid out as tokio's mpsc: `receiver.rs` and `sender.rs` are the public
