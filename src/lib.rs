@@ -121,6 +121,8 @@ mod producer;
 mod region;
 pub mod ring;
 mod shared_memory;
+// The `tracing` events' macros: `tracing`'s with the feature, nothing without.
+mod trace;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;
