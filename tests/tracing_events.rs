@@ -2,7 +2,8 @@
 //! subscriber. A share (both sides, with the backend and the peer count),
 //! a failed handshake, a clean close (a `Producer` dropped), a death (a
 //! `Producer` dropped while its thread panics: no goodbye), the ring's
-//! close and death, and a corrupt peer (a Sender that publishes an
+//! close and death, an ACK time-out (a Userfault producer whose agent
+//! never answers), and a corrupt peer (a Sender that publishes an
 //! impossible head) each give one event, at debug (handshakes, closes) or
 //! warn (deaths, corrupt peers), with its fields, under the target
 //! `memfd_tripwire`.
@@ -12,14 +13,20 @@
 //! (`with_default`), so that tests running side by side do not see each
 //! other's events.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing, TryRecvError};
 use memfd_tripwire::{Backend, Error, Producer, blocking};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use tracing::field::{Field, Visit};
 use tracing::span;
 use tracing::subscriber::Interest;
@@ -325,5 +332,64 @@ fn an_impossible_head_emits_a_warn_event_of_a_corrupt_peer() {
         assert_eq!(corrupt.level, Level::WARN);
         assert_eq!(corrupt.field("end"), "Receiver");
         assert!(corrupt.field("error").contains("head 9"));
+    });
+}
+
+/// A fake Userfault producer: takes the offer, keeps its fds (the agent's
+/// channel among them) and says yes, then never answers an ACK, as a
+/// stopped producer would not.
+fn silent_userfault_producer(sock: UnixStream) -> Result<(UnixStream, Vec<OwnedFd>), Error> {
+    let mut frame = [0u8; 32];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &sock,
+        &mut [IoSliceMut::new(&mut frame)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("recvmsg of the offer");
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    (&sock).read_exact(&mut frame[got.bytes..]).unwrap();
+    // The reply: magic, version 5, status 0 (ok), no message, a plain
+    // tripwire.
+    let mut reply = Vec::from(*b"MFDTWACK");
+    reply.extend_from_slice(&5u16.to_le_bytes());
+    reply.extend_from_slice(&0u16.to_le_bytes());
+    reply.extend_from_slice(&0u32.to_le_bytes());
+    reply.extend_from_slice(&[0; 8]);
+    (&sock).write_all(&reply).unwrap();
+    Ok((sock, fds))
+}
+
+#[test]
+fn an_ack_a_producer_never_answers_emits_a_warn_event_of_a_time_out() {
+    let capture = Capture::default();
+    tracing::subscriber::with_default(capture.clone(), || {
+        let created = blocking::Tripwire::builder(4096)
+            .backend(Backend::Userfault)
+            .create();
+        let Some(mut tw) = support::or_skip("userfault", created) else {
+            return;
+        };
+        let (shared, silent) = handshake(&capture, |s| tw.share(s), silent_userfault_producer);
+        shared.expect("share");
+        let _silent = silent.expect("the fake producer");
+        let acked = tw.ack();
+        assert!(
+            matches!(&acked, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{acked:?}"
+        );
+        let timed_out = capture.one("ACK timed out");
+        assert_eq!(timed_out.level, Level::WARN);
+        assert_eq!(timed_out.field("backend"), "Userfault");
+        assert_eq!(timed_out.field("producers"), "1");
+        assert!(timed_out.field("error").contains("did not answer"));
+        assert_eq!(tw.stats().ack_timeouts, 1);
     });
 }
