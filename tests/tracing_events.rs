@@ -17,8 +17,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -26,7 +25,6 @@ use std::time::Duration;
 
 use memfd_tripwire::ring::{Receiver, Sender, SharedRing, TryRecvError};
 use memfd_tripwire::{Backend, Error, Producer, blocking};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use tracing::field::{Field, Visit};
 use tracing::span;
 use tracing::subscriber::Interest;
@@ -339,23 +337,7 @@ fn an_impossible_head_emits_a_warn_event_of_a_corrupt_peer() {
 /// channel among them) and says yes, then never answers an ACK, as a
 /// stopped producer would not.
 fn silent_userfault_producer(sock: UnixStream) -> Result<(UnixStream, Vec<OwnedFd>), Error> {
-    let mut frame = [0u8; 32];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &sock,
-        &mut [IoSliceMut::new(&mut frame)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .expect("recvmsg of the offer");
-    let mut fds = Vec::new();
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = m {
-            fds.extend(received);
-        }
-    }
-    (&sock).read_exact(&mut frame[got.bytes..]).unwrap();
+    let fds = support::recv_frame(&sock, &mut [0u8; 32]);
     // The reply: magic, version 5, status 0 (ok), no message, a plain
     // tripwire.
     let mut reply = Vec::from(*b"MFDTWACK");
