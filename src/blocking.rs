@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Options, Take, Wire};
 use crate::handoff;
 use crate::sys::wait;
-use crate::{Backend, BackendKind, Epoch, Error, Region};
+use crate::{Backend, BackendKind, Epoch, Error, Region, trace};
 
 /// Configures and creates a [`Tripwire`]; from [`Tripwire::builder`].
 ///
@@ -162,6 +162,7 @@ impl Builder {
             wire,
             region,
             epoch: Epoch::ZERO,
+            stats: TripwireStats::default(),
         })
     }
 }
@@ -207,6 +208,62 @@ pub struct Tripwire {
     wire: Wire,
     region: Region,
     epoch: Epoch,
+    /// The step's counters (the producers' ends are the wire's: see
+    /// [`stats`](Tripwire::stats)).
+    stats: TripwireStats,
+}
+
+/// What a tripwire has done so far: counters that only go up, from its
+/// creation, read with [`Tripwire::stats`] (and the async
+/// `Tripwire::stats`, feature `tokio`). Like the ring's
+/// [`RingStats`](crate::ring::RingStats), always kept (a few integer
+/// additions in the step every driver takes); the `tracing` feature's
+/// events tell the same story one event at a time.
+///
+/// `trips` equals [`Tripwire::epoch`]`.get()`; `acks` is at least
+/// `trips` (each trip is taken with an ACK, and
+/// [`ack`](Tripwire::ack)/[`try_ack`](Tripwire::try_ack) add their own).
+/// The producers still connected are `producers_connected -
+/// producers_closed - producers_died` (a producer that hung up is counted
+/// once the tripwire next looks: at its next step or
+/// [`producers_gone`](Tripwire::producers_gone)).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use memfd_tripwire::{Backend, blocking::{Tripwire, TripwireStats}};
+///
+/// let mut tw = Tripwire::builder(4096).backend(Backend::Poll).create()?;
+/// assert_eq!(tw.stats(), TripwireStats::default());
+/// tw.region().write(0, &1u8)?;
+/// tw.wait_timeout(Duration::from_secs(5))?.expect("tripped");
+/// let stats = tw.stats();
+/// assert_eq!((stats.trips, stats.acks), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TripwireStats {
+    /// Trips taken: epochs returned by [`Tripwire::try_changed`] and the
+    /// waits built on it.
+    pub trips: u64,
+    /// ACKs completed (each re-armed the wire): one per trip taken, and
+    /// one per [`ack`](Tripwire::ack) or [`try_ack`](Tripwire::try_ack)
+    /// that returned done.
+    pub acks: u64,
+    /// ACKs that failed with `TimedOut`: a producer's agent did not answer
+    /// by the [`deadline`](Tripwire::deadline) (`Userfault`,
+    /// `UserfaultAsync` only; is a producer stopped?).
+    pub ack_timeouts: u64,
+    /// Producers that completed a handshake ([`share`](Tripwire::share)
+    /// and its kin, the ring's too).
+    pub producers_connected: u64,
+    /// Producers that closed their end cleanly (a dropped
+    /// [`Producer`](crate::Producer)'s goodbye, then its hang-up: see
+    /// [`Error::Closed`]).
+    pub producers_closed: u64,
+    /// Producers that hung up without a goodbye: killed, crashed, or
+    /// dropped while their thread panicked (see [`Error::PeerDied`]).
+    pub producers_died: u64,
 }
 
 impl fmt::Debug for Tripwire {
@@ -269,6 +326,46 @@ impl Tripwire {
     /// ```
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// What this tripwire has done so far: trips, ACKs, ACK time-outs,
+    /// and how its producers came and went (see [`TripwireStats`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, Error, Producer, blocking::Tripwire};
+    ///
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let producer = std::thread::spawn(move || Producer::connect(theirs));
+    /// let mut tw = Tripwire::builder(4096).backend(Backend::Doorbell).create()?;
+    /// tw.share(ours)?;
+    /// drop(producer.join().unwrap()?); // a clean close
+    /// let err = tw.wait().unwrap_err();
+    /// assert!(Error::is_closed(&err));
+    /// let stats = tw.stats();
+    /// assert_eq!(stats.producers_connected, 1);
+    /// assert_eq!((stats.producers_closed, stats.producers_died), (1, 0));
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> TripwireStats {
+        let (producers_closed, producers_died) = self.wire.ends();
+        TripwireStats {
+            producers_closed,
+            producers_died,
+            ..self.stats
+        }
+    }
+
+    /// Counts what a take or an ACK of the wire did: an ACK done, or one
+    /// that timed out.
+    fn count(&mut self, taken: io::Result<Take>) -> io::Result<Take> {
+        match &taken {
+            Ok(Take::Taken) => self.stats.acks += 1,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => self.stats.ack_timeouts += 1,
+            _ => {}
+        }
+        taken
     }
 
     /// The one non-blocking step every way of waiting drives: if the wire
@@ -359,7 +456,8 @@ impl Tripwire {
 
     /// The step: on a trip, appends the written ranges to `pages`.
     fn step(&mut self, pages: Option<&mut Vec<Range<usize>>>) -> io::Result<Option<Epoch>> {
-        let mut taken = self.wire.take()?;
+        let taken = self.wire.take();
+        let mut taken = self.count(taken)?;
         match taken {
             Take::Taken => {}
             Take::Pending => {
@@ -381,7 +479,8 @@ impl Tripwire {
                 // The producers' last writes happen before their sockets
                 // close: look once more, and let the mechanism report what
                 // it has not yet.
-                taken = self.wire.take_final()?;
+                let last = self.wire.take_final();
+                taken = self.count(last)?;
                 match taken {
                     Take::Taken => {}
                     Take::Pending => return Ok(None),
@@ -511,10 +610,12 @@ impl Tripwire {
     /// }
     /// ```
     pub fn try_ack(&mut self) -> io::Result<bool> {
-        Ok(self.wire.ack()? == Take::Taken)
+        let acked = self.wire.ack();
+        Ok(self.count(acked)? == Take::Taken)
     }
 
     fn advance(&mut self) -> Epoch {
+        self.stats.trips += 1;
         self.epoch = self.epoch.next();
         self.epoch
     }
@@ -784,6 +885,37 @@ impl Tripwire {
     /// producer (its agent channel) and closes the socket; the producer is
     /// watched only once it accepted every frame.
     pub(crate) async fn share_on<W: handoff::Wait>(
+        &mut self,
+        w: W,
+        extra: Option<([u8; 8], &[BorrowedFd<'_>])>,
+    ) -> Result<(), Error> {
+        let shared = self.offer(w, extra).await;
+        match &shared {
+            Ok(()) => {
+                self.stats.producers_connected += 1;
+                trace::debug!(
+                    backend = %self.wire.kind(),
+                    peers = {
+                        let s = self.stats();
+                        s.producers_connected - s.producers_closed - s.producers_died
+                    },
+                    protocol = %extra.map_or(handoff::Protocol::Plain, |(tag, _)| {
+                        handoff::Protocol::from_wire(tag)
+                    }),
+                    "handshake completed: shared with a producer"
+                );
+            }
+            Err(e) => trace::debug!(
+                backend = %self.wire.kind(),
+                error = %e,
+                "handshake failed: the tripwire stays as it was"
+            ),
+        }
+        shared
+    }
+
+    /// [`share_on`](Tripwire::share_on)'s exchange.
+    async fn offer<W: handoff::Wait>(
         &mut self,
         mut w: W,
         extra: Option<([u8; 8], &[BorrowedFd<'_>])>,

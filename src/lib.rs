@@ -80,6 +80,46 @@
 )]
 //!   tokio (default feature `tokio`).
 //!
+//! # Observability
+//!
+//! Counters, always kept: [`blocking::Tripwire::stats`] (and the async
+//! tripwire's `stats()`) gives a [`blocking::TripwireStats`] of trips
+//! taken, ACKs done, ACK time-outs, and producers connected, closed
+//! cleanly and dead; a ring's [`Receiver::stats`](ring::Receiver::stats)
+//! gives its [`RingStats`](ring::RingStats).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use memfd_tripwire::{Backend, blocking::Tripwire};
+//!
+//! let mut tw = Tripwire::builder(64).backend(Backend::Poll).create()?;
+//! tw.region().write(0, &1u8)?;
+//! tw.wait_timeout(Duration::from_secs(5))?.expect("tripped");
+//! let stats = tw.stats();
+//! println!("{} trips, {} ACKs, {} timed out", stats.trips, stats.acks, stats.ack_timeouts);
+//! assert_eq!(stats.trips, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! Events, with feature `tracing` (off by default; without it nothing is
+//! compiled in): a [`tracing`](https://docs.rs/tracing) event for each
+//! moment a user would otherwise have to guess at, with fields (`backend`,
+//! `peers`, `error`, ...) and a target under `memfd_tripwire` (filter with
+//! `memfd_tripwire=debug`):
+//!
+//! | event | level | where |
+//! |---|---|---|
+//! | handshake completed or failed | debug | both sides: `share` (the ring's too), `Producer::connect` (the ring's `Sender::connect` too) |
+//! | a producer closed its end (goodbye, then hang-up) | debug | the consumer; a ring's Receiver also says "ring closed" |
+//! | a producer died (hang-up without a goodbye) | warn | the consumer; a ring's Receiver also says "ring ended" |
+//! | an ACK timed out (a producer's agent did not answer) | warn | the consumer, `Userfault` and `UserfaultAsync` |
+//! | a corrupt peer (an impossible ring index) | warn | the ring end that read it |
+//!
+//! The OS-level detail stays in the errors; an event says what happened
+//! once, where it was learned (a dead producer is reported when the
+//! consumer next looks, not when it died).
+//!
 //! # Blocking calls and tokio
 //!
 //! The calls that sleep until a peer acts ([`blocking::Tripwire`]'s
@@ -124,6 +164,8 @@ mod producer;
 mod region;
 pub mod ring;
 mod shared_memory;
+// The `tracing` events' macros: `tracing`'s with the feature, nothing without.
+mod trace;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use crate::backend::Feed;
 use crate::handoff::{self, Protocol, Wait};
 use crate::sys::Bell;
-use crate::{BackendKind, Error, Region};
+use crate::{BackendKind, Error, Region, trace};
 
 /// The producer's end of a tripwire: its memory, and `notify()`.
 ///
@@ -178,7 +178,9 @@ impl Producer {
     /// The handshake of [`connect`](Producer::connect) over any driver
     /// (the blocking one, or the tokio reactor's for `connect_async`).
     pub(crate) async fn connect_on<W: Wait>(mut w: W) -> Result<Producer, Error> {
-        let mut producer = Self::attach_on(&mut w, Protocol::Plain).await?;
+        let attached = Self::attach_on(&mut w, Protocol::Plain).await;
+        handshake_event(attached.as_ref().map(|p| p.kind), Protocol::Plain);
+        let mut producer = attached?;
         producer.peer = Some(Bell::from_stream(w.into_stream()));
         Ok(producer)
     }
@@ -191,17 +193,34 @@ impl Producer {
         count: usize,
         accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
     ) -> Result<(Producer, R), Error> {
-        let mut producer = Self::attach_on(&mut w, Protocol::tagged(tag)?).await?;
-        let accepted = match handoff::receive_extra(&mut w, tag, count).await {
+        let connected = Self::connect_tagged_on(&mut w, tag, count, accept).await;
+        handshake_event(
+            connected.as_ref().map(|(p, _)| p.kind),
+            Protocol::from_wire(tag),
+        );
+        let (mut producer, accepted) = connected?;
+        producer.peer = Some(Bell::from_stream(w.into_stream()));
+        Ok((producer, accepted))
+    }
+
+    /// [`connect_with_fds_on`](Producer::connect_with_fds_on)'s exchange:
+    /// the producer has no peer yet.
+    async fn connect_tagged_on<W: Wait, R>(
+        w: &mut W,
+        tag: [u8; 8],
+        count: usize,
+        accept: impl FnOnce(&Producer, Vec<OwnedFd>) -> Result<R, Error>,
+    ) -> Result<(Producer, R), Error> {
+        let producer = Self::attach_on(w, Protocol::tagged(tag)?).await?;
+        let accepted = match handoff::receive_extra(w, tag, count).await {
             Ok(fds) => accept(&producer, fds),
             Err(e) => Err(e),
         };
         // The verdict must arrive: a consumer that does not hear it fails,
         // and so must we.
-        let replied = handoff::reply(&mut w, accepted.as_ref().map(|_| ())).await;
+        let replied = handoff::reply(w, accepted.as_ref().map(|_| ())).await;
         let accepted = accepted?;
         replied?;
-        producer.peer = Some(Bell::from_stream(w.into_stream()));
         Ok((producer, accepted))
     }
 
@@ -350,6 +369,24 @@ impl Producer {
             io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
             _ => e,
         })
+    }
+}
+
+/// The `tracing` event of a producer's handshake (see `crate::trace`):
+/// connected on `backend`, or why not.
+fn handshake_event(outcome: Result<BackendKind, &Error>, protocol: Protocol) {
+    match outcome {
+        Ok(backend) => trace::debug!(
+            backend = %backend,
+            peers = 1,
+            protocol = %protocol,
+            "handshake completed: connected to the consumer"
+        ),
+        Err(e) => trace::debug!(
+            protocol = %protocol,
+            error = %e,
+            "handshake failed: not connected"
+        ),
     }
 }
 

@@ -428,6 +428,25 @@ impl Tripwire {
         self.inner().epoch()
     }
 
+    /// What this tripwire has done so far: trips, ACKs, ACK time-outs and
+    /// how its producers came and went (the blocking tripwire's
+    /// [`stats`](blocking::Tripwire::stats); see
+    /// [`TripwireStats`](blocking::TripwireStats)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use memfd_tripwire::{Backend, Tripwire, blocking};
+    /// let mut tw = Tripwire::new(blocking::Tripwire::builder(64).backend(Backend::Poll).create().unwrap())?;
+    /// tw.region().write(0, &1u8).unwrap();
+    /// tw.changed().await?;
+    /// assert_eq!(tw.stats().trips, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> blocking::TripwireStats {
+        self.inner().stats()
+    }
+
     /// The blocking tripwire inside, still registered.
     ///
     /// ```

@@ -9,7 +9,7 @@
 //! so that its failure surfaces on the consumer's side too. Fds received by
 //! the failing side must be closed.
 
-use std::io::{IoSlice, IoSliceMut, Read};
+use std::io::{IoSlice, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -23,10 +23,7 @@ use memfd_tripwire::{Backend, Error, Producer};
 
 mod support;
 use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 // ---------------------------------------------------------------------------
 // The wire format, restated from src/handoff.rs (not imported: the tests must
@@ -734,24 +731,7 @@ fn kernel_offer_with_a_plain_memfd() {
 /// Receives the consumer's whole offer: its frame and its fds.
 fn recv_offer(sock: &UnixStream) -> ([u8; OFFER_LEN], Vec<OwnedFd>) {
     let mut frame = [0u8; OFFER_LEN];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [IoSliceMut::new(&mut frame)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .expect("recvmsg of the offer");
-    let mut fds = Vec::new();
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = m {
-            fds.extend(received);
-        }
-    }
-    (&*sock)
-        .read_exact(&mut frame[msg.bytes..])
-        .expect("the rest of the offer");
+    let fds = support::recv_frame(sock, &mut frame);
     assert_eq!(frame[..8], OFFER_MAGIC);
     (frame, fds)
 }

@@ -60,6 +60,15 @@ enum Mech {
 }
 
 impl Mech {
+    fn kind(&self) -> BackendKind {
+        match self {
+            Mech::Kernel(_) => BackendKind::Kernel,
+            Mech::Doorbell(_) => BackendKind::Doorbell,
+            Mech::Poll(_) => BackendKind::Poll,
+            Mech::Userfault(w) => w.kind(),
+        }
+    }
+
     /// Creates the wire and maps its region.
     fn create(backend: Backend, len: usize, opts: Options) -> Result<(Mech, Region), Error> {
         limits::check(backend, len, &opts)?;
@@ -121,11 +130,12 @@ impl Wire {
         opts: Options,
     ) -> Result<(Wire, Region), Error> {
         let (mech, region) = Mech::create(backend, len, opts)?;
+        let kind = mech.kind();
         let peers = match &mech {
-            Mech::Kernel(w) => Peers::new(Some(w.wake_fd()), false)?,
-            Mech::Doorbell(_) => Peers::new(None, true)?,
-            Mech::Poll(w) => Peers::watched(w.wake_shared()),
-            Mech::Userfault(w) => Peers::beside(w.channels()),
+            Mech::Kernel(w) => Peers::new(kind, Some(w.wake_fd()), false)?,
+            Mech::Doorbell(_) => Peers::new(kind, None, true)?,
+            Mech::Poll(w) => Peers::watched(kind, w.wake_shared()),
+            Mech::Userfault(w) => Peers::beside(kind, w.channels()),
         };
         Ok((Wire { mech, peers }, region))
     }
@@ -175,12 +185,13 @@ impl Wire {
     }
 
     pub(crate) fn kind(&self) -> BackendKind {
-        match &self.mech {
-            Mech::Kernel(_) => BackendKind::Kernel,
-            Mech::Doorbell(_) => BackendKind::Doorbell,
-            Mech::Poll(_) => BackendKind::Poll,
-            Mech::Userfault(w) => w.kind(),
-        }
+        self.mech.kind()
+    }
+
+    /// How the producers that hung up so far ended: (clean closes, deaths).
+    pub(crate) fn ends(&self) -> (u64, u64) {
+        let ends = self.peers.ends();
+        (ends.closed, ends.died)
     }
 
     /// If the wire is tripped, ACKs it (re-arms; prior writes become

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use rustix::event::epoll::EventFlags;
 
 use super::hangups;
-use crate::Error;
 use crate::sys::{Bell, FdSet};
+use crate::{BackendKind, Error, trace};
 
 /// Up to this many Doorbell sockets, a take reads each directly.
 const DIRECT_MAX: usize = 2;
@@ -40,9 +40,19 @@ const DIRECT_MAX: usize = 2;
 #[derive(Debug)]
 pub(crate) struct Peers {
     kind: Kind,
-    /// A peer hung up without saying goodbye (see `sys::bell`): the end is
-    /// reported as a death, not a clean close.
-    died: bool,
+    /// How the peers that hung up ended. One that died (no goodbye, see
+    /// `sys::bell`) makes the end a death, not a clean close.
+    ends: Ends,
+}
+
+/// The peers that hung up so far: those that said goodbye first (a clean
+/// close) and those that did not (a death). For the tripwire's stats, and
+/// the backend its events name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ends {
+    pub(crate) closed: u64,
+    pub(crate) died: u64,
+    backend: BackendKind,
 }
 
 #[derive(Debug)]
@@ -65,7 +75,11 @@ enum Kind {
 impl Peers {
     /// A set that also watches `wake` (the wire's wake-up fd), if any; with
     /// `rings`, the producers ring through their sockets.
-    pub(crate) fn new(wake: Option<BorrowedFd<'_>>, rings: bool) -> Result<Self, Error> {
+    pub(crate) fn new(
+        backend: BackendKind,
+        wake: Option<BorrowedFd<'_>>,
+        rings: bool,
+    ) -> Result<Self, Error> {
         let socks = FdSet::new().map_err(|e| Error::io("epoll_create for the tripwire", e))?;
         if let Some(wake) = wake {
             socks
@@ -74,32 +88,32 @@ impl Peers {
         }
         Ok(Peers {
             kind: Kind::Set { socks, rings },
-            died: false,
+            ends: Ends::new(backend),
         })
     }
 
     /// A set in the epoll of the wire's own set (`Userfault`: the agents'
     /// channels), so that the tripwire has one epoll fd, not two.
-    pub(crate) fn beside<U: AsFd>(wire: &FdSet<U>) -> Self {
+    pub(crate) fn beside<U: AsFd>(backend: BackendKind, wire: &FdSet<U>) -> Self {
         Peers {
             kind: Kind::Set {
                 socks: FdSet::beside(wire),
                 rings: false,
             },
-            died: false,
+            ends: Ends::new(backend),
         }
     }
 
     /// No set: `wake` (an eventfd of ours, `Poll`'s) is the tripwire's fd,
     /// and the process-wide watch rings it when a producer hangs up.
-    pub(crate) fn watched(wake: Arc<OwnedFd>) -> Self {
+    pub(crate) fn watched(backend: BackendKind, wake: Arc<OwnedFd>) -> Self {
         Peers {
             kind: Kind::Watched {
                 wake,
                 socks: Vec::new(),
                 ever: false,
             },
-            died: false,
+            ends: Ends::new(backend),
         }
     }
 
@@ -179,7 +193,12 @@ impl Peers {
     /// the tripwire's step reports after its last trip. A clean close if
     /// every peer said goodbye before it hung up, a death if one did not.
     pub(crate) fn end(&self) -> io::Error {
-        crate::error::peers_ended(self.died)
+        crate::error::peers_ended(self.ends.died > 0)
+    }
+
+    /// How the peers that hung up so far ended.
+    pub(crate) fn ends(&self) -> Ends {
+        self.ends
     }
 
     /// Whether a peer was ever added (hung up since or not).
@@ -197,7 +216,7 @@ impl Peers {
         let Kind::Set { socks, .. } = &mut self.kind else {
             return Ok(false);
         };
-        let died = &mut self.died;
+        let ends = &mut self.ends;
         let mut rang = false;
         // A few sockets are read directly (one `recv` each, the common case
         // of one producer: no `epoll_wait` per ring); more, through the set.
@@ -219,7 +238,7 @@ impl Peers {
                 Ok(got) => rang |= got,
                 // The end of the stream (or a broken one): all its rings
                 // were taken before.
-                Err(_) => forget(socks.remove(idx), died),
+                Err(_) => ends.forget(socks.remove(idx)),
             }
         }
         Ok(rang)
@@ -229,7 +248,7 @@ impl Peers {
     /// those with rings left in them; returns how many of those it kept.
     /// No blocking.
     fn reap(&mut self) -> io::Result<usize> {
-        let died = &mut self.died;
+        let ends = &mut self.ends;
         let (socks, rings) = match &mut self.kind {
             Kind::Set { socks, rings } => (socks, *rings),
             Kind::Watched { socks, .. } => {
@@ -238,7 +257,7 @@ impl Peers {
                     if discard(&socks[i].0)? {
                         let (sock, id) = socks.swap_remove(i);
                         hangups::unwatch(sock.as_fd(), id);
-                        forget(Some(sock), died);
+                        ends.forget(Some(sock));
                     } else {
                         i += 1;
                     }
@@ -252,7 +271,7 @@ impl Peers {
             if !rings {
                 // Bytes on a socket that carries none after the handshake.
                 if socks.get(idx).is_none_or(|s| discard(s).unwrap_or(true)) {
-                    forget(socks.remove(idx), died);
+                    ends.forget(socks.remove(idx));
                 }
                 continue;
             }
@@ -266,7 +285,7 @@ impl Peers {
             if rings_left {
                 kept += 1;
             } else {
-                forget(socks.remove(idx), died);
+                ends.forget(socks.remove(idx));
             }
         }
         Ok(kept)
@@ -283,11 +302,38 @@ impl Drop for Peers {
     }
 }
 
-/// Closes the socket of a peer that hung up, noting a death if it left
-/// without a goodbye.
-fn forget(sock: Option<Bell>, died: &mut bool) {
-    if sock.is_some_and(|s| !s.said_goodbye()) {
-        *died = true;
+impl Ends {
+    fn new(backend: BackendKind) -> Self {
+        Ends {
+            closed: 0,
+            died: 0,
+            backend,
+        }
+    }
+
+    /// Closes the socket of a peer that hung up, counting a clean close if
+    /// it said goodbye first and a death if it did not.
+    fn forget(&mut self, sock: Option<Bell>) {
+        let Some(sock) = sock else {
+            return;
+        };
+        if sock.said_goodbye() {
+            self.closed += 1;
+            trace::debug!(
+                backend = %self.backend,
+                closed = self.closed,
+                died = self.died,
+                "a producer closed its end (a goodbye, then its hang-up)"
+            );
+        } else {
+            self.died += 1;
+            trace::warn!(
+                backend = %self.backend,
+                closed = self.closed,
+                died = self.died,
+                "a producer died (it hung up without a goodbye: killed, crashed or panicked)"
+            );
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::layout::{self, Header};
 use super::protocol;
 use super::spin;
 use crate::sys::Bell;
-use crate::{Error, Producer, Region, SharedMemory};
+use crate::{Error, Producer, Region, SharedMemory, trace};
 
 /// One ring's memory and fixed facts, the same for both ends: the
 /// tripwire's region (head and state, written by the Sender), the control
@@ -145,7 +145,8 @@ impl<T: Pod> Rx<T> {
         }
         if self.tail == self.known_head {
             let head = protocol::load_head(self.ring.head()?);
-            layout::available(head, self.tail, self.ring.header.capacity)?;
+            layout::available(head, self.tail, self.ring.header.capacity)
+                .map_err(|e| corrupt(e, "Receiver"))?;
             self.known_head = head;
             if head == self.tail {
                 return Ok(0);
@@ -399,7 +400,8 @@ impl<T: Pod> Tx<T> {
             return Ok(cap - used);
         }
         let tail = self.ring.tail()?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)?;
+        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
+            .map_err(|e| corrupt(e, "Sender"))?;
         self.tail = tail;
         Ok(cap - used)
     }
@@ -465,7 +467,8 @@ impl<T: Pod> Tx<T> {
         protocol::announce(self.ring.state()?);
         self.waiting = true;
         let tail = self.ring.tail()?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)?;
+        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
+            .map_err(|e| corrupt(e, "Sender"))?;
         self.tail = tail;
         Ok(used < u64::from(self.ring.header.capacity))
     }
@@ -502,4 +505,15 @@ impl<T: Pod> Tx<T> {
             Err(e) => Err(Error::io("draining the space bell", e)),
         }
     }
+}
+
+/// An index check of the peer's that failed ([`Error::Corrupt`]) at this
+/// `end`: the `tracing` event (see `crate::trace`), then the error.
+fn corrupt(e: Error, end: &'static str) -> Error {
+    trace::warn!(
+        end = end,
+        error = %e,
+        "corrupt peer: the ring's other end wrote an impossible index"
+    );
+    e
 }

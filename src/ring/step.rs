@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytemuck::Pod;
 
 use super::{Receiver, TryRecvError};
-use crate::Error;
+use crate::{Error, trace};
 
 impl<T: Pod> Receiver<T> {
     /// [`rearm`](Receiver::rearm): publish the tail, take the wire's step
@@ -90,8 +90,18 @@ impl<T: Pod> Receiver<T> {
         }
         self.done = true;
         if self.rx.closed()? {
+            trace::debug!(
+                backend = %self.tw.backend(),
+                received = self.rx.received,
+                "ring closed: its Sender closed it and every message was received"
+            );
             Ok(None)
         } else {
+            trace::warn!(
+                backend = %self.tw.backend(),
+                received = self.rx.received,
+                "ring ended: its Sender died (every message it published was received)"
+            );
             Err(Error::PeerDied)
         }
     }

@@ -1106,7 +1106,8 @@ fn producer_leaving_loses_no_page(ctx: &Ctx) -> Outcome {
 /// Two producers; one is stopped (SIGSTOP) when the consumer ACKs: the ACK
 /// fails with `TimedOut` after its bound (never a hang), and the page the
 /// other producer wrote, whose agent already answered and forgot it, is
-/// still reported by the next ACK that succeeds.
+/// still reported by the next ACK that succeeds. The time-out is counted
+/// (`stats().ack_timeouts`).
 fn stopped_producer_times_out_the_ack_and_loses_no_page(ctx: &Ctx) -> Outcome {
     use rustix::process::{Pid, Signal, kill_process};
     let (mut tw, a) = pair(ctx, 4 * PAGE)?;
@@ -1127,6 +1128,10 @@ fn stopped_producer_times_out_the_ack_and_loses_no_page(ctx: &Ctx) -> Outcome {
         || format!("an ACK with a stopped producer gave {first:?}"),
     )?;
     ensure(took < ms(5_000), || format!("the ACK took {took:?}"))?;
+    let stats = tw.stats();
+    ensure(stats.ack_timeouts == 1, || {
+        format!("the time-out is counted once: {stats:?}")
+    })?;
     kill_process(pid, Signal::CONT)?;
     let pages = pages_of_next_trip(&mut tw, ms(5_000))?;
     ensure(pages.iter().any(|p| p.contains(&PAGE)), || {

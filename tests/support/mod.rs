@@ -60,6 +60,33 @@ pub fn or_skip<T>(name: &str, created: Result<T, Error>) -> Option<T> {
     }
 }
 
+/// Receives a whole frame of `frame.len()` bytes on `sock` (blocking): the
+/// fds that came with its first bytes (`SCM_RIGHTS`, close-on-exec), the
+/// rest of the bytes read after them. A fake peer's side of a handshake.
+pub fn recv_frame(sock: &UnixStream, frame: &mut [u8]) -> Vec<std::os::fd::OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::io::Read;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(frame)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("recvmsg of a frame");
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    (&*sock)
+        .read_exact(&mut frame[msg.bytes..])
+        .expect("the rest of the frame");
+    fds
+}
+
 /// `tw`, shared with a `Producer` connected from another thread.
 pub fn with_producer(mut tw: Tripwire) -> (Tripwire, Producer) {
     let (ours, theirs) = UnixStream::pair().expect("socketpair");

@@ -36,7 +36,7 @@ use super::agent::{self, MAX_MESSAGE, TRIP};
 use super::probe::{self, MAX_LEN, page};
 use crate::backend::common::{Take, region_memfd};
 use crate::sys::{Channel, FdSet, Recv, SealedMemfd};
-use crate::{BackendKind, Error, Region};
+use crate::{BackendKind, Error, Region, trace};
 
 /// How many queued messages of one channel a look at it takes at most.
 const MAX_PER_LOOK: usize = 64;
@@ -271,6 +271,14 @@ impl Userfault {
         match result {
             Ok(done) => Ok(if done { Take::Taken } else { Take::Pending }),
             Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    trace::warn!(
+                        backend = %self.kind,
+                        producers = self.chans.live(),
+                        error = %e,
+                        "ACK timed out: a producer's agent did not answer (stopped?)"
+                    );
+                }
                 // Agents that answered (or got the request) re-armed and
                 // forgot their pages; their replies are dropped (a later
                 // ACK has another sequence number): the wire stays tripped,
