@@ -430,6 +430,12 @@ impl Userfault {
                     .push(self.owners.get(idx).copied().unwrap_or(0));
             }
         }
+        trace::warn!(
+            backend = %self.kind,
+            evicted = silent.len(),
+            producers = self.chans.live(),
+            "evicted producers whose agent did not answer the ACK (the others answered)"
+        );
         // Their pages since the last ACK went with them.
         self.report_all = true;
         io::Error::new(
