@@ -337,10 +337,14 @@ impl Producer {
     ///
     /// # Errors
     ///
-    /// `BrokenPipe` if it would ring the consumer but the consumer has hung
-    /// up. It never blocks. A consumer that dies while it is not waiting is
-    /// noticed at the next `notify()` that would ring; one that exits right
-    /// after taking this very notification may be reported too.
+    /// On `Doorbell`, once the consumer is gone: `ConnectionAborted`
+    /// (wrapping [`Error::Closed`](crate::Error::Closed)) at the first call
+    /// after it dropped its tripwire (it arms the flag and says goodbye as
+    /// it goes), `BrokenPipe` ([`Error::PeerDied`](crate::Error::PeerDied))
+    /// if it died, noticed at the next `notify()` that would ring (it
+    /// rings only a consumer that waits). It never blocks. On the other
+    /// backends `notify()` does nothing and never fails: ask
+    /// [`is_closed`](Producer::is_closed).
     ///
     /// ```
     /// # use memfd_tripwire::Producer;
@@ -364,9 +368,13 @@ impl Producer {
             return Err(crate::error::peer_gone());
         };
         // Never blocks (see `sys::bell`); `BrokenPipe` once the consumer's
-        // end is closed: the consumer is gone.
+        // end is closed: the consumer is gone, cleanly if it said goodbye
+        // (the only thing it ever sends after the handshake).
         sock.ring().map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe => crate::error::peer_gone(),
+            io::ErrorKind::BrokenPipe => {
+                let _ = sock.drain();
+                crate::error::peers_ended(!sock.said_goodbye())
+            }
             _ => e,
         })
     }

@@ -119,6 +119,20 @@ pub(crate) struct Doorbell {
     /// The region, then the control page.
     memfd: SealedMemfd,
     control: Mapping,
+    /// The process that made it (see `Drop`).
+    pid: u32,
+}
+
+/// Arms the flag as the consumer goes, so that each producer's next
+/// `notify()` rings, finds the consumer's end closed, and reports it then
+/// (it would otherwise learn only after the next ACK, which never comes).
+/// A forked child's copy leaves the flag alone.
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        if self.pid == std::process::id() {
+            protocol::arm(self.armed());
+        }
+    }
 }
 
 impl Doorbell {
@@ -136,7 +150,11 @@ impl Doorbell {
         let memfd = SealedMemfd::create("memfd-tripwire", size)
             .map_err(|e| Error::io("creating the region's memfd", e))?;
         let (region, control) = map(&memfd, len, at)?;
-        let wire = Doorbell { memfd, control };
+        let wire = Doorbell {
+            memfd,
+            control,
+            pid: std::process::id(),
+        };
         protocol::arm(wire.armed());
         Ok((wire, region))
     }

@@ -43,6 +43,8 @@ pub(crate) struct Peers {
     /// How the peers that hung up ended. One that died (no goodbye, see
     /// `sys::bell`) makes the end a death, not a clean close.
     ends: Ends,
+    /// The process that made it: a forked child's copy says no goodbye.
+    pid: u32,
 }
 
 /// The peers that hung up so far: those that said goodbye first (a clean
@@ -89,6 +91,7 @@ impl Peers {
         Ok(Peers {
             kind: Kind::Set { socks, rings },
             ends: Ends::new(backend),
+            pid: std::process::id(),
         })
     }
 
@@ -101,6 +104,7 @@ impl Peers {
                 rings: false,
             },
             ends: Ends::new(backend),
+            pid: std::process::id(),
         }
     }
 
@@ -114,6 +118,7 @@ impl Peers {
                 ever: false,
             },
             ends: Ends::new(backend),
+            pid: std::process::id(),
         }
     }
 
@@ -292,11 +297,28 @@ impl Peers {
     }
 }
 
+/// Says goodbye to every producer still here (the consumer closed its end
+/// cleanly: see `Producer::notify`), unless this is a forked child's copy
+/// or a panic is unwinding it; then closes their sockets.
 impl Drop for Peers {
     fn drop(&mut self) {
-        if let Kind::Watched { socks, .. } = &self.kind {
-            for (sock, id) in socks {
-                hangups::unwatch(sock.as_fd(), *id);
+        let goodbye = self.pid == std::process::id() && !std::thread::panicking();
+        match &self.kind {
+            Kind::Set { socks, .. } => {
+                if goodbye {
+                    socks
+                        .indices()
+                        .filter_map(|i| socks.get(i))
+                        .for_each(Bell::say_goodbye);
+                }
+            }
+            Kind::Watched { socks, .. } => {
+                for (sock, id) in socks {
+                    if goodbye {
+                        sock.say_goodbye();
+                    }
+                    hangups::unwatch(sock.as_fd(), *id);
+                }
             }
         }
     }

@@ -170,6 +170,10 @@ fn drain(sock: BorrowedFd<'_>) -> io::Result<Taken> {
     let mut buf = [0u8; DRAIN_CHUNK];
     let mut taken = 0;
     let mut seen = Taken::default();
+    // A peer that closed with bytes we sent still unread makes our next
+    // `recv` fail once with ECONNRESET (the error is then cleared), ahead
+    // of what it sent before it closed: read on, once.
+    let mut reset = false;
     while taken < DRAIN_MAX {
         match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
             // The end comes after every ring sent before it.
@@ -188,6 +192,13 @@ fn drain(sock: BorrowedFd<'_>) -> io::Result<Taken> {
             }
             Err(Errno::AGAIN) => return Ok(seen),
             Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) if !reset => reset = true,
+            Err(Errno::CONNRESET) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the other end of the bell is closed",
+                ));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -311,6 +322,20 @@ mod tests {
         assert!(a.drain().unwrap());
         assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
         assert!(!a.said_goodbye(), "no goodbye: a death");
+    }
+
+    #[test]
+    fn a_goodbye_survives_a_reset() {
+        // The other end closes with our ring unread in its queue: our
+        // next recv fails once with ECONNRESET; its goodbye is still read.
+        let (a, b) = Bell::pair().unwrap();
+        let b = Bell::from_peer(b).unwrap();
+        a.ring().unwrap();
+        b.say_goodbye();
+        drop(b);
+        assert!(!a.drain().unwrap(), "a goodbye alone is no ring");
+        assert!(a.said_goodbye());
+        assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[test]

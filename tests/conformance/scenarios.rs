@@ -98,6 +98,11 @@ pub const ALL: &[Scenario] = &[
         ANY,
     ),
     (
+        "notify_learns_of_a_closed_consumer_at_its_next_call",
+        notify_learns_of_a_closed_consumer_at_its_next_call,
+        &[BackendKind::Doorbell],
+    ),
+    (
         "notify_after_consumer_died_errors",
         notify_after_consumer_died_errors,
         &[BackendKind::Doorbell],
@@ -926,10 +931,55 @@ fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
     let p = Producer::connect(ours)?;
     reap(child, "consumer")?;
     p.region().write(0, &1u64)?;
+    // It dropped its tripwire before it exited: a clean close.
     let r = p.notify();
     match r {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Err(format!("notify() to a dead consumer gave {other:?}").into()),
+        Err(e) if Error::is_closed(&e) => {}
+        other => return Err(format!("notify() to a closed consumer gave {other:?}").into()),
+    }
+    // A killed one: a death, at the next ring (it is armed after share).
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut child = KillOnDrop(spawn(
+        "consumer_then_exit",
+        &[("BACKEND", ctx.kind.to_string()), ("LINGER", "1".into())],
+        theirs.into(),
+        None,
+    )?);
+    let p = Producer::connect(ours)?;
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
+    ensure(line.trim() == "ready", || format!("child said {line:?}"))?;
+    child.0.kill()?;
+    child.0.wait()?;
+    p.region().write(0, &2u64)?;
+    match p.notify() {
+        Err(e) if Error::is_peer_died(&e) => Ok(()),
+        other => Err(format!("notify() to a killed consumer gave {other:?}").into()),
+    }
+}
+
+/// A consumer dropped while the producer's last `notify()` had disarmed it
+/// (rung, not yet taken): the producer's very next `notify()` says
+/// `Closed` (without the consumer arming the flag as it goes, that call
+/// would see the flag down and ring no one, and learn nothing).
+fn notify_learns_of_a_closed_consumer_at_its_next_call(ctx: &Ctx) -> Outcome {
+    let (tw, p) = pair(ctx, PAGE)?;
+    write(&p, 0, 1)?; // rings: the flag is down until the consumer takes it
+    drop(tw);
+    // A child forked by another trial holds a copy of the consumer's socket
+    // until it execs: wait for the hang-up (without it, the ring below
+    // would reach that copy and succeed).
+    let start = Instant::now();
+    while !p.is_closed() {
+        ensure(start.elapsed() < ms(10_000), || {
+            "no hang-up after the drop".into()
+        })?;
+        std::thread::sleep(ms(1));
+    }
+    p.region().write(0, &2u64)?;
+    match p.notify() {
+        Err(e) if Error::is_closed(&e) => Ok(()),
+        other => Err(format!("the next notify() gave {other:?}").into()),
     }
 }
 
