@@ -166,6 +166,7 @@ pub mod ring;
 mod shared_memory;
 // The `tracing` events' macros: `tracing`'s with the feature, nothing without.
 mod trace;
+pub mod watch;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;
@@ -238,6 +239,10 @@ pub mod __loom {
     /// The ring's index and waiting-flag protocol.
     pub mod ring {
         pub use crate::ring::protocol::*;
+    }
+    /// The watch's seqlock.
+    pub mod watch {
+        pub use crate::watch::protocol::*;
     }
 }
 
