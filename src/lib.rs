@@ -8,6 +8,10 @@
 //! (a VFIO-user device server), or watch a ring that a producer fills with
 //! plain stores.
 //!
+//! On top, through the same public API: [`ring`], a typed queue between
+//! two processes, and [`watch`], a latest value (a status struct, say)
+//! read whole, never torn.
+//!
 //! # Quick start
 //!
 //! ```

@@ -31,6 +31,12 @@
 //!   odd), or one that changes the sequence during every read (too fast,
 //!   or hostile), costs a read at most its bound: then [`Error::Stuck`],
 //!   never a hang and never a torn value.
+//! - A writer that rewrites the value without a pause, leaving no gap as
+//!   long as a copy between two writes, can starve the reader: every copy
+//!   overlaps a write, and after the bound that is `Error::Stuck` too. A
+//!   seqlock favours its writer; a writer that updates a status between
+//!   pieces of work leaves gaps of microseconds, and a 256-byte copy takes
+//!   tens of nanoseconds in a release build.
 //! - One writer: a watch is shared once. Two writers would break the
 //!   seqlock (a second [`share`](blocking::Receiver::share) is refused).
 //!
