@@ -301,6 +301,77 @@ fn a_dropped_sender_is_closed_after_its_last_value() {
     }
 }
 
+/// The waits, driven by trips, against a Sender that sends 1..=N and
+/// drops: every value seen is whole and newer than the one before, the
+/// last one seen is N (no write slips through), then `Error::Closed`; on
+/// every backend here. Half the watches are read by the async Receiver.
+#[test]
+fn waits_see_every_value_up_to_the_last_then_closed() {
+    if std::env::var_os(ROLE_ENV).is_some() {
+        return;
+    }
+    const N: u64 = 2_000;
+    for (name, backend) in BACKENDS {
+        for use_async in [false, true] {
+            let Some((rx, mut tx)) = pair(name, backend, [0; 32], scaled(Duration::from_secs(2)))
+            else {
+                break;
+            };
+            let writer = std::thread::spawn(move || {
+                for i in 1..=N {
+                    tx.send(&[i; 32]).expect("send");
+                    // Paced, so that the waits race the sends.
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            });
+            let (seen, e) = within(scaled(Duration::from_secs(30)), move || {
+                let mut seen = Vec::new();
+                if !use_async {
+                    let mut rx = rx;
+                    loop {
+                        match rx.wait() {
+                            Ok(()) => seen.push(*rx.borrow()),
+                            Err(e) => return (seen, e),
+                        }
+                    }
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let mut rx = match rx.into_async() {
+                        Ok(rx) => rx,
+                        Err(e) => return (seen, e),
+                    };
+                    loop {
+                        match rx.changed().await {
+                            Ok(()) => seen.push(*rx.borrow()),
+                            Err(e) => return (seen, e),
+                        }
+                    }
+                })
+            });
+            writer.join().expect("writer");
+            let last = seen.last().copied().unwrap_or([0; 32]);
+            assert!(matches!(e, Error::Closed), "{name} async={use_async}: {e}");
+            assert!(seen.iter().all(whole), "{name}: a torn value");
+            assert!(
+                seen.windows(2).all(|w| w[0][0] < w[1][0]),
+                "{name}: a value older than the one before"
+            );
+            assert_eq!(
+                last, [N; 32],
+                "{name} async={use_async}: the last value was lost"
+            );
+            println!(
+                "{name} async={use_async}: {} changes seen for {N} sends",
+                seen.len()
+            );
+        }
+    }
+}
+
 /// A dropped Receiver: the Sender's next send is `Error::Closed`, and it
 /// says so.
 #[test]
