@@ -126,7 +126,24 @@ pub enum Error {
         /// What was wrong, with the values seen.
         reason: String,
     },
-    /// The two ends of a ring disagree on its layout or element type.
+    /// No whole value could be read from a [`watch`](crate::watch) within
+    /// its bound ([`watch::Builder::stuck_after`](crate::watch::Builder::stuck_after)):
+    /// the writer stayed in the middle of a write (it stopped or died
+    /// there), or the sequence changed during every read (a writer faster
+    /// than a copy, or one that scribbles the sequence). Never a hang and
+    /// never a torn value. Converts into an [`io::Error`] of kind
+    /// `TimedOut`.
+    ///
+    /// ```
+    /// use memfd_tripwire::Error;
+    /// let e = Error::Stuck { reason: "the sequence stayed odd".into() };
+    /// assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::TimedOut);
+    /// ```
+    Stuck {
+        /// What the reads saw, and for how long.
+        reason: String,
+    },
+    /// The two ends of a ring or a watch disagree on its layout or element type.
     LayoutMismatch {
         /// Which field, with both sides' values.
         reason: String,
@@ -314,9 +331,12 @@ impl fmt::Display for Error {
                 "the peer wrote an impossible value into shared memory ({reason}): it is buggy \
                  or hostile; drop this end"
             ),
+            Error::Stuck { reason } => {
+                write!(f, "no whole value could be read from the watch: {reason}")
+            }
             Error::LayoutMismatch { reason } => write!(
                 f,
-                "the ring's two ends disagree: {reason}; build both with the same element type, \
+                "the two ends (of a ring or a watch) disagree: {reason}; build both with the same element type, \
                  type tag and crate version"
             ),
             Error::NotShared { reason } => write!(
@@ -353,6 +373,7 @@ impl From<Error> for io::Error {
             Error::PeerDied => io::ErrorKind::BrokenPipe,
             Error::Closed => io::ErrorKind::ConnectionAborted,
             Error::NotShared { .. } => io::ErrorKind::NotConnected,
+            Error::Stuck { .. } => io::ErrorKind::TimedOut,
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, e)

@@ -8,6 +8,10 @@
 //! (a VFIO-user device server), or watch a ring that a producer fills with
 //! plain stores.
 //!
+//! On top, through the same public API: [`ring`], a typed queue between
+//! two processes, and [`watch`], a latest value (a status struct, say)
+//! read whole, never torn.
+//!
 //! # Quick start
 //!
 //! ```
@@ -166,6 +170,7 @@ pub mod ring;
 mod shared_memory;
 // The `tracing` events' macros: `tracing`'s with the feature, nothing without.
 mod trace;
+pub mod watch;
 // The one module allowed `unsafe`: every OS object as a small safe type.
 #[allow(unsafe_code)]
 mod sys;
@@ -238,6 +243,10 @@ pub mod __loom {
     /// The ring's index and waiting-flag protocol.
     pub mod ring {
         pub use crate::ring::protocol::*;
+    }
+    /// The watch's seqlock.
+    pub mod watch {
+        pub use crate::watch::protocol::*;
     }
 }
 

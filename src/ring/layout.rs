@@ -132,27 +132,39 @@ impl Header {
             capacity: u32_at(20),
             tag: u64_at(24),
         };
-        if theirs.size != ours.size {
-            return Err(mismatch(format!(
-                "size_of::<T>(): receiver {}, sender {}",
-                theirs.size, ours.size
-            )));
-        }
-        if theirs.align != ours.align {
-            return Err(mismatch(format!(
-                "align_of::<T>(): receiver {}, sender {}",
-                theirs.align, ours.align
-            )));
-        }
-        if theirs.tag != ours.tag {
-            return Err(mismatch(format!(
-                "type tag: receiver {:#x}, sender {:#x}",
-                theirs.tag, ours.tag
-            )));
-        }
+        check_type(
+            (theirs.size, theirs.align, theirs.tag),
+            (ours.size, ours.align, ours.tag),
+        )?;
         check_capacity(theirs.capacity).map_err(|why| mismatch(format!("capacity: {why}")))?;
         Ok(theirs)
     }
+}
+
+/// The element type's facts, as the Receiver wrote them (`theirs`) and as
+/// the Sender has them (`ours`): size, alignment, type tag. A mismatch
+/// names the field and both values. (The watch's header checks them too.)
+pub(crate) fn check_type(theirs: (u32, u32, u64), ours: (u32, u32, u64)) -> Result<(), Error> {
+    let mismatch = |reason: String| Err(Error::LayoutMismatch { reason });
+    if theirs.0 != ours.0 {
+        return mismatch(format!(
+            "size_of::<T>(): receiver {}, sender {}",
+            theirs.0, ours.0
+        ));
+    }
+    if theirs.1 != ours.1 {
+        return mismatch(format!(
+            "align_of::<T>(): receiver {}, sender {}",
+            theirs.1, ours.1
+        ));
+    }
+    if theirs.2 != ours.2 {
+        return mismatch(format!(
+            "type tag: receiver {:#x}, sender {:#x}",
+            theirs.2, ours.2
+        ));
+    }
+    Ok(())
 }
 
 /// A capacity must be a power of two in 1..=MAX_CAPACITY.

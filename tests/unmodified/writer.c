@@ -9,6 +9,12 @@
  *                                     store i at 0, send 'S', wait for 'A'
  *   writer free    LEN COUNT SLOT     fd 0 is the memory: store 1..COUNT at
  *                                     8 * SLOT as fast as it can, then exit
+ *   writer watch   LEN COUNT [GAP]    fd 0 is a watch's memory (layout 1,
+ *                                     src/watch/mod.rs): send the values
+ *                                     1..COUNT, every word of each the
+ *                                     counter, by the seqlock steps the docs
+ *                                     give, as fast as it can (GAP: spin
+ *                                     GAP empty iterations between two)
  *
  * Prints "done" on stdout at the end; exits 1 with a message on error. */
 #include <stdint.h>
@@ -65,6 +71,30 @@ int main(int argc, char **argv) {
 		uint64_t count = strtoull(argv[3], NULL, 0), slot = strtoull(argv[4], NULL, 0);
 		for (uint64_t i = 1; i <= count; i++)
 			__atomic_store_n(&m[slot], i, __ATOMIC_RELEASE);
+	} else if (!strcmp(argv[1], "watch")) {
+		volatile uint64_t *m = map(0, len);
+		uint64_t count = strtoull(argv[3], NULL, 0);
+		uint64_t gap = argc >= 5 ? strtoull(argv[4], NULL, 0) : 0;
+		uint64_t magic = m[0], head = m[1];
+		uint32_t version = (uint32_t)head, size = (uint32_t)(head >> 32);
+		if (memcmp(&magic, "MFDTWTC1", 8) || version != 1) {
+			fprintf(stderr, "not a watch of layout 1\n");
+			return 1;
+		}
+		size_t words = (size + 7) / 8;
+		if (72 + 8 * words > len) { fprintf(stderr, "value past LEN\n"); return 1; }
+		volatile uint64_t *seq = &m[8], *value = &m[9];
+		uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED) & ~(uint64_t)1;
+		for (uint64_t i = 1; i <= count; i++) {
+			__atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
+			__atomic_thread_fence(__ATOMIC_RELEASE);
+			for (size_t w = 0; w < words; w++)
+				__atomic_store_n(&value[w], i, __ATOMIC_RELAXED);
+			__atomic_store_n(seq, s + 2, __ATOMIC_RELEASE);
+			s += 2;
+			for (volatile uint64_t k = 0; k < gap; k++)
+				;
+		}
 	} else {
 		fprintf(stderr, "unknown mode %s\n", argv[1]);
 		return 2;
