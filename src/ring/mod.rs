@@ -94,7 +94,8 @@
 // Receiver's non-blocking step; `blocking.rs`, `tokio.rs` and `mio.rs` the
 // drivers that wait; `error.rs` the errors; `protocol.rs` every atomic step
 // (checked by loom); `layout.rs` where everything lives; `spin.rs` the spin
-// budget and the one spin loop.
+// budget and the one spin loop; `slot.rs` a reserved slot to fill in
+// place.
 mod blocking;
 mod core;
 mod error;
@@ -106,6 +107,7 @@ mod receiver;
 #[cfg(feature = "tokio")]
 mod registration;
 mod sender;
+mod slot;
 mod spin;
 mod step;
 #[cfg(feature = "tokio")]
@@ -120,6 +122,7 @@ use bytemuck::Pod;
 pub use error::{SendError, SendManyError, TryRecvError, TrySendError};
 pub use receiver::{Receiver, RingStats};
 pub use sender::Sender;
+pub use slot::SendSlot;
 
 use crate::{Backend, Error};
 
