@@ -304,12 +304,21 @@ impl<T: Pod> Sender<T> {
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
     /// wake-up to look again after.
+    #[inline]
     fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
         let tx = &mut self.tx;
         let free = tx.free()?;
         if free > 0 {
             return Poll::Ready(Ok(Some(free)));
         }
+        self.wait_for_space(cx)
+    }
+
+    /// The slow half of [`poll_space`](Sender::poll_space): no free slot
+    /// was seen.
+    #[cold]
+    fn wait_for_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+        let tx = &mut self.tx;
         if tx.start_waiting()? {
             tx.stop_waiting()?;
             return Poll::Ready(Ok(None));
