@@ -82,17 +82,6 @@ fn ring(
     (rx, tx)
 }
 
-/// Takes a message from the full ring `rx` and publishes the tail
-/// [`RELEASE`] from now, so that a Sender waiting for space can go on.
-fn free_a_slot_later(rx: memfd_tripwire::ring::Receiver<u64>) {
-    release_later(move || {
-        let mut rx = rx;
-        let _ = rx.try_recv();
-        let _ = rx.flush();
-        std::thread::sleep(Duration::from_secs(10));
-    });
-}
-
 /// Every blocking call of the public API, each on fresh objects, each of
 /// which must wait.
 fn calls() -> Vec<Call> {
@@ -155,7 +144,12 @@ fn calls() -> Vec<Call> {
         name: "Sender::blocking_send",
         instead: "send(value).await",
         run: Box::new(move || {
-            free_a_slot_later(rx);
+            release_later(move || {
+                let mut rx = rx;
+                let _ = rx.try_recv();
+                let _ = rx.flush();
+                std::thread::sleep(Duration::from_secs(10));
+            });
             tx.blocking_send(8).expect("send");
         }),
     });
@@ -164,19 +158,13 @@ fn calls() -> Vec<Call> {
         name: "Sender::blocking_send_many",
         instead: "send_many(values).await",
         run: Box::new(move || {
-            free_a_slot_later(rx);
+            release_later(move || {
+                let mut rx = rx;
+                let _ = rx.try_recv();
+                let _ = rx.flush();
+                std::thread::sleep(Duration::from_secs(10));
+            });
             tx.blocking_send_many(&[8]).expect("send");
-        }),
-    });
-    let (rx, mut tx) = ring(true);
-    calls.push(Call {
-        name: "Sender::blocking_reserve",
-        instead: "reserve().await",
-        run: Box::new(move || {
-            free_a_slot_later(rx);
-            let mut slot = tx.blocking_reserve().expect("reserve");
-            slot.write(&8).expect("write");
-            slot.commit().expect("commit");
         }),
     });
     calls
