@@ -259,7 +259,7 @@ impl Tripwire {
         cx: &mut Context<'_>,
         mut step: impl FnMut(&mut blocking::Tripwire) -> io::Result<Option<T>>,
     ) -> Poll<io::Result<T>> {
-        poll_turns(cx, &mut 0, 1, |cx| match step(self.inner_mut()) {
+        poll_turns(cx, |cx| match step(self.inner_mut()) {
             Ok(Some(outcome)) => Poll::Ready(Ok(Some(outcome))),
             Err(e) => Poll::Ready(Err(e)),
             // Not tripped, or an ACK in flight: sleep on readiness (or the
@@ -879,50 +879,26 @@ impl blocking::Tripwire {
     }
 }
 
-/// How many of the ring's messages one unit of tokio's coop budget pays
-/// for. tokio's unit stands for an operation that may cost microseconds (a
-/// socket read); a ring message costs ~25 ns here, and a unit per message
-/// made an async per-message pair yield every 128 messages (~3 µs of work)
-/// through the runtime (an `epoll_wait` each): 0.65x the blocking pair,
-/// 0.93x with no budget at all (#22, measured). A unit per 16 messages
-/// keeps a busy ring's task to 2,048 messages (~50 µs here) per poll.
-pub(crate) const RING_MESSAGES_PER_UNIT: u8 = 16;
-
 /// Runs `turn` until it gives an outcome (`Ready(Some)` or an error),
-/// spending tokio's coop budget: a unit per `per_unit` outcomes (`credit`
-/// keeps what is left of the last unit between calls), and a whole unit
-/// for each wake-up that found nothing (`Ready(None)`): a peer that keeps
-/// its fd readable without giving us anything cannot keep the task in one
-/// poll, nor a stream of outcomes starve the other tasks of the thread.
-/// The crate's async loops (the tripwire's, `per_unit` 1, and the ring's,
-/// [`RING_MESSAGES_PER_UNIT`]) all go through it: tokio policy, kept in
-/// the tokio layer.
+/// spending a unit of tokio's coop budget per turn, a wake-up that found
+/// nothing (`Ready(None)`) included: a peer that keeps its fd readable
+/// without giving us anything cannot keep the task in one poll, nor a
+/// stream of outcomes starve the other tasks of the thread. The crate's
+/// async loops (the tripwire's, the ring's) all go through it: tokio
+/// policy, kept in the tokio layer.
 pub(crate) fn poll_turns<T, E>(
     cx: &mut Context<'_>,
-    credit: &mut u8,
-    per_unit: u8,
     mut turn: impl FnMut(&mut Context<'_>) -> Poll<Result<Option<T>, E>>,
 ) -> Poll<Result<T, E>> {
     loop {
-        let coop = match *credit {
-            0 => Some(ready!(::tokio::task::coop::poll_proceed(cx))),
-            _ => None,
-        };
+        let coop = ready!(::tokio::task::coop::poll_proceed(cx));
         let Poll::Ready(outcome) = turn(cx) else {
             // Dropping `coop` gives the unit back.
             return Poll::Pending;
         };
-        if let Some(coop) = coop {
-            coop.made_progress();
-            *credit = per_unit.max(1);
-        }
-        match outcome.transpose() {
-            Some(outcome) => {
-                *credit -= 1;
-                return Poll::Ready(outcome);
-            }
-            // A wake-up that found nothing: the next turn spends a unit.
-            None => *credit = 0,
+        coop.made_progress();
+        if let Some(outcome) = outcome.transpose() {
+            return Poll::Ready(outcome);
         }
     }
 }

@@ -26,9 +26,8 @@
 //!
 //! `recv().await` and `send().await` never block the thread (on `Userfault`
 //! the Receiver's ACK stays in flight while it waits for the Sender's
-//! agent), and spend tokio's coop budget as `tokio::sync::mpsc` does,
-//! though a unit per 16 messages: a busy ring's task yields after 2,048
-//! (~50 µs here) instead of 128. The handshakes have async twins that never
+//! agent), and spend tokio's coop budget per message, as
+//! `tokio::sync::mpsc` does. The handshakes have async twins that never
 //! block the thread either: `Receiver::share_async` and
 //! `Sender::connect_async` (feature `tokio`; up to 10 s per frame against a
 //! silent peer, as the blocking `share` and `connect`), as the example

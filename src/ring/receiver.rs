@@ -76,9 +76,6 @@ pub struct Receiver<T> {
     /// The tripwire's fd registered with tokio, at the first async wait.
     #[cfg(feature = "tokio")]
     pub(super) reg: Option<super::registration::Registration>,
-    /// Messages left on the coop budget unit last spent (see `tokio.rs`).
-    #[cfg(feature = "tokio")]
-    pub(super) coop: u8,
 }
 
 /// How a [`Receiver`] has waited so far: the cost it put on the Sender.
@@ -182,8 +179,6 @@ impl<T: Pod> Receiver<T> {
             stats: RingStats::default(),
             #[cfg(feature = "tokio")]
             reg: None,
-            #[cfg(feature = "tokio")]
-            coop: 0,
         })
     }
 

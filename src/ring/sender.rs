@@ -29,9 +29,6 @@ pub struct Sender<T> {
     /// one epoll set, once, at the first wait for space in async code.
     #[cfg(feature = "tokio")]
     pub(super) reg: Option<super::registration::Registration>,
-    /// Messages left on the coop budget unit last spent (see `tokio.rs`).
-    #[cfg(feature = "tokio")]
-    pub(super) coop: u8,
     /// The process that connected: a copy dropped in a forked child leaves
     /// the ring open.
     pid: u32,
@@ -107,8 +104,6 @@ impl<T: Pod> Sender<T> {
             tx: Tx::new(producer, attached),
             #[cfg(feature = "tokio")]
             reg: None,
-            #[cfg(feature = "tokio")]
-            coop: 0,
             pid: std::process::id(),
         })
     }

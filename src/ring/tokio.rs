@@ -71,11 +71,10 @@ impl<T: Pod> Receiver<T> {
     }
 
     /// Polls for the next message; the building block of
-    /// [`recv`](Receiver::recv) and the `Stream`. Spends tokio's coop
-    /// budget like `tokio::sync::mpsc`, though a unit per 16 messages
-    /// (a message costs far less than tokio's unit stands for) and a unit
-    /// per wake-up that found none: a Sender that keeps the ring full
-    /// cannot starve the other tasks of this thread.
+    /// [`recv`](Receiver::recv) and the `Stream`. Spends a unit of
+    /// tokio's coop budget per message (and per wake-up that found
+    /// none), like `tokio::sync::mpsc`: a Sender that keeps the ring
+    /// full cannot starve the other tasks of this thread.
     ///
     /// # Errors
     ///
@@ -101,15 +100,7 @@ impl<T: Pod> Receiver<T> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
         // A unit per turn: a message, or a wake-up that found none (a
         // Sender ringing without publishing cannot keep the task here).
-        let mut credit = self.coop;
-        let polled = crate::tokio::poll_turns(
-            cx,
-            &mut credit,
-            crate::tokio::RING_MESSAGES_PER_UNIT,
-            |cx| self.turn(cx),
-        );
-        self.coop = credit;
-        polled
+        crate::tokio::poll_turns(cx, |cx| self.turn(cx))
     }
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
@@ -308,24 +299,14 @@ impl<T: Pod> Sender<T> {
     /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
     /// one that rings without freeing space can keep the task here.
     fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
-        let mut credit = self.coop;
-        let polled = crate::tokio::poll_turns(
-            cx,
-            &mut credit,
-            crate::tokio::RING_MESSAGES_PER_UNIT,
-            |cx| self.poll_space(cx),
-        );
-        self.coop = credit;
-        polled
+        crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
     }
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
     /// wake-up to look again after.
     fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
         let tx = &mut self.tx;
-        // Polls the tail for a while first, as `blocking_send` and the
-        // Receiver's `recv` do: a sleep costs both sides a wake-up.
-        let free = tx.spin_for_space()?;
+        let free = tx.free()?;
         if free > 0 {
             return Poll::Ready(Ok(Some(free)));
         }
