@@ -82,6 +82,25 @@ fn ring(
     (rx, tx)
 }
 
+/// Sends 7 [`RELEASE`] from now, and keeps the Sender open a while (the
+/// ring must not end instead).
+fn send_later(mut tx: memfd_tripwire::ring::Sender<u64>) {
+    release_later(move || {
+        let _ = tx.try_send(7);
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+/// Takes a message and publishes the tail [`RELEASE`] from now, and keeps
+/// the Receiver open a while.
+fn free_a_slot_later(mut rx: memfd_tripwire::ring::Receiver<u64>) {
+    release_later(move || {
+        let _ = rx.try_recv();
+        let _ = rx.flush();
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
 /// Every blocking call of the public API, each on fresh objects, each of
 /// which must wait.
 fn calls() -> Vec<Call> {
@@ -117,11 +136,7 @@ fn calls() -> Vec<Call> {
         name: "Receiver::blocking_recv",
         instead: "recv().await",
         run: Box::new(move || {
-            release_later(move || {
-                let mut tx = tx;
-                let _ = tx.try_send(7);
-                std::thread::sleep(Duration::from_secs(10));
-            });
+            send_later(tx);
             assert_eq!(rx.blocking_recv().expect("recv"), Some(7));
         }),
     });
@@ -130,11 +145,7 @@ fn calls() -> Vec<Call> {
         name: "Receiver::blocking_recv_many",
         instead: "recv_many(buf, limit).await",
         run: Box::new(move || {
-            release_later(move || {
-                let mut tx = tx;
-                let _ = tx.try_send(7);
-                std::thread::sleep(Duration::from_secs(10));
-            });
+            send_later(tx);
             let mut buf = Vec::new();
             assert_eq!(rx.blocking_recv_many(&mut buf, 4).expect("recv"), 1);
         }),
@@ -144,12 +155,7 @@ fn calls() -> Vec<Call> {
         name: "Sender::blocking_send",
         instead: "send(value).await",
         run: Box::new(move || {
-            release_later(move || {
-                let mut rx = rx;
-                let _ = rx.try_recv();
-                let _ = rx.flush();
-                std::thread::sleep(Duration::from_secs(10));
-            });
+            free_a_slot_later(rx);
             tx.blocking_send(8).expect("send");
         }),
     });
@@ -158,12 +164,7 @@ fn calls() -> Vec<Call> {
         name: "Sender::blocking_send_many",
         instead: "send_many(values).await",
         run: Box::new(move || {
-            release_later(move || {
-                let mut rx = rx;
-                let _ = rx.try_recv();
-                let _ = rx.flush();
-                std::thread::sleep(Duration::from_secs(10));
-            });
+            free_a_slot_later(rx);
             tx.blocking_send_many(&[8]).expect("send");
         }),
     });
