@@ -70,6 +70,18 @@ impl Shared {
     }
 }
 
+/// How many spin-loop hints the Receiver waits before it re-reads the head
+/// while the Sender streams ("temporal slipping", as in FastForward's SPSC
+/// queue): a Receiver that keeps up re-reads the head's cache line as soon
+/// as the Sender wrote it, and each read takes the line from the Sender's
+/// core, which then stalls on its next head store. Slipping lets a few
+/// messages gather first, so one read of the line takes them all. (#22,
+/// measured: the async per-message pair went from 0.66x to 0.85x the
+/// blocking pair with it.) It costs a streaming message up to 8 hints
+/// (~0.2 µs on AMD EPYC, ~0.4 µs on Intel since Skylake); a Receiver that
+/// had to wait for its message (the round-trip case) never slips.
+const SLIP: u32 = 8;
+
 /// Which end asks [`Shared::len`], with the indices it holds.
 pub(super) enum End {
     Receiver { tail: u64 },
@@ -92,6 +104,12 @@ pub(super) struct Rx<T> {
     /// An error of publishing the tail after messages were taken: reported
     /// by the next receive, so that the taken messages are not lost.
     deferred: Option<Error>,
+    /// The last look at the head found messages without waiting for them:
+    /// the Sender is streaming, so the next look slips (see [`SLIP`]).
+    slip: bool,
+    /// Messages were waited for (spun for) since the last look that found
+    /// some: the next find is a wake-up, not a stream, and does not slip.
+    waited: bool,
     /// Messages received.
     pub(super) received: u64,
     _t: PhantomData<fn() -> T>,
@@ -120,6 +138,8 @@ impl<T: Pod> Rx<T> {
             known_head: 0,
             sender_waiting: false,
             deferred: None,
+            slip: false,
+            waited: false,
             received: 0,
             _t: PhantomData,
         }
@@ -138,24 +158,44 @@ impl<T: Pod> Rx<T> {
     /// How many published messages are ready to take. The Sender's head is
     /// re-read (and validated) only once the messages known to be published
     /// are used up, so a burst costs one read of the Sender's cache line,
-    /// not one per message.
+    /// not one per message; while the Sender streams, that read slips
+    /// behind it (see [`SLIP`]).
     pub(super) fn ready(&mut self) -> Result<usize, Error> {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
         if self.tail == self.known_head {
+            if self.slip {
+                for _ in 0..SLIP {
+                    std::hint::spin_loop();
+                }
+            }
             let head = protocol::load_head(self.ring.head()?);
             layout::available(head, self.tail, self.ring.header.capacity)
                 .map_err(|e| corrupt(e, "Receiver"))?;
             self.known_head = head;
             if head == self.tail {
+                self.slip = false;
                 return Ok(0);
             }
+            self.slip = !std::mem::take(&mut self.waited);
             // A Sender waiting for space is woken after this run, not a
             // batch later (its flag shares the head's cache line, just read).
             self.sender_waiting = protocol::is_waiting(self.ring.state()?);
         }
         Ok(self.known_head.wrapping_sub(self.tail) as usize)
+    }
+
+    /// [`ready`](Rx::ready) for a fast path that only asks "anything?": 0
+    /// also for an error, which is kept for the next `ready` (or `pop`) to
+    /// report. (The async driver's fast path.)
+    #[cfg(feature = "tokio")]
+    #[inline]
+    pub(super) fn ready_now(&mut self) -> usize {
+        self.ready().unwrap_or_else(|e| {
+            self.deferred = Some(e);
+            0
+        })
     }
 
     /// Marks `n` messages taken. The tail is published in batches of a
@@ -241,7 +281,8 @@ impl<T: Pod> Rx<T> {
     }
 
     /// Busy-polls the head for `budget`: `true` once it moved.
-    pub(super) fn spin_for_data(&self, budget: Duration) -> Result<bool, Error> {
+    pub(super) fn spin_for_data(&mut self, budget: Duration) -> Result<bool, Error> {
+        self.waited = true;
         let head = self.ring.head()?;
         spin::until(budget, || {
             Ok::<_, Error>(head.load(std::sync::atomic::Ordering::Relaxed) != self.tail)
@@ -390,6 +431,15 @@ impl<T: Pod> Tx<T> {
     /// Free slots, re-reading (and validating) the Receiver's tail;
     /// [`Error::Closed`] once the Receiver closed its end, whatever the
     /// slots say: what is sent now would never be read.
+    /// [`free`](Tx::free) for a fast path that only asks "room?": 0 also
+    /// for an error (the next `free` finds it again). (The async driver's
+    /// fast path.)
+    #[cfg(feature = "tokio")]
+    #[inline]
+    pub(super) fn free_now(&mut self) -> u64 {
+        self.free().unwrap_or(0)
+    }
+
     pub(super) fn free(&mut self) -> Result<u64, Error> {
         if self.receiver_closed() {
             return Err(Error::Closed);

@@ -98,6 +98,12 @@ impl<T: Pod> Receiver<T> {
     /// # }
     /// ```
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
+        // The common case first, as `blocking_recv` takes it: a message is
+        // there (see `spend_unit` for why the unit comes before the pop).
+        if !self.done && self.rx.ready_now() > 0 {
+            ready!(crate::tokio::spend_unit(cx));
+            return Poll::Ready(self.rx.pop());
+        }
         // A unit per turn: a message, or a wake-up that found none (a
         // Sender ringing without publishing cannot keep the task here).
         crate::tokio::poll_turns(cx, |cx| self.turn(cx))
@@ -299,6 +305,12 @@ impl<T: Pod> Sender<T> {
     /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
     /// one that rings without freeing space can keep the task here.
     fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+        // The common case first: room known without a wait.
+        let free = self.tx.free_now();
+        if free > 0 {
+            ready!(crate::tokio::spend_unit(cx));
+            return Poll::Ready(Ok(free));
+        }
         crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
     }
 
