@@ -169,6 +169,10 @@ impl<T: Pod> Rx<T> {
                 for _ in 0..SLIP {
                     std::hint::spin_loop();
                 }
+                // A slip is a wait: what it finds does not slip the next
+                // look (else a round trip that fits in a slip would slip
+                // every time).
+                self.waited = true;
             }
             let head = protocol::load_head(self.ring.head()?);
             layout::available(head, self.tail, self.ring.header.capacity)
