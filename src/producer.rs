@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use crate::backend::Feed;
+use crate::backend::{Feed, GoneFlag};
 use crate::handoff::{self, Protocol, Wait};
 use crate::sys::Bell;
 use crate::{BackendKind, Error, Region, trace};
@@ -49,6 +49,10 @@ pub struct Producer {
     /// The backend's producer half (its file in `backend/` has both).
     feed: Feed,
     peer: Option<Bell>,
+    /// Set when the consumer hangs up (the peer socket's watch): read by
+    /// `notify()` and a ring Sender's sends, so that a death is learned at
+    /// the next call.
+    gone: Option<GoneFlag>,
     /// The process that connected: a forked child's copy says no goodbye
     /// (the socket is still its parent's).
     pid: u32,
@@ -92,6 +96,7 @@ impl Producer {
             region,
             feed,
             peer: None,
+            gone: None,
             pid: std::process::id(),
         })
     }
@@ -181,7 +186,7 @@ impl Producer {
         let attached = Self::attach_on(&mut w, Protocol::Plain).await;
         handshake_event(attached.as_ref().map(|p| p.kind), Protocol::Plain);
         let mut producer = attached?;
-        producer.peer = Some(Bell::from_stream(w.into_stream()));
+        producer.set_peer(w.into_stream());
         Ok(producer)
     }
 
@@ -199,8 +204,23 @@ impl Producer {
             Protocol::from_wire(tag),
         );
         let (mut producer, accepted) = connected?;
-        producer.peer = Some(Bell::from_stream(w.into_stream()));
+        producer.set_peer(w.into_stream());
         Ok((producer, accepted))
+    }
+
+    /// Keeps the handshake socket as the peer, watched for its hang-up.
+    fn set_peer(&mut self, sock: UnixStream) {
+        let bell = Bell::from_stream(sock);
+        self.gone = Some(GoneFlag::watch(bell.as_fd()));
+        self.peer = Some(bell);
+    }
+
+    /// Whether the consumer hung up, as the hang-up thread saw it (one
+    /// load; shortly after the hang-up). `false` for a producer made with
+    /// [`from_fd`](Producer::from_fd), and in a forked child.
+    #[inline]
+    pub(crate) fn consumer_gone(&self) -> bool {
+        self.gone.as_ref().is_some_and(GoneFlag::is_set)
     }
 
     /// [`connect_with_fds_on`](Producer::connect_with_fds_on)'s exchange:
@@ -285,6 +305,7 @@ impl Producer {
             region,
             feed,
             peer: None,
+            gone: None,
             pid: std::process::id(),
         })
     }
@@ -330,10 +351,10 @@ impl Producer {
 
     /// Tells the consumer that the region changed. Call it after writing.
     ///
-    /// On `Doorbell` it costs a fence and an atomic swap, plus a one-byte
-    /// non-blocking send on the handshake socket when the consumer is
-    /// waiting for one. On every other backend it
-    /// does nothing (the writes themselves are seen).
+    /// On `Doorbell` it costs a fence, an atomic swap and a load, plus a
+    /// one-byte non-blocking send on the handshake socket when the
+    /// consumer is waiting for one. On every other backend it does nothing
+    /// (the writes themselves are seen).
     ///
     /// # Errors
     ///
@@ -341,8 +362,10 @@ impl Producer {
     /// (wrapping [`Error::Closed`](crate::Error::Closed)) at the first call
     /// after it dropped its tripwire (it arms the flag and says goodbye as
     /// it goes), `BrokenPipe` ([`Error::PeerDied`](crate::Error::PeerDied))
-    /// if it died, noticed at the next `notify()` that would ring (it
-    /// rings only a consumer that waits). It never blocks. On the other
+    /// if it died: at the first call after a process-wide thread that
+    /// watches the handshake socket saw the hang-up (microseconds after
+    /// the death; a call in between returns `Ok`, as a write to a socket
+    /// whose peer just died can). It never blocks. On the other
     /// backends `notify()` does nothing and never fails: ask
     /// [`is_closed`](Producer::is_closed).
     ///
@@ -355,10 +378,10 @@ impl Producer {
     /// ```
     #[inline]
     pub fn notify(&self) -> io::Result<()> {
-        if !self.feed.should_ring() {
-            return Ok(());
+        if self.feed.should_ring() || self.consumer_gone() && self.feed.rings() {
+            return self.ring();
         }
-        self.ring()
+        Ok(())
     }
 
     /// The slow half of `notify()`: the consumer is armed.
@@ -404,6 +427,9 @@ fn handshake_event(outcome: Result<BackendKind, &Error>, protocol: Protocol) {
 /// says nothing: the consumer sees a death when the socket closes.
 impl Drop for Producer {
     fn drop(&mut self) {
+        if let (Some(peer), Some(gone)) = (&self.peer, &mut self.gone) {
+            gone.unwatch(peer.as_fd());
+        }
         if self.pid != std::process::id() || std::thread::panicking() {
             return;
         }

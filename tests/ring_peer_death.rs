@@ -1,8 +1,8 @@
 //! A ring whose Receiver is SIGKILLed: its Sender learns of the death
 //! (`Error::PeerDied`, `TrySendError::Closed`) within a coarse bound, never
 //! hangs, blocking or async, whether it was already waiting for space or
-//! sends into a ring with room left (then at most a ring's worth goes out
-//! first). The Receiver is a child process (this test binary, re-run with
+//! sends into a ring with room left (then at its next call once the
+//! hang-up thread saw the death, not a ring's worth later). The Receiver is a child process (this test binary, re-run with
 //! `RING_PEER_DEATH_ROLE` set; the handshake socket is its stdin), on every
 //! backend available on the host.
 
@@ -49,7 +49,8 @@ fn run_receiver_child() -> ! {
         .as_fd()
         .try_clone_to_owned()
         .expect("child: dup stdin");
-    let mut rx = SharedRing::<u64>::builder(CAPACITY)
+    let capacity = std::env::var("CAPACITY").map_or(CAPACITY, |c| c.parse().expect("CAPACITY"));
+    let mut rx = SharedRing::<u64>::builder(capacity)
         .backend(backend)
         .create()
         .expect("child: ring");
@@ -68,9 +69,18 @@ fn run_receiver_child() -> ! {
 /// (after a `skipping:` line) if the backend is unavailable here and not
 /// required.
 fn sender_to_child(name: &str, backend: Backend) -> Option<(Sender<u64>, Child)> {
+    sender_to_child_with(name, backend, CAPACITY)
+}
+
+/// [`sender_to_child`] with a ring of `capacity` slots.
+fn sender_to_child_with(
+    name: &str,
+    backend: Backend,
+    capacity: usize,
+) -> Option<(Sender<u64>, Child)> {
     // Ask here first, so that an unavailable backend is a skip, not a
     // child's failure.
-    let probe = SharedRing::<u64>::builder(CAPACITY)
+    let probe = SharedRing::<u64>::builder(capacity)
         .backend(backend)
         .create();
     drop(support::or_skip(name, probe)?);
@@ -79,6 +89,7 @@ fn sender_to_child(name: &str, backend: Backend) -> Option<(Sender<u64>, Child)>
         .args(["--exact", "receiver_child", "--nocapture"])
         .env(ROLE_ENV, "receiver")
         .env("BACKEND", name)
+        .env("CAPACITY", capacity.to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .spawn()
@@ -193,5 +204,45 @@ fn an_async_sender_learns_of_a_killed_receiver_within_a_ring() {
             })
         });
         println!("{name}: {sent} sent before PeerDied");
+    }
+}
+
+/// A Sender with plenty of room when its Receiver is SIGKILLed learns of it
+/// at its next call once the hang-up thread saw the death: `blocking_send`
+/// 1 ms apart, at most a handful succeed, not the 1,023 the free slots
+/// would take (before the hang-up flag, every send succeeded until the
+/// ring was full); `try_send` then says `Closed`.
+#[test]
+fn a_sender_with_room_learns_of_a_killed_receiver_at_its_next_call() {
+    if std::env::var_os(ROLE_ENV).is_some() {
+        return;
+    }
+    const ROOMY: usize = 1024;
+    for (name, backend) in BACKENDS {
+        let Some((mut tx, child)) = sender_to_child_with(name, backend, ROOMY) else {
+            continue;
+        };
+        tx.try_send(0).expect("room in the ring");
+        kill(child);
+        let (sent, r, mut tx) = within_bound(name, move || {
+            let mut sent = 0;
+            loop {
+                match tx.blocking_send(sent) {
+                    Ok(()) => sent += 1,
+                    Err(e) => return (sent, e.into_error(), tx),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        assert!(matches!(r, Error::PeerDied), "{name}: {r:?}");
+        assert!(
+            sent <= 100,
+            "{name}: {sent} sends (1 ms apart) succeeded after the Receiver was killed"
+        );
+        assert!(
+            matches!(tx.try_send(1), Err(TrySendError::Closed(1))),
+            "{name}"
+        );
+        println!("{name}: {sent} sent after the kill, then PeerDied");
     }
 }

@@ -1,11 +1,17 @@
-//! One thread per process that learns of `Poll` producers' hang-ups for
-//! their tripwires: a tripwire whose only fd is the eventfd its poller
-//! rings (`Poll`) has no epoll set of its own to watch its producers'
-//! handshake sockets in, so they sit in this process-wide one
-//! (`sys::Watch`, edge-triggered `EPOLLRDHUP` and `EPOLLIN`), and a hang-up
-//! (or bytes, which the consumer reads and drops) rings the tripwire's
-//! eventfd. The consumer then looks, finds the wire armed, and checks its
-//! producers (`Peers::all_gone`).
+//! One thread per process that learns of hang-ups on handshake sockets,
+//! for two kinds of owner:
+//!
+//! - `Poll` consumers: a tripwire whose only fd is the eventfd its poller
+//!   rings has no epoll set of its own to watch its producers' handshake
+//!   sockets in, so they sit in this process-wide one (`sys::Watch`,
+//!   edge-triggered `EPOLLRDHUP` and `EPOLLIN`), and a hang-up (or bytes,
+//!   which the consumer reads and drops) rings the tripwire's eventfd. The
+//!   consumer then looks, finds the wire armed, and checks its producers
+//!   (`Peers::all_gone`).
+//! - Producers ([`GoneFlag`]): the consumer's hang-up (`EPOLLRDHUP` only)
+//!   sets a flag that `notify()` and a ring Sender's every send read (one
+//!   load), so a consumer's death is learned at the producer's next call,
+//!   not at its next wait.
 //!
 //! Started by the first socket watched (a failure to start it fails that
 //! `share` with the reason); it never ends, and sleeps in `epoll_wait`
@@ -19,15 +25,25 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::sys::{Watch, eventfd};
 
-/// The epoll set, and what each id's hang-up rings.
+/// What a watched socket's hang-up does.
+#[derive(Debug)]
+enum Target {
+    /// Rings a `Poll` tripwire's eventfd.
+    Ring(Weak<OwnedFd>),
+    /// Sets a producer's [`GoneFlag`].
+    Flag(Weak<AtomicBool>),
+}
+
+/// The epoll set, and what each id's hang-up does.
 #[derive(Debug)]
 struct Watcher {
     watch: Arc<Watch>,
-    targets: Arc<Mutex<HashMap<u64, Weak<OwnedFd>>>>,
+    targets: Arc<Mutex<HashMap<u64, Target>>>,
     next_id: u64,
     /// The process that started the thread: a forked child starts its own.
     pid: rustix::process::Pid,
@@ -38,6 +54,10 @@ static WATCHER: Mutex<Option<Watcher>> = Mutex::new(None);
 /// Watches `sock` for its peer's hang-up, which then rings `wake` (an
 /// eventfd of ours); returns the id to [`unwatch`] it with.
 pub(crate) fn watch(sock: BorrowedFd<'_>, wake: Weak<OwnedFd>) -> io::Result<u64> {
+    add(sock, Target::Ring(wake))
+}
+
+fn add(sock: BorrowedFd<'_>, target: Target) -> io::Result<u64> {
     let mut guard = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
     let pid = rustix::process::getpid();
     if guard.as_ref().is_none_or(|w| w.pid != pid) {
@@ -46,11 +66,15 @@ pub(crate) fn watch(sock: BorrowedFd<'_>, wake: Weak<OwnedFd>) -> io::Result<u64
     let w = guard.as_mut().expect("started above");
     let id = w.next_id;
     w.next_id += 1;
+    let added = match target {
+        Target::Ring(_) => w.watch.add(sock, id),
+        Target::Flag(_) => w.watch.add_hangup(sock, id),
+    };
     w.targets
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, wake);
-    if let Err(e) = w.watch.add(sock, id) {
+        .insert(id, target);
+    if let Err(e) = added {
         w.targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -79,7 +103,7 @@ pub(crate) fn unwatch(sock: BorrowedFd<'_>, id: u64) {
 
 fn start(pid: rustix::process::Pid) -> io::Result<Watcher> {
     let watch = Arc::new(Watch::new()?);
-    let targets: Arc<Mutex<HashMap<u64, Weak<OwnedFd>>>> = Arc::default();
+    let targets: Arc<Mutex<HashMap<u64, Target>>> = Arc::default();
     let (w, t) = (watch.clone(), targets.clone());
     std::thread::Builder::new()
         .name("memfd-tripwire-hangup".into())
@@ -91,7 +115,15 @@ fn start(pid: rustix::process::Pid) -> io::Result<Watcher> {
                 let wakes: Vec<Arc<OwnedFd>> = {
                     let table = t.lock().unwrap_or_else(PoisonError::into_inner);
                     ids.iter()
-                        .filter_map(|id| table.get(id).and_then(Weak::upgrade))
+                        .filter_map(|id| match table.get(id)? {
+                            Target::Ring(wake) => wake.upgrade(),
+                            Target::Flag(flag) => {
+                                if let Some(flag) = flag.upgrade() {
+                                    flag.store(true, Ordering::Release);
+                                }
+                                None
+                            }
+                        })
                         .collect()
                 };
                 for fd in wakes {
@@ -106,4 +138,47 @@ fn start(pid: rustix::process::Pid) -> io::Result<Watcher> {
         next_id: 0,
         pid,
     })
+}
+
+/// A producer's "the consumer hung up" flag, set by this module's thread
+/// at the consumer's hang-up: a load where a poll of the socket would be a
+/// syscall. Best effort: if the watch cannot be set up (no thread, no
+/// epoll set) the flag stays down and the death is learned, as before, at
+/// the next wait. A forked child's copy is never set (the thread is its
+/// parent's): the child learns at its next wait too.
+#[derive(Debug)]
+pub(crate) struct GoneFlag {
+    flag: Arc<AtomicBool>,
+    /// The watch, while `sock` is watched.
+    id: Option<u64>,
+}
+
+impl GoneFlag {
+    /// Watches `sock` (a handshake socket the caller keeps open until
+    /// [`unwatch`](GoneFlag::unwatch)) for its peer's hang-up.
+    pub(crate) fn watch(sock: BorrowedFd<'_>) -> GoneFlag {
+        let flag = Arc::new(AtomicBool::new(false));
+        let id = add(sock, Target::Flag(Arc::downgrade(&flag)));
+        if let Err(e) = &id {
+            crate::trace::warn!(
+                error = %e,
+                "the consumer's hang-up will be learned at the next wait, not the next call: \
+                 the hang-up thread is not watching"
+            );
+        }
+        GoneFlag { flag, id: id.ok() }
+    }
+
+    /// Whether the peer hung up (seen by the thread: shortly after it did).
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Stops watching `sock`; call it before closing it.
+    pub(crate) fn unwatch(&mut self, sock: BorrowedFd<'_>) {
+        if let Some(id) = self.id.take() {
+            unwatch(sock, id);
+        }
+    }
 }

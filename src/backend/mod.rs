@@ -17,6 +17,7 @@ use crate::{Backend, BackendKind, Error, Region};
 
 mod common;
 pub(crate) use common::Take;
+pub(crate) use hangups::GoneFlag;
 pub(crate) use limits::{Options, max_len};
 // `poll`, `poll_shared` and `poller` reach these through here (`super::`).
 use common::{DEFAULT_POLL_INTERVAL, region_memfd, set_timer_slack_for, timer_slack_for};
@@ -410,6 +411,13 @@ impl Feed {
             Feed::Doorbell(ringer) => ringer.should_ring(),
             _ => false,
         }
+    }
+
+    /// Whether `notify()` rings at all (`Doorbell`): only such a producer
+    /// learns of a consumer's death from `notify()`.
+    #[inline]
+    pub(crate) fn rings(&self) -> bool {
+        matches!(self, Feed::Doorbell(_))
     }
 
     /// How many stores trapped so far (`Userfault`); 0 elsewhere.

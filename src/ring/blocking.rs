@@ -1,5 +1,6 @@
 //! The blocking driver: waits in `poll(2)` for what the core cannot do
-//! now. The Receiver sleeps on its tripwire
+//! now, and the Receiver's blocking receives. The Receiver sleeps on its
+//! tripwire
 //! ([`wait_ready`](crate::blocking::Tripwire::wait_ready), which caps the
 //! sleep at the deadline of an ACK in flight); the Sender sleeps on the
 //! space bell and the handshake socket here.
@@ -8,6 +9,7 @@ use std::os::fd::AsFd;
 
 use bytemuck::Pod;
 
+use super::Receiver;
 use super::core::Tx;
 use crate::Error;
 use crate::sys::wait::{self, PollFd, PollFlags};
@@ -48,5 +50,112 @@ impl<T: Pod> Tx<T> {
             }
             self.stop_waiting()?;
         }
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    /// Waits for the next message, blocking the thread.
+    ///
+    /// `Ok(None)` once the Sender was dropped and everything it sent was
+    /// received.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerDied`] once the Sender's process died (after everything
+    /// it published was received); [`Error::Corrupt`] for an impossible
+    /// index; [`Error::Io`] if the tripwire fails; [`Error::NotShared`], at
+    /// once, on a ring never [shared](Receiver::share), which no Sender
+    /// can reach.
+    ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
+    /// `recv().await` there, or call this inside `spawn_blocking`; the exact
+    /// rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
+    /// ```no_run
+    /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// while let Some(v) = rx.blocking_recv()? {
+    ///     println!("{v}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
+        self.recv_blocking(("Receiver::blocking_recv", "recv().await"))
+    }
+
+    /// [`blocking_recv`](Receiver::blocking_recv); before it sleeps, the
+    /// `may_block` check of the public `call`.
+    #[track_caller]
+    fn recv_blocking(
+        &mut self,
+        (call, instead): (&'static str, &'static str),
+    ) -> Result<Option<T>, Error> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(v) = self.rx.pop()? {
+                return Ok(Some(v));
+            }
+            if let Some(outcome) = self.idle()? {
+                return Ok(outcome);
+            }
+            crate::may_block::assert_may_block(call, instead);
+            self.tw
+                .sleep_until(None)
+                .map_err(|e| Error::io("waiting on the ring's tripwire", e))?;
+        }
+    }
+
+    /// Waits for at least one message, blocking the thread, then appends up
+    /// to `limit` (at least one) to `buf` without waiting further. Returns
+    /// how many; 0 means the Sender closed and everything was received.
+    ///
+    /// The batched [`blocking_recv`](Receiver::blocking_recv): one copy per
+    /// contiguous run of slots instead of one per message.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_recv`](Receiver::blocking_recv); messages already
+    /// appended stay in `buf`.
+    ///
+    /// # Panics
+    ///
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (in a task or a `block_on`), whose tasks it
+    /// would stall: use
+    /// `recv_many(..).await` there, or call this inside `spawn_blocking`; the
+    /// exact rule is in [the crate docs](crate#blocking-calls-and-tokio).
+    ///
+    /// ```no_run
+    /// # fn f(mut rx: memfd_tripwire::ring::Receiver<u64>) -> Result<(), memfd_tripwire::Error> {
+    /// let mut buf = Vec::with_capacity(256);
+    /// while rx.blocking_recv_many(&mut buf, 256)? > 0 {
+    ///     buf.clear();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn blocking_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, Error> {
+        let limit = limit.max(1);
+        if !self.done {
+            let n = self.rx.pop_many(buf, limit)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        let Some(first) = self.recv_blocking((
+            "Receiver::blocking_recv_many",
+            "recv_many(buf, limit).await",
+        ))?
+        else {
+            return Ok(0);
+        };
+        buf.push(first);
+        Ok(1 + self.rx.pop_many(buf, limit - 1)?)
     }
 }

@@ -422,6 +422,18 @@ impl<T: Pod> Tx<T> {
         self.receiver_closed() || self.producer.is_closed() || self.space.hung_up().unwrap_or(true)
     }
 
+    /// How the Receiver's end went: `Closed` if it closed it (the closed
+    /// bit, read after the hang-up flag: a clean close sets the bit before
+    /// its socket closes), else `PeerDied`.
+    #[cold]
+    fn ended(&self) -> Error {
+        if self.receiver_closed() {
+            Error::Closed
+        } else {
+            Error::PeerDied
+        }
+    }
+
     /// Whether the Receiver closed its end cleanly (one load of a word it
     /// writes once).
     #[inline]
@@ -432,9 +444,6 @@ impl<T: Pod> Tx<T> {
             .is_ok_and(protocol::receiver_closed)
     }
 
-    /// Free slots, re-reading (and validating) the Receiver's tail;
-    /// [`Error::Closed`] once the Receiver closed its end, whatever the
-    /// slots say: what is sent now would never be read.
     /// [`free`](Tx::free) for a fast path that only asks "room?": 0 also
     /// for an error (the next `free` finds it again). (The async driver's
     /// fast path.)
@@ -444,9 +453,14 @@ impl<T: Pod> Tx<T> {
         self.free().unwrap_or(0)
     }
 
+    /// Free slots, re-reading (and validating) the Receiver's tail;
+    /// [`Error::Closed`] once the Receiver closed its end, and
+    /// [`Error::PeerDied`] once its process hung up without closing it
+    /// (the producer's hang-up flag: shortly after the death), whatever the
+    /// slots say: what is sent now would never be read.
     pub(super) fn free(&mut self) -> Result<u64, Error> {
-        if self.receiver_closed() {
-            return Err(Error::Closed);
+        if self.receiver_closed() || self.producer.consumer_gone() {
+            return Err(self.ended());
         }
         let cap = u64::from(self.ring.header.capacity);
         let used = self.head.wrapping_sub(self.tail);

@@ -49,9 +49,13 @@
 //! process died (killed, crashed, or a Sender dropped while its thread
 //! panics). A Receiver that is dropped sets a bit the Sender reads on every
 //! send: its next send fails with [`Error::Closed`] / [`TrySendError::Closed`].
-//! A Receiver's death is learned from its hang-up when the Sender has to
-//! wait for space (or by `notify()` on `Doorbell`): [`Error::PeerDied`],
-//! after up to a ring's worth of sends.
+//! A Receiver's death is learned from its hang-up: a process-wide thread
+//! watches each Sender's handshake socket and sets a flag the Sender reads
+//! on every send, so the first send after that thread saw the hang-up
+//! (microseconds after the death) fails with [`Error::PeerDied`]; a send
+//! made in between still succeeds into a ring no one reads (as a write to a
+//! socket whose peer just died can). A Sender waiting for space sees the
+//! hang-up directly.
 //!
 //! # Examples
 //!

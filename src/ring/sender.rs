@@ -196,7 +196,7 @@ impl<T: Pod> Sender<T> {
                 Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
                 Err(e) => Err(TrySendError::Failed(value, e)),
             },
-            Err(Error::Closed) => Err(TrySendError::Closed(value)),
+            Err(Error::Closed | Error::PeerDied) => Err(TrySendError::Closed(value)),
             Err(e) => Err(TrySendError::Failed(value, e)),
         }
     }
@@ -208,10 +208,11 @@ impl<T: Pod> Sender<T> {
     /// # Errors
     ///
     /// [`Error::Closed`] once the Receiver was dropped (nothing is sent);
-    /// [`Error::PeerDied`] when the ring is full and the Receiver's process
-    /// is gone, or `notify()` finds it gone (the values may then sit in the
-    /// ring of a Receiver that will never read them); [`Error::Corrupt`]
-    /// for an impossible tail index.
+    /// [`Error::PeerDied`] once the Receiver's process is gone (nothing is
+    /// sent; learned from its hang-up, by a thread that watches it: a
+    /// call made in the moment between the death and that thread's look
+    /// still sends, into a ring no one will read); [`Error::Corrupt`] for
+    /// an impossible tail index.
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::ring::Sender<u64>) -> Result<(), memfd_tripwire::Error> {
@@ -238,10 +239,10 @@ impl<T: Pod> Sender<T> {
     /// In the [`SendError`], with the value: [`Error::Closed`] once the
     /// Receiver was dropped (seen by this very call, as
     /// `tokio::sync::mpsc::Sender::send` fails once its receiver is gone);
-    /// [`Error::PeerDied`] if the Receiver's process died (noticed when
-    /// the ring is full, or by `notify()` on `Doorbell`: up to a ring's
-    /// worth may go out first); [`Error::Corrupt`] for an impossible tail
-    /// index.
+    /// [`Error::PeerDied`] if the Receiver's process died (from its
+    /// hang-up, which a thread watches: the first call after that thread
+    /// saw it, microseconds after the death, fails; one made in between
+    /// still sends); [`Error::Corrupt`] for an impossible tail index.
     ///
     /// # Panics
     ///

@@ -201,6 +201,15 @@ impl Watch {
         Ok(())
     }
 
+    /// Watches `fd` (a connected socket) for its peer's hang-up only, as
+    /// `id`: bytes the peer sends do not wake the watcher (they may be
+    /// another reader's, as the ACK frames a `Userfault` agent reads).
+    pub(crate) fn add_hangup(&self, fd: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), events)?;
+        Ok(())
+    }
+
     pub(crate) fn remove(&self, fd: BorrowedFd<'_>) {
         let _ = epoll::delete(&self.epoll, fd);
     }

@@ -108,6 +108,11 @@ pub const ALL: &[Scenario] = &[
         &[BackendKind::Doorbell],
     ),
     (
+        "notify_learns_of_a_killed_consumer_at_its_next_call",
+        notify_learns_of_a_killed_consumer_at_its_next_call,
+        &[BackendKind::Doorbell],
+    ),
+    (
         "from_fd_inherited_producer",
         from_fd_inherited_producer,
         &[BackendKind::Kernel],
@@ -938,6 +943,19 @@ fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
         other => return Err(format!("notify() to a closed consumer gave {other:?}").into()),
     }
     // A killed one: a death, at the next ring (it is armed after share).
+    let (p, mut child) = lingering_consumer(ctx)?;
+    child.0.kill()?;
+    child.0.wait()?;
+    p.region().write(0, &2u64)?;
+    match p.notify() {
+        Err(e) if Error::is_peer_died(&e) => Ok(()),
+        other => Err(format!("notify() to a killed consumer gave {other:?}").into()),
+    }
+}
+
+/// A producer connected to a consumer child that shared and lingers (to
+/// be killed).
+fn lingering_consumer(ctx: &Ctx) -> Result<(Producer, KillOnDrop), Failed> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut child = KillOnDrop(spawn(
         "consumer_then_exit",
@@ -949,13 +967,36 @@ fn notify_after_consumer_died_errors(ctx: &Ctx) -> Outcome {
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
     ensure(line.trim() == "ready", || format!("child said {line:?}"))?;
+    Ok((p, child))
+}
+
+/// A consumer killed while the producer's last `notify()` had disarmed it
+/// (rung, never taken): no later `notify()` would ring it, yet the first
+/// one after the hang-up thread saw the death says `PeerDied` (before the
+/// hang-up flag, every `notify()` returned `Ok` for ever). The calls are
+/// 1 ms apart: a handful may come before the thread looks, not hundreds.
+fn notify_learns_of_a_killed_consumer_at_its_next_call(ctx: &Ctx) -> Outcome {
+    let (p, mut child) = lingering_consumer(ctx)?;
+    write(&p, 0, 1)?; // rings: the flag stays down, the child never takes it
     child.0.kill()?;
     child.0.wait()?;
-    p.region().write(0, &2u64)?;
-    match p.notify() {
-        Err(e) if Error::is_peer_died(&e) => Ok(()),
-        other => Err(format!("notify() to a killed consumer gave {other:?}").into()),
+    let start = Instant::now();
+    let mut ok_calls = 0u32;
+    loop {
+        p.region().write(0, &2u64)?;
+        match p.notify() {
+            Ok(()) => ok_calls += 1,
+            Err(e) if Error::is_peer_died(&e) => break,
+            Err(e) => return Err(format!("notify() to a killed consumer gave {e:?}").into()),
+        }
+        ensure(start.elapsed() < ms(10_000), || {
+            format!("notify() still Ok {ok_calls} times after the consumer was killed")
+        })?;
+        std::thread::sleep(ms(1));
     }
+    ensure(ok_calls <= 100, || {
+        format!("{ok_calls} notify() calls (1 ms apart) passed before the death was seen")
+    })
 }
 
 /// A consumer dropped while the producer's last `notify()` had disarmed it
