@@ -168,6 +168,17 @@ fn calls() -> Vec<Call> {
             tx.blocking_send_many(&[8]).expect("send");
         }),
     });
+    let (rx, mut tx) = ring(true);
+    calls.push(Call {
+        name: "Sender::blocking_reserve",
+        instead: "reserve().await",
+        run: Box::new(move || {
+            free_a_slot_later(rx);
+            let mut slot = tx.blocking_reserve().expect("reserve");
+            slot.write(&8).expect("write");
+            slot.commit().expect("commit");
+        }),
+    });
     calls
 }
 

@@ -1,5 +1,5 @@
 //! Cancel safety of the ring's async calls, through the public API: `recv`,
-//! `recv_many` and `send` dropped at any await point (by `select!` against a
+//! `recv_many`, `send` and `reserve` dropped at any await point (by `select!` against a
 //! future that is ready after a few polls, and by `timeout`) lose nothing
 //! and duplicate nothing; `send_many` (documented as not cancel safe as a
 //! whole) sends a prefix of each batch, in order, once. Each test counts its
@@ -132,6 +132,18 @@ fn blocking_receiver(mut rx: Receiver<u64>) -> std::thread::JoinHandle<Vec<u64>>
     })
 }
 
+/// `got` is 0..N, each value once and in order; else fails, showing where
+/// it went wrong (`what`: the backend and what was done to it).
+fn assert_every_value_once(got: &[u64], what: &str) {
+    let at = got.iter().zip(0..N).take_while(|&(&v, i)| v == i).count();
+    assert!(
+        at == got.len() && at as u64 == N,
+        "{what}: received {} values, first difference at {at}: {:?}",
+        got.len(),
+        &got[at..got.len().min(at + 8)]
+    );
+}
+
 /// Runs `f` on a thread and fails if it overruns a coarse bound (a hang is
 /// a failure, not a stuck suite).
 fn with_watchdog(what: &str, f: impl FnOnce() + Send + 'static) {
@@ -257,21 +269,54 @@ fn cancelled_send_loses_and_repeats_nothing() {
             drop(tx);
             let got = receiver.join().expect("receiver");
             println!("{backend:?}: {N} sent, {cancelled} send cancelled");
-            let expected: Vec<u64> = (0..N).collect();
-            if got != expected {
-                let at = got
-                    .iter()
-                    .zip(&expected)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                panic!(
-                    "{backend:?}: received {} values, first difference at {at}: {:?} (after \
-                     {cancelled} cancellations)",
-                    got.len(),
-                    &got[at..got.len().min(at + 8)]
-                );
-            }
+            assert_every_value_once(&got, &format!("{backend:?}, {cancelled} cancellations"));
             assert!(cancelled > 0, "{backend:?}: no send was cancelled");
+        });
+    }
+}
+
+/// `reserve` cancelled at any point (often while it waits on a full ring),
+/// and now and then a slot that was handed out, filled and dropped without
+/// a commit, then retried: the Receiver gets every value exactly once, in
+/// order, and never a dropped slot's.
+#[test]
+fn cancelled_reserve_loses_and_repeats_nothing() {
+    for (name, backend) in BACKENDS {
+        let Some((rx, mut tx)) = ring(name, backend) else {
+            continue;
+        };
+        with_watchdog("reserve", move || {
+            let receiver = blocking_receiver(rx);
+            let mut dice = Dice(0x00c0_ffee);
+            let (mut cancelled, mut abandoned) = (0u64, 0u64);
+            runtime().block_on(async {
+                for v in 0..N {
+                    loop {
+                        match maybe_cancelled(&mut dice, tx.reserve()).await {
+                            Attempt::Done(Ok(mut slot)) if dice.roll(8) == 0 => {
+                                slot.write(&u64::MAX).expect("write");
+                                drop(slot);
+                                abandoned += 1;
+                            }
+                            Attempt::Done(Ok(mut slot)) => {
+                                slot.write(&v).expect("write");
+                                slot.commit().expect("commit");
+                                break;
+                            }
+                            Attempt::Done(Err(e)) => panic!("{backend:?}: {e}"),
+                            Attempt::Cancelled => cancelled += 1,
+                        }
+                    }
+                }
+            });
+            drop(tx);
+            let got = receiver.join().expect("receiver");
+            println!(
+                "{backend:?}: {N} sent, {cancelled} reserve cancelled, {abandoned} slots dropped"
+            );
+            assert_every_value_once(&got, &format!("{backend:?}, {cancelled} cancellations"));
+            assert!(cancelled > 0, "{backend:?}: no reserve was cancelled");
+            assert!(abandoned > 0, "{backend:?}: no slot was dropped");
         });
     }
 }

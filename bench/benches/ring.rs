@@ -37,6 +37,19 @@
 //!   `recv().await`s each one, each side in its own tokio current-thread
 //!   runtime: the async counterpart of `one` into `blocking`, which it is
 //!   meant to be compared with (#22: at least 0.8x).
+//!   The Sink (#24.3), each in a current-thread runtime: `forward` is
+//!   `StreamExt::forward` of a `stream::iter` of the messages into the
+//!   Sender (`start_send` per message, published by the quarter-ring bound
+//!   and the final close), `feed` is `SinkExt::feed` per message and one
+//!   `flush` at the end; compare them with `many256` (#24 goal: `forward`
+//!   at least 0.8x `send_many`). The in-place send (#24.3): `reserve` is
+//!   `blocking_reserve()`, then the slot is filled field by field and
+//!   committed, `areserve` the same with `reserve().await`; compare them
+//!   with `one` and `async` on `MSGS=4K`, a 4 KiB message whose payload
+//!   the producer holds already (`send` copies it into a value, then into
+//!   the slot; the reserved slot gets it in one copy; #24 goal: faster
+//!   than `send`). None of these run by default: name them in `SENDS` or
+//!   `PAIRS`.
 //! - **rtt**: two rings, as `examples/ring_ipc.rs`: the parent sends message
 //!   `i` on ring A (`blocking_send`), the child takes it (`blocking_recv`)
 //!   and sends it back on ring B, the parent takes it and checks it. 2,000
@@ -75,8 +88,8 @@
 //! |---|---|---|
 //! | `TESTS` | `tput rtt` | which tests |
 //! | `BACKENDS` | `doorbell userfault` | `doorbell`, `userfault`, `userfault_async`, `poll`, `kernel` |
-//! | `MSGS` | `64B u64` | message types: `[u64; 8]` and `u64` (tput; rtt is 64B only) |
-//! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send`, `async` = `send().await` |
+//! | `MSGS` | `64B u64` | message types: `[u64; 8]`, `u64`, `4K` (4 KiB: sequence, payload, check) (tput; rtt is 64B only) |
+//! | `SENDS` | `many256 one` | producer: `manyK` = `blocking_send_many` of K, `one` = `blocking_send`, `async` = `send().await`, `forward` = `StreamExt::forward` into the Sink, `feed` = `SinkExt::feed` each + one `flush`, `reserve` = `blocking_reserve` + fill + `commit`, `areserve` = `reserve().await` + fill + `commit` |
 //! | `RECVS` | `blocking blockmany many` | consumer: `blocking_recv`, `blocking_recv_many` or `recv_many` of up to `RECV_BATCH` (256), `async` = `recv().await` |
 //! | `PAIRS` | `async:async` | `send:recv` pairs run after the `SENDS` x `RECVS` ones (not twice), per message type; empty: none |
 //! | `SPINS_US` | `0 5` | the Receivers' spin budget, µs (`auto`: the adaptive default) |
@@ -97,8 +110,9 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use memfd_tripwire::Backend;
-use memfd_tripwire::ring::{Receiver, Sender, SharedRing};
+use memfd_tripwire::ring::{Receiver, SendSlot, Sender, SharedRing};
 
 const ROLE: &str = "ring-peer";
 const CASE_ENV: &str = "MEMFD_TRIPWIRE_RING_CASE";
@@ -126,6 +140,12 @@ trait Msg: bytemuck::Pod {
     const TAG: u64;
     fn make(seq: u64) -> Self;
     fn is(&self, seq: u64) -> bool;
+    /// Fills a reserved slot with message `seq` (`reserve`, `areserve`):
+    /// the whole value by default; a large message field by field, never
+    /// built on the stack.
+    fn fill(seq: u64, slot: &mut SendSlot<'_, Self>) -> Result<(), memfd_tripwire::Error> {
+        slot.write(&Self::make(seq))
+    }
 }
 
 /// 64 bytes, the anchor's message size: the sequence number in the first
@@ -142,6 +162,45 @@ impl Msg for Msg64 {
 
     fn is(&self, seq: u64) -> bool {
         self[0] == seq && self[7] == !seq
+    }
+}
+
+/// 4 KiB, for the in-place send (`reserve`) against `send` of the same
+/// value: the sequence number first, its complement last, and a payload
+/// that the producer holds already (as a user's buffer would be): `make`
+/// copies it into a value on the stack that the send copies again, `fill`
+/// copies it once, into the slot.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Msg4K {
+    seq: u64,
+    payload: [u8; 4080],
+    check: u64,
+}
+
+/// The payload of every `Msg4K`.
+static PAYLOAD: [u8; 4080] = [0xa5; 4080];
+
+impl Msg for Msg4K {
+    const NAME: &'static str = "4K";
+    const TAG: u64 = u64::from_le_bytes(*b"RBENCH4K");
+
+    fn make(seq: u64) -> Self {
+        Msg4K {
+            seq,
+            payload: PAYLOAD,
+            check: !seq,
+        }
+    }
+
+    fn is(&self, seq: u64) -> bool {
+        self.seq == seq && self.check == !seq
+    }
+
+    fn fill(seq: u64, slot: &mut SendSlot<'_, Self>) -> Result<(), memfd_tripwire::Error> {
+        slot.write_at(std::mem::offset_of!(Msg4K, seq), &seq)?;
+        slot.write_bytes(std::mem::offset_of!(Msg4K, payload), &PAYLOAD)?;
+        slot.write_at(std::mem::offset_of!(Msg4K, check), &!seq)
     }
 }
 
@@ -172,6 +231,26 @@ enum SendMode {
     Many(usize),
     /// `send(m).await` per message, in a current-thread runtime.
     Async,
+    /// The Sink: `StreamExt::forward` of a stream of the messages, in a
+    /// current-thread runtime (start_send per message, published by the
+    /// quarter-ring bound and the final close).
+    Forward,
+    /// The Sink: `SinkExt::feed` per message, one `flush` at the end.
+    Feed,
+    /// `blocking_reserve()`, `Msg::fill`, `commit()` per message.
+    Reserve,
+    /// `reserve().await`, `Msg::fill`, `commit()` per message.
+    AsyncReserve,
+}
+
+impl SendMode {
+    /// Whether the producer runs in a tokio runtime.
+    fn is_async(self) -> bool {
+        matches!(
+            self,
+            SendMode::Async | SendMode::Forward | SendMode::Feed | SendMode::AsyncReserve
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +315,10 @@ impl fmt::Display for SendMode {
             SendMode::One => f.write_str("one"),
             SendMode::Many(k) => write!(f, "many{k}"),
             SendMode::Async => f.write_str("async"),
+            SendMode::Forward => f.write_str("forward"),
+            SendMode::Feed => f.write_str("feed"),
+            SendMode::Reserve => f.write_str("reserve"),
+            SendMode::AsyncReserve => f.write_str("areserve"),
         }
     }
 }
@@ -313,7 +396,8 @@ fn msg_name(s: &str) -> Result<&'static str, BoxError> {
     match s {
         "64B" | "64b" | "64" => Ok(<Msg64 as Msg>::NAME),
         "u64" => Ok(<u64 as Msg>::NAME),
-        other => Err(format!("unknown message type {other:?}: use 64B or u64").into()),
+        "4K" | "4k" => Ok(<Msg4K as Msg>::NAME),
+        other => Err(format!("unknown message type {other:?}: use 64B, u64 or 4K").into()),
     }
 }
 
@@ -321,9 +405,17 @@ fn parse_send(s: &str) -> Result<SendMode, BoxError> {
     match s {
         "one" => Ok(SendMode::One),
         "async" => Ok(SendMode::Async),
+        "forward" => Ok(SendMode::Forward),
+        "feed" => Ok(SendMode::Feed),
+        "reserve" => Ok(SendMode::Reserve),
+        "areserve" => Ok(SendMode::AsyncReserve),
         _ => match s.strip_prefix("many").map(str::parse::<usize>) {
             Some(Ok(k)) if k > 0 => Ok(SendMode::Many(k)),
-            _ => Err(format!("unknown send mode {s:?}: use one, manyK (K > 0) or async").into()),
+            _ => Err(format!(
+                "unknown send mode {s:?}: use one, manyK (K > 0), async, forward, feed, \
+                 reserve or areserve"
+            )
+            .into()),
         },
     }
 }
@@ -596,6 +688,7 @@ fn consumer_main() -> Result<bool, BoxError> {
     for case in &cases {
         let line = match (case.test, case.msg) {
             (Test::Tput, "u64") => tput::<u64>(&k, case),
+            (Test::Tput, "4K") => tput::<Msg4K>(&k, case),
             (Test::Tput, _) => tput::<Msg64>(&k, case),
             (Test::Rtt, _) => rtt::<Msg64>(&k, case),
         };
@@ -795,6 +888,7 @@ fn peer_main() -> Result<bool, BoxError> {
     let stdout = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     match (case.test, case.msg) {
         (Test::Tput, "u64") => produce::<u64>(&k, &case, stdin, stdout)?,
+        (Test::Tput, "4K") => produce::<Msg4K>(&k, &case, stdin, stdout)?,
         (Test::Tput, _) => produce::<Msg64>(&k, &case, stdin, stdout)?,
         (Test::Rtt, _) => echo::<Msg64>(&k, &case, stdin, stdout)?,
     }
@@ -811,12 +905,13 @@ fn produce<T: Msg>(
     let mut tx = Sender::<T>::connect_with_tag(sock, T::TAG)?;
     let mut batch = Vec::with_capacity(match case.send {
         SendMode::Many(b) => b,
-        SendMode::One | SendMode::Async => 0,
+        _ => 0,
     });
     // Built before `go`: its cost is not the messages'.
-    let rt = match case.send {
-        SendMode::Async => Some(runtime()?),
-        SendMode::One | SendMode::Many(_) => None,
+    let rt = if case.send.is_async() {
+        Some(runtime()?)
+    } else {
+        None
     };
     ctl.write_all(b"r")?;
     let mut go = [0u8];
@@ -845,6 +940,40 @@ fn produce<T: Msg>(
             rt.block_on(async {
                 for i in 0..n {
                     tx.send(T::make(i)).await?;
+                }
+                Ok::<_, BoxError>(())
+            })?;
+        }
+        SendMode::Forward => {
+            let rt = rt.as_ref().expect("built for SendMode::Forward");
+            // `forward` closes the Sink at the end: the Receiver then sees
+            // the clean close it checks (the drop below does nothing more).
+            let values = futures_util::stream::iter((0..n).map(|i| Ok(T::make(i))));
+            rt.block_on(values.forward(&mut tx))?;
+        }
+        SendMode::Feed => {
+            let rt = rt.as_ref().expect("built for SendMode::Feed");
+            rt.block_on(async {
+                for i in 0..n {
+                    tx.feed(T::make(i)).await?;
+                }
+                tx.flush().await
+            })?;
+        }
+        SendMode::Reserve => {
+            for i in 0..n {
+                let mut slot = tx.blocking_reserve()?;
+                T::fill(i, &mut slot)?;
+                slot.commit()?;
+            }
+        }
+        SendMode::AsyncReserve => {
+            let rt = rt.as_ref().expect("built for SendMode::AsyncReserve");
+            rt.block_on(async {
+                for i in 0..n {
+                    let mut slot = tx.reserve().await?;
+                    T::fill(i, &mut slot)?;
+                    slot.commit()?;
                 }
                 Ok::<_, BoxError>(())
             })?;

@@ -303,7 +303,21 @@ pub(super) struct Tx<T> {
     /// The waiting flag is set in the state word (a wait was announced and
     /// not yet withdrawn, e.g. by a cancelled `send`).
     waiting: bool,
+    /// The head as last published.
     pub(super) head: u64,
+    /// Slots written after `head` and not yet published (`Sink::start_send`
+    /// batches them; a [`SendSlot`](super::SendSlot) fills the one after
+    /// them): published by the next [`publish`](Tx::publish), which every
+    /// send and flush makes, and before any wait for space.
+    pending: u64,
+    /// Published values after which [`Tx::stage`] publishes on its own, so
+    /// that a Receiver is not kept waiting by a writer that never flushes: a
+    /// quarter ring, as the Receiver's batches of tail stores.
+    #[cfg(feature = "tokio")]
+    batch: u64,
+    /// The Sender closed the ring itself (`Sink::poll_close`): no send may
+    /// follow.
+    closed: bool,
     tail: u64,
     /// How long a Sender that finds the ring full polls for space before
     /// it sleeps: the price of a sleep on this host (`ring::spin`).
@@ -390,11 +404,15 @@ impl<T: Pod> Tx<T> {
             tail,
         } = attached;
         Tx {
+            #[cfg(feature = "tokio")]
+            batch: u64::from(ring.header.capacity / 4).max(1),
             ring,
             producer,
             space,
             waiting: false,
             head,
+            pending: 0,
+            closed: false,
             tail,
             space_spin: spin::Spin::Adaptive {
                 ack: Duration::ZERO,
@@ -407,13 +425,98 @@ impl<T: Pod> Tx<T> {
 }
 
 impl<T: Pod> Tx<T> {
+    /// Writes up to `free` of `items` and publishes them (with any written
+    /// before) with one head store and one `notify()`. Returns how many were
+    /// published (0 if a copy failed), and the outcome: `notify()` can fail
+    /// after the head store (a Receiver found gone is not a failure: what
+    /// was published counts as sent, and the next wait for space reports
+    /// the death).
+    pub(super) fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
+        let n = items.len().min(free as usize);
+        let mut done = 0;
+        let header = self.ring.header;
+        let next = self.next();
+        let copied = (|| {
+            if let [one] = &items[..n] {
+                // A fixed-size copy (`send`, `blocking_send`, `try_send`).
+                self.ring.slots.write(header.slot_offset(next), one)?;
+                done = 1;
+            }
+            // One bounds-checked copy per contiguous run of slots (at most two).
+            while done < n {
+                let at = next.wrapping_add(done as u64);
+                let run = (n - done).min(header.slots_to_end(at));
+                self.ring.slots.write_bytes(
+                    header.slot_offset(at),
+                    bytemuck::cast_slice(&items[done..done + run]),
+                )?;
+                done += run;
+            }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            return (0, Err(e));
+        }
+        if n == 0 {
+            return (0, Ok(()));
+        }
+        // One head store for these and any written before them (the
+        // Sink's), one notify(); inlined, so that the hot path (`send`,
+        // `blocking_send`) passes no `Result` through memory (see
+        // `tokio::spend_unit`: such copies stall).
+        if let Err(e) = self.store_head(next.wrapping_add(n as u64)) {
+            return (0, Err(e)); // nothing was published
+        }
+        (n, self.notify("notify (after publishing)"))
+    }
+
+    /// Writes `value` into the next slot without publishing it (`Sink`'s
+    /// `start_send`), then publishes everything written once a batch is
+    /// due. The caller saw a free slot ([`free`](Tx::free)); a full ring,
+    /// as this end last saw it, is refused (nothing is written).
+    #[cfg(feature = "tokio")]
+    pub(super) fn stage(&mut self, value: &T) -> Result<(), Error> {
+        if self.closed {
+            return Err(closed_by_sender());
+        }
+        if self.next().wrapping_sub(self.tail) >= u64::from(self.ring.header.capacity) {
+            return Err(Error::invalid(
+                "start_send",
+                "a value while the ring is full",
+                "a value after poll_ready returned Ready(Ok(()))",
+            ));
+        }
+        self.ring.slots.write(self.next_offset(), value)?;
+        self.pending += 1;
+        if self.pending >= self.batch {
+            self.publish()?;
+        }
+        Ok(())
+    }
+}
+
+impl<T> Tx<T> {
     /// How many sent messages the Receiver has not yet taken, as far as it
     /// has published.
+    /// Values written and not yet published count as sent.
     pub(super) fn len(&self) -> usize {
         self.ring.len(End::Sender {
-            head: self.head,
+            head: self.next(),
             tail: self.tail,
         })
+    }
+
+    /// The index of the next slot to write: after the published head and
+    /// the values written since.
+    #[inline]
+    pub(super) fn next(&self) -> u64 {
+        self.head.wrapping_add(self.pending)
+    }
+
+    /// The byte offset of the next slot to write in the slots memory (a
+    /// [`SendSlot`](super::SendSlot)'s).
+    pub(super) fn next_offset(&self) -> usize {
+        self.ring.header.slot_offset(self.next())
     }
 
     /// `true` once the Receiver is gone (its end of the handshake socket or
@@ -457,76 +560,99 @@ impl<T: Pod> Tx<T> {
     /// [`Error::Closed`] once the Receiver closed its end, and
     /// [`Error::PeerDied`] once its process hung up without closing it
     /// (the producer's hang-up flag: shortly after the death), whatever the
-    /// slots say: what is sent now would never be read.
+    /// slots say: what is sent now would never be read. Slots written and
+    /// not yet published are not free; when none is, they are published
+    /// (the Receiver cannot free slots it was never shown).
     pub(super) fn free(&mut self) -> Result<u64, Error> {
+        if self.closed {
+            return Err(closed_by_sender());
+        }
         if self.receiver_closed() || self.producer.consumer_gone() {
             return Err(self.ended());
         }
         let cap = u64::from(self.ring.header.capacity);
-        let used = self.head.wrapping_sub(self.tail);
+        let used = self.next().wrapping_sub(self.tail);
         if used < cap {
             return Ok(cap - used);
         }
-        let tail = self.ring.tail()?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
-            .map_err(|e| corrupt(e, "Sender"))?;
-        self.tail = tail;
+        let used = self.reread_tail()?;
+        if used == cap {
+            self.publish()?;
+        }
         Ok(cap - used)
     }
 
-    /// Writes up to `free` of `items` and publishes them with one head store
-    /// and one `notify()`. Returns how many were published (0 if a copy
-    /// failed), and the outcome: `notify()` can fail after the head store
-    /// (a Receiver found gone is not a failure: what was published counts
-    /// as sent, and the next wait for space reports the death).
-    pub(super) fn write(&mut self, items: &[T], free: u64) -> (usize, Result<(), Error>) {
-        let n = items.len().min(free as usize);
-        let mut done = 0;
-        let header = self.ring.header;
-        let copied = (|| {
-            if let [one] = &items[..n] {
-                // A fixed-size copy (`send`, `blocking_send`, `try_send`).
-                self.ring.slots.write(header.slot_offset(self.head), one)?;
-                done = 1;
-            }
-            // One bounds-checked copy per contiguous run of slots (at most two).
-            while done < n {
-                let at = self.head.wrapping_add(done as u64);
-                let run = (n - done).min(header.slots_to_end(at));
-                self.ring.slots.write_bytes(
-                    header.slot_offset(at),
-                    bytemuck::cast_slice(&items[done..done + run]),
-                )?;
-                done += run;
-            }
-            Ok(())
-        })();
-        if let Err(e) = copied {
-            return (0, Err(e));
+    /// Re-reads the Receiver's tail; returns the slots in use, written ones
+    /// included. The tail is checked against the published head: a
+    /// Receiver cannot have taken what it was never shown.
+    fn reread_tail(&mut self) -> Result<u64, Error> {
+        let tail = self.ring.tail()?;
+        layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
+            .map_err(|e| corrupt(e, "Sender"))?;
+        self.tail = tail;
+        Ok(self.next().wrapping_sub(tail))
+    }
+
+    /// Publishes the slot after the written ones, which a
+    /// [`SendSlot`](super::SendSlot) filled, with them.
+    pub(super) fn commit_next(&mut self) -> Result<(), Error> {
+        self.pending += 1;
+        self.publish()
+    }
+
+    /// Publishes every slot written and not yet published: one head store
+    /// and one `notify()`; nothing if there are none. An error of the head
+    /// store publishes nothing; `notify()` can fail after it (see
+    /// [`write`](Tx::write)).
+    pub(super) fn publish(&mut self) -> Result<(), Error> {
+        if self.pending == 0 {
+            return Ok(());
         }
-        if n == 0 {
-            return (0, Ok(()));
-        }
-        let head = self.head.wrapping_add(n as u64);
-        match self.ring.head() {
-            Ok(atomic) => protocol::publish_head(atomic, head),
-            Err(e) => return (0, Err(e)),
-        }
+        self.store_head(self.next())?;
+        self.notify("notify (after publishing)")
+    }
+
+    /// The head store of [`publish`](Tx::publish) (at `head`: the written
+    /// slots and any after them), without the `notify()`.
+    #[inline]
+    fn store_head(&mut self, head: u64) -> Result<(), Error> {
+        protocol::publish_head(self.ring.head()?, head);
         self.head = head;
+        self.pending = 0;
         if self.waiting {
             // A wait announced by a `send` that was cancelled: withdraw it,
             // or the Receiver rings us at every tail it publishes.
             let _ = self.stop_waiting();
         }
-        let rung = match self.producer.notify() {
+        Ok(())
+    }
+
+    /// Wakes the Receiver after a publish or a close.
+    #[inline]
+    fn notify(&self, what: &'static str) -> Result<(), Error> {
+        match self.producer.notify() {
             Ok(()) => Ok(()),
             // Published: a Receiver that is gone may have taken them before
             // it left; the next wait for space reports it.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             // Published, but the Receiver may not have been woken.
-            Err(e) => Err(Error::io("notify (after publishing)", e)),
-        };
-        (n, rung)
+            Err(e) => Err(Error::io(what, e)),
+        }
+    }
+
+    /// Closes the ring cleanly (`Sink::poll_close`, a dropped Sender):
+    /// publishes what was written, sets the closed bit after that last
+    /// head store, and rings the Receiver once; no send may follow.
+    pub(super) fn close(&mut self) -> Result<(), Error> {
+        if self.closed {
+            return Ok(());
+        }
+        if self.pending > 0 {
+            self.store_head(self.next())?;
+        }
+        protocol::close(self.ring.state()?);
+        self.closed = true;
+        self.notify("notify (after closing)")
     }
 
     /// Announces that the Sender waits for space; `true` if space appeared
@@ -534,11 +660,7 @@ impl<T: Pod> Tx<T> {
     pub(super) fn start_waiting(&mut self) -> Result<bool, Error> {
         protocol::announce(self.ring.state()?);
         self.waiting = true;
-        let tail = self.ring.tail()?;
-        let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
-            .map_err(|e| corrupt(e, "Sender"))?;
-        self.tail = tail;
-        Ok(used < u64::from(self.ring.header.capacity))
+        Ok(self.reread_tail()? < u64::from(self.ring.header.capacity))
     }
 
     /// Withdraws the wait [`start_waiting`](Tx::start_waiting) announced.
@@ -573,6 +695,15 @@ impl<T: Pod> Tx<T> {
             Err(e) => Err(Error::io("draining the space bell", e)),
         }
     }
+}
+
+/// A send after the Sender closed the ring itself (`Sink::poll_close`).
+fn closed_by_sender() -> Error {
+    Error::invalid(
+        "Sender",
+        "a send after Sink::poll_close closed the ring",
+        "sends before the close only",
+    )
 }
 
 /// An index check of the peer's that failed ([`Error::Corrupt`]) at this

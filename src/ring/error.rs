@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::Error;
 
-/// Why [`Sender::try_send`](super::Sender::try_send) did not send; carries the value back.
+/// Why [`Sender::try_send`](super::Sender::try_send) did not send; carries
+/// the value back (`()` from [`Sender::try_reserve`](super::Sender::try_reserve)).
 pub enum TrySendError<T> {
     /// The ring is full: the Receiver has not caught up.
     Full(T),
@@ -26,6 +27,17 @@ impl<T> TrySendError<T> {
     pub fn into_inner(self) -> T {
         match self {
             TrySendError::Full(v) | TrySendError::Closed(v) | TrySendError::Failed(v, _) => v,
+        }
+    }
+}
+
+impl TrySendError<()> {
+    /// The same error, carrying `value` (a `try_reserve`'s, for `try_send`).
+    pub(super) fn with<T>(self, value: T) -> TrySendError<T> {
+        match self {
+            TrySendError::Full(()) => TrySendError::Full(value),
+            TrySendError::Closed(()) => TrySendError::Closed(value),
+            TrySendError::Failed((), e) => TrySendError::Failed(value, e),
         }
     }
 }

@@ -33,6 +33,19 @@
 //! silent peer, as the blocking `share` and `connect`), as the example
 //! below does.
 //!
+//! # Batches and in-place sends
+//!
+//! With feature `tokio` the [`Sender`] is a `futures::Sink` whose flush
+//! means "published": `start_send` writes values into their slots, and
+//! they are published together (one head store, one `notify()`) by a
+//! flush, by any other send, before a wait for space, or after a quarter
+//! ring, so `stream.forward(tx)` batches as [`Sender::blocking_send_many`]
+//! does. For a large `T`, [`Sender::try_reserve`],
+//! [`Sender::blocking_reserve`] and `reserve().await` hand out a
+//! [`SendSlot`] to fill in place, field by field (copies at offsets, never
+//! a reference into the shared slot), published by
+//! [`commit`](SendSlot::commit) alone.
+//!
 //! # A peer you do not trust
 //!
 //! `T` is [`bytemuck::Pod`]: values are copied in and out, any bytes are a
@@ -98,7 +111,8 @@
 // Receiver's non-blocking step; `blocking.rs`, `tokio.rs` and `mio.rs` the
 // drivers that wait; `error.rs` the errors; `protocol.rs` every atomic step
 // (checked by loom); `layout.rs` where everything lives; `spin.rs` the spin
-// budget and the one spin loop.
+// budget and the one spin loop; `slot.rs` a reserved slot to fill in
+// place.
 mod blocking;
 mod core;
 mod error;
@@ -110,6 +124,7 @@ mod receiver;
 #[cfg(feature = "tokio")]
 mod registration;
 mod sender;
+mod slot;
 mod spin;
 mod step;
 #[cfg(feature = "tokio")]
@@ -124,6 +139,7 @@ use bytemuck::Pod;
 pub use error::{SendError, SendManyError, TryRecvError, TrySendError};
 pub use receiver::{Receiver, RingStats};
 pub use sender::Sender;
+pub use slot::SendSlot;
 
 use crate::{Backend, Error};
 

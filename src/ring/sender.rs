@@ -9,8 +9,7 @@ use bytemuck::Pod;
 
 use super::core::Tx;
 use super::layout;
-use super::protocol;
-use super::{SendError, SendManyError, TrySendError};
+use super::{SendError, SendManyError, SendSlot, TrySendError};
 use crate::{Error, Producer, handoff};
 
 /// The producing end of a ring, in the process that received it.
@@ -188,17 +187,92 @@ impl<T: Pod> Sender<T> {
     /// # }
     /// ```
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        match self.tx.free() {
-            Ok(0) if self.is_closed() => Err(TrySendError::Closed(value)),
-            Ok(0) => Err(TrySendError::Full(value)),
-            Ok(free) => match self.tx.write(std::slice::from_ref(&value), free).1 {
-                Ok(()) => Ok(()),
-                Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
-                Err(e) => Err(TrySendError::Failed(value, e)),
-            },
-            Err(Error::Closed | Error::PeerDied) => Err(TrySendError::Closed(value)),
+        let free = self.try_free().map_err(|e| e.with(value))?;
+        match self.tx.write(std::slice::from_ref(&value), free).1 {
+            Ok(()) => Ok(()),
+            Err(Error::PeerDied) => Err(TrySendError::Closed(value)),
             Err(e) => Err(TrySendError::Failed(value, e)),
         }
+    }
+
+    /// Free slots (at least one), or why a `try_` call cannot have one.
+    fn try_free(&mut self) -> Result<u64, TrySendError<()>> {
+        match self.tx.free() {
+            Ok(0) if self.is_closed() => Err(TrySendError::Closed(())),
+            Ok(0) => Err(TrySendError::Full(())),
+            Ok(free) => Ok(free),
+            Err(Error::Closed | Error::PeerDied) => Err(TrySendError::Closed(())),
+            Err(e) => Err(TrySendError::Failed((), e)),
+        }
+    }
+
+    /// Reserves the next slot without waiting, to fill in place and
+    /// [`commit`](SendSlot::commit): a large `T` need not be built on the
+    /// stack and copied. A [`SendSlot`] dropped without a commit publishes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Sender::try_send), carrying `()`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, ring::{Sender, SharedRing, TrySendError}};
+    ///
+    /// let mut rx = SharedRing::<[u64; 512]>::builder(1).backend(Backend::Poll).create()?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let tx = std::thread::spawn(move || Sender::<[u64; 512]>::connect(theirs));
+    /// rx.share(ours)?;
+    /// let mut tx = tx.join().unwrap()?;
+    ///
+    /// let mut slot = tx.try_reserve()?;
+    /// slot.write_at(0, &1u64)?;
+    /// slot.write_at(511 * 8, &2u64)?;
+    /// slot.commit()?;
+    /// assert!(matches!(tx.try_reserve(), Err(TrySendError::Full(())))); // one slot
+    /// let v = rx.try_recv()?;
+    /// assert_eq!((v[0], v[511]), (1, 2));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_reserve(&mut self) -> Result<SendSlot<'_, T>, TrySendError<()>> {
+        self.try_free()?;
+        Ok(SendSlot::new(&mut self.tx))
+    }
+
+    /// Reserves the next slot, blocking the thread while the ring is full:
+    /// [`try_reserve`](Sender::try_reserve) that waits, as
+    /// [`blocking_send`](Sender::blocking_send) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_send`](Sender::blocking_send).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_send`](Sender::blocking_send) (use
+    /// `reserve().await` in async code).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::os::unix::net::UnixStream;
+    /// # use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
+    /// # let mut rx = SharedRing::<[u8; 4096]>::builder(4).backend(Backend::Poll).create()?;
+    /// # let (ours, theirs) = UnixStream::pair()?;
+    /// # let tx = std::thread::spawn(move || Sender::<[u8; 4096]>::connect(theirs));
+    /// # rx.share(ours)?;
+    /// # let mut tx = tx.join().unwrap()?;
+    /// let mut slot = tx.blocking_reserve()?;
+    /// slot.write_bytes(0, &[7; 4096])?;
+    /// slot.commit()?;
+    /// assert_eq!(rx.try_recv()?, [7; 4096]);
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn blocking_reserve(&mut self) -> Result<SendSlot<'_, T>, Error> {
+        self.tx
+            .blocking_reserve(("Sender::blocking_reserve", "reserve().await"))?;
+        Ok(SendSlot::new(&mut self.tx))
     }
 
     /// Sends as many of `values` as there are free slots for, in order,
@@ -314,13 +388,17 @@ impl<T> Drop for Sender<T> {
         // closes it when its own Sender goes (or dies). Nor does a Sender
         // dropped by a panic's unwinding: what it meant to send may be
         // missing, so the Receiver reports a death, not a clean close.
-        if self.pid != std::process::id() || std::thread::panicking() {
+        if self.pid != std::process::id() {
+            return;
+        }
+        // Values written by `Sink::start_send` and not yet flushed are
+        // whole in their slots: they are published, as a flush would, in
+        // either case.
+        if std::thread::panicking() {
+            let _ = self.tx.publish();
             return;
         }
         // A clean close: the Receiver drains, then ends with Ok(None).
-        if let Ok(state) = self.tx.ring.state() {
-            protocol::close(state);
-            let _ = self.tx.producer.notify();
-        }
+        let _ = self.tx.close();
     }
 }

@@ -18,7 +18,7 @@ use bytemuck::Pod;
 use futures_core::{FusedStream, Stream};
 
 use super::registration::Registration;
-use super::{Receiver, SendError, SendManyError, Sender};
+use super::{Receiver, SendError, SendManyError, SendSlot, Sender};
 use crate::{Error, handoff};
 
 impl<T: Pod> Receiver<T> {
@@ -316,12 +316,21 @@ impl<T: Pod> Sender<T> {
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
     /// wake-up to look again after.
+    #[inline]
     fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
         let tx = &mut self.tx;
         let free = tx.free()?;
         if free > 0 {
             return Poll::Ready(Ok(Some(free)));
         }
+        self.wait_for_space(cx)
+    }
+
+    /// The slow half of [`poll_space`](Sender::poll_space): no free slot
+    /// was seen.
+    #[cold]
+    fn wait_for_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+        let tx = &mut self.tx;
         if tx.start_waiting()? {
             tx.stop_waiting()?;
             return Poll::Ready(Ok(None));
@@ -372,6 +381,55 @@ impl<T: Pod> Sender<T> {
             .map_err(fail)
     }
 
+    /// Reserves the next slot, waiting while the ring is full, to fill in
+    /// place and [`commit`](SendSlot::commit) (tokio mpsc's `reserve`): a
+    /// large `T` need not be built on the stack and copied. Spends tokio's
+    /// coop budget as [`send`](Sender::send).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is written until the slot is handed out. A
+    /// [`SendSlot`] dropped without a commit publishes nothing either.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Sender::send).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::mem::offset_of;
+    /// use std::os::unix::net::UnixStream;
+    /// use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
+    ///
+    /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    /// #[repr(C)]
+    /// struct Frame {
+    ///     len: u64,
+    ///     bytes: [u8; 4088],
+    /// }
+    ///
+    /// let mut rx = SharedRing::<Frame>::builder(16).backend(Backend::Doorbell).create()?;
+    /// let (ours, theirs) = UnixStream::pair()?;
+    /// let (shared, tx) = tokio::join!(rx.share_async(ours), Sender::<Frame>::connect_async(theirs));
+    /// shared?;
+    /// let mut tx = tx?;
+    ///
+    /// let line = b"a log line";
+    /// let mut slot = tx.reserve().await?;
+    /// slot.write_at(offset_of!(Frame, len), &(line.len() as u64))?;
+    /// slot.write_bytes(offset_of!(Frame, bytes), line)?;
+    /// slot.commit()?;
+    ///
+    /// let frame = rx.recv().await?.expect("a frame");
+    /// assert_eq!(&frame.bytes[..frame.len as usize], line);
+    /// # Ok(()) }
+    /// ```
+    pub async fn reserve(&mut self) -> Result<SendSlot<'_, T>, Error> {
+        std::future::poll_fn(|cx| self.poll_reserve(cx)).await?;
+        Ok(SendSlot::new(&mut self.tx))
+    }
+
     /// Sends all of `values` in order, in batches, waiting while full.
     ///
     /// # Cancel safety
@@ -400,5 +458,82 @@ impl<T: Pod> Sender<T> {
             rung.map_err(|error| SendManyError { sent, error })?;
         }
         Ok(())
+    }
+}
+
+/// The Sender as a [`Sink`](futures_sink::Sink) (`futures::Sink`), with
+/// `poll_flush` meaning "published", as a `BufWriter`'s flush means
+/// "written":
+///
+/// - `poll_ready` waits for a free slot, as [`send`](Sender::send) does
+///   (the same coop budget, the same errors);
+/// - `start_send` writes the value into its slot without publishing it. The
+///   written values are published together (one head store, one
+///   `notify()`) by `poll_flush`, by any other send, before a wait for
+///   space (the Receiver cannot free slots it was never shown), and on
+///   their own after a quarter ring of them, so that a Receiver is not kept
+///   waiting by a writer that seldom flushes;
+/// - `poll_flush` publishes what was written; it never waits (the Receiver
+///   need not have taken anything);
+/// - `poll_close` publishes, then closes the ring cleanly, as dropping the
+///   Sender does: the Receiver takes everything, then ends with `Ok(None)`.
+///   A send after it fails ([`Error::InvalidArgument`]).
+///
+/// A Sender dropped with values written and not flushed publishes them
+/// (they are whole in their slots) before it closes the ring: unlike a
+/// dropped `BufWriter`, nothing is lost; and a Sender dropped while its
+/// thread panics publishes them too, though the Receiver then reports
+/// [`Error::PeerDied`] after them.
+///
+/// `Error` is the crate's [`Error`], the Receiver's `Stream` error, so that
+/// [`StreamExt::forward`](https://docs.rs/futures-util/0.3/futures_util/stream/trait.StreamExt.html#method.forward)
+/// relays one ring into another (`rx.forward(tx)`), or any stream of
+/// `Result<T, Error>` into the ring. `start_send` without a free slot
+/// (`poll_ready` not called) is an [`Error::InvalidArgument`], and writes
+/// nothing.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::unix::net::UnixStream;
+/// use futures_util::{SinkExt, StreamExt};
+/// use memfd_tripwire::{Backend, ring::{Sender, SharedRing}};
+///
+/// let mut rx = SharedRing::<u64>::builder(128).backend(Backend::Doorbell).create()?;
+/// let (ours, theirs) = UnixStream::pair()?;
+/// let (shared, tx) = tokio::join!(rx.share_async(ours), Sender::<u64>::connect_async(theirs));
+/// shared?;
+/// let mut tx = tx?;
+///
+/// tx.feed(1).await?; // written, not published
+/// assert!(rx.try_recv().is_err());
+/// tx.flush().await?; // published
+/// assert_eq!(rx.try_recv()?, 1);
+///
+/// // `forward` sends a stream, then closes the ring (which has room for
+/// // all of it here: nothing receives meanwhile).
+/// let values = futures_util::stream::iter((2..100).map(Ok));
+/// values.forward(tx).await?;
+/// let rest: Vec<u64> = rx.map(|r| r.unwrap()).collect().await;
+/// assert_eq!(rest, (2..100).collect::<Vec<_>>());
+/// # Ok(()) }
+/// ```
+impl<T: Pod> futures_sink::Sink<T> for Sender<T> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_reserve(cx).map_ok(drop)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Error> {
+        self.get_mut().tx.stage(&item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(self.get_mut().tx.publish())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(self.get_mut().tx.close())
     }
 }

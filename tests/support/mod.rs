@@ -96,9 +96,9 @@ pub fn with_producer(mut tw: Tripwire) -> (Tripwire, Producer) {
 }
 
 /// `rx`, shared with a `Sender` connected from another thread.
-pub fn with_sender(mut rx: Receiver<u64>) -> (Receiver<u64>, Sender<u64>) {
+pub fn with_sender<T: bytemuck::Pod>(mut rx: Receiver<T>) -> (Receiver<T>, Sender<T>) {
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || Sender::<u64>::connect(theirs));
+    let tx = std::thread::spawn(move || Sender::<T>::connect(theirs));
     rx.share(ours).expect("share");
     (rx, tx.join().expect("thread").expect("connect"))
 }
