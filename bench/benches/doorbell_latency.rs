@@ -44,6 +44,7 @@
 //! | `blocking` | `notify()` -> `blocking::Tripwire::wait()` (no runtime) |
 //! | `raw_epoll` | control, no crate: eventfd `write` -> `epoll_wait` + `read`, as the C anchor |
 //! | `raw_tokio` | control, no crate: eventfd `write` -> tokio `AsyncFd::readable()` + `read` |
+//! | `watch` | `watch::Sender::send` of a 256-byte value (the stamp in its first word) -> tokio `watch::Receiver::changed().await` + `borrow()` (a seqlock read of the whole value), #24's watch update-to-read latency |
 //! | `raw_socket` | control, no crate: a 32-byte message on a unix stream socket -> tokio `readable()` + `read`: the transport of a VFIO-user `region_write`, what a device server gets per doorbell store to a trapped register today |
 //!
 //! `BACKEND` (default `doorbell`; any name `Backend` parses, e.g. `poll`,
@@ -66,13 +67,15 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use memfd_tripwire::{Backend, Producer, Tripwire, blocking};
+use memfd_tripwire::{Backend, Producer, Tripwire, blocking, watch};
 use rustix::event::{EventfdFlags, epoll};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// Offset of the producer's stamp in the region.
 const STAMP: usize = 0;
+/// The watched value of `MODE=watch`: 256 bytes, the stamp in word 0.
+type Watched = [u64; 32];
 /// Bytes of a VFIO-user `region_write` of 8 bytes (header, offset, count,
 /// data), as `MODE=raw_socket` sends per doorbell.
 const REGION_WRITE_LEN: usize = 32;
@@ -90,6 +93,7 @@ enum Mode {
     RawEpoll,
     RawTokio,
     RawSocket,
+    Watch,
 }
 
 impl Mode {
@@ -100,8 +104,9 @@ impl Mode {
             Ok("raw_epoll") => Ok(Mode::RawEpoll),
             Ok("raw_tokio") => Ok(Mode::RawTokio),
             Ok("raw_socket") => Ok(Mode::RawSocket),
+            Ok("watch") => Ok(Mode::Watch),
             Ok(other) => Err(format!(
-                "MODE={other:?}: use tokio, blocking, raw_epoll, raw_tokio or raw_socket"
+                "MODE={other:?}: use tokio, blocking, raw_epoll, raw_tokio, raw_socket or watch"
             )
             .into()),
             Err(e) => Err(format!("MODE: {e}").into()),
@@ -116,6 +121,7 @@ impl Mode {
             Mode::RawEpoll => "raw_eventfd_epoll",
             Mode::RawTokio => "raw_eventfd_tokio_current_thread",
             Mode::RawSocket => "raw_socket_message_tokio_current_thread",
+            Mode::Watch => "watch_doorbell_tokio_current_thread",
         }
     }
 
@@ -307,6 +313,24 @@ fn consumer() -> Result<(), BoxError> {
                 })?;
             }
         }
+        (Mode::Watch, Some(ours), _) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()?;
+            rt.block_on(async {
+                let mut rx = watch::channel::<Watched>([0; 32])
+                    .backend(cfg.backend)
+                    .poll_interval(cfg.poll_interval)
+                    .create_async()?;
+                rx.share(ours).await?;
+                while !s.done() {
+                    rx.changed().await?;
+                    s.woke(|| Ok(rx.borrow()[0]))?;
+                }
+                Ok::<_, BoxError>(())
+            })?;
+        }
         (Mode::RawEpoll, _, Some(bell)) => {
             let ep = epoll_for(bell.as_fd())?;
             while !s.done() {
@@ -386,9 +410,13 @@ fn producer() -> Result<(), BoxError> {
     let socket = (cfg.mode == Mode::RawSocket)
         .then(|| stdin.try_clone())
         .transpose()?;
+    let mut watched = None;
     let (producer, bell) = if cfg.mode.raw() {
         (None, Some(stdin))
     } else if socket.is_some() {
+        (None, None)
+    } else if cfg.mode == Mode::Watch {
+        watched = Some(watch::Sender::<Watched>::connect(UnixStream::from(stdin))?);
         (None, None)
     } else {
         (Some(Producer::connect(UnixStream::from(stdin))?), None)
@@ -401,7 +429,13 @@ fn producer() -> Result<(), BoxError> {
             std::thread::sleep(cfg.gap);
         }
         let t0 = now_ns();
+        if let Some(tx) = &mut watched {
+            let mut value: Watched = [0; 32];
+            value[0] = t0;
+            tx.send(&value)?;
+        }
         match (&producer, &bell, &socket) {
+            (None, None, None) => {} // the watch, sent above
             (Some(p), _, _) => {
                 p.region().write(STAMP, &t0)?;
                 p.notify()?;
@@ -414,7 +448,6 @@ fn producer() -> Result<(), BoxError> {
                 msg[24..32].copy_from_slice(&t0.to_ne_bytes());
                 rustix::io::write(sock, &msg)?;
             }
-            _ => unreachable!("a producer, a bell or a socket"),
         }
         // Wait for the ack as the anchor waits: epoll_wait, then read.
         epoll_wait_one(ep.as_fd())?;
