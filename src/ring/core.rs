@@ -112,6 +112,9 @@ pub(super) struct Rx<T> {
     waited: bool,
     /// Messages received.
     pub(super) received: u64,
+    /// A ring of byte frames (`ring::frames`): `ready` steps over the skip
+    /// marker a frame that did not fit before the end left there.
+    pub(super) framed: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -141,6 +144,7 @@ impl<T: Pod> Rx<T> {
             slip: false,
             waited: false,
             received: 0,
+            framed: false,
             _t: PhantomData,
         }
     }
@@ -187,7 +191,33 @@ impl<T: Pod> Rx<T> {
             // batch later (its flag shares the head's cache line, just read).
             self.sender_waiting = protocol::is_waiting(self.ring.state()?);
         }
-        Ok(self.known_head.wrapping_sub(self.tail) as usize)
+        let ready = self.known_head.wrapping_sub(self.tail);
+        if self.framed {
+            return self.past_skip(ready);
+        }
+        Ok(ready as usize)
+    }
+
+    /// A ring of frames: `ready` words, of which a leading skip marker is
+    /// consumed here (validated by `frames::walk`), so that what `ready`
+    /// reports is a frame. (At most one skip in a row: the next starts at
+    /// offset 0, where a skip is impossible.)
+    #[cold]
+    fn past_skip(&mut self, ready: u64) -> Result<usize, Error> {
+        if ready == 0 {
+            return Ok(0);
+        }
+        let header = self.ring.header;
+        let offset = header.slot_offset(self.tail);
+        let word: u64 = self.ring.slots.read(offset)?;
+        let Some(skip) =
+            super::frames::walk::skip(word, (offset / 8) as u64, u64::from(header.capacity), ready)
+                .map_err(|e| corrupt(e, "Receiver"))?
+        else {
+            return Ok(ready as usize);
+        };
+        self.advance(skip);
+        self.ready()
     }
 
     /// [`ready`](Rx::ready) for a fast path that only asks "anything?": 0
@@ -206,8 +236,14 @@ impl<T: Pod> Rx<T> {
     /// quarter ring; going idle always publishes (see `Receiver::idle`), so
     /// a Sender that starts waiting later is still woken.
     fn taken(&mut self, n: usize) {
-        self.tail = self.tail.wrapping_add(n as u64);
         self.received += n as u64;
+        self.advance(n as u64);
+    }
+
+    /// Moves the tail `n` slots on, publishing it per batch (see
+    /// [`taken`](Rx::taken)); counts no message.
+    pub(super) fn advance(&mut self, n: u64) {
+        self.tail = self.tail.wrapping_add(n);
         if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
             // The messages are taken: an error now is for the next call.
             if let Err(e) = self.publish_tail() {
@@ -449,22 +485,25 @@ impl<T: Pod> Tx<T> {
     /// fast path.)
     #[cfg(feature = "tokio")]
     #[inline]
-    pub(super) fn free_now(&mut self) -> u64 {
-        self.free().unwrap_or(0)
+    pub(super) fn free_now(&mut self, need: u64) -> u64 {
+        self.free(need).unwrap_or(0)
     }
 
-    /// Free slots, re-reading (and validating) the Receiver's tail;
+    /// Free slots, re-reading (and validating) the Receiver's tail when the
+    /// tail last read leaves fewer than `need` (1 for a message);
     /// [`Error::Closed`] once the Receiver closed its end, and
     /// [`Error::PeerDied`] once its process hung up without closing it
     /// (the producer's hang-up flag: shortly after the death), whatever the
     /// slots say: what is sent now would never be read.
-    pub(super) fn free(&mut self) -> Result<u64, Error> {
+    pub(super) fn free(&mut self, need: u64) -> Result<u64, Error> {
         if self.receiver_closed() || self.producer.consumer_gone() {
             return Err(self.ended());
         }
         let cap = u64::from(self.ring.header.capacity);
         let used = self.head.wrapping_sub(self.tail);
-        if used < cap {
+        if used + need <= cap {
+            // Room for `need` by the tail known: no read of the Receiver's
+            // cache line.
             return Ok(cap - used);
         }
         let tail = self.ring.tail()?;
@@ -507,38 +546,46 @@ impl<T: Pod> Tx<T> {
         if n == 0 {
             return (0, Ok(()));
         }
-        let head = self.head.wrapping_add(n as u64);
-        match self.ring.head() {
-            Ok(atomic) => protocol::publish_head(atomic, head),
-            Err(e) => return (0, Err(e)),
+        match self.publish(n as u64) {
+            Ok(rung) => (n, rung),
+            Err(e) => (0, Err(e)),
         }
+    }
+
+    /// Publishes the next `n` slots, written already, with one head store
+    /// and one `notify()`. `Err`: nothing was published; `Ok(rung)`: they
+    /// were, and `rung` is the outcome of `notify()` (a Receiver found gone
+    /// is not a failure: what was published counts as sent, and the next
+    /// wait for space reports the death).
+    pub(super) fn publish(&mut self, n: u64) -> Result<Result<(), Error>, Error> {
+        let head = self.head.wrapping_add(n);
+        protocol::publish_head(self.ring.head()?, head);
         self.head = head;
         if self.waiting {
             // A wait announced by a `send` that was cancelled: withdraw it,
             // or the Receiver rings us at every tail it publishes.
             let _ = self.stop_waiting();
         }
-        let rung = match self.producer.notify() {
+        Ok(match self.producer.notify() {
             Ok(()) => Ok(()),
             // Published: a Receiver that is gone may have taken them before
             // it left; the next wait for space reports it.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             // Published, but the Receiver may not have been woken.
             Err(e) => Err(Error::io("notify (after publishing)", e)),
-        };
-        (n, rung)
+        })
     }
 
-    /// Announces that the Sender waits for space; `true` if space appeared
-    /// meanwhile (then it does not wait).
-    pub(super) fn start_waiting(&mut self) -> Result<bool, Error> {
+    /// Announces that the Sender waits for `need` free slots; `true` if
+    /// they appeared meanwhile (then it does not wait).
+    pub(super) fn start_waiting(&mut self, need: u64) -> Result<bool, Error> {
         protocol::announce(self.ring.state()?);
         self.waiting = true;
         let tail = self.ring.tail()?;
         let used = layout::advance_tail(self.head, self.tail, tail, self.ring.header.capacity)
             .map_err(|e| corrupt(e, "Sender"))?;
         self.tail = tail;
-        Ok(used < u64::from(self.ring.header.capacity))
+        Ok(u64::from(self.ring.header.capacity) - used >= need)
     }
 
     /// Withdraws the wait [`start_waiting`](Tx::start_waiting) announced.
@@ -549,17 +596,17 @@ impl<T: Pod> Tx<T> {
     }
 
     /// Free slots, polling the tail for up to `space_spin` while there
-    /// are none: the Receiver polls the head likewise, and a sleep costs
-    /// both sides a wake-up.
-    pub(super) fn spin_for_space(&mut self) -> Result<u64, Error> {
-        let mut free = self.free()?;
-        if free > 0 {
+    /// are fewer than `need`: the Receiver polls the head likewise, and a
+    /// sleep costs both sides a wake-up.
+    pub(super) fn spin_for_space(&mut self, need: u64) -> Result<u64, Error> {
+        let mut free = self.free(need)?;
+        if free >= need {
             // The common case: no clock read on the way to a send.
             return Ok(free);
         }
         spin::until(self.space_spin, || {
-            free = self.free()?;
-            Ok::<_, Error>(free > 0)
+            free = self.free(need)?;
+            Ok::<_, Error>(free >= need)
         })?;
         Ok(free)
     }
@@ -577,7 +624,7 @@ impl<T: Pod> Tx<T> {
 
 /// An index check of the peer's that failed ([`Error::Corrupt`]) at this
 /// `end`: the `tracing` event (see `crate::trace`), then the error.
-fn corrupt(e: Error, end: &'static str) -> Error {
+pub(super) fn corrupt(e: Error, end: &'static str) -> Error {
     trace::warn!(
         end = end,
         error = %e,

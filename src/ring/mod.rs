@@ -102,6 +102,7 @@
 mod blocking;
 mod core;
 mod error;
+pub mod frames;
 pub(crate) mod layout;
 #[cfg(feature = "mio")]
 mod mio;
@@ -189,6 +190,7 @@ impl<T: Pod> SharedRing<T> {
             tag: type_tag::<T>(),
             spin: None,
             poll_interval: Duration::from_millis(1),
+            protocol: layout::FRAME_TAG,
             _t: PhantomData,
         }
     }
@@ -214,6 +216,8 @@ pub struct Builder<T> {
     /// `None`: adaptive.
     spin: Option<Duration>,
     poll_interval: Duration,
+    /// What the handshake's offer names: a ring, or byte frames.
+    pub(crate) protocol: [u8; 8],
     _t: PhantomData<fn() -> T>,
 }
 
