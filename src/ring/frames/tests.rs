@@ -132,16 +132,18 @@ fn every_size_round_trips_through_a_small_ring() {
 fn a_frame_larger_than_the_ring_is_refused_with_nothing_written() {
     let (mut rx, mut tx) = pair(64);
     let before: Vec<u64> = (0..8).map(|i| word(&rx, i)).collect();
+    // try_send first: without the check it would say Full (and a blocking
+    // send would wait for ever).
+    assert!(matches!(
+        tx.try_send(&frame(1000, 9)),
+        Err(TryReserveError::Failed(Error::InvalidArgument(_)))
+    ));
     let e = tx.blocking_send(&frame(57, 9)).unwrap_err();
     assert!(
         matches!(&e, Error::InvalidArgument(a) if a.what() == "frame length"),
         "{e}"
     );
     assert!(e.to_string().contains("at most 56 bytes"), "{e}");
-    assert!(matches!(
-        tx.try_send(&frame(1000, 9)),
-        Err(TryReserveError::Failed(Error::InvalidArgument(_)))
-    ));
     assert_eq!(head(&tx), 0);
     let after: Vec<u64> = (0..8).map(|i| word(&rx, i)).collect();
     assert_eq!(before, after, "nothing written");
