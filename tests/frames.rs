@@ -18,7 +18,7 @@ use memfd_tripwire::ring::frames::{FrameReceiver, FrameSender, SharedFrames};
 use memfd_tripwire::{Backend, Error};
 
 mod support;
-use support::{BACKENDS, or_skip, scaled};
+use support::{BACKENDS, or_skip, scaled, within};
 
 const ROLE_ENV: &str = "FRAMES_TEST_ROLE";
 const READY: &str = "frames-test: sender ready";
@@ -153,6 +153,21 @@ fn ready() {
     out.flush().expect("child: ready");
 }
 
+/// In the parent only (the child's pass of a test is empty): `f(name,
+/// receiver, child)` on every backend, each a Receiver with a Sender
+/// child in `role` sending `n` frames (after a `skipping:` line for a
+/// backend unavailable here).
+fn on_each_backend(role: &str, n: u64, mut f: impl FnMut(&'static str, FrameReceiver, Child)) {
+    if std::env::var_os(ROLE_ENV).is_some() {
+        return;
+    }
+    for (name, backend) in BACKENDS {
+        if let Some((rx, child)) = with_child(name, backend, role, n) {
+            f(name, rx, child);
+        }
+    }
+}
+
 /// A Receiver on `backend` and a Sender child in `role` sending `n`
 /// frames; `None` after a `skipping:` line if the backend is unavailable.
 fn with_child(name: &str, backend: Backend, role: &str, n: u64) -> Option<(FrameReceiver, Child)> {
@@ -181,17 +196,6 @@ fn wait_ready(name: &str, child: &mut Child) {
     }
 }
 
-/// Runs `f` on a thread; its result, or a panic if it overruns `limit`.
-fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(f());
-    });
-    finished
-        .recv_timeout(limit)
-        .unwrap_or_else(|e| panic!("no answer within {limit:?} ({e})"))
-}
-
 /// Checks frame `seq` against what the Sender made of it.
 fn check(name: &str, seq: u64, sizes: &mut Sizes, got: &[u8], want: &mut Vec<u8>) {
     content(seq, sizes.next(CAPACITY / 2), want);
@@ -213,14 +217,8 @@ fn sender_child() {
 /// the skip marker's placement or the Receiver's skip step broken.
 #[test]
 fn frames_of_random_sizes_arrive_whole_and_in_order() {
-    if std::env::var_os(ROLE_ENV).is_some() {
-        return;
-    }
     let n = count();
-    for (name, backend) in BACKENDS {
-        let Some((mut rx, mut child)) = with_child(name, backend, "stream", n) else {
-            continue;
-        };
+    on_each_backend("stream", n, |name, mut rx, mut child| {
         let start = Instant::now();
         let (mut got, mut want, mut sizes) = (Vec::new(), Vec::new(), Sizes(SEED));
         for seq in 0..n {
@@ -237,21 +235,15 @@ fn frames_of_random_sizes_arrive_whole_and_in_order() {
         );
         assert!(child.wait().unwrap().success(), "{name}: the child");
         println!("{name}: {n} frames in {:?}", start.elapsed());
-    }
+    });
 }
 
 /// The same, async to async (the child's `send().await`, this side's
 /// `recv().await` on a current-thread runtime), a tenth of the count.
 #[test]
 fn async_frames_arrive_whole_and_in_order() {
-    if std::env::var_os(ROLE_ENV).is_some() {
-        return;
-    }
     let n = count() / 10;
-    for (name, backend) in BACKENDS {
-        let Some((mut rx, mut child)) = with_child(name, backend, "stream_async", n) else {
-            continue;
-        };
+    on_each_backend("stream_async", n, |name, mut rx, mut child| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -268,7 +260,7 @@ fn async_frames_arrive_whole_and_in_order() {
             assert_eq!(rx.recv(&mut got).await.unwrap(), None, "{name}: the close");
         });
         assert!(child.wait().unwrap().success(), "{name}: the child");
-    }
+    });
 }
 
 /// A Sender whose process is SIGKILLed after 30 frames (1,640 bytes of
@@ -276,17 +268,10 @@ fn async_frames_arrive_whole_and_in_order() {
 /// then `Error::PeerDied` (not `Ok(None)`, not a hang).
 #[test]
 fn a_killed_sender_is_peer_died_after_its_last_frame() {
-    if std::env::var_os(ROLE_ENV).is_some() {
-        return;
-    }
-    for (name, backend) in BACKENDS {
-        let Some((mut rx, mut child)) = with_child(name, backend, "die", 30) else {
-            continue;
-        };
+    on_each_backend("die", 30, |name, mut rx, mut child| {
         wait_ready(name, &mut child);
         child.kill().unwrap();
         child.wait().unwrap();
-        let name = name.to_string();
         within(scaled(Duration::from_secs(10)), move || {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for seq in 0..30u64 {
@@ -297,7 +282,7 @@ fn a_killed_sender_is_peer_died_after_its_last_frame() {
             let end = rx.blocking_recv(&mut got);
             assert!(matches!(end, Err(Error::PeerDied)), "{name}: {end:?}");
         });
-    }
+    });
 }
 
 /// A Receiver dropped (after a few frames, with the child's Sender
@@ -305,13 +290,7 @@ fn a_killed_sender_is_peer_died_after_its_last_frame() {
 /// `Error::Closed`, and it exits 0 on it.
 #[test]
 fn a_dropped_receiver_is_closed_at_the_senders_next_call() {
-    if std::env::var_os(ROLE_ENV).is_some() {
-        return;
-    }
-    for (name, backend) in BACKENDS {
-        let Some((mut rx, mut child)) = with_child(name, backend, "until_closed", 0) else {
-            continue;
-        };
+    on_each_backend("until_closed", 0, |name, mut rx, mut child| {
         wait_ready(name, &mut child);
         let mut got = Vec::new();
         for _ in 0..10 {
@@ -322,5 +301,5 @@ fn a_dropped_receiver_is_closed_at_the_senders_next_call() {
             child.wait().unwrap()
         });
         assert!(status.success(), "{name}: the sender child: {status}");
-    }
+    });
 }

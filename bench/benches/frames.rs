@@ -47,7 +47,7 @@
 //! Run: `cargo bench -p memfd-tripwire-bench --bench frames`.
 
 mod common;
-use common::{ROLE_ENV, env_num, pin};
+use common::{ROLE_ENV, env_num, env_words, pin};
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
@@ -139,22 +139,14 @@ impl Case {
     }
 }
 
-fn words(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 fn cases() -> Result<Vec<Case>, BoxError> {
     let bytes: u64 = env_num("BYTES", 1 << 30)?;
     let cap: usize = env_num("CAP", 1 << 20)?;
     let mut cases = Vec::new();
-    for backend in words("BACKENDS", "doorbell") {
-        for spin in words("SPINS_US", "auto") {
-            for pair in words("PAIRS", "blocking:blocking async:async") {
-                for size in words("SIZES", "64 1024 65536") {
+    for backend in env_words("BACKENDS", "doorbell") {
+        for spin in env_words("SPINS_US", "auto") {
+            for pair in env_words("PAIRS", "blocking:blocking async:async") {
+                for size in env_words("SIZES", "64 1024 65536") {
                     let size: usize = size.parse()?;
                     let line = format!(
                         "backend={backend} size={size} pair={pair} spin_us={spin} cap={cap} n={}",
