@@ -230,6 +230,32 @@ fn each_hostile_length_word_is_corrupt() {
     }
 }
 
+/// A hostile Receiver: a tail moved past the head, or backwards, is
+/// `Corrupt` at the Sender's next reservation that re-reads it, never a
+/// frame written over unread ones.
+#[test]
+fn a_hostile_tail_is_corrupt_at_the_sender() {
+    for bad_tail in [100u64, u64::MAX - 3] {
+        let (rx, mut tx) = pair(64);
+        tx.try_send(&frame(40, 1)).unwrap(); // 6 of 8 words
+        rx.inner
+            .rx
+            .ring
+            .control
+            .atomic_u64(layout::TAIL)
+            .unwrap()
+            .store(bad_tail, Ordering::Relaxed);
+        // 3 words do not fit by the tail known (0): the Sender re-reads it.
+        match tx.try_send(&frame(16, 2)) {
+            Err(TryReserveError::Failed(Error::Corrupt { .. })) => {}
+            other => panic!("tail {bad_tail}: {other:?}"),
+        }
+        let e = tx.blocking_send(&frame(16, 2)).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "tail {bad_tail}: {e}");
+        assert_eq!(head(&tx), 6, "nothing published");
+    }
+}
+
 /// A frame Sender against a typed ring, and a typed Sender against frames:
 /// "wrong protocol" on both sides, at once.
 #[test]
