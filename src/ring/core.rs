@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
+use super::frames::walk::WORD;
 use super::layout::{self, Header};
 use super::protocol;
 use super::spin;
@@ -202,7 +203,6 @@ impl<T: Pod> Rx<T> {
     /// consumed here (validated by `frames::walk`), so that what `ready`
     /// reports is a frame. (At most one skip in a row: the next starts at
     /// offset 0, where a skip is impossible.)
-    #[cold]
     fn past_skip(&mut self, ready: u64) -> Result<usize, Error> {
         if ready == 0 {
             return Ok(0);
@@ -210,9 +210,13 @@ impl<T: Pod> Rx<T> {
         let header = self.ring.header;
         let offset = header.slot_offset(self.tail);
         let word: u64 = self.ring.slots.read(offset)?;
-        let Some(skip) =
-            super::frames::walk::skip(word, (offset / 8) as u64, u64::from(header.capacity), ready)
-                .map_err(|e| corrupt(e, "Receiver"))?
+        let Some(skip) = super::frames::walk::skip(
+            word,
+            (offset / WORD) as u64,
+            u64::from(header.capacity),
+            ready,
+        )
+        .map_err(|e| corrupt(e, "Receiver"))?
         else {
             return Ok(ready as usize);
         };
