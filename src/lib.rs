@@ -9,8 +9,8 @@
 //! plain stores.
 //!
 //! On top, through the same public API: [`ring`], a typed queue between
-//! two processes, and [`watch`], a latest value (a status struct, say)
-//! read whole, never torn.
+//! two processes ([`ring::frames`]: variable-length byte frames on it), and
+//! [`watch`], a latest value (a status struct, say) read whole, never torn.
 //!
 //! # Quick start
 //!
