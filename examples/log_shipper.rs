@@ -57,7 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let took = start.elapsed();
     child.wait()?;
-    println!("backend {}: {n} lines, {bytes} bytes in {took:?}", rx.backend());
+    println!(
+        "backend {}: {n} lines, {bytes} bytes in {took:?}",
+        rx.backend()
+    );
     println!(
         "{:.1} M lines/s, {:.0} MB/s",
         n as f64 / took.as_secs_f64() / 1e6,
