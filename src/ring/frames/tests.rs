@@ -401,3 +401,39 @@ fn the_layout_constants_agree() {
     assert!(rx.inner.rx.framed);
     assert_eq!(layout::HEAD, 0);
 }
+
+/// Cancelled async calls lose nothing: a `reserve` dropped while it waits
+/// for room publishes nothing and its wait is withdrawn by the next
+/// publish; a `recv` dropped while it waits leaves `buf` and the ring as
+/// they were.
+#[cfg(feature = "tokio")]
+#[test]
+fn cancelled_reserve_and_recv_lose_nothing() {
+    use std::time::Duration;
+    let (mut rx, mut tx) = pair(64);
+    let rt = ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tx.send(&frame(48, 1)).await.unwrap(); // 7 of 8 words
+        let waited = ::tokio::time::timeout(Duration::from_millis(20), tx.reserve(16)).await;
+        assert!(waited.is_err(), "no room: the reserve waits");
+        assert_eq!(head(&tx), 7, "a cancelled reserve publishes nothing");
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv(&mut buf).await.unwrap(), Some(48));
+        rx.flush().unwrap();
+        let waited = ::tokio::time::timeout(Duration::from_millis(20), rx.recv(&mut buf)).await;
+        assert!(waited.is_err(), "nothing sent: the recv waits");
+        assert_eq!(buf, frame(48, 1), "a cancelled recv leaves buf");
+        tx.send(&frame(16, 2)).await.unwrap();
+        let state = tx.inner.tx.ring.state().unwrap().load(Ordering::Relaxed);
+        assert_eq!(
+            state & crate::ring::protocol::WAITING,
+            0,
+            "the cancelled wait was withdrawn"
+        );
+        assert_eq!(rx.recv(&mut buf).await.unwrap(), Some(16));
+        assert_eq!(buf, frame(16, 2));
+    });
+}
