@@ -2,7 +2,8 @@
 //! [`SharedRing`]`::<T>::builder(capacity)` makes the [`Receiver`];
 //! [`Receiver::share`] hands the ring to a peer, whose [`Sender::connect`]
 //! attaches. In the style of `tokio::sync::mpsc`, but single-producer,
-//! single-consumer, and across processes.
+//! single-consumer, and across processes. Variable-length messages (byte
+//! frames, filled in place) go through [`frames`], on the same machinery.
 //!
 //! # How it works
 //!
