@@ -108,6 +108,9 @@ pub(crate) const STATUS_PROTOCOL: u16 = 2;
 
 /// The tag of a ring's extra frame, named as such in errors.
 pub(crate) const RING_TAG: [u8; 8] = *b"MFDTRING";
+/// The tag of a ring of byte frames' extra frame (the ring's fds, another
+/// protocol), named as such in errors.
+pub(crate) const FRAMES_TAG: [u8; 8] = *b"MFDTFRMS";
 
 const RECEIVING: &str = "receiving the handshake frame";
 const SENDING: &str = "sending the handshake frame";
@@ -158,6 +161,9 @@ impl fmt::Display for Protocol {
             Protocol::Plain => f.write_str("a plain tripwire (Tripwire::share, Producer::connect)"),
             Protocol::Tagged(RING_TAG) => f.write_str(
                 "a ring (tag \"MFDTRING\": ring::Receiver::share, ring::Sender::connect)",
+            ),
+            Protocol::Tagged(FRAMES_TAG) => f.write_str(
+                "byte frames (tag \"MFDTFRMS\": FrameReceiver::share, FrameSender::connect)",
             ),
             Protocol::Tagged(tag) => write!(
                 f,

@@ -9,8 +9,8 @@
 //! plain stores.
 //!
 //! On top, through the same public API: [`ring`], a typed queue between
-//! two processes, and [`watch`], a latest value (a status struct, say)
-//! read whole, never torn.
+//! two processes ([`ring::frames`]: variable-length byte frames on it), and
+//! [`watch`], a latest value (a status struct, say) read whole, never torn.
 //!
 //! # Quick start
 //!
@@ -366,6 +366,55 @@ pub mod __fuzz {
         pub capacity: u32,
         /// The caller's type tag.
         pub tag: u64,
+    }
+
+    /// Byte frames' walk and placement (`src/ring/frames/walk.rs`): the
+    /// Receiver's checks of each length word, the Sender's plan.
+    #[derive(Debug)]
+    pub struct Frames;
+
+    /// What the Sender does for a frame ([`Frames::plan`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Plan {
+        /// Write it now, after a skip of this many words (0: none).
+        Grant(u64),
+        /// Publish a skip of this many words alone, then plan again.
+        Skip(u64),
+        /// Wait for this many free words.
+        Wait(u64),
+    }
+
+    impl Frames {
+        /// The skip marker.
+        pub const SKIP: u64 = crate::ring::frames::walk::SKIP;
+
+        /// Walks `area` (`capacity` words, a power of two; `area` has at
+        /// least that many) from `tail` to `head` as the Receiver does:
+        /// each frame as (byte offset of its payload, length).
+        pub fn walk(
+            capacity: u32,
+            head: u64,
+            tail: u64,
+            area: &[u64],
+        ) -> Result<Vec<(usize, usize)>, Error> {
+            crate::ring::frames::walk::walk(capacity, head, tail, |i| area[i])
+        }
+
+        /// Words a frame of `len` bytes takes.
+        pub fn words(len: usize) -> u64 {
+            crate::ring::frames::walk::words(len)
+        }
+
+        /// The Sender's placement of a frame of `words` words at word
+        /// `offset` with `free` words free.
+        pub fn plan(words: u64, offset: u64, capacity: u64, free: u64) -> Plan {
+            use crate::ring::frames::walk::{self, Plan as P};
+            match walk::plan(words, offset, capacity, free) {
+                P::Grant { skip } => Plan::Grant(skip),
+                P::Skip(n) => Plan::Skip(n),
+                P::Wait(n) => Plan::Wait(n),
+            }
+        }
     }
 
     /// A ring's checks of its peer's header and indices: each calls the

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use memfd_tripwire::{Backend, Error, Producer, watch};
 
 mod support;
-use support::{BACKENDS, or_skip, scaled};
+use support::{BACKENDS, or_skip, scaled, within};
 
 /// 256 bytes, every word the same counter: a copy with words of two
 /// writes is visible.
@@ -36,18 +36,6 @@ fn reads() -> usize {
     } else {
         1_000_000
     }
-}
-
-/// Runs `f` on a thread; its result, or a panic if it overruns `limit`
-/// (a hang is a failure, not a stuck test run).
-fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(f());
-    });
-    finished
-        .recv_timeout(limit)
-        .unwrap_or_else(|e| panic!("no answer within {limit:?} ({e})"))
 }
 
 /// A watch of `initial` on `backend` and its Sender, connected from

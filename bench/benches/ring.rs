@@ -100,7 +100,7 @@
 //! Run: `cargo bench -p memfd-tripwire-bench --bench ring` (or the built binary).
 
 mod common;
-use common::{ROLE_ENV, env_num, median_p99, pin};
+use common::{ROLE_ENV, env_num, env_words, median_p99, pin};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -467,14 +467,6 @@ impl Knobs {
         }
         Ok(k)
     }
-}
-
-fn env_words(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Every case the env asks for, in a fixed order.

@@ -10,24 +10,26 @@ use std::os::fd::AsFd;
 use bytemuck::Pod;
 
 use super::Receiver;
-use super::core::Tx;
+use super::core::{Rx, Tx};
 use crate::Error;
 use crate::sys::wait::{self, PollFd, PollFlags};
 
 impl<T: Pod> Tx<T> {
-    /// Blocks until a slot is free (or the Receiver is gone); before it
-    /// sleeps, the `may_block` check of the public `call`.
+    /// Blocks until `need` slots are free (or the Receiver is gone);
+    /// returns how many are; before it sleeps, the `may_block` check of the
+    /// public `call`.
     #[track_caller]
     pub(super) fn blocking_reserve(
         &mut self,
+        need: u64,
         (call, instead): (&'static str, &'static str),
     ) -> Result<u64, Error> {
         loop {
-            let free = self.spin_for_space()?;
-            if free > 0 {
+            let free = self.spin_for_space(need)?;
+            if free >= need {
                 return Ok(free);
             }
-            if !self.start_waiting()? {
+            if !self.start_waiting(need)? {
                 // The Receiver rings the bell when it frees space; its death
                 // closes the handshake socket (the bell is the Receiver's
                 // to make: a hostile one may hand over a bell that never
@@ -43,7 +45,7 @@ impl<T: Pod> Tx<T> {
                 wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
                 // Gone once the space it freed is used up.
                 let gone = self.drain_space()? || self.producer.is_closed();
-                if gone && self.free()? == 0 {
+                if gone && self.free(need)? < need {
                     self.stop_waiting()?;
                     return Err(Error::PeerDied);
                 }
@@ -84,24 +86,26 @@ impl<T: Pod> Receiver<T> {
     /// ```
     #[track_caller]
     pub fn blocking_recv(&mut self) -> Result<Option<T>, Error> {
-        self.recv_blocking(("Receiver::blocking_recv", "recv().await"))
+        self.recv_blocking(("Receiver::blocking_recv", "recv().await"), Rx::pop)
     }
 
-    /// [`blocking_recv`](Receiver::blocking_recv); before it sleeps, the
-    /// `may_block` check of the public `call`.
+    /// [`blocking_recv`](Receiver::blocking_recv) of what `take` takes (a
+    /// message, a frame); before it sleeps, the `may_block` check of the
+    /// public `call`.
     #[track_caller]
-    fn recv_blocking(
+    pub(super) fn recv_blocking<R>(
         &mut self,
         (call, instead): (&'static str, &'static str),
-    ) -> Result<Option<T>, Error> {
+        mut take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Result<Option<R>, Error> {
         loop {
             if self.done {
                 return Ok(None);
             }
-            if let Some(v) = self.rx.pop()? {
+            if let Some(v) = take(&mut self.rx)? {
                 return Ok(Some(v));
             }
-            if let Some(outcome) = self.idle()? {
+            if let Some(outcome) = self.idle(&mut take)? {
                 return Ok(outcome);
             }
             crate::may_block::assert_may_block(call, instead);
@@ -148,10 +152,13 @@ impl<T: Pod> Receiver<T> {
                 return Ok(n);
             }
         }
-        let Some(first) = self.recv_blocking((
-            "Receiver::blocking_recv_many",
-            "recv_many(buf, limit).await",
-        ))?
+        let Some(first) = self.recv_blocking(
+            (
+                "Receiver::blocking_recv_many",
+                "recv_many(buf, limit).await",
+            ),
+            Rx::pop,
+        )?
         else {
             return Ok(0);
         };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
+use super::frames::walk::WORD;
 use super::layout::{self, Header};
 use super::protocol;
 use super::spin;
@@ -112,6 +113,9 @@ pub(super) struct Rx<T> {
     waited: bool,
     /// Messages received.
     pub(super) received: u64,
+    /// A ring of byte frames (`ring::frames`): `ready` steps over the skip
+    /// marker a frame that did not fit before the end left there.
+    pub(super) framed: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -141,6 +145,7 @@ impl<T: Pod> Rx<T> {
             slip: false,
             waited: false,
             received: 0,
+            framed: false,
             _t: PhantomData,
         }
     }
@@ -187,7 +192,36 @@ impl<T: Pod> Rx<T> {
             // batch later (its flag shares the head's cache line, just read).
             self.sender_waiting = protocol::is_waiting(self.ring.state()?);
         }
-        Ok(self.known_head.wrapping_sub(self.tail) as usize)
+        let ready = self.known_head.wrapping_sub(self.tail);
+        if self.framed {
+            return self.past_skip(ready);
+        }
+        Ok(ready as usize)
+    }
+
+    /// A ring of frames: `ready` words, of which a leading skip marker is
+    /// consumed here (validated by `frames::walk`), so that what `ready`
+    /// reports is a frame. (At most one skip in a row: the next starts at
+    /// offset 0, where a skip is impossible.)
+    fn past_skip(&mut self, ready: u64) -> Result<usize, Error> {
+        if ready == 0 {
+            return Ok(0);
+        }
+        let header = self.ring.header;
+        let offset = header.slot_offset(self.tail);
+        let word: u64 = self.ring.slots.read(offset)?;
+        let Some(skip) = super::frames::walk::skip(
+            word,
+            (offset / WORD) as u64,
+            u64::from(header.capacity),
+            ready,
+        )
+        .map_err(|e| corrupt(e, "Receiver"))?
+        else {
+            return Ok(ready as usize);
+        };
+        self.advance(skip);
+        self.ready()
     }
 
     /// [`ready`](Rx::ready) for a fast path that only asks "anything?": 0
@@ -206,8 +240,14 @@ impl<T: Pod> Rx<T> {
     /// quarter ring; going idle always publishes (see `Receiver::idle`), so
     /// a Sender that starts waiting later is still woken.
     fn taken(&mut self, n: usize) {
-        self.tail = self.tail.wrapping_add(n as u64);
         self.received += n as u64;
+        self.advance(n as u64);
+    }
+
+    /// Moves the tail `n` slots on, publishing it per batch (see
+    /// [`taken`](Rx::taken)); counts no message.
+    pub(super) fn advance(&mut self, n: u64) {
+        self.tail = self.tail.wrapping_add(n);
         if self.sender_waiting || self.tail.wrapping_sub(self.published) >= self.batch {
             // The messages are taken: an error now is for the next call.
             if let Err(e) = self.publish_tail() {
@@ -552,18 +592,20 @@ impl<T> Tx<T> {
     /// fast path.)
     #[cfg(feature = "tokio")]
     #[inline]
-    pub(super) fn free_now(&mut self) -> u64 {
-        self.free().unwrap_or(0)
+    pub(super) fn free_now(&mut self, need: u64) -> u64 {
+        self.free(need).unwrap_or(0)
     }
 
-    /// Free slots, re-reading (and validating) the Receiver's tail;
+    /// Free slots, re-reading (and validating) the Receiver's tail when the
+    /// tail last read leaves fewer than `need` (1 for a message);
     /// [`Error::Closed`] once the Receiver closed its end, and
     /// [`Error::PeerDied`] once its process hung up without closing it
     /// (the producer's hang-up flag: shortly after the death), whatever the
     /// slots say: what is sent now would never be read. Slots written and
-    /// not yet published are not free; when none is, they are published
-    /// (the Receiver cannot free slots it was never shown).
-    pub(super) fn free(&mut self) -> Result<u64, Error> {
+    /// not yet published are not free; when fewer than `need` are free,
+    /// they are published (the Receiver cannot free slots it was never
+    /// shown).
+    pub(super) fn free(&mut self, need: u64) -> Result<u64, Error> {
         if self.closed {
             return Err(closed_by_sender());
         }
@@ -572,11 +614,13 @@ impl<T> Tx<T> {
         }
         let cap = u64::from(self.ring.header.capacity);
         let used = self.next().wrapping_sub(self.tail);
-        if used < cap {
+        if used + need <= cap {
+            // Room for `need` by the tail known: no read of the Receiver's
+            // cache line.
             return Ok(cap - used);
         }
         let used = self.reread_tail()?;
-        if used == cap {
+        if cap - used < need {
             self.publish()?;
         }
         Ok(cap - used)
@@ -598,6 +642,15 @@ impl<T> Tx<T> {
     pub(super) fn commit_next(&mut self) -> Result<(), Error> {
         self.pending += 1;
         self.publish()
+    }
+
+    /// Publishes the next `n` slots, written already after any the Sink
+    /// wrote (a frame and its skip marker), with them: one head store and
+    /// one `notify()`. `Err`: nothing was published; `Ok(rung)`: they were,
+    /// and `rung` is the outcome of `notify()` (see [`write`](Tx::write)).
+    pub(super) fn publish_next(&mut self, n: u64) -> Result<Result<(), Error>, Error> {
+        self.store_head(self.next().wrapping_add(n))?;
+        Ok(self.notify("notify (after publishing)"))
     }
 
     /// Publishes every slot written and not yet published: one head store
@@ -655,12 +708,12 @@ impl<T> Tx<T> {
         self.notify("notify (after closing)")
     }
 
-    /// Announces that the Sender waits for space; `true` if space appeared
-    /// meanwhile (then it does not wait).
-    pub(super) fn start_waiting(&mut self) -> Result<bool, Error> {
+    /// Announces that the Sender waits for `need` free slots; `true` if
+    /// they appeared meanwhile (then it does not wait).
+    pub(super) fn start_waiting(&mut self, need: u64) -> Result<bool, Error> {
         protocol::announce(self.ring.state()?);
         self.waiting = true;
-        Ok(self.reread_tail()? < u64::from(self.ring.header.capacity))
+        Ok(u64::from(self.ring.header.capacity) - self.reread_tail()? >= need)
     }
 
     /// Withdraws the wait [`start_waiting`](Tx::start_waiting) announced.
@@ -671,17 +724,17 @@ impl<T> Tx<T> {
     }
 
     /// Free slots, polling the tail for up to `space_spin` while there
-    /// are none: the Receiver polls the head likewise, and a sleep costs
-    /// both sides a wake-up.
-    pub(super) fn spin_for_space(&mut self) -> Result<u64, Error> {
-        let mut free = self.free()?;
-        if free > 0 {
+    /// are fewer than `need`: the Receiver polls the head likewise, and a
+    /// sleep costs both sides a wake-up.
+    pub(super) fn spin_for_space(&mut self, need: u64) -> Result<u64, Error> {
+        let mut free = self.free(need)?;
+        if free >= need {
             // The common case: no clock read on the way to a send.
             return Ok(free);
         }
         spin::until(self.space_spin, || {
-            free = self.free()?;
-            Ok::<_, Error>(free > 0)
+            free = self.free(need)?;
+            Ok::<_, Error>(free >= need)
         })?;
         Ok(free)
     }
@@ -708,7 +761,7 @@ fn closed_by_sender() -> Error {
 
 /// An index check of the peer's that failed ([`Error::Corrupt`]) at this
 /// `end`: the `tracing` event (see `crate::trace`), then the error.
-fn corrupt(e: Error, end: &'static str) -> Error {
+pub(super) fn corrupt(e: Error, end: &'static str) -> Error {
     trace::warn!(
         end = end,
         error = %e,

@@ -1,4 +1,5 @@
-//! The mio driver: a [`Receiver`] is a [`mio::event::Source`] through its
+//! The mio driver: a [`Receiver`] (and a [`FrameReceiver`]) is a
+//! [`mio::event::Source`] through its
 //! tripwire's one fd (readable while the wire is tripped, once the Sender
 //! hung up, or as the replies of an ACK in flight come); the user's event
 //! loop sleeps, bounded by [`Receiver::deadline`].
@@ -6,6 +7,35 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use super::Receiver;
+use super::frames::FrameReceiver;
+
+/// The methods of `mio::event::Source` through the type's one fd (`AsFd`),
+/// as `mio::unix::SourceFd` registers it.
+macro_rules! source_of_its_fd {
+    () => {
+        fn register(
+            &mut self,
+            registry: &mio::Registry,
+            token: mio::Token,
+            interests: mio::Interest,
+        ) -> std::io::Result<()> {
+            mio::unix::SourceFd(&self.as_fd().as_raw_fd()).register(registry, token, interests)
+        }
+
+        fn reregister(
+            &mut self,
+            registry: &mio::Registry,
+            token: mio::Token,
+            interests: mio::Interest,
+        ) -> std::io::Result<()> {
+            mio::unix::SourceFd(&self.as_fd().as_raw_fd()).reregister(registry, token, interests)
+        }
+
+        fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+            mio::unix::SourceFd(&self.as_fd().as_raw_fd()).deregister(registry)
+        }
+    };
+}
 
 /// Registers the ring's tripwire and the Sender's hang-up under one token:
 /// an event means "call [`try_recv`](Receiver::try_recv) until it says
@@ -50,25 +80,23 @@ use super::Receiver;
 /// # Ok(()) }
 /// ```
 impl<T> mio::event::Source for Receiver<T> {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> std::io::Result<()> {
-        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).register(registry, token, interests)
-    }
+    source_of_its_fd!();
+}
 
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> std::io::Result<()> {
-        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
-        mio::unix::SourceFd(&self.as_fd().as_raw_fd()).deregister(registry)
-    }
+/// Registers the ring's tripwire, as the typed ring's `Receiver` does: an
+/// event means "call [`try_recv`](FrameReceiver::try_recv) until it says
+/// `Empty`, then [`rearm`](FrameReceiver::rearm)" and sleep only if it
+/// returns `true`, until an event or [`deadline`](FrameReceiver::deadline).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mio::{Interest, Poll, Token};
+/// use memfd_tripwire::{Backend, ring::frames::SharedFrames};
+/// let mut rx = SharedFrames::builder(4096).backend(Backend::Poll).create()?;
+/// let poll = Poll::new()?;
+/// poll.registry().register(&mut rx, Token(1), Interest::READABLE)?;
+/// # Ok(()) }
+/// ```
+impl mio::event::Source for FrameReceiver {
+    source_of_its_fd!();
 }

@@ -2,7 +2,8 @@
 //! [`SharedRing`]`::<T>::builder(capacity)` makes the [`Receiver`];
 //! [`Receiver::share`] hands the ring to a peer, whose [`Sender::connect`]
 //! attaches. In the style of `tokio::sync::mpsc`, but single-producer,
-//! single-consumer, and across processes.
+//! single-consumer, and across processes. Variable-length messages (byte
+//! frames, filled in place) go through [`frames`], on the same machinery.
 //!
 //! # How it works
 //!
@@ -116,6 +117,7 @@
 mod blocking;
 mod core;
 mod error;
+pub mod frames;
 pub(crate) mod layout;
 #[cfg(feature = "mio")]
 mod mio;
@@ -205,6 +207,7 @@ impl<T: Pod> SharedRing<T> {
             tag: type_tag::<T>(),
             spin: None,
             poll_interval: Duration::from_millis(1),
+            protocol: layout::FRAME_TAG,
             _t: PhantomData,
         }
     }
@@ -230,6 +233,8 @@ pub struct Builder<T> {
     /// `None`: adaptive.
     spin: Option<Duration>,
     poll_interval: Duration,
+    /// What the handshake's offer names: a ring, or byte frames.
+    pub(crate) protocol: [u8; 8],
     _t: PhantomData<fn() -> T>,
 }
 

@@ -72,6 +72,9 @@ pub struct Receiver<T> {
     pub(super) shared: bool,
     /// The process that created it: a forked child's copy closes nothing.
     pid: u32,
+    /// What the handshake's offer names (`layout::FRAME_TAG`, or byte
+    /// frames').
+    protocol: [u8; 8],
     /// Re-arms and sleeps (the core counts the messages).
     pub(super) stats: RingStats,
     /// The tripwire's fd registered with tokio, at the first async wait.
@@ -177,6 +180,7 @@ impl<T: Pod> Receiver<T> {
             ack_sent: None,
             shared: false,
             pid: std::process::id(),
+            protocol: b.protocol,
             stats: RingStats::default(),
             #[cfg(feature = "tokio")]
             reg: None,
@@ -223,7 +227,7 @@ impl<T: Pod> Receiver<T> {
             self.space_peer.as_fd(),
             self.slots_mem.as_fd(),
         ];
-        self.tw.share_on(w, Some((layout::FRAME_TAG, &fds))).await?;
+        self.tw.share_on(w, Some((self.protocol, &fds))).await?;
         self.shared = true;
         Ok(())
     }
@@ -404,7 +408,7 @@ impl<T: Pod> Receiver<T> {
         }
         match self.rx.pop()? {
             Some(v) => Ok(v),
-            None => self.finished(),
+            None => self.finished(Rx::pop),
         }
     }
 
@@ -439,7 +443,7 @@ impl<T: Pod> Receiver<T> {
         if n > 0 {
             return Ok(n);
         }
-        buf[0] = self.finished()?;
+        buf[0] = self.finished(Rx::pop)?;
         Ok(1)
     }
 }

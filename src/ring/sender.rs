@@ -82,23 +82,27 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub fn connect_with_tag(sock: UnixStream, type_tag: u64) -> Result<Sender<T>, Error> {
-        handoff::block_on(Self::connect_on(handoff::Blocking(sock), type_tag))
+        handoff::block_on(Self::connect_on(
+            handoff::Blocking(sock),
+            layout::FRAME_TAG,
+            type_tag,
+        ))
     }
 
     /// The handshake of [`connect_with_tag`](Sender::connect_with_tag)
     /// over any driver (the blocking one, or the tokio reactor's for
-    /// `connect_async`).
+    /// `connect_async`), expecting an offer of `protocol` (a ring's
+    /// `layout::FRAME_TAG`, or byte frames').
     pub(super) async fn connect_on<W: handoff::Wait>(
         w: W,
+        protocol: [u8; 8],
         type_tag: u64,
     ) -> Result<Sender<T>, Error> {
-        let (producer, attached) = Producer::connect_with_fds_on(
-            w,
-            layout::FRAME_TAG,
-            layout::FRAME_FDS,
-            |producer, fds| Tx::<T>::attach(producer.region(), fds, type_tag),
-        )
-        .await?;
+        let (producer, attached) =
+            Producer::connect_with_fds_on(w, protocol, layout::FRAME_FDS, |producer, fds| {
+                Tx::<T>::attach(producer.region(), fds, type_tag)
+            })
+            .await?;
         Ok(Sender {
             tx: Tx::new(producer, attached),
             #[cfg(feature = "tokio")]
@@ -197,7 +201,7 @@ impl<T: Pod> Sender<T> {
 
     /// Free slots (at least one), or why a `try_` call cannot have one.
     fn try_free(&mut self) -> Result<u64, TrySendError<()>> {
-        match self.tx.free() {
+        match self.tx.free(1) {
             Ok(0) if self.is_closed() => Err(TrySendError::Closed(())),
             Ok(0) => Err(TrySendError::Full(())),
             Ok(free) => Ok(free),
@@ -271,7 +275,7 @@ impl<T: Pod> Sender<T> {
     #[track_caller]
     pub fn blocking_reserve(&mut self) -> Result<SendSlot<'_, T>, Error> {
         self.tx
-            .blocking_reserve(("Sender::blocking_reserve", "reserve().await"))?;
+            .blocking_reserve(1, ("Sender::blocking_reserve", "reserve().await"))?;
         Ok(SendSlot::new(&mut self.tx))
     }
 
@@ -296,7 +300,7 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub fn try_send_slice(&mut self, values: &[T]) -> Result<usize, Error> {
-        match self.tx.free()? {
+        match self.tx.free(1)? {
             0 if self.is_closed() => Err(Error::PeerDied),
             0 => Ok(0),
             free => {
@@ -336,7 +340,7 @@ impl<T: Pod> Sender<T> {
         let fail = |error| SendError { value, error };
         let free = self
             .tx
-            .blocking_reserve(("Sender::blocking_send", "send(value).await"))
+            .blocking_reserve(1, ("Sender::blocking_send", "send(value).await"))
             .map_err(fail)?;
         self.tx
             .write(std::slice::from_ref(&value), free)
@@ -372,7 +376,7 @@ impl<T: Pod> Sender<T> {
         while sent < values.len() {
             let free = self
                 .tx
-                .blocking_reserve(("Sender::blocking_send_many", "send_many(values).await"))
+                .blocking_reserve(1, ("Sender::blocking_send_many", "send_many(values).await"))
                 .map_err(|error| SendManyError { sent, error })?;
             let (n, rung) = self.tx.write(&values[sent..], free);
             sent += n;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytemuck::Pod;
 
+use super::core::Rx;
 use super::{Receiver, TryRecvError};
 use crate::{Error, trace};
 
@@ -67,25 +68,34 @@ impl<T: Pod> Receiver<T> {
 
     /// One round of "nothing there": spin, re-arm, look again. `Some` is
     /// the outcome to return; `None` means: sleep until the wire trips.
-    pub(super) fn idle(&mut self) -> Result<Option<Option<T>>, Error> {
+    /// `take` takes what the caller receives (a message, a frame), if any.
+    pub(super) fn idle<R>(
+        &mut self,
+        mut take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Result<Option<Option<R>>, Error> {
         // (Not for a ring never shared, which the re-arm refuses at once.)
         if self.shared && self.rx.spin_for_data(self.spin.budget())? {
-            return self.rx.pop().map(|v| v.map(Some));
+            if let Some(v) = take(&mut self.rx)? {
+                return Ok(Some(Some(v)));
+            }
         }
         if self.rearm()? {
             self.stats.sleeps += 1;
             return Ok(None);
         }
-        match self.rx.pop()? {
+        match take(&mut self.rx)? {
             Some(v) => Ok(Some(Some(v))),
             // Nothing, though not armed: the Sender is gone.
-            None => self.finish().map(Some),
+            None => self.finish(take).map(Some),
         }
     }
 
     /// The Sender is gone: drain what was published, then say how it ended.
-    fn finish(&mut self) -> Result<Option<T>, Error> {
-        if let Some(v) = self.rx.pop()? {
+    fn finish<R>(
+        &mut self,
+        mut take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Result<Option<R>, Error> {
+        if let Some(v) = take(&mut self.rx)? {
             return Ok(Some(v));
         }
         self.done = true;
@@ -109,7 +119,10 @@ impl<T: Pod> Receiver<T> {
     /// Nothing was there: has the Sender finished? `Empty` if not; else
     /// one more look (its flag and its hang-up come after its last head
     /// store), then how it ended.
-    pub(super) fn finished(&mut self) -> Result<T, TryRecvError> {
+    pub(super) fn finished<R>(
+        &mut self,
+        take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Result<R, TryRecvError> {
         let closed = self.rx.closed()?;
         let gone = closed
             || self
@@ -119,6 +132,6 @@ impl<T: Pod> Receiver<T> {
         if !gone {
             return Err(TryRecvError::Empty);
         }
-        self.finish()?.ok_or(TryRecvError::Closed)
+        self.finish(take)?.ok_or(TryRecvError::Closed)
     }
 }

@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use bytemuck::Pod;
 use futures_core::{FusedStream, Stream};
 
+use super::core::Rx;
 use super::registration::Registration;
 use super::{Receiver, SendError, SendManyError, SendSlot, Sender};
 use crate::{Error, handoff};
@@ -98,28 +99,42 @@ impl<T: Pod> Receiver<T> {
     /// # }
     /// ```
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Error>> {
+        self.poll_take(cx, Rx::pop)
+    }
+
+    /// [`poll_recv`](Receiver::poll_recv) of what `take` takes (a message,
+    /// a frame).
+    pub(super) fn poll_take<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Poll<Result<Option<R>, Error>> {
         // The common case first, as `blocking_recv` takes it: a message is
         // there (see `spend_unit` for why the unit comes before the pop).
         if !self.done && self.rx.ready_now() > 0 {
             ready!(crate::tokio::spend_unit(cx));
-            return Poll::Ready(self.rx.pop());
+            return Poll::Ready(take(&mut self.rx));
         }
         // A unit per turn: a message, or a wake-up that found none (a
         // Sender ringing without publishing cannot keep the task here).
-        crate::tokio::poll_turns(cx, |cx| self.turn(cx))
+        crate::tokio::poll_turns(cx, |cx| self.turn(cx, &mut take))
     }
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
     /// wake-up to look again after.
     #[allow(clippy::type_complexity)]
-    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Option<T>>, Error>> {
+    fn turn<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut Rx<T>) -> Result<Option<R>, Error>,
+    ) -> Poll<Result<Option<Option<R>>, Error>> {
         if self.done {
             return Poll::Ready(Ok(Some(None)));
         }
-        if let Some(v) = self.rx.pop()? {
+        if let Some(v) = take(&mut self.rx)? {
             return Poll::Ready(Ok(Some(Some(v))));
         }
-        if let Some(outcome) = self.idle()? {
+        if let Some(outcome) = self.idle(take)? {
             return Poll::Ready(Ok(Some(outcome)));
         }
         let deadline = self.tw.deadline();
@@ -269,7 +284,12 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub async fn connect_async(sock: std::os::unix::net::UnixStream) -> Result<Sender<T>, Error> {
-        Self::connect_on(handoff::Reactor::new(sock)?, super::type_tag::<T>()).await
+        Self::connect_on(
+            handoff::Reactor::new(sock)?,
+            super::layout::FRAME_TAG,
+            super::type_tag::<T>(),
+        )
+        .await
     }
 
     /// The async [`connect_with_tag`](Sender::connect_with_tag).
@@ -297,46 +317,60 @@ impl<T: Pod> Sender<T> {
         sock: std::os::unix::net::UnixStream,
         type_tag: u64,
     ) -> Result<Sender<T>, Error> {
-        Self::connect_on(handoff::Reactor::new(sock)?, type_tag).await
+        Self::connect_on(
+            handoff::Reactor::new(sock)?,
+            super::layout::FRAME_TAG,
+            type_tag,
+        )
+        .await
     }
 
     /// Polls for free slots. Each turn (a look at the tail, and a
     /// wake-up that found none) spends a unit of tokio's coop budget,
     /// like `tokio::sync::mpsc`: neither a Receiver that keeps up nor
     /// one that rings without freeing space can keep the task here.
-    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+    /// Waits for `need` free slots; returns how many are free.
+    pub(super) fn poll_reserve(
+        &mut self,
+        cx: &mut Context<'_>,
+        need: u64,
+    ) -> Poll<Result<u64, Error>> {
         // The common case first: room known without a wait.
-        let free = self.tx.free_now();
-        if free > 0 {
+        let free = self.tx.free_now(need);
+        if free >= need {
             ready!(crate::tokio::spend_unit(cx));
             return Poll::Ready(Ok(free));
         }
-        crate::tokio::poll_turns(cx, |cx| self.poll_space(cx))
+        crate::tokio::poll_turns(cx, |cx| self.poll_space(cx, need))
     }
 
     /// One turn: `Ready(Some(..))` is the outcome, `Ready(None)` a
     /// wake-up to look again after.
     #[inline]
-    fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+    fn poll_space(&mut self, cx: &mut Context<'_>, need: u64) -> Poll<Result<Option<u64>, Error>> {
         let tx = &mut self.tx;
-        let free = tx.free()?;
-        if free > 0 {
+        let free = tx.free(need)?;
+        if free >= need {
             return Poll::Ready(Ok(Some(free)));
         }
-        self.wait_for_space(cx)
+        self.wait_for_space(cx, need)
     }
 
-    /// The slow half of [`poll_space`](Sender::poll_space): no free slot
-    /// was seen.
+    /// The slow half of [`poll_space`](Sender::poll_space): fewer than
+    /// `need` free slots were seen.
     #[cold]
-    fn wait_for_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, Error>> {
+    fn wait_for_space(
+        &mut self,
+        cx: &mut Context<'_>,
+        need: u64,
+    ) -> Poll<Result<Option<u64>, Error>> {
         let tx = &mut self.tx;
-        if tx.start_waiting()? {
+        if tx.start_waiting(need)? {
             tx.stop_waiting()?;
             return Poll::Ready(Ok(None));
         }
         let gone = tx.drain_space()?;
-        if tx.free()? > 0 {
+        if tx.free(need)? >= need {
             tx.stop_waiting()?;
             return Poll::Ready(Ok(None));
         }
@@ -372,7 +406,7 @@ impl<T: Pod> Sender<T> {
     /// ```
     pub async fn send(&mut self, value: T) -> Result<(), SendError<T>> {
         let fail = |error| SendError { value, error };
-        let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+        let free = std::future::poll_fn(|cx| self.poll_reserve(cx, 1))
             .await
             .map_err(fail)?;
         self.tx
@@ -426,7 +460,7 @@ impl<T: Pod> Sender<T> {
     /// # Ok(()) }
     /// ```
     pub async fn reserve(&mut self) -> Result<SendSlot<'_, T>, Error> {
-        std::future::poll_fn(|cx| self.poll_reserve(cx)).await?;
+        std::future::poll_fn(|cx| self.poll_reserve(cx, 1)).await?;
         Ok(SendSlot::new(&mut self.tx))
     }
 
@@ -450,7 +484,7 @@ impl<T: Pod> Sender<T> {
     pub async fn send_many(&mut self, values: &[T]) -> Result<(), SendManyError> {
         let mut sent = 0;
         while sent < values.len() {
-            let free = std::future::poll_fn(|cx| self.poll_reserve(cx))
+            let free = std::future::poll_fn(|cx| self.poll_reserve(cx, 1))
                 .await
                 .map_err(|error| SendManyError { sent, error })?;
             let (n, rung) = self.tx.write(&values[sent..], free);
@@ -522,7 +556,7 @@ impl<T: Pod> futures_sink::Sink<T> for Sender<T> {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.get_mut().poll_reserve(cx).map_ok(drop)
+        self.get_mut().poll_reserve(cx, 1).map_ok(drop)
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Error> {

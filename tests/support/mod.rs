@@ -102,3 +102,15 @@ pub fn with_sender<T: bytemuck::Pod>(mut rx: Receiver<T>) -> (Receiver<T>, Sende
     rx.share(ours).expect("share");
     (rx, tx.join().expect("thread").expect("connect"))
 }
+
+/// Runs `f` on a thread; its result, or a panic if it overruns `limit`
+/// (a hang is a failure, not a stuck test run).
+pub fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    finished
+        .recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("no answer within {limit:?} ({e})"))
+}

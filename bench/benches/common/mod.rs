@@ -52,6 +52,16 @@ where
     }
 }
 
+/// The words of env `name`, or of `default` when it is not set.
+#[allow(dead_code)] // for the benches with lists of cases
+pub fn env_words(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The env that tells a re-executed bench binary which role it plays.
 pub const ROLE_ENV: &str = "MEMFD_TRIPWIRE_BENCH_ROLE";
 
