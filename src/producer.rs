@@ -427,10 +427,14 @@ fn handshake_event(outcome: Result<BackendKind, &Error>, protocol: Protocol) {
 /// says nothing: the consumer sees a death when the socket closes.
 impl Drop for Producer {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // A forked child's copy: the watch is its parent's.
+            return;
+        }
         if let (Some(peer), Some(gone)) = (&self.peer, &mut self.gone) {
             gone.unwatch(peer.as_fd());
         }
-        if self.pid != std::process::id() || std::thread::panicking() {
+        if std::thread::panicking() {
             return;
         }
         if let Some(peer) = &self.peer {

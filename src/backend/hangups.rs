@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use crate::sys::{Watch, eventfd};
 
@@ -45,11 +45,46 @@ struct Watcher {
     watch: Arc<Watch>,
     targets: Arc<Mutex<HashMap<u64, Target>>>,
     next_id: u64,
-    /// The process that started the thread: a forked child starts its own.
-    pid: rustix::process::Pid,
 }
 
-static WATCHER: Mutex<Option<Watcher>> = Mutex::new(None);
+/// One process's watcher, behind its own lock.
+#[derive(Debug)]
+struct Slot {
+    pid: rustix::process::Pid,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+/// A slot per generation of forked processes: a child never touches its
+/// parent's (another thread of the parent may have held its lock at the
+/// fork, and would hold it for ever in the child, whose first watch would
+/// then block for ever); it takes the first free slot in its copy of this
+/// array. A slot, once set, only needs a lock-free `get`.
+static SLOTS: [OnceLock<Slot>; GENERATIONS] = [const { OnceLock::new() }; GENERATIONS];
+const GENERATIONS: usize = 32;
+
+/// This process's slot; `create`: make it if there is none.
+fn slot(create: bool) -> Option<&'static Slot> {
+    let pid = rustix::process::getpid();
+    for s in &SLOTS {
+        match s.get() {
+            Some(slot) if slot.pid == pid => return Some(slot),
+            Some(_) => continue, // an ancestor's
+            None if !create => return None,
+            None => {
+                // Only this process writes its copy: a race is with
+                // another of its threads, which sets the same pid.
+                let slot = s.get_or_init(|| Slot {
+                    pid,
+                    watcher: Mutex::new(None),
+                });
+                if slot.pid == pid {
+                    return Some(slot);
+                }
+            }
+        }
+    }
+    None
+}
 
 /// Watches `sock` for its peer's hang-up, which then rings `wake` (an
 /// eventfd of ours); returns the id to [`unwatch`] it with.
@@ -58,10 +93,14 @@ pub(crate) fn watch(sock: BorrowedFd<'_>, wake: Weak<OwnedFd>) -> io::Result<u64
 }
 
 fn add(sock: BorrowedFd<'_>, target: Target) -> io::Result<u64> {
-    let mut guard = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
-    let pid = rustix::process::getpid();
-    if guard.as_ref().is_none_or(|w| w.pid != pid) {
-        *guard = Some(start(pid)?);
+    let slot = slot(true).ok_or_else(|| {
+        io::Error::other(format!(
+            "more than {GENERATIONS} generations of forked processes watch hang-ups"
+        ))
+    })?;
+    let mut guard = slot.watcher.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard.is_none() {
+        *guard = Some(start()?);
     }
     let w = guard.as_mut().expect("started above");
     let id = w.next_id;
@@ -86,13 +125,14 @@ fn add(sock: BorrowedFd<'_>, target: Target) -> io::Result<u64> {
 
 /// Stops watching `sock` (watched as `id`); call it before closing it.
 pub(crate) fn unwatch(sock: BorrowedFd<'_>, id: u64) {
-    let guard = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
     // A forked child shares its parent's epoll set (the same open file):
-    // removing the socket there would blind the parent's thread to it.
-    if let Some(w) = guard
-        .as_ref()
-        .filter(|w| w.pid == rustix::process::getpid())
-    {
+    // removing the socket there would blind the parent's thread to it. So
+    // only this process's own slot is looked at (never its parent's lock).
+    let Some(slot) = slot(false) else {
+        return;
+    };
+    let guard = slot.watcher.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(w) = guard.as_ref() {
         w.watch.remove(sock);
         w.targets
             .lock()
@@ -101,7 +141,7 @@ pub(crate) fn unwatch(sock: BorrowedFd<'_>, id: u64) {
     }
 }
 
-fn start(pid: rustix::process::Pid) -> io::Result<Watcher> {
+fn start() -> io::Result<Watcher> {
     let watch = Arc::new(Watch::new()?);
     let targets: Arc<Mutex<HashMap<u64, Target>>> = Arc::default();
     let (w, t) = (watch.clone(), targets.clone());
@@ -136,7 +176,6 @@ fn start(pid: rustix::process::Pid) -> io::Result<Watcher> {
         watch,
         targets,
         next_id: 0,
-        pid,
     })
 }
 

@@ -202,10 +202,13 @@ impl Watch {
     }
 
     /// Watches `fd` (a connected socket) for its peer's hang-up only, as
-    /// `id`: bytes the peer sends do not wake the watcher (they may be
-    /// another reader's, as the ACK frames a `Userfault` agent reads).
+    /// `id`, once: bytes the peer sends do not wake the watcher (they may
+    /// be another reader's, as the ACK frames a `Userfault` agent reads),
+    /// and neither does anything after the first report (one-shot: a peer
+    /// that calls `shutdown` again and again re-arms an edge-triggered
+    /// `EPOLLRDHUP` each time, and would keep the watcher busy).
     pub(crate) fn add_hangup(&self, fd: BorrowedFd<'_>, id: u64) -> io::Result<()> {
-        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        let events = epoll::EventFlags::RDHUP | epoll::EventFlags::ET | epoll::EventFlags::ONESHOT;
         epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), events)?;
         Ok(())
     }
