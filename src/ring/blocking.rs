@@ -30,28 +30,50 @@ impl<T: Pod> Tx<T> {
                 return Ok(free);
             }
             if !self.start_waiting(need)? {
-                // The Receiver rings the bell when it frees space; its death
-                // closes the handshake socket (the bell is the Receiver's
-                // to make: a hostile one may hand over a bell that never
-                // hangs up).
-                // No deadline: the Sender waits for a peer, as a blocking
-                // write to a pipe does; its death ends the wait.
                 crate::may_block::assert_may_block(call, instead);
-                let sock = self.producer.handshake_socket();
-                let mut fds = [
-                    PollFd::new(&self.space, PollFlags::IN),
-                    PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
-                ];
-                wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
-                // Gone once the space it freed is used up.
-                let gone = self.drain_space()? || self.producer.is_closed();
-                if gone && self.free(need)? < need {
-                    self.stop_waiting()?;
-                    return Err(Error::PeerDied);
+                // The wait stays announced while rings free too little: a
+                // Receiver that rings without freeing space (a hostile one
+                // can flood the bell) costs a wake-up per ring, not a spin.
+                while let Some(short) = self.sleep_for_space(need)? {
+                    if short.gone {
+                        self.stop_waiting()?;
+                        return Err(Error::PeerDied);
+                    }
                 }
             }
             self.stop_waiting()?;
         }
+    }
+}
+
+/// A wake-up of [`Tx::sleep_for_space`] that found too little space.
+struct Short {
+    /// The Receiver is gone (its bell or handshake socket hung up).
+    gone: bool,
+}
+
+impl<T> Tx<T> {
+    /// Sleeps until the Receiver rings the space bell or hangs up, then
+    /// looks: `None` once `need` slots are free, else why not yet.
+    ///
+    /// The Receiver rings the bell when it frees space; its death closes
+    /// the handshake socket (the bell is the Receiver's to make: a hostile
+    /// one may hand over a bell that never hangs up). No deadline: the
+    /// Sender waits for a peer, as a blocking write to a pipe does; its
+    /// death ends the wait.
+    fn sleep_for_space(&mut self, need: u64) -> Result<Option<Short>, Error> {
+        let sock = self.producer.handshake_socket();
+        let mut fds = [
+            PollFd::new(&self.space, PollFlags::IN),
+            PollFd::from_borrowed_fd(sock.unwrap_or(self.space.as_fd()), PollFlags::RDHUP),
+        ];
+        wait::poll(&mut fds, None).map_err(|e| Error::io("waiting for space", e))?;
+        // Gone once the space it freed is used up.
+        let gone = self.drain_space()? || self.producer.is_closed();
+        if self.free(need)? >= need {
+            return Ok(None);
+        }
+        Ok(Some(Short { gone }))
     }
 }
 
