@@ -100,6 +100,24 @@ fn run_sender_child(role: &str) -> ! {
             drop(tx); // a clean close (`exit` drops nothing)
             std::process::exit(0);
         }
+        "batched" => {
+            // Batches of 1..=64 frames, each sent with `blocking_send_many`.
+            let mut tx = FrameSender::connect(sock).expect("child: connect");
+            let max = tx.capacity() / 2;
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut seq = 0;
+            while seq < n {
+                let k = (seq % 64 + 1).min(n - seq) as usize;
+                batch.resize_with(k, Vec::new);
+                for frame in &mut batch {
+                    content(seq, sizes.next(max), frame);
+                    seq += 1;
+                }
+                tx.blocking_send_many(&batch).expect("child: send_many");
+            }
+            drop(tx); // a clean close (`exit` drops nothing)
+            std::process::exit(0);
+        }
         "stream_async" => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -235,6 +253,42 @@ fn frames_of_random_sizes_arrive_whole_and_in_order() {
         );
         assert!(child.wait().unwrap().success(), "{name}: the child");
         println!("{name}: {n} frames in {:?}", start.elapsed());
+    });
+}
+
+/// The same with both batched calls: the child's `blocking_send_many` of
+/// 1..=64 frames at a time, this side's `blocking_recv_many` with limits
+/// of 1..=100, a quarter of the count. Fails with the batch walk's skip
+/// step, its copy bounds or the sender's batched placement broken.
+#[test]
+fn batched_frames_arrive_whole_and_in_order() {
+    use memfd_tripwire::ring::frames::FrameBatch;
+    let n = count() / 4;
+    on_each_backend("batched", n, |name, mut rx, mut child| {
+        let (mut want, mut sizes, mut batch) = (Vec::new(), Sizes(SEED), FrameBatch::new());
+        let mut seq = 0;
+        while seq < n {
+            batch.clear();
+            let limit = (seq % 100 + 1) as usize;
+            match rx.blocking_recv_many(&mut batch, limit) {
+                Ok(k) => assert!(
+                    k >= 1 && k <= limit && k == batch.len(),
+                    "{name}: {k} of {limit}"
+                ),
+                other => panic!("{name}: frame {seq}: {other:?}"),
+            }
+            for got in &batch {
+                check(name, seq, &mut sizes, got, &mut want);
+                seq += 1;
+            }
+        }
+        batch.clear();
+        assert_eq!(
+            rx.blocking_recv_many(&mut batch, 10).unwrap(),
+            0,
+            "{name}: the close"
+        );
+        assert!(child.wait().unwrap().success(), "{name}: the child");
     });
 }
 

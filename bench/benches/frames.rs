@@ -27,7 +27,7 @@
 //! One line per case on stdout:
 //!
 //! ```text
-//! FRAMES backend=doorbell size=64 pair=blocking:blocking spin_us=auto cap=1048576 n=.. secs=.. mframes=.. gbytes=.. rearms=.. sleeps=..
+//! FRAMES backend=doorbell size=64 pair=blocking:blocking spin_us=auto cap=4194304 n=.. secs=.. mframes=.. gbytes=.. rearms=.. sleeps=..
 //! ```
 //!
 //! `gbytes` is payload GB/s (10^9 bytes), `mframes` M frames/s.
@@ -38,10 +38,10 @@
 //! |---|---|---|
 //! | `BACKENDS` | `doorbell` | `doorbell`, `userfault`, `userfault_async`, `poll`, `kernel` |
 //! | `SIZES` | `64 1024 65536` | payload bytes per frame |
-//! | `PAIRS` | `blocking:blocking async:async` | `send:recv` |
+//! | `PAIRS` | `blocking:blocking async:async` | `send:recv`; either may also be `many` (`blocking_send_many` of 256 frames, or 256 KiB of them; `blocking_recv_many` of up to 1024) or `async_many` (`send_many().await`, `recv_many().await`) |
 //! | `SPINS_US` | `auto` | the Receiver's spin budget, µs (`auto`: the adaptive default) |
 //! | `BYTES` | 1073741824 | payload per case (n = BYTES / size, at least 1000) |
-//! | `CAP` | 1048576 | ring capacity, bytes |
+//! | `CAP` | 4194304 | ring capacity, bytes (`xcore_stream`'s `RING`) |
 //! | `CONSUMER_CPU`, `PRODUCER_CPU` | 0, 1 | pinning |
 //!
 //! Run: `cargo bench -p memfd-tripwire-bench --bench frames`.
@@ -56,7 +56,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use memfd_tripwire::Backend;
-use memfd_tripwire::ring::frames::{FrameReceiver, FrameSender, SharedFrames};
+use memfd_tripwire::ring::frames::{FrameBatch, FrameReceiver, FrameSender, SharedFrames};
 
 const ROLE: &str = "frames-peer";
 const CASE_ENV: &str = "MEMFD_TRIPWIRE_FRAMES_CASE";
@@ -86,7 +86,12 @@ struct Case {
     backend: String,
     size: usize,
     send_async: bool,
+    /// The producer sends batches of [`MANY`] frames with `send_many`.
+    send_many: bool,
     recv_async: bool,
+    /// The consumer takes up to [`RECV_MANY`] frames a call with
+    /// `recv_many`.
+    recv_many: bool,
     spin_us: Option<u64>,
     cap: usize,
     n: u64,
@@ -95,12 +100,19 @@ struct Case {
 impl Case {
     fn line(&self) -> String {
         let mode = |a| if a { "async" } else { "blocking" };
+        let batched = |a, many| match (a, many) {
+            (false, true) => "many",
+            (true, true) => "async_many",
+            (a, false) => mode(a),
+        };
+        let send = batched(self.send_async, self.send_many);
+        let recv = batched(self.recv_async, self.recv_many);
         format!(
             "backend={} size={} pair={}:{} spin_us={} cap={} n={}",
             self.backend,
             self.size,
-            mode(self.send_async),
-            mode(self.recv_async),
+            send,
+            recv,
             self.spin_us.map_or("auto".to_owned(), |us| us.to_string()),
             self.cap,
             self.n
@@ -119,8 +131,10 @@ impl Case {
         Ok(Case {
             backend: get("backend")?.to_owned(),
             size: get("size")?.parse()?,
-            send_async: send == "async",
-            recv_async: recv == "async",
+            send_async: send.starts_with("async"),
+            send_many: send.ends_with("many"),
+            recv_async: recv.starts_with("async"),
+            recv_many: recv.ends_with("many"),
             spin_us: get("spin_us")?.parse().ok(),
             cap: get("cap")?.parse()?,
             n: get("n")?.parse()?,
@@ -141,7 +155,7 @@ impl Case {
 
 fn cases() -> Result<Vec<Case>, BoxError> {
     let bytes: u64 = env_num("BYTES", 1 << 30)?;
-    let cap: usize = env_num("CAP", 1 << 20)?;
+    let cap: usize = env_num("CAP", 4 << 20)?;
     let mut cases = Vec::new();
     for backend in env_words("BACKENDS", "doorbell") {
         for spin in env_words("SPINS_US", "auto") {
@@ -207,7 +221,9 @@ fn tput(case: &Case) -> Result<String, BoxError> {
         ctl.read_exact(&mut byte)?; // the producer is attached and ready
         let start = Instant::now();
         ctl.write_all(b"g")?;
-        if case.recv_async {
+        if case.recv_many {
+            receive_many(&mut rx, case)?;
+        } else if case.recv_async {
             runtime()?.block_on(async {
                 let mut buf = Vec::new();
                 for seq in 0..case.n {
@@ -245,6 +261,33 @@ fn tput(case: &Case) -> Result<String, BoxError> {
     ))
 }
 
+/// Frames per `recv_many` call (`many` and `async_many` consumers).
+const RECV_MANY: usize = 1024;
+
+fn receive_many(rx: &mut FrameReceiver, case: &Case) -> Result<(), BoxError> {
+    let mut batch = FrameBatch::new();
+    let mut seq = 0;
+    let rt = if case.recv_async {
+        Some(runtime()?)
+    } else {
+        None
+    };
+    loop {
+        batch.clear();
+        let n = match &rt {
+            Some(rt) => rt.block_on(rx.recv_many(&mut batch, RECV_MANY))?,
+            None => rx.blocking_recv_many(&mut batch, RECV_MANY)?,
+        };
+        if n == 0 {
+            return check(case, seq, None, &[]);
+        }
+        for frame in &batch {
+            check(case, seq, Some(frame.len()), frame)?;
+            seq += 1;
+        }
+    }
+}
+
 fn receive(rx: &mut FrameReceiver, case: &Case) -> Result<(), BoxError> {
     let mut buf = Vec::new();
     for seq in 0..case.n {
@@ -264,8 +307,12 @@ fn check(case: &Case, seq: u64, len: Option<usize>, buf: &[u8]) -> Result<(), Bo
             Some(_) => Err(format!("more than {} frames", case.n).into()),
         };
     }
-    let n = case.size.min(8);
-    if len != Some(case.size) || buf[..n] != seq.to_le_bytes()[..n] {
+    // A fixed-size compare where the frame has 8 bytes: no memcmp call.
+    let numbered = match buf.first_chunk::<8>() {
+        Some(first) => u64::from_le_bytes(*first) == seq,
+        None => buf[..] == seq.to_le_bytes()[..buf.len()],
+    };
+    if len != Some(case.size) || !numbered {
         return Err(format!("frame {seq} arrived wrong ({len:?} bytes)").into());
     }
     Ok(())
@@ -288,6 +335,14 @@ fn peer_main() -> Result<(), BoxError> {
         runtime()?.block_on(async {
             let mut tx = FrameSender::connect_async(sock).await?;
             go(&mut ctl)?;
+            if case.send_many {
+                let mut batch = vec![frame.clone(); many(case.size)];
+                for first in (0..case.n).step_by(batch.len()) {
+                    let k = numbered(&mut batch, first, case.n, n);
+                    tx.send_many(&batch[..k]).await?;
+                }
+                return Ok(());
+            }
             for seq in 0..case.n {
                 frame[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
                 tx.send(&frame).await?;
@@ -297,10 +352,36 @@ fn peer_main() -> Result<(), BoxError> {
     } else {
         let mut tx = FrameSender::connect(sock)?;
         go(&mut ctl)?;
+        if case.send_many {
+            let mut batch = vec![frame.clone(); many(case.size)];
+            for first in (0..case.n).step_by(batch.len()) {
+                let k = numbered(&mut batch, first, case.n, n);
+                tx.blocking_send_many(&batch[..k])?;
+            }
+            return Ok(());
+        }
         for seq in 0..case.n {
             frame[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
             tx.blocking_send(&frame)?;
         }
     }
     Ok(())
+}
+
+/// Frames per `send_many` call (`many` and `async_many` senders): 256, or
+/// fewer where 256 would not fit 256 KiB (so that the frames sent come
+/// from the cache, as a single reused frame does for the others, and as
+/// `xcore_stream`'s do).
+fn many(size: usize) -> usize {
+    (256 * 1024 / size.max(1)).clamp(1, 256)
+}
+
+/// Numbers the frames of `batch` from `first` (their first `n` bytes);
+/// returns how many of them are below `end`.
+fn numbered(batch: &mut [Vec<u8>], first: u64, end: u64, n: usize) -> usize {
+    let k = (end - first).min(batch.len() as u64) as usize;
+    for (i, frame) in batch[..k].iter_mut().enumerate() {
+        frame[..n].copy_from_slice(&(first + i as u64).to_le_bytes()[..n]);
+    }
+    k
 }

@@ -17,6 +17,7 @@ use super::layout::{self, Header};
 use super::protocol;
 use super::spin;
 use crate::sys::Bell;
+use crate::sys::mapping::AccessError;
 use crate::{Error, Producer, Region, SharedMemory, trace};
 
 /// One ring's memory and fixed facts, the same for both ends: the
@@ -30,6 +31,17 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The 8-byte word at `offset` of the slots (a frame's length word):
+    /// one relaxed load, through the mapping, whose error has no
+    /// destructor (a per-frame `Result<_, Error>` cost the frames' hot
+    /// path a drop call and a spill).
+    #[inline]
+    pub(super) fn word(&self, offset: usize) -> Result<u64, AccessError> {
+        let mut word = [0u8; 8];
+        self.slots.mapping().read_into(offset, &mut word)?;
+        Ok(u64::from_ne_bytes(word))
+    }
+
     /// The capacity in messages.
     pub(super) fn capacity(&self) -> usize {
         self.header.capacity as usize
@@ -209,7 +221,7 @@ impl<T: Pod> Rx<T> {
         }
         let header = self.ring.header;
         let offset = header.slot_offset(self.tail);
-        let word: u64 = self.ring.slots.read(offset)?;
+        let word = self.ring.word(offset)?;
         let Some(skip) = super::frames::walk::skip(
             word,
             (offset / WORD) as u64,
@@ -660,6 +672,28 @@ impl<T> Tx<T> {
     pub(super) fn publish_next(&mut self, n: u64) -> Result<Result<(), Error>, Error> {
         self.store_head(self.next().wrapping_add(n))?;
         Ok(self.notify("notify (after publishing)"))
+    }
+
+    /// Free slots by the tail last read: no read of the Receiver's cache
+    /// line, no check of its end (a batched send's fast path, which made
+    /// them with [`free`](Tx::free) at its start and makes them again
+    /// whenever this falls short).
+    #[inline]
+    pub(super) fn free_known(&self) -> u64 {
+        u64::from(self.ring.header.capacity) - self.next().wrapping_sub(self.tail)
+    }
+
+    /// Counts the next `n` slots, written already after any written before
+    /// (a frame and its skip marker), as written and not yet published; once
+    /// `batch` or more are, publishes them all (one head store, one
+    /// `notify()`). A batched send of frames.
+    #[inline]
+    pub(super) fn stage_next(&mut self, n: u64, batch: u64) -> Result<(), Error> {
+        self.pending += n;
+        if self.pending >= batch {
+            return self.publish();
+        }
+        Ok(())
     }
 
     /// Publishes every slot written and not yet published: one head store

@@ -17,7 +17,15 @@
 //!
 //! The Receiver copies each frame out into a caller's `Vec<u8>`: the Sender
 //! may rewrite the bytes at any time, so no reference into shared memory is
-//! handed out. Everything else is the typed ring's (see [`ring`](super)):
+//! handed out.
+//!
+//! Many small frames go faster in batches, at both ends: the Sender's
+//! [`blocking_send_many`](FrameSender::blocking_send_many) (and
+//! `send_many`) publishes once per 16 KiB of frames instead of once per
+//! frame, as a `BufWriter` writes; the Receiver's
+//! [`blocking_recv_many`](FrameReceiver::blocking_recv_many) (and
+//! `recv_many`) copies what is published out in one piece into a
+//! [`FrameBatch`] and checks its length words there. Everything else is the typed ring's (see [`ring`](super)):
 //! the spin before a sleep, the tail published in batches, the waiting
 //! flag and the space bell for backpressure, the async receive's coop
 //! budget, the close and death reports.
@@ -76,6 +84,7 @@
 //! # fn main() {}
 //! ```
 
+mod batch;
 mod receiver;
 mod sender;
 #[cfg(feature = "tokio")]
@@ -85,6 +94,7 @@ pub(crate) mod walk;
 use std::fmt;
 use std::time::Duration;
 
+pub use batch::{FrameBatch, Iter};
 pub use receiver::FrameReceiver;
 pub use sender::{FrameGrant, FrameSender};
 

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::os::unix::net::UnixStream;
 
-use super::super::Sender;
 use super::super::core::Tx;
+use super::super::{SendManyError, Sender};
 use super::walk::{self, Plan, WORD};
 use super::{TYPE_TAG, TryReserveError};
 use crate::{Error, handoff};
@@ -167,6 +167,13 @@ impl FrameGrant<'_> {
     /// # Ok(()) }
     /// ```
     pub fn commit_len(self, len: usize) -> Result<(), Error> {
+        self.seal(len, None)
+    }
+
+    /// Writes the frame's length word `len` (and its skip marker), then
+    /// publishes it now (`batch` `None`), or counts it as written and
+    /// publishes once `batch` words or more wait (a batched send).
+    fn seal(self, len: usize, batch: Option<u64>) -> Result<(), Error> {
         if len > self.len {
             return Err(Error::invalid(
                 "len",
@@ -177,10 +184,14 @@ impl FrameGrant<'_> {
         let slots = &self.tx.ring.slots;
         slots.write(self.offset, &(len as u64))?;
         if self.skip > 0 {
-            let at = self.tx.ring.header.slot_offset(self.tx.head);
+            let at = self.tx.ring.header.slot_offset(self.tx.next());
             slots.write(at, &walk::SKIP)?;
         }
-        self.tx.publish_next(self.skip + walk::words(len))?
+        let words = self.skip + walk::words(len);
+        match batch {
+            None => self.tx.publish_next(words)?,
+            Some(batch) => self.tx.stage_next(words, batch),
+        }
     }
 }
 
@@ -297,7 +308,7 @@ impl FrameSender {
         let tx = &mut self.inner.tx;
         let capacity = u64::from(tx.ring.header.capacity);
         loop {
-            let offset = tx.ring.header.slot_offset(tx.head);
+            let offset = tx.ring.header.slot_offset(tx.next());
             match walk::plan(words, (offset / WORD) as u64, capacity, free) {
                 Plan::Grant { skip } => return Ok(Ok(skip)),
                 Plan::Wait(need) => return Ok(Err(need)),
@@ -314,7 +325,7 @@ impl FrameSender {
     /// [`place`](FrameSender::place) found room.
     pub(super) fn grant(&mut self, len: usize, skip: u64) -> FrameGrant<'_> {
         let tx = &mut self.inner.tx;
-        let offset = tx.ring.header.slot_offset(tx.head.wrapping_add(skip));
+        let offset = tx.ring.header.slot_offset(tx.next().wrapping_add(skip));
         FrameGrant {
             tx,
             offset,
@@ -443,10 +454,126 @@ impl FrameSender {
         )?;
         fill(grant, frame)
     }
+
+    /// Sends every frame of `frames`, in order, blocking the thread while
+    /// there is no room, and publishes them in batches: one head store and
+    /// one `notify()` per few KiB of frames (and before any wait for room,
+    /// and after the last), not one per frame. The frames' bytes are copied
+    /// into the ring as [`blocking_send`](FrameSender::blocking_send) does.
+    ///
+    /// What a `BufWriter` is to a byte stream: for many small frames, a
+    /// publish per frame costs a memory fence and the head's cache line
+    /// per frame, and this is several times faster (see BENCHMARKS.md).
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_send`](FrameSender::blocking_send), in a
+    /// [`SendManyError`] that says how many frames were sent (and
+    /// published) before it: `frames[sent..]` were not.
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_send`](FrameSender::blocking_send) (use
+    /// `send_many(frames).await` in a runtime).
+    ///
+    /// ```no_run
+    /// # fn f(mut tx: memfd_tripwire::ring::frames::FrameSender) -> Result<(), memfd_tripwire::ring::SendManyError> {
+    /// let lines = ["one", "two", "three"];
+    /// tx.blocking_send_many(&lines)?;
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn blocking_send_many<B: AsRef<[u8]>>(
+        &mut self,
+        frames: &[B],
+    ) -> Result<(), SendManyError> {
+        let call = ("FrameSender::blocking_send_many", "send_many(frames).await");
+        let batch = self.batch();
+        self.start_many()?;
+        for (sent, frame) in frames.iter().enumerate() {
+            let frame = frame.as_ref();
+            let staged = match self.stage_now(frame, batch) {
+                Some(staged) => staged,
+                None => self
+                    .reserve_blocking(frame.len(), call)
+                    .and_then(|grant| stage(grant, frame, batch)),
+            };
+            if let Err(error) = staged {
+                return Err(self.failed_after(sent, error));
+            }
+        }
+        self.inner.tx.publish().map_err(|error| SendManyError {
+            sent: frames.len(),
+            error,
+        })
+    }
+
+    /// Words of frames a batched send writes before it publishes them: an
+    /// eighth of the ring (so that the Receiver copies while the Sender
+    /// writes), at most 16 KiB (so that it starts soon).
+    pub(super) fn batch(&self) -> u64 {
+        (self.inner.capacity() as u64 / 8).clamp(1, BATCH_WORDS)
+    }
+
+    /// A batched send's check of the Receiver's end at its start (its fast
+    /// path, [`stage_now`](FrameSender::stage_now), checks nothing).
+    pub(super) fn start_many(&mut self) -> Result<(), SendManyError> {
+        self.inner
+            .tx
+            .free(0)
+            .map(drop)
+            .map_err(|error| SendManyError { sent: 0, error })
+    }
+
+    /// A batched send's fast path: `frame` written and staged (as
+    /// [`stage`]) if it fits where the head is by the tail last read, with
+    /// no skip, no wait and no check of the Receiver's end; `None` if not
+    /// (nothing counted: the slow path writes it again). `Some(Err)`: it
+    /// was staged, and publishing the batch it completed failed.
+    #[inline]
+    pub(super) fn stage_now(&mut self, frame: &[u8], batch: u64) -> Option<Result<(), Error>> {
+        let tx = &mut self.inner.tx;
+        let capacity = u64::from(tx.ring.header.capacity);
+        let words = walk::words(frame.len());
+        let at = tx.next() & (capacity - 1);
+        if words > tx.free_known() || words > capacity - at {
+            return None;
+        }
+        let offset = at as usize * WORD;
+        // The mapping's own copies: their error has no destructor, which
+        // kept a drop call in this loop (12% of a 64-byte send).
+        let slots = tx.ring.slots.mapping();
+        if slots.write_from(offset + WORD, frame).is_err()
+            || slots
+                .write_from(offset, &(frame.len() as u64).to_ne_bytes())
+                .is_err()
+        {
+            return None;
+        }
+        Some(tx.stage_next(words, batch))
+    }
+
+    /// A batched send's `error` after `sent` frames: the frames written
+    /// before it are whole, and published now.
+    #[cold]
+    pub(super) fn failed_after(&mut self, sent: usize, error: Error) -> SendManyError {
+        let _ = self.inner.tx.publish();
+        SendManyError { sent, error }
+    }
 }
+
+/// The most words of frames a batched send writes before publishing them.
+const BATCH_WORDS: u64 = 16 * 1024 / WORD as u64;
 
 /// Writes `frame` into `grant`, which has its length, and commits it.
 pub(super) fn fill(mut grant: FrameGrant<'_>, frame: &[u8]) -> Result<(), Error> {
     grant.write(0, frame)?;
     grant.commit()
+}
+
+/// Writes `frame` into `grant`, which has its length, and counts it as
+/// written, publishing once `batch` words wait (a batched send).
+pub(super) fn stage(mut grant: FrameGrant<'_>, frame: &[u8], batch: u64) -> Result<(), Error> {
+    grant.write(0, frame)?;
+    grant.seal(frame.len(), Some(batch))
 }

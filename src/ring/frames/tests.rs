@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use proptest::prelude::*;
 
 use super::walk::{self, SKIP};
-use super::{FrameReceiver, FrameSender, SharedFrames, TryReserveError};
+use super::{FrameBatch, FrameReceiver, FrameSender, SharedFrames, TryReserveError};
 use crate::ring::layout;
 use crate::ring::{Sender, SharedRing, TryRecvError};
 use crate::{Backend, Error};
@@ -38,6 +38,22 @@ fn word(rx: &FrameReceiver, i: usize) -> u64 {
 /// A frame of `len` bytes, all `seed`.
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     vec![seed; len]
+}
+
+/// Nothing to receive now.
+fn assert_empty(rx: &mut FrameReceiver) {
+    assert!(matches!(
+        rx.try_recv(&mut Vec::new()),
+        Err(TryRecvError::Empty)
+    ));
+}
+
+#[cfg(feature = "tokio")]
+fn runtime() -> ::tokio::runtime::Runtime {
+    ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn recv(rx: &mut FrameReceiver) -> Vec<u8> {
@@ -75,10 +91,7 @@ fn frames_wrap_exactly_or_after_a_skip() {
     assert_eq!(word(&rx, 6), SKIP, "the skip marker");
     assert_eq!(word(&rx, 0), 9, "the frame at offset 0");
     assert_eq!(recv(&mut rx), frame(9, 4));
-    assert!(matches!(
-        rx.try_recv(&mut Vec::new()),
-        Err(TryRecvError::Empty)
-    ));
+    assert_empty(&mut rx);
     assert_eq!(rx.stats().received, 5, "skips are not frames");
 }
 
@@ -95,10 +108,7 @@ fn the_largest_frame_goes_after_a_skip_published_alone() {
     // 8 words free, but 6 to the end: the skip alone, then Full.
     assert!(matches!(tx.try_reserve(56), Err(TryReserveError::Full)));
     assert_eq!(head(&tx), 8, "the skip was published");
-    assert!(matches!(
-        rx.try_recv(&mut Vec::new()),
-        Err(TryRecvError::Empty)
-    ));
+    assert_empty(&mut rx);
     rx.flush().unwrap();
     tx.try_send(&frame(56, 7)).unwrap();
     assert_eq!(recv(&mut rx), frame(56, 7));
@@ -124,6 +134,117 @@ fn every_size_round_trips_through_a_small_ring() {
     }
     sender.join().unwrap();
     assert_eq!(rx.blocking_recv(&mut buf).unwrap(), None, "closed");
+}
+
+/// The batched calls across threads with every placement: batches of
+/// 1..=9 frames of sizes cycling through 0..=max (so frames wrap, skip and
+/// fill the ring), taken with limits of 1..=7.
+#[test]
+fn batches_of_every_size_round_trip_through_a_small_ring() {
+    let (mut rx, mut tx) = pair(128);
+    let max = tx.max_frame();
+    let len = move |i: usize| (i * 7) % (max + 1);
+    let sender = std::thread::spawn(move || {
+        let mut i = 0;
+        while i < 3000 {
+            let batch: Vec<Vec<u8>> = (i..i + i % 9 + 1).map(|i| frame(len(i), i as u8)).collect();
+            i += batch.len();
+            tx.blocking_send_many(&batch).unwrap();
+        }
+        i
+    });
+    let mut batch = FrameBatch::new();
+    let mut i = 0;
+    loop {
+        batch.clear();
+        let limit = i % 7 + 1;
+        let k = rx.blocking_recv_many(&mut batch, limit).unwrap();
+        if k == 0 {
+            break;
+        }
+        assert!(k <= limit && k == batch.len() && k == batch.iter().len());
+        for got in &batch {
+            assert_eq!(got.len(), len(i), "frame {i}");
+            assert!(got.iter().all(|&b| b == i as u8), "frame {i}");
+            i += 1;
+        }
+        assert_eq!(batch.get(k - 1).map(<[u8]>::len), Some(len(i - 1)));
+        assert_eq!(batch.get(k), None);
+    }
+    assert_eq!(i, sender.join().unwrap(), "every frame, then the close");
+}
+
+/// A batched send publishes its frames by its return (they are all
+/// there for `try_recv`), and one that meets a frame it cannot send
+/// publishes those before it, says how many, and sends none after.
+#[test]
+fn send_many_publishes_what_it_sent_and_says_how_many() {
+    let (mut rx, mut tx) = pair(4096);
+    // 19 words: fewer than a batch (64 words here), so only the final
+    // publish shows them.
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(i * 10, i as u8)).collect();
+    tx.blocking_send_many(&frames).unwrap();
+    for want in &frames {
+        assert_eq!(&recv(&mut rx), want);
+    }
+    rx.flush().unwrap();
+    let too_big = frame(5000, 9);
+    let e = tx
+        .blocking_send_many(&[b"one".as_slice(), b"two", &too_big, b"four"])
+        .unwrap_err();
+    assert_eq!(e.sent, 2, "{e}");
+    assert!(
+        matches!(&e.error, Error::InvalidArgument(a) if a.what() == "frame length"),
+        "{e}"
+    );
+    assert_eq!(recv(&mut rx), b"one");
+    assert_eq!(recv(&mut rx), b"two");
+    assert_empty(&mut rx);
+    // Closed: nothing sent.
+    drop(rx);
+    let e = tx.blocking_send_many(&[b"x"]).unwrap_err();
+    assert_eq!(e.sent, 0);
+    assert!(matches!(e.error, Error::Closed), "{e}");
+}
+
+/// A hostile length word in the middle of what a batched receive takes:
+/// the frames before it are taken (and in the batch), then `Corrupt`, at
+/// every call after too; `limit` is honoured.
+#[test]
+fn a_batched_receive_keeps_the_frames_before_a_hostile_word() {
+    let (mut rx, mut tx) = pair(256);
+    for i in 0..3 {
+        tx.try_send(&frame(10, i)).unwrap(); // 3 words each
+    }
+    // After the third frame (words 6..9): a length word of 1000 bytes,
+    // published with them (the Receiver has not looked yet).
+    let at = tx.inner.tx.ring.header.slot_offset(head(&tx));
+    tx.inner.tx.ring.slots.write(at, &1000u64).unwrap();
+    tx.inner
+        .tx
+        .ring
+        .head()
+        .unwrap()
+        .store(head(&tx) + 4, Ordering::Release);
+    let mut batch = FrameBatch::new();
+    assert_eq!(
+        rx.blocking_recv_many(&mut batch, 2).unwrap(),
+        2,
+        "the limit"
+    );
+    assert_eq!(batch.len(), 2);
+    // The third frame and the hostile word in one walk.
+    match rx.blocking_recv_many(&mut batch, 10) {
+        Err(Error::Corrupt { reason }) => assert!(reason.contains("1000 bytes"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let got: Vec<&[u8]> = batch.iter().collect();
+    assert_eq!(got, [frame(10, 0), frame(10, 1), frame(10, 2)], "kept");
+    assert!(matches!(
+        rx.blocking_recv_many(&mut batch, 10),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(batch.len(), 3);
 }
 
 /// A frame larger than the ring can ever hold is refused at the Sender,
@@ -166,20 +287,14 @@ fn a_dropped_grant_publishes_nothing() {
     assert!(grant.write(usize::MAX, b"a").is_err());
     drop(grant);
     assert_eq!(head(&tx), 0);
-    assert!(matches!(
-        rx.try_recv(&mut Vec::new()),
-        Err(TryRecvError::Empty)
-    ));
+    assert_empty(&mut rx);
     // Move to word 6, then drop a grant that would skip.
     tx.try_send(&frame(40, 1)).unwrap();
     assert_eq!(recv(&mut rx), frame(40, 1));
     rx.flush().unwrap();
     drop(tx.try_reserve(20).unwrap());
     assert_eq!(head(&tx), 6, "neither the skip nor the frame published");
-    assert!(matches!(
-        rx.try_recv(&mut Vec::new()),
-        Err(TryRecvError::Empty)
-    ));
+    assert_empty(&mut rx);
     let mut grant = tx.try_reserve(30).unwrap();
     grant.write(0, b"short").unwrap();
     assert!(grant.commit_len(31).is_err(), "longer than the grant");
@@ -402,6 +517,67 @@ fn the_layout_constants_agree() {
     assert_eq!(layout::HEAD, 0);
 }
 
+/// A `send_many` dropped at a yield for tokio's coop budget (which a wait
+/// for room would not be: it publishes first) has published the frames it
+/// wrote before the yield.
+#[cfg(feature = "tokio")]
+#[test]
+fn send_many_dropped_at_a_coop_yield_publishes_what_it_wrote() {
+    let (mut rx, mut tx) = pair(1024);
+    let rt = runtime();
+    rt.block_on(async {
+        // The head at word 101 of 128: two 3-word frames fit before the
+        // end, a 26-word one needs a skip, which takes the slow path.
+        tx.send(&frame(800, 0)).await.unwrap();
+        assert_eq!(recv(&mut rx).len(), 800);
+        rx.flush().unwrap();
+        let frames = [frame(16, 1), frame(16, 2), frame(200, 3)];
+        while ::tokio::task::coop::has_budget_remaining() {
+            ::tokio::task::coop::consume_budget().await;
+        }
+        // One poll, then dropped (not `select!`, which yields first
+        // itself when the budget is spent).
+        let mut sending = std::pin::pin!(tx.send_many(&frames));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(sending.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "no budget: send_many yields");
+    });
+    assert_eq!(recv(&mut rx), frame(16, 1));
+    assert_eq!(recv(&mut rx), frame(16, 2));
+    assert_empty(&mut rx);
+}
+
+/// The async batched calls: `recv_many` cancelled while it waits leaves
+/// the batch as it was; `send_many` cancelled while it waits for room has
+/// published the whole frames it wrote (a prefix, in order) and nothing
+/// else.
+#[cfg(feature = "tokio")]
+#[test]
+fn cancelled_batched_calls_lose_nothing() {
+    use std::time::Duration;
+    let (mut rx, mut tx) = pair(64);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut batch = FrameBatch::new();
+        tx.send_many(&[b"a".as_slice()]).await.unwrap();
+        assert_eq!(rx.recv_many(&mut batch, 5).await.unwrap(), 1);
+        rx.flush().unwrap();
+        let waited =
+            ::tokio::time::timeout(Duration::from_millis(20), rx.recv_many(&mut batch, 5)).await;
+        assert!(waited.is_err(), "nothing sent: the recv_many waits");
+        assert_eq!(batch.iter().collect::<Vec<_>>(), [b"a"], "left as it was");
+        // 8 words: two frames of 3 words fit, the third waits.
+        let frames = [frame(16, 1), frame(16, 2), frame(16, 3)];
+        let waited = ::tokio::time::timeout(Duration::from_millis(20), tx.send_many(&frames)).await;
+        assert!(waited.is_err(), "no room for the third: send_many waits");
+        batch.clear();
+        assert_eq!(rx.recv_many(&mut batch, 5).await.unwrap(), 2, "the prefix");
+        assert_eq!(batch.iter().collect::<Vec<_>>(), [&frames[0], &frames[1]]);
+        rx.flush().unwrap();
+        assert_empty(&mut rx);
+    });
+}
+
 /// Cancelled async calls lose nothing: a `reserve` dropped while it waits
 /// for room publishes nothing and its wait is withdrawn by the next
 /// publish; a `recv` dropped while it waits leaves `buf` and the ring as
@@ -411,10 +587,7 @@ fn the_layout_constants_agree() {
 fn cancelled_reserve_and_recv_lose_nothing() {
     use std::time::Duration;
     let (mut rx, mut tx) = pair(64);
-    let rt = ::tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         tx.send(&frame(48, 1)).await.unwrap(); // 7 of 8 words
         let waited = ::tokio::time::timeout(Duration::from_millis(20), tx.reserve(16)).await;

@@ -3,8 +3,10 @@
 
 use std::task::{Context, Poll};
 
+use super::super::SendManyError;
+use super::batch::{FrameBatch, pop_frames};
 use super::receiver::pop_frame;
-use super::sender::fill;
+use super::sender::{fill, stage};
 use super::{FrameGrant, FrameReceiver, FrameSender};
 use crate::{Error, handoff};
 
@@ -95,6 +97,51 @@ impl FrameReceiver {
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>, Error> {
         std::future::poll_fn(|cx| self.poll_recv(cx, buf)).await
     }
+
+    /// Waits for at least one frame, then appends up to `limit` frames (at
+    /// least one) to `batch` without waiting further (fewer once about
+    /// 16 KiB were taken). Returns how many; 0
+    /// means the Sender closed and every frame was received. The batched
+    /// [`recv`](FrameReceiver::recv), as
+    /// [`blocking_recv_many`](FrameReceiver::blocking_recv_many); spends
+    /// one unit of tokio's coop budget per call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: frames are taken (and `batch` changed) only in the
+    /// poll that returns them.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](FrameReceiver::recv); frames already appended stay in
+    /// `batch`.
+    ///
+    /// ```no_run
+    /// # async fn f(mut rx: memfd_tripwire::ring::frames::FrameReceiver) -> Result<(), memfd_tripwire::Error> {
+    /// use memfd_tripwire::ring::frames::FrameBatch;
+    /// let mut batch = FrameBatch::new();
+    /// while rx.recv_many(&mut batch, 1024).await? > 0 {
+    ///     for frame in &batch {
+    ///         println!("{} bytes", frame.len());
+    ///     }
+    ///     batch.clear();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv_many(
+        &mut self,
+        batch: &mut FrameBatch,
+        limit: usize,
+    ) -> Result<usize, Error> {
+        let limit = limit.max(1);
+        let taken = std::future::poll_fn(|cx| {
+            self.inner.poll_take(cx, |rx| {
+                pop_frames(rx, batch, limit).map(|n| (n > 0).then_some(n))
+            })
+        })
+        .await?;
+        Ok(taken.unwrap_or(0))
+    }
 }
 
 impl FrameSender {
@@ -174,5 +221,60 @@ impl FrameSender {
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), Error> {
         let grant = self.reserve(frame.len()).await?;
         fill(grant, frame)
+    }
+
+    /// Sends every frame of `frames`, in order, waiting while there is no
+    /// room, and publishes them in batches, as
+    /// [`blocking_send_many`](FrameSender::blocking_send_many). Each wait
+    /// for room spends a unit of tokio's coop budget, as
+    /// [`send`](FrameSender::send).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe as a whole: dropped midway, a prefix of `frames`
+    /// was sent (and is published as the future drops), the rest not.
+    /// Loop over [`send`](FrameSender::send) when that matters.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_send_many`](FrameSender::blocking_send_many).
+    ///
+    /// ```no_run
+    /// # async fn f(mut tx: memfd_tripwire::ring::frames::FrameSender) -> Result<(), memfd_tripwire::ring::SendManyError> {
+    /// tx.send_many(&[b"one".as_slice(), b"two"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_many<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<(), SendManyError> {
+        // Frames written by a future dropped midway are published as it
+        // drops: whole, and in order.
+        let this = PublishOnDrop(self);
+        let batch = this.0.batch();
+        this.0.start_many()?;
+        for (sent, frame) in frames.iter().enumerate() {
+            let frame = frame.as_ref();
+            let staged = match this.0.stage_now(frame, batch) {
+                Some(staged) => staged,
+                None => match this.0.reserve(frame.len()).await {
+                    Ok(grant) => stage(grant, frame, batch),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(error) = staged {
+                return Err(this.0.failed_after(sent, error));
+            }
+        }
+        this.0.inner.tx.publish().map_err(|error| SendManyError {
+            sent: frames.len(),
+            error,
+        })
+    }
+}
+
+/// Publishes the frames a batched send wrote, when it drops.
+struct PublishOnDrop<'a>(&'a mut FrameSender);
+
+impl Drop for PublishOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.inner.tx.publish();
     }
 }
