@@ -804,6 +804,50 @@ mod tests {
         assert!(err.to_string().contains("unknown reply status 3"), "{err}");
     }
 
+    /// A refusal's reason longer than a reply may carry is cut to
+    /// `MAX_MESSAGE` bytes; one of exactly `MAX_MESSAGE` goes whole; the
+    /// other side reads either as the producer's reason.
+    #[test]
+    fn a_long_refusal_is_cut_to_the_largest_message() {
+        let prefix = Error::handshake(String::new()).to_string().len();
+        for (reason, want) in [
+            (MAX_MESSAGE - prefix, MAX_MESSAGE),
+            (MAX_MESSAGE * 2, MAX_MESSAGE),
+        ] {
+            let refusal = Error::handshake("r".repeat(reason));
+            let (a, b) = UnixStream::pair().unwrap();
+            block_on(send_reply(&mut Blocking(a), Verdict::Refused(&refusal))).unwrap();
+            let deadline = Instant::now() + TIMEOUT;
+            let got = block_on(recv_reply(&mut Blocking(b), deadline, Protocol::Plain));
+            let text = got.unwrap_err().to_string();
+            let (_, msg) = text.split_once("could not attach: ").expect("the reason");
+            assert_eq!(msg.len(), want, "a reason of {reason} bytes");
+        }
+    }
+
+    /// Fds that come with a frame are close-on-exec (a child the receiver
+    /// spawns does not inherit them), and an empty socket is "nothing yet",
+    /// not a wait.
+    #[test]
+    fn received_fds_are_close_on_exec() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        assert!(recv_first(&b, &mut buf).unwrap().is_none(), "empty");
+        let (x, _y) = UnixStream::pair().unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        block_on(send_frame(
+            &mut Blocking(a),
+            b"hello",
+            &[x.as_fd()],
+            deadline,
+        ))
+        .unwrap();
+        let (n, fds) = recv_first(&b, &mut buf).unwrap().expect("a frame");
+        assert_eq!((n, fds.len()), (5, 1));
+        let flags = rustix::io::fcntl_getfd(&fds[0]).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{flags:?}");
+    }
+
     #[test]
     fn an_extra_frame_round_trips() {
         let frame = encode_extra(*b"TESTTEST", 3);
