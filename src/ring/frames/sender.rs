@@ -29,6 +29,21 @@ use crate::{Error, handoff};
 pub struct FrameSender {
     /// The typed ring's Sender of words the frames are written in.
     pub(super) inner: Sender<u64>,
+    /// A frame the `Sink` accepted while the ring had no room for it:
+    /// written by its next `poll_ready`, `poll_flush` or `poll_close` (or,
+    /// if there is room then, by the drop).
+    pub(super) held: Option<Vec<u8>>,
+}
+
+impl Drop for FrameSender {
+    fn drop(&mut self) {
+        // A frame the Sink holds goes if there is room for it now (the
+        // typed Sender's drop then publishes it and closes the ring); else
+        // it is lost, as a `BufWriter`'s buffer whose last write fails.
+        if let Some(frame) = self.held.take() {
+            let _ = self.try_send(&frame);
+        }
+    }
 }
 
 impl fmt::Debug for FrameSender {
@@ -37,6 +52,7 @@ impl fmt::Debug for FrameSender {
             .field("capacity", &self.capacity())
             .field("head", &self.inner.tx.head)
             .field("backend", &self.inner.tx.producer.backend())
+            .field("held", &self.held.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -221,7 +237,7 @@ impl FrameSender {
     /// The handshake of [`connect`](FrameSender::connect) over any driver.
     pub(super) async fn connect_on<W: handoff::Wait>(w: W) -> Result<FrameSender, Error> {
         let inner = Sender::<u64>::connect_on(w, handoff::FRAMES_TAG, TYPE_TAG).await?;
-        Ok(FrameSender { inner })
+        Ok(FrameSender { inner, held: None })
     }
 
     /// The capacity in bytes (length words and padding included).

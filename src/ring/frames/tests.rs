@@ -578,6 +578,73 @@ fn cancelled_batched_calls_lose_nothing() {
     });
 }
 
+/// The Sink: `forward` of frames of every size through a small ring (most
+/// find it full and are held, then written by the next `poll_ready`) to a
+/// Receiver in another thread, then the close; each arrives once, whole,
+/// in order.
+#[cfg(feature = "tokio")]
+#[test]
+fn forward_into_the_sink_carries_every_frame_then_the_close() {
+    use futures_util::StreamExt;
+    let (mut rx, mut tx) = pair(128);
+    let max = tx.max_frame();
+    let len = move |i: usize| (i * 7) % (max + 1);
+    let receiver = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while let Some(n) = rx.blocking_recv(&mut buf).unwrap() {
+            assert_eq!(n, len(i), "frame {i}");
+            assert!(buf.iter().all(|&b| b == i as u8), "frame {i}");
+            i += 1;
+        }
+        i
+    });
+    runtime().block_on(async {
+        let frames = futures_util::stream::iter((0..2000).map(|i| Ok(frame(len(i), i as u8))));
+        frames.forward(&mut tx).await.unwrap();
+    });
+    assert_eq!(receiver.join().unwrap(), 2000);
+}
+
+/// The Sink's `feed` writes without publishing, `flush` publishes; a frame
+/// that finds no room is held (and `start_send` refuses another until
+/// `poll_ready` wrote it); a frame larger than the ring is refused with
+/// nothing written.
+#[cfg(feature = "tokio")]
+#[test]
+fn the_sink_publishes_on_flush_and_holds_one_frame_at_most() {
+    use futures_util::{Sink, SinkExt};
+    // 128 words; the Sink publishes by itself once 16 wait.
+    let (mut rx, mut tx) = pair(1024);
+    runtime().block_on(async {
+        tx.feed(frame(8, 1)).await.unwrap(); // 2 words, words 0..2
+        assert_empty(&mut rx);
+        tx.flush().await.unwrap();
+        let e = tx.feed(frame(1017, 9)).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(a) if a.what() == "frame length"),
+            "{e}"
+        );
+        tx.feed(frame(992, 2)).await.unwrap(); // 125 words, 2..127
+        tx.feed(frame(8, 3)).await.unwrap(); // 2 words: 1 free, held
+        assert_eq!(tx.held.as_ref().map(Vec::len), Some(8));
+        let e = std::pin::Pin::new(&mut tx)
+            .start_send(frame(0, 4))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(a) if a.what() == "start_send"),
+            "{e}"
+        );
+    });
+    assert_eq!(recv(&mut rx), frame(8, 1));
+    rx.flush().unwrap(); // 3 words free: a skip of 1 and the held frame
+    runtime().block_on(async { tx.flush().await.unwrap() });
+    assert!(tx.held.is_none());
+    assert_eq!(recv(&mut rx), frame(992, 2));
+    assert_eq!(recv(&mut rx), frame(8, 3));
+    assert_empty(&mut rx);
+}
+
 /// Cancelled async calls lose nothing: a `reserve` dropped while it waits
 /// for room publishes nothing and its wait is withdrawn by the next
 /// publish; a `recv` dropped while it waits leaves `buf` and the ring as

@@ -1,12 +1,14 @@
 //! The async receive and send of frames: the typed ring's tokio driver
 //! (`poll_take`, `poll_reserve`), taking or placing one frame at a time.
 
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use super::super::SendManyError;
 use super::batch::{FrameBatch, pop_frames};
 use super::receiver::pop_frame;
 use super::sender::{fill, stage};
+use super::walk;
 use super::{FrameGrant, FrameReceiver, FrameSender};
 use crate::{Error, handoff};
 
@@ -267,6 +269,132 @@ impl FrameSender {
             sent: frames.len(),
             error,
         })
+    }
+}
+
+/// The frame Sender as a [`Sink`](futures_sink::Sink) of `Vec<u8>` frames,
+/// as the typed ring's [`Sender`](crate::ring::Sender) is one of `T`, with
+/// `poll_flush` meaning "published". (One item type, not any
+/// `AsRef<[u8]>`: with several, `tx.flush()` would need a type annotation.
+/// A `String` is `into_bytes()` away.)
+///
+/// - `start_send` writes the frame into the ring without publishing it;
+///   the frames written are published together once 16 KiB (or an eighth
+///   of the ring) wait, by `poll_flush`, before any wait for room, and by
+///   `poll_close`, as [`send_many`](FrameSender::send_many) publishes;
+/// - a frame's size is known only at `start_send`, so `poll_ready` does not
+///   wait for room: a frame that finds none is held (the `Vec` itself) and
+///   written by the next `poll_ready`, `poll_flush` or `poll_close`, which
+///   wait for its room; so the Sink holds at most one frame, and a full
+///   ring holds the writer back at its next `poll_ready`;
+/// - `poll_ready` spends a unit of tokio's coop budget per frame, as
+///   [`send`](FrameSender::send);
+/// - `poll_close` publishes, then closes the ring cleanly, as dropping the
+///   Sender does: the Receiver takes every frame, then ends with
+///   `Ok(None)`.
+///
+/// A frame larger than [`max_frame`](FrameSender::max_frame) is refused
+/// at `start_send` ([`Error::InvalidArgument`]; nothing is written), and
+/// so is a `start_send` while a frame is held (`poll_ready` not called).
+/// A `FrameSender` dropped while it holds a frame sends it if there is
+/// room then; else that frame is lost, as a dropped `BufWriter`'s buffer
+/// may be: flush or close a Sink before dropping it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::unix::net::UnixStream;
+/// use futures_util::{SinkExt, StreamExt};
+/// use memfd_tripwire::{Backend, ring::frames::{FrameSender, SharedFrames}};
+///
+/// let mut rx = SharedFrames::builder(4096).backend(Backend::Doorbell).create()?;
+/// let (ours, theirs) = UnixStream::pair()?;
+/// let (shared, tx) = tokio::join!(rx.share_async(ours), FrameSender::connect_async(theirs));
+/// shared?;
+/// let mut tx = tx?;
+///
+/// tx.feed(b"written".to_vec()).await?; // not published yet
+/// assert!(rx.try_recv(&mut Vec::new()).is_err());
+/// tx.flush().await?; // published
+/// let mut buf = Vec::new();
+/// assert_eq!(rx.recv(&mut buf).await?, Some(7));
+///
+/// // `forward` sends a stream of frames, then closes the ring.
+/// let lines = futures_util::stream::iter((0..10).map(|i| Ok(format!("line {i}").into_bytes())));
+/// lines.forward(tx).await?;
+/// let mut n = 0;
+/// while let Some(len) = rx.recv(&mut buf).await? {
+///     assert_eq!(&buf[..len], format!("line {n}").as_bytes());
+///     n += 1;
+/// }
+/// assert_eq!(n, 10);
+/// # Ok(()) }
+/// ```
+impl futures_sink::Sink<Vec<u8>> for FrameSender {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        if this.held.is_none() {
+            ready!(crate::tokio::spend_unit(cx));
+        }
+        this.poll_held(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), Error> {
+        let this = self.get_mut();
+        if this.held.is_some() {
+            return Err(Error::invalid(
+                "start_send",
+                "a frame while the last one still waits for room",
+                "a frame after poll_ready returned Ready(Ok(()))",
+            ));
+        }
+        this.words(frame.len())?;
+        let batch = this.batch();
+        match this.stage_now(&frame, batch) {
+            Some(staged) => staged,
+            None => {
+                this.held = Some(frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        ready!(this.poll_held(cx))?;
+        Poll::Ready(this.inner.tx.publish())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        ready!(this.poll_held(cx))?;
+        Poll::Ready(this.inner.tx.close())
+    }
+}
+
+impl FrameSender {
+    /// Writes the frame the Sink holds (without publishing it), waiting
+    /// for its room; with none held, only checks that the Receiver is
+    /// there (as a send would).
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Some(len) = self.held.as_ref().map(Vec::len) else {
+            return Poll::Ready(self.inner.tx.free(0).map(drop));
+        };
+        let words = walk::words(len);
+        let mut need = words;
+        loop {
+            let free = ready!(self.inner.poll_reserve(cx, need))?;
+            match self.place(words, free)? {
+                Ok(skip) => {
+                    let frame = self.held.take().expect("a held frame");
+                    let batch = self.batch();
+                    return Poll::Ready(stage(self.grant(len, skip), &frame, batch));
+                }
+                Err(more) => need = more,
+            }
+        }
     }
 }
 
