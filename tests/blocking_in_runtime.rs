@@ -30,8 +30,12 @@ struct Call {
 }
 
 /// When a call that must wait is released (where it may block, it then
-/// returns; where it must not, it panicked long before).
-const RELEASE: Duration = Duration::from_millis(200);
+/// returns; where it must not, it panicked long before). Counted from when
+/// its objects are made, all before the first call runs: 200 ms was too
+/// short on a loaded 2-vCPU host (the whole suite and a cargo mutants run
+/// beside it: a call found its trip already there and returned without
+/// sleeping, so without the check's panic). 2 s: ten times that margin.
+const RELEASE: Duration = Duration::from_secs(2);
 
 /// Runs `release` on a thread after [`RELEASE`].
 fn release_later(release: impl FnOnce() + Send + 'static) {
