@@ -729,6 +729,25 @@ mod tests {
         assert_eq!(parse_request(&[]), None);
     }
 
+    /// The largest PAGES reply the agent sends (`MAX_RANGES` ranges; with
+    /// more it says "all") is understood whole, and fits the buffer the
+    /// consumer receives into (`MAX_MESSAGE`): a smaller one would cut it
+    /// and refuse every trip of more than a few hundred scattered pages.
+    #[test]
+    fn the_largest_pages_reply_fits_the_receive_buffer() {
+        let mut m = vec![PAGES, 0, 0, 0];
+        m.extend_from_slice(&9u32.to_le_bytes());
+        m.extend_from_slice(&(MAX_RANGES as u32).to_le_bytes());
+        m.extend_from_slice(&[0; 4]);
+        for i in 0..MAX_RANGES as u32 {
+            m.extend_from_slice(&(2 * i).to_le_bytes());
+            m.extend_from_slice(&(2 * i + 1).to_le_bytes());
+        }
+        assert!(m.len() <= MAX_MESSAGE, "{} > {MAX_MESSAGE}", m.len());
+        let pages = parse_pages(&m, 2 * MAX_RANGES).expect("understood");
+        assert_eq!(pages.ranges.map(|r| r.len()), Some(MAX_RANGES));
+    }
+
     #[test]
     #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
     fn malformed_pages_replies_are_refused() {
