@@ -766,6 +766,7 @@ mod tests {
         );
         assert_eq!(parse_pages(&m, 2), None, "a range past the region");
         assert_eq!(parse_pages(&m[..20], 4), None, "short");
+        assert_eq!(parse_pages(&m[..3], 4), None, "shorter than a header");
         let mut reversed = m.clone();
         reversed[16..20].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(parse_pages(&reversed, 4), None, "empty or reversed");
