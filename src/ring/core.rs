@@ -162,6 +162,13 @@ impl<T: Pod> Rx<T> {
         }
     }
 
+    /// Rings the space bell whatever the indices say (a hostile
+    /// Receiver's flood), for tests.
+    #[cfg(test)]
+    pub(super) fn ring_space(&self) {
+        let _ = self.space.ring();
+    }
+
     /// How many messages are published and not yet received.
     pub(super) fn len(&self) -> usize {
         self.ring.len(End::Receiver { tail: self.tail })
@@ -378,7 +385,7 @@ pub(super) struct Tx<T> {
     batch: u64,
     /// The Sender closed the ring itself (`Sink::poll_close`): no send may
     /// follow.
-    closed: bool,
+    pub(super) closed: bool,
     tail: u64,
     /// How long a Sender that finds the ring full polls for space before
     /// it sleeps: the price of a sleep on this host (`ring::spin`).
@@ -565,6 +572,14 @@ impl<T> Tx<T> {
             head: self.next(),
             tail: self.tail,
         })
+    }
+
+    /// The Sender's indices (published head, written and not published,
+    /// tail last read), for tests of its invariants against a hostile
+    /// Receiver.
+    #[cfg(test)]
+    pub(super) fn indices(&self) -> (u64, u64, u64) {
+        (self.head, self.pending, self.tail)
     }
 
     /// The index of the next slot to write: after the published head and
@@ -794,7 +809,7 @@ impl<T> Tx<T> {
 }
 
 /// A send after the Sender closed the ring itself (`Sink::poll_close`).
-fn closed_by_sender() -> Error {
+pub(super) fn closed_by_sender() -> Error {
     Error::invalid(
         "Sender",
         "a send after Sink::poll_close closed the ring",

@@ -112,6 +112,12 @@ impl FrameBatch {
         self.frames.clear();
     }
 
+    /// Words held (copied out, and room kept), for tests of its growth.
+    #[cfg(test)]
+    pub(super) fn words_held(&self) -> usize {
+        self.words.len()
+    }
+
     fn bytes(&self) -> &[u8] {
         bytemuck::cast_slice(&self.words[..self.used])
     }

@@ -273,4 +273,6 @@ impl From<Error> for TryReserveError {
 }
 
 #[cfg(test)]
+mod hostile_batch_tests;
+#[cfg(test)]
 mod tests;

@@ -372,6 +372,7 @@ impl FrameSender {
     /// # Ok(()) }
     /// ```
     pub fn try_reserve(&mut self, len: usize) -> Result<FrameGrant<'_>, TryReserveError> {
+        self.not_held()?;
         let words = self.words(len)?;
         let free = self.inner.tx.free(words)?;
         match self.place(words, free)? {
@@ -434,6 +435,7 @@ impl FrameSender {
         len: usize,
         call: (&'static str, &'static str),
     ) -> Result<FrameGrant<'_>, Error> {
+        self.not_held()?;
         let words = self.words(len)?;
         let mut need = words;
         loop {
@@ -534,11 +536,24 @@ impl FrameSender {
     /// A batched send's check of the Receiver's end at its start (its fast
     /// path, [`stage_now`](FrameSender::stage_now), checks nothing).
     pub(super) fn start_many(&mut self) -> Result<(), SendManyError> {
-        self.inner
-            .tx
-            .free(0)
-            .map(drop)
+        self.not_held()
+            .and_then(|()| self.inner.tx.free(0).map(drop))
             .map_err(|error| SendManyError { sent: 0, error })
+    }
+
+    /// A send other than the Sink's while the Sink holds a frame (that
+    /// found no room at `start_send`) would overtake it: refused, until a
+    /// `poll_flush` (or `poll_ready`) writes it. (The drop takes the held
+    /// frame out before it sends it.)
+    pub(super) fn not_held(&self) -> Result<(), Error> {
+        if self.held.is_some() {
+            return Err(Error::invalid(
+                "send",
+                "a frame while the Sink holds one that waits for room",
+                "a send after the Sink's poll_flush wrote the frame it held",
+            ));
+        }
+        Ok(())
     }
 
     /// A batched send's fast path: `frame` written and staged (as

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use super::super::SendManyError;
+use super::super::core::closed_by_sender;
 use super::batch::{FrameBatch, pop_frames};
 use super::receiver::pop_frame;
 use super::sender::{fill, stage};
@@ -192,6 +193,7 @@ impl FrameSender {
     /// # Ok(()) }
     /// ```
     pub async fn reserve(&mut self, len: usize) -> Result<FrameGrant<'_>, Error> {
+        self.not_held()?;
         let words = self.words(len)?;
         let mut need = words;
         loop {
@@ -295,7 +297,12 @@ impl FrameSender {
 ///
 /// A frame larger than [`max_frame`](FrameSender::max_frame) is refused
 /// at `start_send` ([`Error::InvalidArgument`]; nothing is written), and
-/// so is a `start_send` while a frame is held (`poll_ready` not called).
+/// so is a `start_send` while a frame is held (`poll_ready` not called),
+/// and one after `poll_close` (naming `"Sender"`). While a frame is held,
+/// the Sender's own sends and reserves (`send`, `try_send`,
+/// `blocking_send`, `send_many`, ...) are refused
+/// ([`Error::InvalidArgument`] naming `"send"`, nothing written): they
+/// would overtake it; `flush` first. A second `poll_close` is `Ok`.
 /// A `FrameSender` dropped while it holds a frame sends it if there is
 /// room then; else that frame is lost, as a dropped `BufWriter`'s buffer
 /// may be: flush or close a Sink before dropping it.
@@ -343,6 +350,11 @@ impl futures_sink::Sink<Vec<u8>> for FrameSender {
 
     fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), Error> {
         let this = self.get_mut();
+        if this.inner.tx.closed {
+            // `stage_now` checks nothing: it would write (and publish)
+            // after the close.
+            return Err(closed_by_sender());
+        }
         if this.held.is_some() {
             return Err(Error::invalid(
                 "start_send",
@@ -369,6 +381,11 @@ impl futures_sink::Sink<Vec<u8>> for FrameSender {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
+        if this.inner.tx.closed {
+            // Closed already (nothing can be held then): as the typed
+            // ring's Sink, not "a send after the close".
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.poll_held(cx))?;
         Poll::Ready(this.inner.tx.close())
     }
