@@ -487,7 +487,9 @@ impl FrameSender {
     ///
     /// As [`blocking_send`](FrameSender::blocking_send), in a
     /// [`SendManyError`] that says how many frames were sent (and
-    /// published) before it: `frames[sent..]` were not.
+    /// published) before it: `frames[sent..]` were not. (One exception: an
+    /// [`Error::Io`] from waking the Receiver comes after the batch was
+    /// published, with `frames[sent]`, the frame that completed it.)
     ///
     /// # Panics
     ///
