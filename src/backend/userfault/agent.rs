@@ -744,8 +744,13 @@ mod tests {
             m.extend_from_slice(&(2 * i + 1).to_le_bytes());
         }
         assert!(m.len() <= MAX_MESSAGE, "{} > {MAX_MESSAGE}", m.len());
-        let pages = parse_pages(&m, 2 * MAX_RANGES).expect("understood");
+        let pages = parse_pages(&m, 2 * MAX_RANGES + 2).expect("understood");
         assert_eq!(pages.ranges.map(|r| r.len()), Some(MAX_RANGES));
+        // One range more than the agent ever lists: refused.
+        m[8..12].copy_from_slice(&(MAX_RANGES as u32 + 1).to_le_bytes());
+        m.extend_from_slice(&(2 * MAX_RANGES as u32).to_le_bytes());
+        m.extend_from_slice(&(2 * MAX_RANGES as u32 + 1).to_le_bytes());
+        assert_eq!(parse_pages(&m, 2 * MAX_RANGES + 2), None, "too many ranges");
     }
 
     #[test]
