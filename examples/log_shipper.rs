@@ -1,5 +1,5 @@
 //! A log shipper over byte frames: a worker process ships its log lines to
-//! this one, each line a frame, formatted straight into the ring.
+//! this one, each line a frame.
 //!
 //! ```text
 //! cargo run --release --example log_shipper                      # Doorbell: any Linux
@@ -7,10 +7,14 @@
 //! ```
 //!
 //! This process creates the ring (`SharedFrames::builder`) and starts
-//! itself again as the worker, whose `FrameSender` reserves room for a line
-//! (`blocking_reserve`), formats it in place and commits only the bytes it
-//! wrote (`commit_len`). Here each line is copied into one reused buffer
-//! (`blocking_recv`); the worker's exit is a clean close (`Ok(None)`).
+//! itself again as the worker, which formats each line into a reused
+//! buffer, reserves room for the longest line (`blocking_reserve`), copies
+//! the line in with one `write` and commits only the bytes it wrote
+//! (`commit_len`). (Formatting straight into the grant would be many small
+//! writes into shared memory, each word a peer may touch written
+//! atomically: one copy of the finished line is cheaper.) Here each line is
+//! copied into one reused buffer (`blocking_recv`); the worker's exit is a
+//! clean close (`Ok(None)`).
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
@@ -71,8 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The worker: formats each line into a reserved frame, commits what it
-/// wrote. Dropping the Sender at the end closes the ring cleanly.
+/// The worker: formats each line, copies it into a reserved frame,
+/// commits what it wrote. Dropping the Sender at the end closes the ring cleanly.
 fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let lines: u64 = std::env::var(WORKER_ENV)?.parse()?;
     let sock = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
