@@ -143,9 +143,10 @@ impl<T: Pod> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the Receiver was dropped (nothing is written);
-    /// `BrokenPipe` ([`Error::Io`]) on `Doorbell` if the Receiver's
-    /// process hung up (the value was written).
+    /// [`Error::Closed`] if the Receiver was dropped (nothing is written;
+    /// or, if it was dropped while this send ran, written and closed);
+    /// [`Error::PeerDied`] on `Doorbell` if the Receiver's process hung up
+    /// (the value was written).
     ///
     /// ```no_run
     /// # fn f(mut tx: memfd_tripwire::watch::Sender<[u32; 2]>) -> Result<(), memfd_tripwire::Error> {
