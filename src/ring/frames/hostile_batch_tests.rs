@@ -5,38 +5,21 @@
 //! `blocking_send_many` and the Sink, odd inputs of `send_many`, and the
 //! Sink's misuse.
 
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::batch::pop_frames;
+#[cfg(feature = "tokio")]
+use super::tests::runtime;
+use super::tests::{frame, pair};
 use super::walk::SKIP;
-use super::{FrameBatch, FrameReceiver, FrameSender, SharedFrames};
+use super::{FrameBatch, FrameSender};
+use crate::Error;
 #[cfg(feature = "tokio")]
 use crate::ring::TryRecvError;
 use crate::ring::layout;
-use crate::{Backend, Error};
-
-fn pair(bytes: usize) -> (FrameReceiver, FrameSender) {
-    let mut rx = SharedFrames::builder(bytes)
-        .backend(Backend::Doorbell)
-        .create()
-        .expect("frames");
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let tx = std::thread::spawn(move || FrameSender::connect(theirs));
-    rx.share(ours).expect("share");
-    (rx, tx.join().expect("thread").expect("connect"))
-}
-
-#[cfg(feature = "tokio")]
-fn runtime() -> ::tokio::runtime::Runtime {
-    ::tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// xorshift64*: reproducible randomness without a dependency.
 struct Rng(u64);
@@ -72,10 +55,6 @@ impl Rng {
             _ => 1 + self.below(8) as usize,
         }
     }
-}
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    vec![seed; len]
 }
 
 fn write_word(tx: &FrameSender, i: u64, cap: u64, value: u64) {

@@ -14,7 +14,7 @@ use crate::ring::layout;
 use crate::ring::{Sender, SharedRing, TryRecvError};
 use crate::{Backend, Error};
 
-fn pair(bytes: usize) -> (FrameReceiver, FrameSender) {
+pub(super) fn pair(bytes: usize) -> (FrameReceiver, FrameSender) {
     let mut rx = SharedFrames::builder(bytes)
         .backend(Backend::Doorbell)
         .create()
@@ -36,7 +36,7 @@ fn word(rx: &FrameReceiver, i: usize) -> u64 {
 }
 
 /// A frame of `len` bytes, all `seed`.
-fn frame(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn frame(len: usize, seed: u8) -> Vec<u8> {
     vec![seed; len]
 }
 
@@ -49,7 +49,7 @@ fn assert_empty(rx: &mut FrameReceiver) {
 }
 
 #[cfg(feature = "tokio")]
-fn runtime() -> ::tokio::runtime::Runtime {
+pub(super) fn runtime() -> ::tokio::runtime::Runtime {
     ::tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
