@@ -971,17 +971,6 @@ impl Tripwire {
     pub fn producer_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.wire.producer_fd()
     }
-
-    /// The tripwire's one fd, kept open by the `Arc` for as long as a holder
-    /// keeps it: the ring's tokio registration holds it beside the tripwire
-    /// (which never moves), with no duplicate fd. Crate-private: the one
-    /// hook the ring takes below the public API (#22; the async
-    /// [`Tripwire`](crate::Tripwire)-style `reactor::Owner` would move the
-    /// tripwire into the registration, which the ring avoids).
-    #[allow(dead_code)] // unused without feature `tokio`
-    pub(crate) fn shared_fd(&self) -> std::sync::Arc<std::os::fd::OwnedFd> {
-        self.wire.shared_fd()
-    }
 }
 
 /// A share in progress: dropped before [`accept`](Pending::accept) (an

@@ -147,13 +147,6 @@ impl Wire {
         self.peers.fd()
     }
 
-    /// [`fd`](Wire::fd), for a registration that keeps it open (the ring's
-    /// tokio driver: unused without feature `tokio`).
-    #[allow(dead_code)]
-    pub(crate) fn shared_fd(&self) -> std::sync::Arc<OwnedFd> {
-        self.peers.shared_fd()
-    }
-
     /// `true` once every producer that was shared with has hung up (never
     /// for a tripwire never shared). Closes the sockets of the producers
     /// that hung up; no blocking.

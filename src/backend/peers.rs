@@ -175,14 +175,6 @@ impl Peers {
         }
     }
 
-    /// [`fd`](Peers::fd), for a registration that keeps it open.
-    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
-        match &self.kind {
-            Kind::Set { socks, .. } => socks.shared_fd(),
-            Kind::Watched { wake, .. } => wake.clone(),
-        }
-    }
-
     /// `true` once every peer that was added has hung up (never `true` for a
     /// tripwire that was never shared), rings left in their sockets or not.
     /// Reaps hung-up peers; no blocking.

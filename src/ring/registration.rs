@@ -1,9 +1,9 @@
 //! One end's registration with tokio, shared by both ends' async drivers
-//! (`tokio.rs`): one fd, never a duplicate (the Receiver's tripwire fd, an
-//! epoll set it already owns; the Sender's an epoll set of its space bell
-//! and handshake socket), registered through a shared reference that keeps
-//! the fd open, so the tripwire itself never moves: a failed or panicking
-//! registration leaves the ring as it was. Imports neither end.
+//! (`tokio.rs`): one fd (the Receiver's a duplicate of its tripwire's
+//! public fd; the Sender's an epoll set of its space bell and handshake
+//! socket), registered through a shared reference that keeps the fd open,
+//! so the tripwire itself never moves: a failed or panicking registration
+//! leaves the ring as it was. Imports neither end.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;

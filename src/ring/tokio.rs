@@ -2,10 +2,11 @@
 //! `Registration` per end (`registration.rs`), made at the end's first wait
 //! in async code.
 //!
-//! A registration watches one fd and never a duplicate: the Receiver's is
-//! its tripwire's one fd (an epoll set the tripwire already owns), the
-//! Sender's an epoll set of the space bell and the handshake socket, made
-//! for it (one fd, where two duplicates used to be). Both are registered
+//! A registration watches one fd: the Receiver's a duplicate of its
+//! tripwire's public fd (`AsFd`; the ring takes nothing below the
+//! tripwire's public API), the Sender's an epoll set of the space bell and
+//! the handshake socket, made for it (one fd, where two duplicates used to
+//! be). Both are registered
 //! through a shared reference that keeps the fd open, and the tripwire
 //! itself never moves: a failed or panicking registration leaves the ring
 //! as it was.
@@ -139,7 +140,12 @@ impl<T: Pod> Receiver<T> {
         }
         let deadline = self.tw.deadline();
         let tw = &self.tw;
-        let reg = Registration::get_or_register(&mut self.reg, || Ok(tw.shared_fd()))?;
+        // A duplicate of the tripwire's public fd: one fd more per
+        // registered Receiver, and the ring needs nothing below the
+        // tripwire's public API (#22).
+        let reg = Registration::get_or_register(&mut self.reg, || {
+            Ok(std::sync::Arc::new(tw.as_fd().try_clone_to_owned()?))
+        })?;
         match reg.poll_ready(cx, deadline) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(Error::io("waiting on the ring's tripwire", e))),

@@ -54,13 +54,14 @@ impl<T: AsFd> FdSet<T> {
         }
     }
 
-    /// The epoll fd: readable while a member has one of its events.
     /// The epoll fd itself, for a registration that must keep it open (and
     /// the same number) for as long as it lives: no duplicate needed.
+    #[allow(dead_code)] // the ring Sender's tokio registration is the one user
     pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
         self.epoll.clone()
     }
 
+    /// The epoll fd: readable while a member has one of its events.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.epoll.as_fd()
     }
