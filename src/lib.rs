@@ -127,9 +127,10 @@
 //! # Blocking calls and tokio
 //!
 //! The calls that sleep until a peer acts ([`blocking::Tripwire`]'s
-//! `wait`, `wait_timeout`, `wait_ready` and `ack`, the ring's
-//! `blocking_recv`, `blocking_recv_many`, `blocking_send` and
-//! `blocking_send_many`) panic, with feature `tokio`, when they would
+//! `wait`, `wait_timeout`, `wait_ready` and `ack`, the typed ring's and
+//! the frames' `blocking_recv`, `blocking_recv_many`, `blocking_send`,
+//! `blocking_send_many` and `blocking_reserve`, the watch's
+//! [`watch::blocking::Receiver`] `wait` and `wait_timeout`) panic, with feature `tokio`, when they would
 //! sleep on a thread that drives a tokio runtime's async tasks: each would
 //! stall every task of that thread. The message names the async method to
 //! use instead. They are allowed outside a runtime, inside

@@ -17,7 +17,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use memfd_tripwire::ring::SharedRing;
-use memfd_tripwire::{Backend, blocking};
+use memfd_tripwire::ring::frames::{FrameBatch, FrameReceiver, FrameSender, SharedFrames};
+use memfd_tripwire::{Backend, blocking, watch};
 
 /// The part of the message every such panic has.
 const MESSAGE: &str = "cannot block the current thread from within a tokio runtime";
@@ -30,11 +31,13 @@ struct Call {
 }
 
 /// When a call that must wait is released (where it may block, it then
-/// returns; where it must not, it panicked long before). Counted from when
-/// its objects are made, all before the first call runs: 200 ms was too
-/// short on a loaded 2-vCPU host (the whole suite and a cargo mutants run
-/// beside it: a call found its trip already there and returned without
-/// sleeping, so without the check's panic). 2 s: ten times that margin.
+/// returns; where it must not, it panicked long before). Counted from the
+/// start of the call itself: every release is armed inside the call's
+/// `run`, so a loaded host that is slow to reach a call cannot release it
+/// early. (They used to be counted from when the objects were made, all
+/// before the first call: on a loaded 2-vCPU host a call found its trip
+/// already there and returned without sleeping, so without the check's
+/// panic.)
 const RELEASE: Duration = Duration::from_secs(2);
 
 /// Runs `release` on a thread after [`RELEASE`].
@@ -45,14 +48,19 @@ fn release_later(release: impl FnOnce() + Send + 'static) {
     });
 }
 
-/// A Poll tripwire (any host), armed and quiet: a wait on it sleeps until
-/// a store [`RELEASE`] from now trips it.
-fn quiet() -> blocking::Tripwire {
+/// A Poll tripwire (any host), armed and quiet, and what trips it: a wait
+/// on it sleeps until `trip_later(region)` trips it [`RELEASE`] later.
+fn quiet() -> (blocking::Tripwire, memfd_tripwire::Region) {
     let tw = blocking::Tripwire::builder(64)
         .backend(Backend::Poll)
         .create()
         .expect("create");
     let region = tw.region().clone();
+    (tw, region)
+}
+
+/// Stores into `region` from [`RELEASE`] from now.
+fn trip_later(region: memfd_tripwire::Region) {
     release_later(move || {
         // Stores that differ, until the poller saw one (a single store may
         // land between two of its looks and be taken as no change: no).
@@ -63,7 +71,6 @@ fn quiet() -> blocking::Tripwire {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    tw
 }
 
 /// A ring on Doorbell (every host): empty, and (`full`) with every slot
@@ -105,23 +112,75 @@ fn free_a_slot_later(mut rx: memfd_tripwire::ring::Receiver<u64>) {
     });
 }
 
+/// A ring of frames on Doorbell (every host), of 64 bytes: empty, and
+/// (`full`) with 56 bytes taken, too few left for an 8-byte frame.
+fn frames(full: bool) -> (FrameReceiver, FrameSender) {
+    let rx = SharedFrames::builder(64)
+        .backend(Backend::Doorbell)
+        .create()
+        .expect("frames");
+    let (rx, mut tx) = support::with_frame_sender(rx);
+    if full {
+        tx.try_send(&[1; 48]).expect("send");
+    }
+    (rx, tx)
+}
+
+/// Sends a frame [`RELEASE`] from now, and keeps the FrameSender open a
+/// while.
+fn send_frame_later(mut tx: FrameSender) {
+    release_later(move || {
+        let _ = tx.try_send(b"seven");
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+/// Takes a frame and publishes the tail [`RELEASE`] from now, and keeps
+/// the FrameReceiver open a while.
+fn free_frame_room_later(mut rx: FrameReceiver) {
+    release_later(move || {
+        let _ = rx.try_recv(&mut Vec::new());
+        let _ = rx.flush();
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+/// A watch on Doorbell (every host), shared, its initial value seen.
+fn watched() -> (watch::blocking::Receiver<u64>, watch::Sender<u64>) {
+    let rx = watch::channel(0u64)
+        .backend(Backend::Doorbell)
+        .create()
+        .expect("watch");
+    support::with_watch_sender(rx)
+}
+
+/// Sends 7 [`RELEASE`] from now, and keeps the watch's Sender open a while.
+fn update_later(mut tx: watch::Sender<u64>) {
+    release_later(move || {
+        let _ = tx.send(&7);
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
 /// Every blocking call of the public API, each on fresh objects, each of
 /// which must wait.
 fn calls() -> Vec<Call> {
     let mut calls = Vec::new();
-    let mut tw = quiet();
+    let (mut tw, region) = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait",
         instead: "Tripwire::changed().await",
         run: Box::new(move || {
+            trip_later(region);
             tw.wait().expect("wait");
         }),
     });
-    let mut tw = quiet();
+    let (mut tw, region) = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait_timeout",
         instead: "tokio::time::timeout(t, tripwire.changed()).await",
         run: Box::new(move || {
+            trip_later(region);
             assert!(
                 tw.wait_timeout(Duration::from_secs(10))
                     .expect("wait")
@@ -129,11 +188,14 @@ fn calls() -> Vec<Call> {
             );
         }),
     });
-    let tw = quiet();
+    let (tw, region) = quiet();
     calls.push(Call {
         name: "blocking::Tripwire::wait_ready",
         instead: "Tripwire::ready().await",
-        run: Box::new(move || tw.wait_ready(Some(Duration::from_secs(10))).expect("wait")),
+        run: Box::new(move || {
+            trip_later(region);
+            tw.wait_ready(Some(Duration::from_secs(10))).expect("wait")
+        }),
     });
     let (mut rx, tx) = ring(false);
     calls.push(Call {
@@ -181,6 +243,76 @@ fn calls() -> Vec<Call> {
             let mut slot = tx.blocking_reserve().expect("reserve");
             slot.write(&8).expect("write");
             slot.commit().expect("commit");
+        }),
+    });
+    let (mut rx, tx) = frames(false);
+    calls.push(Call {
+        name: "FrameReceiver::blocking_recv",
+        instead: "recv(buf).await",
+        run: Box::new(move || {
+            send_frame_later(tx);
+            let mut buf = Vec::new();
+            assert_eq!(rx.blocking_recv(&mut buf).expect("recv"), Some(5));
+        }),
+    });
+    let (mut rx, tx) = frames(false);
+    calls.push(Call {
+        name: "FrameReceiver::blocking_recv_many",
+        instead: "recv_many(batch, limit).await",
+        run: Box::new(move || {
+            send_frame_later(tx);
+            let mut batch = FrameBatch::new();
+            assert_eq!(rx.blocking_recv_many(&mut batch, 4).expect("recv"), 1);
+        }),
+    });
+    let (rx, mut tx) = frames(true);
+    calls.push(Call {
+        name: "FrameSender::blocking_send",
+        instead: "send(frame).await",
+        run: Box::new(move || {
+            free_frame_room_later(rx);
+            tx.blocking_send(&[8; 8]).expect("send");
+        }),
+    });
+    let (rx, mut tx) = frames(true);
+    calls.push(Call {
+        name: "FrameSender::blocking_send_many",
+        instead: "send_many(frames).await",
+        run: Box::new(move || {
+            free_frame_room_later(rx);
+            tx.blocking_send_many(&[[8u8; 8]]).expect("send");
+        }),
+    });
+    let (rx, mut tx) = frames(true);
+    calls.push(Call {
+        name: "FrameSender::blocking_reserve",
+        instead: "reserve(len).await",
+        run: Box::new(move || {
+            free_frame_room_later(rx);
+            tx.blocking_reserve(8)
+                .expect("reserve")
+                .commit()
+                .expect("commit");
+        }),
+    });
+    let (mut rx, tx) = watched();
+    calls.push(Call {
+        name: "watch::blocking::Receiver::wait",
+        instead: "watch::Receiver::changed().await",
+        run: Box::new(move || {
+            update_later(tx);
+            rx.wait().expect("wait");
+            assert_eq!(*rx.borrow(), 7);
+        }),
+    });
+    let (mut rx, tx) = watched();
+    calls.push(Call {
+        name: "watch::blocking::Receiver::wait_timeout",
+        instead: "tokio::time::timeout(t, watch_receiver.changed()).await",
+        run: Box::new(move || {
+            update_later(tx);
+            assert!(rx.wait_timeout(Duration::from_secs(10)).expect("wait"));
+            assert_eq!(*rx.borrow(), 7);
         }),
     });
     calls
@@ -283,36 +415,59 @@ fn blocking_recv_in_async_main_panics() {
     });
 }
 
+// Where blocking is allowed, every call waits out its RELEASE: the calls
+// run side by side, so that a test takes one RELEASE, not one per call.
+
 #[test]
 fn blocking_calls_run_in_spawn_blocking() {
     for rt in [current_thread(), multi_thread()] {
-        for Call { name, run, .. } in calls() {
-            rt.block_on(async move {
-                if let Err(e) = tokio::task::spawn_blocking(run).await {
+        rt.block_on(async move {
+            let running: Vec<_> = calls()
+                .into_iter()
+                .map(|Call { name, run, .. }| (name, tokio::task::spawn_blocking(run)))
+                .collect();
+            for (name, call) in running {
+                if let Err(e) = call.await {
                     panic!("{name} in spawn_blocking: {:?}", message(&*e.into_panic()));
                 }
-            });
-        }
+            }
+        });
     }
 }
 
 #[test]
 fn blocking_calls_run_in_block_in_place() {
     let rt = multi_thread();
-    for Call { name, run, .. } in calls() {
-        let outcome = in_task(&rt, Box::new(move || tokio::task::block_in_place(run)));
-        assert!(outcome.is_ok(), "{name} in block_in_place: {outcome:?}");
-    }
+    rt.block_on(async move {
+        let running: Vec<_> = calls()
+            .into_iter()
+            .map(|Call { name, run, .. }| {
+                (
+                    name,
+                    tokio::spawn(async move { tokio::task::block_in_place(run) }),
+                )
+            })
+            .collect();
+        for (name, call) in running {
+            let outcome = call.await.map_err(|e| message(&*e.into_panic()));
+            assert!(outcome.is_ok(), "{name} in block_in_place: {outcome:?}");
+        }
+    });
 }
 
 #[test]
 fn blocking_calls_run_outside_a_runtime_and_under_enter() {
-    for Call { run, .. } in calls() {
-        run();
-    }
     let rt = current_thread();
-    let _entered = rt.enter();
-    for Call { run, .. } in calls() {
-        run();
-    }
+    let handle = rt.handle();
+    std::thread::scope(|scope| {
+        for entered in [false, true] {
+            for Call { name, run, .. } in calls() {
+                scope.spawn(move || {
+                    let _entered = entered.then(|| handle.enter());
+                    let outcome = catch_unwind(AssertUnwindSafe(run)).map_err(|p| message(&*p));
+                    assert!(outcome.is_ok(), "{name} (entered: {entered}): {outcome:?}");
+                });
+            }
+        }
+    });
 }

@@ -153,10 +153,11 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Panics
     ///
-    /// With feature `tokio`, as
-    /// [`blocking::Tripwire::wait`](crate::blocking::Tripwire::wait), when
-    /// it would sleep on a thread that drives a tokio runtime's tasks: use
-    /// the async `watch::Receiver` there.
+    /// With feature `tokio`, when it would sleep on a thread that drives a
+    /// tokio runtime's tasks (the rule of
+    /// [`blocking::Tripwire::wait`](crate::blocking::Tripwire::wait)): use
+    /// the async `watch::Receiver`'s `changed().await` there, or call this
+    /// inside `spawn_blocking`. The message names this call.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, Error, watch};
@@ -165,7 +166,14 @@ impl<T: Pod> Receiver<T> {
     /// ```
     #[track_caller]
     pub fn wait(&mut self) -> Result<(), Error> {
-        self.wait_until(None).map(|_| ())
+        self.wait_until(
+            None,
+            (
+                "watch::blocking::Receiver::wait",
+                "watch::Receiver::changed().await",
+            ),
+        )
+        .map(|_| ())
     }
 
     /// Like [`wait`](Receiver::wait), but gives up after `timeout`:
@@ -187,15 +195,30 @@ impl<T: Pod> Receiver<T> {
     /// ```
     #[track_caller]
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        self.wait_until(Instant::now().checked_add(timeout))
+        self.wait_until(
+            Instant::now().checked_add(timeout),
+            (
+                "watch::blocking::Receiver::wait_timeout",
+                "tokio::time::timeout(t, watch_receiver.changed()).await",
+            ),
+        )
     }
 
+    /// Waits on the tripwire until a new value is read, or `until`. With
+    /// no new value, the tripwire's wait would sleep (or take a trip that
+    /// is there): the `may_block` check of the public `call` is made
+    /// first, so that a panic names the watch's call, not the tripwire's.
     #[track_caller]
-    fn wait_until(&mut self, until: Option<Instant>) -> Result<bool, Error> {
+    fn wait_until(
+        &mut self,
+        until: Option<Instant>,
+        (call, instead): (&'static str, &'static str),
+    ) -> Result<bool, Error> {
         loop {
             if self.take_new()? {
                 return Ok(true);
             }
+            crate::may_block::assert_may_block(call, instead);
             let waited = match until {
                 None => self.tw.wait().map(Some),
                 Some(until) => self

@@ -103,6 +103,32 @@ pub fn with_sender<T: bytemuck::Pod>(mut rx: Receiver<T>) -> (Receiver<T>, Sende
     (rx, tx.join().expect("thread").expect("connect"))
 }
 
+/// `rx`, shared with a `FrameSender` connected from another thread.
+pub fn with_frame_sender(
+    mut rx: memfd_tripwire::ring::frames::FrameReceiver,
+) -> (
+    memfd_tripwire::ring::frames::FrameReceiver,
+    memfd_tripwire::ring::frames::FrameSender,
+) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let tx = std::thread::spawn(move || memfd_tripwire::ring::frames::FrameSender::connect(theirs));
+    rx.share(ours).expect("share");
+    (rx, tx.join().expect("thread").expect("connect"))
+}
+
+/// `rx`, shared with a watch `Sender` connected from another thread.
+pub fn with_watch_sender<T: bytemuck::Pod + Send>(
+    mut rx: memfd_tripwire::watch::blocking::Receiver<T>,
+) -> (
+    memfd_tripwire::watch::blocking::Receiver<T>,
+    memfd_tripwire::watch::Sender<T>,
+) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let tx = std::thread::spawn(move || memfd_tripwire::watch::Sender::<T>::connect(theirs));
+    rx.share(ours).expect("share");
+    (rx, tx.join().expect("thread").expect("connect"))
+}
+
 /// Runs `f` on a thread; its result, or a panic if it overruns `limit`
 /// (a hang is a failure, not a stuck test run).
 pub fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
