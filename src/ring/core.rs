@@ -239,17 +239,22 @@ impl<T: Pod> Rx<T> {
         else {
             return Ok(ready as usize);
         };
-        self.advance(skip);
-        // A skip's words are published at once, not in the next batch: the
-        // Sender that wrote it alone waits for the room after it, and a
-        // Receiver that stepped over it in its last look before sleeping
-        // would sleep on an unpublished tail, each side waiting for the
-        // other (seen as a hang in CI, 12 of 60 runs of
-        // `every_size_round_trips_through_a_small_ring` here).
+        self.step_over_skip(skip);
+        self.ready()
+    }
+
+    /// Moves the tail over a skip marker of `n` words and publishes it at
+    /// once, not in the next batch: the Sender that wrote it alone waits
+    /// for the room after it, and a Receiver that stepped over it in its
+    /// last look before sleeping would sleep on an unpublished tail, each
+    /// side waiting for the other (seen as a hang in CI, 12 of 60 runs of
+    /// `every_size_round_trips_through_a_small_ring` here). An error of
+    /// the publish is kept for the next call, as [`advance`](Rx::advance)'s.
+    pub(super) fn step_over_skip(&mut self, n: u64) {
+        self.advance(n);
         if let Err(e) = self.publish_tail() {
             self.deferred = Some(e);
         }
-        self.ready()
     }
 
     /// [`ready`](Rx::ready) for a fast path that only asks "anything?": 0

@@ -233,15 +233,12 @@ pub(super) fn pop_frames(
         // Words copied past the last frame taken are not the batch's.
         batch.used = base + kept as usize;
         rx.received += taken as u64;
-        rx.advance(walked);
+        rx.advance(kept);
+        if skipped {
+            rx.step_over_skip(walked - kept);
+        }
         n += taken;
         budget = budget.saturating_sub(walked);
-        if skipped {
-            // A skip's words are published at once, as `Rx::ready` does
-            // for one at the tail: the Sender that wrote it alone may wait
-            // for the room after it.
-            rx.publish_tail()?;
-        }
         outcome.map_err(|e| match e {
             Error::Corrupt { .. } => corrupt(e, "Receiver"),
             e => e,
