@@ -64,20 +64,7 @@ const CASE_ENV: &str = "MEMFD_TRIPWIRE_FRAMES_CASE";
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
-    let peer = std::env::var_os(ROLE_ENV).is_some_and(|r| r == ROLE);
-    let result = if peer {
-        peer_main().map(|()| true)
-    } else {
-        consumer_main()
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("frames{}: {e}", if peer { " (peer)" } else { "" });
-            ExitCode::FAILURE
-        }
-    }
+    common::run_peer_or_cases("frames", ROLE, peer_main, consumer_main)
 }
 
 /// One case, as its line names it (and `CASE_ENV` carries it).
@@ -182,22 +169,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {
 }
 
 fn consumer_main() -> Result<bool, BoxError> {
-    pin(env_num("CONSUMER_CPU", 0)?)?;
-    let mut ok = true;
-    for case in cases()? {
-        match tput(&case) {
-            Ok(line) => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "FRAMES {} {line}", case.line())?;
-                out.flush()?;
-            }
-            Err(e) => {
-                eprintln!("frames: {}: {e}", case.line());
-                ok = false;
-            }
-        }
-    }
-    Ok(ok)
+    common::print_cases("frames", "FRAMES", cases()?, Case::line, tput)
 }
 
 fn tput(case: &Case) -> Result<String, BoxError> {

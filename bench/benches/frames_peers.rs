@@ -96,20 +96,7 @@ const MAX_FRAME: usize = 1 << 30;
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
-    let peer = std::env::var_os(ROLE_ENV).is_some_and(|r| r == ROLE);
-    let result = if peer {
-        peer_main().map(|()| true)
-    } else {
-        consumer_main()
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("frames_peers{}: {e}", if peer { " (peer)" } else { "" });
-            ExitCode::FAILURE
-        }
-    }
+    common::run_peer_or_cases("frames_peers", ROLE, peer_main, consumer_main)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,22 +182,7 @@ fn cases() -> Result<Vec<Case>, BoxError> {
 }
 
 fn consumer_main() -> Result<bool, BoxError> {
-    pin(env_num("CONSUMER_CPU", 0)?)?;
-    let mut ok = true;
-    for case in cases()? {
-        match tput(&case) {
-            Ok(line) => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "FRAMES {} {line}", case.line())?;
-                out.flush()?;
-            }
-            Err(e) => {
-                eprintln!("frames_peers: {}: {e}", case.line());
-                ok = false;
-            }
-        }
-    }
-    Ok(ok)
+    common::print_cases("frames_peers", "FRAMES", cases()?, Case::line, tput)
 }
 
 /// The consumer's end of a case's mechanism, set up before the producer

@@ -88,3 +88,61 @@ pub fn run_role(
         }
     }
 }
+
+/// The `main` of a bench that runs cases and re-executes itself as each
+/// case's peer (env [`ROLE_ENV`] `= role`): runs the peer's half, or the
+/// consumer's (`Ok(false)`: a case failed and said why), and turns an
+/// error into a message and a failing exit status.
+#[allow(dead_code)] // the benches with one producer use `run_role`
+pub fn run_peer_or_cases(
+    name: &str,
+    role: &str,
+    peer: fn() -> Result<(), Box<dyn std::error::Error>>,
+    consumer: fn() -> Result<bool, Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    let is_peer = std::env::var_os(ROLE_ENV).is_some_and(|r| r == role);
+    let result = if is_peer {
+        peer().map(|()| true)
+    } else {
+        consumer()
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name}{}: {e}", if is_peer { " (peer)" } else { "" });
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Pins the consumer (env `CONSUMER_CPU`, 0) and runs each case with
+/// `tput`, printing `<tag> <case line> <figures>` per case as soon as it
+/// is measured; a case that fails is reported on stderr and the others
+/// still run. `Ok(false)` if any failed.
+#[allow(dead_code)] // the benches with one producer use `run_role`
+pub fn print_cases<C>(
+    name: &str,
+    tag: &str,
+    cases: Vec<C>,
+    line: impl Fn(&C) -> String,
+    tput: impl Fn(&C) -> Result<String, Box<dyn std::error::Error>>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    pin(env_num("CONSUMER_CPU", 0)?)?;
+    let mut ok = true;
+    for case in cases {
+        match tput(&case) {
+            Ok(figures) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{tag} {} {figures}", line(&case))?;
+                out.flush()?;
+            }
+            Err(e) => {
+                eprintln!("{name}: {}: {e}", line(&case));
+                ok = false;
+            }
+        }
+    }
+    Ok(ok)
+}
