@@ -193,8 +193,10 @@ fn tput(case: &Case) -> Result<String, BoxError> {
         ctl.read_exact(&mut byte)?; // the producer is attached and ready
         let start = Instant::now();
         ctl.write_all(b"g")?;
-        if case.recv_many {
-            receive_many(&mut rx, case)?;
+        // Each returns when the last frame arrived: the clean close after
+        // it is checked but not timed.
+        let last = if case.recv_many {
+            receive_many(&mut rx, case)?
         } else if case.recv_async {
             runtime()?.block_on(async {
                 let mut buf = Vec::new();
@@ -202,13 +204,14 @@ fn tput(case: &Case) -> Result<String, BoxError> {
                     let len = rx.recv(&mut buf).await?;
                     check(case, seq, len, &buf)?;
                 }
+                let last = Instant::now();
                 let end = rx.recv(&mut buf).await?;
-                check(case, case.n, end, &buf)
-            })?;
+                check(case, case.n, end, &buf).map(|()| last)
+            })?
         } else {
-            receive(&mut rx, case)?;
-        }
-        Ok::<_, BoxError>(start.elapsed())
+            receive(&mut rx, case)?
+        };
+        Ok::<_, BoxError>(last - start)
     })();
     let took = match outcome {
         Ok(took) => took,
@@ -236,9 +239,11 @@ fn tput(case: &Case) -> Result<String, BoxError> {
 /// Frames per `recv_many` call (`many` and `async_many` consumers).
 const RECV_MANY: usize = 1024;
 
-fn receive_many(rx: &mut FrameReceiver, case: &Case) -> Result<(), BoxError> {
+/// Receives every frame in batches; when the last one arrived.
+fn receive_many(rx: &mut FrameReceiver, case: &Case) -> Result<Instant, BoxError> {
     let mut batch = FrameBatch::new();
     let mut seq = 0;
+    let mut last = None;
     let rt = if case.recv_async {
         Some(runtime()?)
     } else {
@@ -251,23 +256,29 @@ fn receive_many(rx: &mut FrameReceiver, case: &Case) -> Result<(), BoxError> {
             None => rx.blocking_recv_many(&mut batch, RECV_MANY)?,
         };
         if n == 0 {
-            return check(case, seq, None, &[]);
+            check(case, seq, None, &[])?;
+            return last.ok_or_else(|| "no frame arrived".into());
         }
         for frame in &batch {
             check(case, seq, Some(frame.len()), frame)?;
             seq += 1;
         }
+        if seq == case.n {
+            last = Some(Instant::now());
+        }
     }
 }
 
-fn receive(rx: &mut FrameReceiver, case: &Case) -> Result<(), BoxError> {
+/// Receives every frame, one per call; when the last one arrived.
+fn receive(rx: &mut FrameReceiver, case: &Case) -> Result<Instant, BoxError> {
     let mut buf = Vec::new();
     for seq in 0..case.n {
         let len = rx.blocking_recv(&mut buf)?;
         check(case, seq, len, &buf)?;
     }
+    let last = Instant::now();
     let end = rx.blocking_recv(&mut buf)?;
-    check(case, case.n, end, &buf)
+    check(case, case.n, end, &buf).map(|()| last)
 }
 
 /// Frame `seq` arrived whole: its length, and its sequence number in its
