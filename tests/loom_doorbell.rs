@@ -46,6 +46,9 @@ impl Flag for NoFence {
     fn store_flag(&self, armed: bool) {
         self.0.store(armed as u32, Relaxed)
     }
+    fn load_flag(&self) -> bool {
+        self.0.load(Relaxed) != 0
+    }
     fn swap_flag(&self, armed: bool) -> bool {
         self.0.swap(armed as u32, Relaxed) != 0
     }

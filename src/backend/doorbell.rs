@@ -42,10 +42,16 @@ pub(crate) mod protocol {
     //! check exactly this code (`--cfg memfd_tripwire_loom`).
     //!
     //! Consumer ACK: `armed = true; fence(SeqCst);` then it reads the data.
-    //! Producer `notify()`: (data written) `fence(SeqCst);` then it rings if
-    //! `armed.swap(false)` was true. With both fences, either the producer's
-    //! swap sees `true` (and rings), or the consumer's reads after its fence
-    //! see the producer's writes: no write is lost.
+    //! Producer `notify()`: (data written) `fence(SeqCst);` then, if a
+    //! plain load of `armed` sees `true`, it rings if `armed.swap(false)`
+    //! was true (the swap claims the ring: one per ACK). With both fences,
+    //! either the producer's load sees `true` (and its swap, or an earlier
+    //! one since the ACK, rings), or the consumer's reads after its fence
+    //! see the producer's writes: no write is lost. The load keeps the
+    //! common case (not armed: a streaming producer) to one locked
+    //! instruction, the fence, where an unconditional swap was a second one
+    //! that also took the flag's cache line from the consumer at every
+    //! notify.
 
     use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
@@ -53,6 +59,8 @@ pub(crate) mod protocol {
     pub trait Flag {
         /// Stores the flag.
         fn store_flag(&self, armed: bool);
+        /// Loads the flag.
+        fn load_flag(&self) -> bool;
         /// Swaps the flag, returning the old value.
         fn swap_flag(&self, armed: bool) -> bool;
         /// A sequentially consistent fence.
@@ -63,6 +71,10 @@ pub(crate) mod protocol {
         #[inline]
         fn store_flag(&self, armed: bool) {
             self.store(armed as u32, Relaxed)
+        }
+        #[inline]
+        fn load_flag(&self) -> bool {
+            self.load(Relaxed) != 0
         }
         #[inline]
         fn swap_flag(&self, armed: bool) -> bool {
@@ -78,6 +90,9 @@ pub(crate) mod protocol {
     impl Flag for loom::sync::atomic::AtomicU32 {
         fn store_flag(&self, armed: bool) {
             self.store(armed as u32, Relaxed)
+        }
+        fn load_flag(&self) -> bool {
+            self.load(Relaxed) != 0
         }
         fn swap_flag(&self, armed: bool) -> bool {
             self.swap(armed as u32, Relaxed) != 0
@@ -98,7 +113,7 @@ pub(crate) mod protocol {
     #[inline]
     pub fn should_ring<F: Flag>(flag: &F) -> bool {
         F::fence();
-        flag.swap_flag(false)
+        flag.load_flag() && flag.swap_flag(false)
     }
 }
 
