@@ -1,6 +1,7 @@
 //! `Backend::Doorbell`: the producer rings from `notify()`, but only when
 //! the consumer is armed (a Dekker handshake on a shared flag), so a busy
-//! producer pays one fence and one atomic swap per `notify()`. It rings
+//! producer pays one fence and a load of the flag per `notify()` (a swap
+//! too when the consumer is armed, to claim the ring). It rings
 //! through its handshake socket (a byte, `sys::Bell::ring`): the socket that
 //! tells each side of the other's death also carries the rings, so a
 //! Doorbell tripwire costs the consumer its memfd, its epoll set and one
@@ -225,7 +226,8 @@ impl Ringer {
     }
 
     /// `notify()`'s fast path: whether the consumer is armed, and so wants
-    /// a ring (a fence and an atomic swap).
+    /// a ring (a fence and a load; the swap that claims the ring only when
+    /// armed).
     #[inline]
     pub(crate) fn should_ring(&self) -> bool {
         protocol::should_ring(armed(&self.control))
