@@ -788,4 +788,31 @@ mod tests {
             })
         );
     }
+
+    /// The producer's own bound on the region a consumer offers: a
+    /// hand-made offer of more than [`MAX_LEN`] (which an honest consumer's
+    /// create refuses before any offer) is refused here too, before any
+    /// uffd is made (found by cargo mutants: `>` as `==` in `Agent::start`
+    /// survived; the memfd is sparse, so the test maps 16 GiB of address
+    /// space and touches none of it).
+    #[test]
+    fn an_offer_over_the_largest_region_is_refused() {
+        let len = MAX_LEN + page();
+        let memfd = crate::sys::SealedMemfd::create("too-large", len).expect("memfd");
+        let fd = memfd.as_fd().try_clone_to_owned().expect("dup");
+        let (_ours, chan) = Channel::pair().expect("channel");
+        let (peer, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        for kind in [BackendKind::Userfault, BackendKind::UserfaultAsync] {
+            let fd = fd.try_clone().expect("dup");
+            let chan = chan.try_clone().expect("dup");
+            match Agent::attach(kind, len, fd, chan, peer.as_fd()) {
+                Err(Error::Unavailable { backend, reason }) => {
+                    assert_eq!(backend, kind);
+                    assert!(reason.contains("over the"), "{kind}: {reason}");
+                }
+                Ok(_) => panic!("{kind}: a region of {len} bytes was watched"),
+                Err(e) => panic!("{kind}: refused for another reason: {e}"),
+            }
+        }
+    }
 }
