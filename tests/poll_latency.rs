@@ -74,3 +74,40 @@ fn the_last_store_before_a_hang_up_is_reported_first() {
         "then the clean close: {then:?}"
     );
 }
+
+/// `UserfaultAsync` scans at the interval it was built with, which its
+/// producer's agent learns from a message after the handshake (found by
+/// cargo mutants: an agent that ignored that message, and went on
+/// scanning every millisecond, passed every test). Two stores, each made
+/// right after the trip of the one before was taken: the second is found
+/// by the next periodic scan, one interval (1 s) after the scan that found
+/// the first, so the two trips are at least half an interval apart. (An
+/// agent that scanned every millisecond reports it at once; a slower
+/// machine only makes the gap longer.)
+#[test]
+fn userfault_async_scans_at_its_configured_interval() {
+    const SCAN: Duration = Duration::from_secs(1);
+    let created = Tripwire::builder(4096)
+        .backend(Backend::UserfaultAsync)
+        .poll_interval(SCAN)
+        .create();
+    let Some(tw) = support::or_skip("userfault_async", created) else {
+        return;
+    };
+    let (mut tw, producer) = with_producer(tw);
+    let mut trips = Vec::new();
+    for round in 1..=2u64 {
+        producer.region().write(0, &round).expect("store");
+        let seen = tw.wait_timeout(scaled(SCAN * 10)).expect("wait");
+        assert!(
+            seen.is_some(),
+            "round {round}: the store was never reported"
+        );
+        trips.push(Instant::now());
+    }
+    let gap = trips[1] - trips[0];
+    assert!(
+        gap >= SCAN / 2,
+        "the second trip came {gap:?} after the first: the agent did not scan at its {SCAN:?} interval"
+    );
+}
