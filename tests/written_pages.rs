@@ -1,0 +1,64 @@
+//! The written pages an ACK reports on `Userfault`
+//! (`try_changed_with_pages`): each written page, as long as a reply can
+//! list them (2048 separate runs, the agent's `MAX_RANGES`), and the whole
+//! region past that, never a reply the consumer cannot read. Found by
+//! cargo mutants: the agent's "too many to list" test (`reprotect_all ||
+//! runs.len() > MAX_RANGES` in `State::ack`) could be weakened three ways
+//! and no test saw it, as no scenario wrote more than a few hundred
+//! scattered pages between two ACKs.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use memfd_tripwire::{Backend, blocking::Tripwire};
+
+mod support;
+use support::{scaled, with_producer};
+
+/// The most runs of pages one ACK's reply lists (the agent's `MAX_RANGES`).
+const MAX_RANGES: usize = 2048;
+
+/// Writes `runs` pages with a page between each (so that none merge),
+/// while the wire stays tripped, then takes the trip: the ranges it
+/// reports, and the region's length. `None` where Userfault is missing.
+fn scattered(runs: usize) -> Option<(Vec<Range<usize>>, usize)> {
+    let page = rustix::param::page_size();
+    let len = (2 * runs + 1) * page;
+    let created = Tripwire::builder(len).backend(Backend::Userfault).create();
+    let tw = support::or_skip("userfault", created)?;
+    let (mut tw, producer) = with_producer(tw);
+    for i in 0..runs {
+        producer.region().write(2 * i * page, &1u8).expect("store");
+    }
+    let mut pages = Vec::new();
+    while tw
+        .try_changed_with_pages(&mut pages)
+        .expect("take the trip")
+        .is_none()
+    {
+        tw.wait_ready(Some(scaled(Duration::from_secs(10))))
+            .expect("wait");
+    }
+    Some((pages, len))
+}
+
+#[test]
+fn userfault_reports_each_run_a_reply_can_list() {
+    let Some((pages, _)) = scattered(MAX_RANGES) else {
+        return;
+    };
+    let page = rustix::param::page_size();
+    let expected: Vec<_> = (0..MAX_RANGES)
+        .map(|i| 2 * i * page..(2 * i + 1) * page)
+        .collect();
+    assert_eq!(pages.len(), expected.len(), "runs reported");
+    assert!(pages == expected, "the written pages, exactly");
+}
+
+#[test]
+fn userfault_reports_the_whole_region_past_what_a_reply_lists() {
+    let Some((pages, len)) = scattered(MAX_RANGES + 1) else {
+        return;
+    };
+    assert_eq!(pages, vec![0..len], "one range: the whole region");
+}
