@@ -659,6 +659,23 @@ impl Dirty {
 mod tests {
     use super::*;
 
+    /// A region of a whole number of 64-page words whose last page was
+    /// written: the walk ends at the last word (cargo mutants: `<` as `<=`
+    /// in `drain_into`'s loop read one word past the bitmap, which no
+    /// region under test had reached).
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
+    fn dirty_pages_end_at_a_whole_last_word() {
+        for words in [1, 2] {
+            let pages = 64 * words;
+            let mut d = Dirty::new(pages * page());
+            d.mark(pages - 1, pages);
+            let mut out = Vec::new();
+            d.drain_into(pages * page(), &mut out);
+            assert_eq!(out, vec![(pages - 1) * page()..pages * page()]);
+        }
+    }
+
     #[test]
     #[allow(clippy::single_range_in_vec_init)] // lists of page ranges
     fn dirty_pages_merge_and_clamp() {
