@@ -157,7 +157,11 @@ impl<T: Pod> Receiver<T> {
     /// tokio runtime's tasks (the rule of
     /// [`blocking::Tripwire::wait`](crate::blocking::Tripwire::wait)): use
     /// the async `watch::Receiver`'s `changed().await` there, or call this
-    /// inside `spawn_blocking`. The message names this call.
+    /// inside `spawn_blocking`. The message names this call. The check is
+    /// made when no new value is there, before the tripwire is asked, so
+    /// it panics even where the wait would have returned at once (the
+    /// Sender gone: `Closed`); tokio's own `blocking_recv` panics on every
+    /// call.
     ///
     /// ```
     /// # use memfd_tripwire::{Backend, Error, watch};
