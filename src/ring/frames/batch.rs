@@ -275,10 +275,10 @@ fn copy(
     }
     let offset = rx.ring.header.slot_offset(rx.tail.wrapping_add(*copied));
     debug_assert_eq!(offset as u64, (at + *copied) * WORD as u64);
-    rx.ring.slots.mapping().read_into(
-        offset,
-        bytemuck::cast_slice_mut(&mut batch.words[from..base + end as usize]),
-    )?;
+    rx.ring
+        .slots
+        .mapping()
+        .read_words(offset, &mut batch.words[from..base + end as usize])?;
     *copied = end;
     Ok(())
 }
