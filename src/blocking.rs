@@ -73,6 +73,9 @@ impl Builder {
     /// 2-vCPU VM a 50 µs interval gave a median of ~95 µs from store to
     /// `wait()` returning, and 1 ms gave ~665 µs.
     ///
+    /// On `Poll` an interval over a day is taken as a day (`Duration::MAX`
+    /// included).
+    ///
     /// The interval must be at least 10 µs, and on `UserfaultAsync` at most
     /// 10 s: [`create`](Builder::create) refuses another with
     /// [`Error::InvalidArgument`] (`what: "poll_interval"`) rather than spin

@@ -142,6 +142,12 @@ impl Poller {
         self.memfd.as_fd()
     }
 
+    /// Its place on the poller thread, for the poller's own tests.
+    #[cfg(test)]
+    pub(super) fn registration(&self) -> &Registration {
+        &self.reg
+    }
+
     /// The interval the poller uses now, and the smoothed duration of its
     /// compares (`None` before the first whole one).
     #[cfg(test)]

@@ -78,8 +78,11 @@ use crate::Error;
 /// The thread's name (`/proc/self/task/*/comm` shows its first 15 bytes).
 const THREAD_NAME: &str = "memfd-tripwire-poll";
 
-/// How far ahead a due time is put when the interval is too long to add to
-/// an instant (never, in practice).
+/// The longest interval the thread keeps: a longer one (the user's, up to
+/// `Duration::MAX`) is compared once a day. Kept as it was, an interval
+/// too long to add to an instant made its tripwire due at every wake-up
+/// of the thread (its due time and "now plus an eighth of it" both
+/// saturated to the same far instant).
 const FAR: Duration = Duration::from_secs(86_400);
 
 /// A tripwire in the registry.
@@ -119,9 +122,10 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `t + d`, or [`FAR`] ahead for a `d` too long to add.
-fn later(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d).unwrap_or(t + FAR)
+/// A tripwire's interval as the thread keeps it: at most [`FAR`], so that
+/// an instant plus it never overflows.
+fn kept(interval: Duration) -> Duration {
+    interval.min(FAR)
 }
 
 /// A tripwire's place on the poller thread: owns its [`Shared`] (the one
@@ -141,8 +145,8 @@ impl Registration {
     /// process has none yet.
     pub(super) fn new(shared: Shared) -> Result<Self, Error> {
         let busy = shared.busy_polls();
-        let interval = shared.timing.interval();
-        let due = later(Instant::now(), interval);
+        let interval = kept(shared.timing.interval());
+        let due = Instant::now() + interval;
         let shared = Arc::new(shared);
         let mut reg = registry();
         let pid = std::process::id();
@@ -269,8 +273,8 @@ impl Slot {
         if measure && found == Compared::Whole {
             shared.timing.record(took);
         }
-        self.interval = shared.timing.interval();
-        self.due = later(Instant::now(), self.interval);
+        self.interval = kept(shared.timing.interval());
+        self.due = Instant::now() + self.interval;
         took
     }
 }
@@ -363,7 +367,7 @@ fn pass(slots: &mut [Slot], due_ones: &mut Vec<Arc<Shared>>) -> (bool, Option<In
     let mut spent = Duration::ZERO;
     let now = Instant::now();
     for slot in slots.iter_mut() {
-        let due = slot.due <= later(now, slot.interval / 8);
+        let due = slot.due <= now + slot.interval / 8;
         if due || slot.busy {
             // A tripwire being dropped no longer upgrades: skipped, and
             // forgotten at the next resync.
@@ -498,6 +502,121 @@ mod tests {
         assert!(
             interval <= Duration::from_millis(20) * scale,
             "a page's interval {interval:?} (cost {cost:?}) after 200 ms tripped"
+        );
+    }
+
+    /// A drop leaves the registry, and returns only once the thread has
+    /// let go of the tripwire: here a stand-in for the thread holds a
+    /// strong reference for 100 ms, and the drop must wait for it (from
+    /// then on nothing touches the region or rings the eventfd).
+    #[test]
+    fn a_drop_leaves_the_registry_and_waits_for_the_last_reference() {
+        use std::sync::atomic::AtomicBool;
+        let (p, _region) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        let id = p.registration().id;
+        let held = p.registration().shared.clone().expect("registered");
+        let let_go = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let let_go = let_go.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let_go.store(true, Ordering::SeqCst);
+                drop(held);
+            })
+        };
+        drop(p);
+        assert!(
+            let_go.load(Ordering::SeqCst),
+            "the drop returned while another strong reference was held"
+        );
+        assert!(
+            registry().entries.iter().all(|e| e.id != id),
+            "a dropped tripwire is still in the registry"
+        );
+        holder.join().unwrap();
+    }
+
+    /// An interval over a day (here `Duration::MAX`, too long to add to an
+    /// instant) is compared once a day: not at creation, and not when the
+    /// thread wakes for another tripwire (it was, at every wake-up).
+    #[test]
+    fn an_interval_over_a_day_is_a_day() {
+        let (mut p, region) = Poller::create(4096, Some(Duration::MAX), Duration::ZERO).unwrap();
+        region.write(0, &1u64).unwrap();
+        // Another tripwire, compared (and so waking the thread) at once.
+        let (mut other, other_region) =
+            Poller::create(4096, Some(Duration::from_micros(10)), Duration::ZERO).unwrap();
+        other_region.write(0, &1u64).unwrap();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while !other.take().unwrap() {
+            assert!(
+                Instant::now() < give_up,
+                "the other tripwire: no trip in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!p.take().unwrap(), "compared before its day was up");
+        assert!(p.take_final().unwrap(), "the store is there to be seen");
+        let slots = {
+            let mut slots = Vec::new();
+            resync(&mut slots);
+            slots
+        };
+        let slot = slots.iter().find(|s| s.id == p.registration().id).unwrap();
+        assert_eq!(slot.interval, FAR);
+    }
+
+    /// A change of the registry keeps each slot's due time and interval:
+    /// a slot is made fresh (due at once) only for a new tripwire.
+    #[test]
+    fn a_resync_keeps_the_slots_it_had() {
+        let (a, _ra) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        let (b, _rb) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        let ours = [a.registration().id, b.registration().id];
+        let mut slots = Vec::new();
+        resync(&mut slots);
+        let far = Instant::now() + Duration::from_secs(3600);
+        for slot in slots.iter_mut().filter(|s| ours.contains(&s.id)) {
+            slot.due = far;
+            slot.interval = Duration::from_secs(7);
+        }
+        drop(a);
+        let (c, _rc) = Poller::create(4096, None, Duration::ZERO).unwrap();
+        resync(&mut slots);
+        let find = |id| slots.iter().find(|s| s.id == id);
+        assert!(
+            find(ours[0]).is_none(),
+            "the dropped tripwire's slot is gone"
+        );
+        let kept = find(ours[1]).expect("the live tripwire's slot");
+        assert_eq!((kept.due, kept.interval), (far, Duration::from_secs(7)));
+        let new = find(c.registration().id).expect("a slot for the new one");
+        assert!(new.due < far);
+    }
+
+    /// Only a whole compare counts towards the cost: a 16 MiB region left
+    /// tripped, its due turns finding nothing to compare, keeps the cost
+    /// of its whole compares (counting those empty turns would take it
+    /// down to a wake-up's, and its interval to 1 ms).
+    #[test]
+    fn only_whole_compares_count_towards_the_cost() {
+        let (mut p, region) = Poller::create(16 << 20, None, Duration::ZERO).unwrap();
+        let (interval, cost) = measured(&p);
+        region.write(0, &1u64).unwrap();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while !p.take_final().unwrap() {
+            assert!(Instant::now() < give_up, "no trip in 60 s");
+        }
+        // Tripped and not ACKed (take_final took the trip and re-armed):
+        // trip it again and leave it, for several intervals.
+        region.write(0, &2u64).unwrap();
+        std::thread::sleep(interval * 8);
+        let (_, after) = p.timing();
+        let after = after.expect("measured");
+        assert!(
+            after > cost / 4,
+            "cost {cost:?} before, {after:?} after {:?} of turns left tripped",
+            interval * 8
         );
     }
 
