@@ -42,21 +42,22 @@
 //!
 //! As given when the user set one
 //! ([`Builder::poll_interval`](crate::blocking::Builder::poll_interval)):
-//! the user chose the CPU. Otherwise it adapts to the host, so that a
-//! tripwire's polling costs at most ~4 % of a core: `max(1 ms, 25 × the
-//! cost of a compare)`, that cost being the compare's CPU time plus the
-//! tripwire's share of the thread's own CPU outside compares in one turn
-//! in which it was due (going back to sleep and waking up, ~20 µs on a
-//! 2-vCPU EPYC VM, more where a wake-up costs more), both measured with
-//! `CLOCK_THREAD_CPUTIME_ID`, so a thread preempted by a busy writer is not
-//! charged for the time it waited; each smoothed: it falls fast and rises
-//! slowly, and one sample counts as at most four times the average. The
-//! turns of a tripwire left tripped (nothing to compare until its ACK)
-//! count each as one wake-up, never summed into one. A page compares in
-//! well under a µs (1 ms); 1 MiB in ~100-120 µs on a 2-vCPU EPYC VM
-//! (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65 ms); 64 MiB in ~13 ms (~330 ms).
-//! The budget is per tripwire: many large regions add up, and once their
-//! compares fill the thread, each waits for the others.
+//! the user chose the CPU (one over a day is a day: [`FAR`]). Otherwise it
+//! adapts to the host, so that a tripwire's polling costs at most ~4 % of a
+//! core: `max(1 ms, 25 × the cost of a compare)`, that cost being the
+//! compare's CPU time plus the tripwire's share of the thread's own CPU
+//! outside compares in one turn in which it was due (going back to sleep
+//! and waking up, ~20 µs on a 2-vCPU EPYC VM, more where a wake-up costs
+//! more), both measured with `CLOCK_THREAD_CPUTIME_ID`, so a thread
+//! preempted by a busy writer is not charged for the time it waited; each
+//! smoothed: it falls fast and rises slowly, and one sample counts as at
+//! most four times the average. The turns of a tripwire left tripped
+//! (nothing to compare until its ACK) count each as one wake-up, never
+//! summed into one. A page compares in well under a µs (1 ms); 1 MiB in
+//! ~100-120 µs on a 2-vCPU EPYC VM (~3 ms); 16 MiB in ~1.5-2.5 ms (~40-65
+//! ms); 64 MiB in ~13 ms (~330 ms). The budget is per tripwire: many large
+//! regions add up, and once their compares fill the thread, each waits for
+//! the others.
 //!
 //! # Dropping
 //!
