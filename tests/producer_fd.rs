@@ -148,6 +148,14 @@ fn busy_poll_sees_a_store_in_its_window_and_then_sleeps() {
         .unwrap();
     // Two rounds: an ACK opens a window; a store in it trips within the wait.
     for round in 1..=2u64 {
+        if round == 2 {
+            // The windows so far (the creation's, round 1's ACK's: 100 ms
+            // each) are over: the poller sleeps for its minute, and only
+            // the next ACK's wake-up starts a window in time (without it,
+            // round 2 went unseen for the minute: a mutant that dropped the
+            // wake-up survived while both rounds fell in the first window).
+            std::thread::sleep(Duration::from_millis(300));
+        }
         tw.ack().unwrap();
         tw.region().write(0, &round).unwrap();
         let seen = tw.wait_timeout(Duration::from_secs(20)).unwrap();
