@@ -146,22 +146,29 @@ fn busy_poll_sees_a_store_in_its_window_and_then_sleeps() {
         .busy_poll(Duration::from_millis(100))
         .create()
         .unwrap();
-    // Two rounds: an ACK opens a window; a store in it trips within the wait.
+    // Two rounds: an ACK opens a window, and a store 5 ms into it (after
+    // the compare that the ACK's wake-up makes at once) is seen only if the
+    // poller keeps comparing through the window: without the spin, or
+    // without the wake-up, the next compare is a minute away. A host so
+    // slow that the window passed before the store tries again with a new
+    // ACK; correct code is seen within the first try's second.
     for round in 1..=2u64 {
         if round == 2 {
             // The windows so far (the creation's, round 1's ACK's: 100 ms
             // each) are over: the poller sleeps for its minute, and only
-            // the next ACK's wake-up starts a window in time (without it,
-            // round 2 went unseen for the minute: a mutant that dropped the
-            // wake-up survived while both rounds fell in the first window).
+            // the next ACK's wake-up starts a window in time (round 2 in
+            // the first window let a mutant without the wake-up survive).
             std::thread::sleep(Duration::from_millis(300));
         }
-        tw.ack().unwrap();
-        tw.region().write(0, &round).unwrap();
-        let seen = tw.wait_timeout(Duration::from_secs(20)).unwrap();
+        let seen = (0..5u64).any(|attempt| {
+            tw.ack().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            tw.region().write(0, &(round * 100 + attempt)).unwrap();
+            tw.wait_timeout(Duration::from_secs(1)).unwrap().is_some()
+        });
         assert!(
-            seen.is_some(),
-            "round {round}: the store was not seen in the window"
+            seen,
+            "round {round}: a store 5 ms after the ACK went unseen, 5 tries"
         );
     }
     // An ACK, then nothing: the window ends and the poller sleeps.
