@@ -132,8 +132,8 @@ fn crate_thread_ticks() -> u64 {
 /// Within its window the poller sees a store, where the interval alone
 /// (a minute) would not within the wait; after the window it sleeps again:
 /// the CPU it burns is bounded by the window per ACK, not "spin forever".
-/// The bounds are coarse, not latencies: the wait is 20 s against the
-/// minute's interval, and after the window the crate's threads may burn at
+/// The bounds are coarse, not latencies: the wait is up to five tries of
+/// 1 s against the minute's interval, and after the window the crate's threads may burn at
 /// most 400 ms of CPU in 1.5 s (one 100 ms window, and slack), where a
 /// poller that kept spinning burns the whole 1.5 s of a CPU, or half of it
 /// on a busy machine.
