@@ -62,3 +62,34 @@ fn userfault_reports_the_whole_region_past_what_a_reply_lists() {
     };
     assert_eq!(pages, vec![0..len], "one range: the whole region");
 }
+
+/// Two producers' pages, reported together: sorted, and merged where they
+/// touch, as `try_changed_with_pages` promises ("merged where they
+/// touch"). Each agent lists only its own pages, so the merge across
+/// replies is the consumer's (`push_range`, whose merge a surviving
+/// cargo-mutants mutant could remove unseen).
+#[test]
+fn userfault_merges_touching_pages_of_two_producers() {
+    let page = rustix::param::page_size();
+    let len = 4 * page;
+    let created = Tripwire::builder(len).backend(Backend::Userfault).create();
+    let Some(tw) = support::or_skip("userfault", created) else {
+        return;
+    };
+    let (tw, a) = with_producer(tw);
+    let (mut tw, b) = with_producer(tw);
+    tw.ack().expect("ack");
+    a.region().write(0, &1u8).expect("store");
+    a.region().write(3 * page, &1u8).expect("store");
+    b.region().write(page, &1u8).expect("store");
+    let mut pages = Vec::new();
+    while tw
+        .try_changed_with_pages(&mut pages)
+        .expect("take the trip")
+        .is_none()
+    {
+        tw.wait_ready(Some(scaled(Duration::from_secs(10))))
+            .expect("wait");
+    }
+    assert_eq!(pages, vec![0..2 * page, 3 * page..4 * page]);
+}
