@@ -18,6 +18,20 @@ use support::{scaled, with_producer};
 /// The most runs of pages one ACK's reply lists (the agent's `MAX_RANGES`).
 const MAX_RANGES: usize = 2048;
 
+/// Waits for the trip and takes it: the written pages it reports.
+fn trip_pages(tw: &mut Tripwire) -> Vec<Range<usize>> {
+    let mut pages = Vec::new();
+    while tw
+        .try_changed_with_pages(&mut pages)
+        .expect("take the trip")
+        .is_none()
+    {
+        tw.wait_ready(Some(scaled(Duration::from_secs(10))))
+            .expect("wait");
+    }
+    pages
+}
+
 /// Writes `runs` pages with a page between each (so that none merge),
 /// while the wire stays tripped, then takes the trip: the ranges it
 /// reports, and the region's length. `None` where Userfault is missing.
@@ -30,16 +44,7 @@ fn scattered(runs: usize) -> Option<(Vec<Range<usize>>, usize)> {
     for i in 0..runs {
         producer.region().write(2 * i * page, &1u8).expect("store");
     }
-    let mut pages = Vec::new();
-    while tw
-        .try_changed_with_pages(&mut pages)
-        .expect("take the trip")
-        .is_none()
-    {
-        tw.wait_ready(Some(scaled(Duration::from_secs(10))))
-            .expect("wait");
-    }
-    Some((pages, len))
+    Some((trip_pages(&mut tw), len))
 }
 
 #[test]
@@ -82,14 +87,5 @@ fn userfault_merges_touching_pages_of_two_producers() {
     a.region().write(0, &1u8).expect("store");
     a.region().write(3 * page, &1u8).expect("store");
     b.region().write(page, &1u8).expect("store");
-    let mut pages = Vec::new();
-    while tw
-        .try_changed_with_pages(&mut pages)
-        .expect("take the trip")
-        .is_none()
-    {
-        tw.wait_ready(Some(scaled(Duration::from_secs(10))))
-            .expect("wait");
-    }
-    assert_eq!(pages, vec![0..2 * page, 3 * page..4 * page]);
+    assert_eq!(trip_pages(&mut tw), vec![0..2 * page, 3 * page..4 * page]);
 }
